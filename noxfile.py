@@ -1,0 +1,43 @@
+"""Sessions: tests, lint, typecheck, bench, docs (``nox -s NAME``)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole suite: unit tests and integration tests against a real registry."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy>=1.8", "types-requests")
+    session.run("mypy", "seekoci")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against a local registry; figures go to docs/performance.md."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "benchmarks", "-q", "-s", "-p", "no:cacheprovider",
+                *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Check the docs: every page exists, every relative link resolves, the CLI help runs."""
+    session.install("-e", ".")
+    session.run("python", "docs/check_docs.py")

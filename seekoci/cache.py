@@ -1,0 +1,155 @@
+"""The cache directory: content-addressed, written atomically.
+
+Layout under ``cache_dir``::
+
+    indexes/<alg>/<hex>.v<N>   the index of the layer whose digest is <alg>:<hex>
+                               (index format version N); only indexes built from bytes that
+                               verified against the layer digest are ever written
+    spans/sha256/<hex>         compressed bytes of one span, named by their own sha256
+
+Every file is written to a temporary name in the same directory and renamed into place, so
+processes sharing the directory never see half a file. Whatever is read back is checked
+again (span files against their name, indexes against the layer digest they carry).
+``cache_dir=False`` gives a :class:`MemoryCache` that keeps nothing on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+from .formats.index import INDEX_VERSION
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SEEKOCI_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if xdg:
+        return Path(xdg) / "seekoci"
+    return Path.home() / ".cache" / "seekoci"
+
+
+def _split(digest: str) -> tuple[str, str]:
+    alg, sep, hexpart = digest.partition(":")
+    if (
+        not sep
+        or not alg.isalnum()
+        or not hexpart
+        or not all(c in "0123456789abcdef" for c in hexpart)
+    ):
+        raise ValueError(f"not a digest: {digest!r}")
+    return alg, hexpart
+
+
+class MemoryCache:
+    """Keeps indexes and spans in memory only (``cache_dir=False``); spans bounded by size."""
+
+    persistent = False
+
+    def __init__(self, max_span_bytes: int = 256 << 20) -> None:
+        self._indexes: dict[str, bytes] = {}
+        self._spans: OrderedDict[str, bytes] = OrderedDict()
+        self._span_bytes = 0
+        self._max = max_span_bytes
+        self._lock = threading.Lock()
+
+    def index_path(self, layer_digest: str) -> Path | None:
+        return None
+
+    def load_index(self, layer_digest: str) -> bytes | None:
+        with self._lock:
+            return self._indexes.get(layer_digest)
+
+    def save_index(self, layer_digest: str, data: bytes) -> None:
+        with self._lock:
+            self._indexes[layer_digest] = data
+
+    def load_span(self, digest_hex: str) -> bytes | None:
+        with self._lock:
+            data = self._spans.get(digest_hex)
+            if data is not None:
+                self._spans.move_to_end(digest_hex)
+            return data
+
+    def save_span(self, digest_hex: str, data: bytes) -> None:
+        with self._lock:
+            if digest_hex in self._spans or len(data) > self._max:
+                return
+            self._spans[digest_hex] = data
+            self._span_bytes += len(data)
+            while self._span_bytes > self._max:
+                _, old = self._spans.popitem(last=False)
+                self._span_bytes -= len(old)
+
+
+class DiskCache:
+    """A cache directory shared safely between threads and processes."""
+
+    persistent = True
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def index_path(self, layer_digest: str) -> Path:
+        alg, hexpart = _split(layer_digest)
+        return self.root / "indexes" / alg / f"{hexpart}.v{INDEX_VERSION}"
+
+    def load_index(self, layer_digest: str) -> bytes | None:
+        try:
+            return self.index_path(layer_digest).read_bytes()
+        except OSError:
+            return None
+
+    def save_index(self, layer_digest: str, data: bytes) -> None:
+        self._atomic_write(self.index_path(layer_digest), data)
+
+    def _span_path(self, digest_hex: str) -> Path:
+        return self.root / "spans" / "sha256" / digest_hex
+
+    def load_span(self, digest_hex: str) -> bytes | None:
+        try:
+            data = self._span_path(digest_hex).read_bytes()
+        except OSError:
+            return None
+        if hashlib.sha256(data).hexdigest() != digest_hex:
+            return None  # damaged on disk: refetch (and overwrite)
+        return data
+
+    def save_span(self, digest_hex: str, data: bytes) -> None:
+        path = self._span_path(digest_hex)
+        if not path.exists():
+            try:
+                self._atomic_write(path, data)
+            except OSError:
+                pass  # a full or read-only cache slows us down, it does not fail reads
+
+
+Cache = MemoryCache | DiskCache
+
+
+def open_cache(cache_dir: str | os.PathLike[str] | bool | None) -> Cache:
+    """``None``: the default directory; ``False``: memory only; else that directory."""
+    if cache_dir is False:
+        return MemoryCache()
+    if cache_dir is None or cache_dir is True:
+        return DiskCache(default_cache_dir())
+    return DiskCache(cache_dir)

@@ -1,0 +1,103 @@
+"""``seekoci get``: copy a file or a directory tree out of an image, never outside DEST."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+from collections.abc import Callable
+
+from .fileinfo import FileInfo
+from .image import Image
+
+Warn = Callable[[str], None]
+_SPECIAL_BITS = 0o6000  # setuid, setgid
+
+
+def _inside(root: str, path: str) -> bool:
+    """True if ``path`` (with its parent's symlinks resolved) stays inside ``root``."""
+    parent = os.path.realpath(os.path.dirname(path))
+    return parent == root or parent.startswith(root + os.sep)
+
+
+def _mode(info: FileInfo, keep_special_bits: bool) -> int:
+    return info.mode & (0o7777 if keep_special_bits else ~_SPECIAL_BITS & 0o7777)
+
+
+def _write_file(img: Image, src: str, dst: str, info: FileInfo, keep_special: bool) -> None:
+    if os.path.islink(dst):
+        os.unlink(dst)  # never write through a link that is already there
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(dst, flags | getattr(os, "O_BINARY", 0), 0o600)
+    with os.fdopen(fd, "wb") as out, img.open(src) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            out.write(chunk)
+    os.chmod(dst, _mode(info, keep_special))
+    os.utime(dst, (info.mtime, info.mtime))
+
+
+def extract(
+    img: Image,
+    path: str,
+    dest: str | None,
+    *,
+    keep_special_bits: bool = False,
+    warn: Warn,
+) -> None:
+    """Copy ``path`` (file or directory, symlinks followed) to ``dest``."""
+    info = img.stat(path)
+    base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
+    if info.type != "dir":
+        if info.type != "file":
+            raise IsADirectoryError(f"{path}: not a regular file or directory ({info.type})")
+        target = dest or base
+        if os.path.isdir(target):
+            target = os.path.join(target, base)
+        _write_file(img, path, target, info, keep_special_bits)
+        return
+
+    root_dest = dest or base
+    os.makedirs(root_dest, exist_ok=True)
+    root = os.path.realpath(root_dest)
+    top = "/" + "/".join(p for p in path.split("/") if p not in ("", "."))
+    top = posixpath.normpath(top)
+    prefix = top.rstrip("/") + "/"
+    for layer, entry in img.tree().skipped:
+        if ("/" + entry.name).startswith(prefix) or top == "/":
+            warn(f"skipped {entry.raw_name!r} from layer {layer}: name leaves the image root")
+    dirs: list[tuple[str, FileInfo]] = []
+    for dirpath, dirnames, filenames in img.walk(top):
+        rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
+        for name in dirnames + filenames:
+            src = posixpath.join(dirpath, name)
+            dst = os.path.join(root, *rel.split("/"), name) if rel else os.path.join(root, name)
+            if "/" in name or name in ("..", ".") or not _inside(root, dst):
+                warn(f"skipped {src}: it would be written outside {root_dest}")
+                continue
+            item = img.stat(src, follow_symlinks=False)
+            if item.type == "dir":
+                os.makedirs(dst, exist_ok=True)
+                dirs.append((dst, item))
+            elif item.type == "symlink":
+                if os.path.lexists(dst):
+                    if os.path.isdir(dst) and not os.path.islink(dst):
+                        warn(f"skipped symlink {src}: a directory is in the way")
+                        continue
+                    os.unlink(dst)
+                os.symlink(item.linkname, dst)
+                with contextlib.suppress(NotImplementedError, OSError):
+                    os.utime(dst, (item.mtime, item.mtime), follow_symlinks=False)
+            elif item.type == "file":
+                _write_file(img, src, dst, item, keep_special_bits)
+            else:
+                warn(f"skipped {src}: {item.type} device or fifo")
+    # directory modes and times last (children would change their mtime); deepest first
+    for dst, item in [*reversed(dirs), (root, info)]:
+        try:
+            os.chmod(dst, _mode(item, keep_special_bits))
+            os.utime(dst, (item.mtime, item.mtime))
+        except OSError as exc:
+            warn(f"could not set mode/time of {dst}: {exc.strerror}")

@@ -1,0 +1,201 @@
+"""Block-level inflate through the system zlib (ctypes).
+
+Building checkpoints needs ``inflate(..., Z_BLOCK)`` and the ``data_type`` bits it reports,
+which Python's ``zlib`` module does not expose. ``indexed_gzip`` does expose checkpoints, but
+fed from a stream it seeks backwards and re-reads 2-5x the compressed bytes (measured on this
+project's probe: 10.5 MB read for a 5.2 MB blob at 64 KiB spacing), which means either
+spooling the blob to disk or fetching it several times. Driving zlib ourselves gives one
+forward pass at zlib's native speed, with the checkpoint rule we choose.
+
+Only the build pass uses this module; resuming at a checkpoint is pure ``zlib`` (see
+:mod:`seekoci.formats.gzip`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import threading
+from typing import Any
+
+from ..errors import FormatError
+
+Z_OK = 0
+Z_STREAM_END = 1
+Z_NEED_DICT = 2
+Z_BUF_ERROR = -5
+Z_BLOCK = 5
+
+#: ``data_type`` bits after ``inflate(Z_BLOCK)`` (zlib.h): low 3 bits are the unused bits of
+#: the last input byte, 64 = inside the final block, 128 = just after an end-of-block code.
+DT_UNUSED_BITS = 7
+DT_LAST_BLOCK = 64
+DT_BLOCK_END = 128
+
+WINDOW_SIZE = 32768
+
+
+class _ZStream(ctypes.Structure):
+    # zlib.h z_stream; uInt is 32-bit, uLong is the platform's C long.
+    _fields_ = [
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint),
+        ("total_in", ctypes.c_ulong),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint),
+        ("total_out", ctypes.c_ulong),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_ulong),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+_lib: Any = None
+_lib_lock = threading.Lock()
+
+
+def _load() -> Any:
+    global _lib
+    with _lib_lock:
+        if _lib is not None:
+            return _lib
+        names = [ctypes.util.find_library("z"), "libz.so.1", "libz.dylib", "zlib1.dll"]
+        last: OSError | None = None
+        for name in names:
+            if not name:
+                continue
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError as exc:
+                last = exc
+        else:
+            raise FormatError(
+                "building a gzip index needs the system zlib library (libz), "
+                f"which could not be loaded: {last}"
+            )
+        lib.zlibVersion.restype = ctypes.c_char_p
+        lib.inflateInit2_.argtypes = [
+            ctypes.POINTER(_ZStream),
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        lib.inflate.argtypes = [ctypes.POINTER(_ZStream), ctypes.c_int]
+        lib.inflateEnd.argtypes = [ctypes.POINTER(_ZStream)]
+        lib.inflateReset.argtypes = [ctypes.POINTER(_ZStream)]
+        lib.inflateGetDictionary.argtypes = [
+            ctypes.POINTER(_ZStream),
+            ctypes.c_char_p,
+            ctypes.POINTER(ctypes.c_uint),
+        ]
+        _lib = lib
+        return lib
+
+
+class BlockInflater:
+    """A raw-deflate inflater that stops at every block boundary.
+
+    ``feed(data)`` then repeated ``step()`` calls: each returns the output produced until the
+    next block end (or until input or the output buffer runs out).
+    """
+
+    def __init__(self, out_buffer_size: int = 1 << 18) -> None:
+        self._lib = _load()
+        self._strm = _ZStream()
+        version = self._lib.zlibVersion()
+        rc = self._lib.inflateInit2_(
+            ctypes.byref(self._strm), -15, version, ctypes.sizeof(_ZStream)
+        )
+        if rc != Z_OK:
+            raise FormatError(f"zlib inflateInit2 failed ({rc})")
+        self._out = ctypes.create_string_buffer(out_buffer_size)
+        self._out_size = out_buffer_size
+        self._in: bytes = b""
+        self._in_pos = 0
+        self._dict = ctypes.create_string_buffer(WINDOW_SIZE)
+        self._dict_len = ctypes.c_uint(0)
+        self.finished = False
+        self._open = True
+
+    # -- input -----------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Give the next compressed bytes (replacing whatever input was left unused)."""
+        self._in = data
+        self._in_pos = 0
+        buf = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        self._strm.next_in = buf
+        self._strm.avail_in = len(data)
+
+    @property
+    def avail_in(self) -> int:
+        return int(self._strm.avail_in)
+
+    def unused_input(self) -> bytes:
+        """Input bytes not consumed (after the end of the deflate stream)."""
+        n = self.avail_in
+        return self._in[len(self._in) - n :] if n else b""
+
+    # -- output ----------------------------------------------------------------------------
+    def step(self) -> bytes:
+        """Inflate until a block boundary, the end of input or a full output buffer."""
+        strm = self._strm
+        strm.next_out = ctypes.addressof(self._out)
+        strm.avail_out = self._out_size
+        rc = self._lib.inflate(ctypes.byref(strm), Z_BLOCK)
+        produced = self._out_size - strm.avail_out
+        if rc == Z_STREAM_END:
+            self.finished = True
+        elif rc not in (Z_OK, Z_BUF_ERROR):
+            msg = strm.msg.decode("ascii", "replace") if strm.msg else f"zlib error {rc}"
+            raise FormatError(f"corrupt deflate data: {msg}")
+        return ctypes.string_at(ctypes.addressof(self._out), produced) if produced else b""
+
+    @property
+    def total_in(self) -> int:
+        return int(self._strm.total_in)
+
+    @property
+    def total_out(self) -> int:
+        return int(self._strm.total_out)
+
+    @property
+    def data_type(self) -> int:
+        return int(self._strm.data_type)
+
+    def at_block_boundary(self) -> bool:
+        """True right after an end-of-block code of a block that was not the last one."""
+        dt = self.data_type
+        return bool(dt & DT_BLOCK_END) and not (dt & DT_LAST_BLOCK)
+
+    def window(self) -> bytes:
+        """The last up-to-32 KiB of output (zlib's sliding window)."""
+        rc = self._lib.inflateGetDictionary(
+            ctypes.byref(self._strm), self._dict, ctypes.byref(self._dict_len)
+        )
+        if rc != Z_OK:
+            raise FormatError(f"zlib inflateGetDictionary failed ({rc})")
+        return self._dict.raw[: self._dict_len.value]
+
+    def reset(self) -> None:
+        """Start a new raw deflate stream (next gzip member)."""
+        rc = self._lib.inflateReset(ctypes.byref(self._strm))
+        if rc != Z_OK:
+            raise FormatError(f"zlib inflateReset failed ({rc})")
+        self.finished = False
+
+    def close(self) -> None:
+        if self._open:
+            self._lib.inflateEnd(ctypes.byref(self._strm))
+            self._open = False
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass

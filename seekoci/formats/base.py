@@ -1,0 +1,126 @@
+"""What every layer format plugs in: spans, a push-style indexer and a span decoder.
+
+A layer blob is cut into *spans*: independent pieces whose compressed bytes can be fetched
+with one range request, verified against their own sha256 and decoded without any other
+span. A format supplies
+
+* an :class:`SpanIndexer`, fed the blob front to back once; it yields the uncompressed tar
+  stream (for the table of contents) and records where spans start and end, and
+* ``decode_span(span, data, window)``, which turns one span's compressed bytes back into its
+  uncompressed bytes.
+
+gzip (:mod:`.gzip`) and plain tar (:mod:`.plain`) are the first two; zstd, eStargz and
+zstd:chunked plug in the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """One independently decodable piece of a layer.
+
+    ``compressed_start``/``compressed_end`` delimit the bytes to fetch (end exclusive), which
+    may overlap the previous span by one byte when the span starts inside a byte (gzip
+    checkpoints with ``bits != 0``). ``digest`` is the sha256 hex of exactly those bytes.
+    """
+
+    index: int
+    compressed_start: int
+    compressed_end: int
+    uncompressed_start: int
+    uncompressed_end: int
+    digest: str
+    #: gzip: bits of the byte at ``compressed_start`` that belong to this span (0-7).
+    bits: int = 0
+
+    @property
+    def compressed_size(self) -> int:
+        return self.compressed_end - self.compressed_start
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self.uncompressed_end - self.uncompressed_start
+
+
+class SpanIndexer(Protocol):
+    """Push-style single pass over a blob that records spans."""
+
+    #: Spans completed so far (their end and digest are known).
+    spans: list[Span]
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Consume the next compressed bytes; yield the uncompressed bytes they produce."""
+        ...
+
+    def finish(self) -> None:
+        """Signal the end of the blob: close the last span, raise FormatError if truncated."""
+        ...
+
+    def window(self, span_index: int) -> bytes | None:
+        """The decoder state saved for a span (gzip: its 32 KiB window), if any."""
+        ...
+
+    @property
+    def uncompressed_size(self) -> int:
+        """Uncompressed bytes produced so far."""
+        ...
+
+
+class SpanHasher:
+    """sha256 of consecutive (possibly one-byte-overlapping) compressed ranges of a stream.
+
+    Bytes arrive in order through :meth:`add`; :meth:`cut` closes the current range at
+    ``end`` and opens the next one at ``next_start`` (``end`` or ``end - 1``). Ranges end no
+    further than the bytes added so far, so only the current chunk and one byte before it are
+    ever kept.
+    """
+
+    def __init__(self, start: int) -> None:
+        self._hash = hashlib.sha256()
+        self._span_start = start
+        self._hashed_to = start  # next stream offset to hash
+        self._chunk = b""
+        self._chunk_start = 0
+        self._prev_byte = b""  # the byte just before _chunk_start
+
+    def add(self, data: bytes, offset: int) -> None:
+        """Register the chunk ``data`` found at stream ``offset`` (right after the last one)."""
+        self._hash_to(self._chunk_start + len(self._chunk))
+        if self._chunk:
+            self._prev_byte = self._chunk[-1:]
+        self._chunk = data
+        self._chunk_start = offset
+
+    def _slice(self, a: int, b: int) -> bytes:
+        if a >= b:
+            return b""
+        if a == self._chunk_start - 1:
+            return self._prev_byte + self._chunk[: b - self._chunk_start]
+        return self._chunk[a - self._chunk_start : b - self._chunk_start]
+
+    def _hash_to(self, end: int) -> None:
+        start = max(self._hashed_to, self._span_start)
+        if end > start:
+            self._hash.update(self._slice(start, end))
+            self._hashed_to = end
+
+    def cut(self, end: int, next_start: int) -> str:
+        """Close the range at ``end`` (exclusive); return its hex digest; start the next."""
+        self._hash_to(end)
+        digest = self._hash.hexdigest()
+        self._hash = hashlib.sha256()
+        self._span_start = next_start
+        if next_start < end:
+            self._hash.update(self._slice(next_start, end))
+        self._hashed_to = max(end, next_start)
+        return digest
+
+    @property
+    def span_start(self) -> int:
+        return self._span_start

@@ -1,0 +1,353 @@
+"""gzip random access: checkpoints at deflate block boundaries, and resuming from them.
+
+Building (one forward pass, :class:`GzipIndexer`): raw inflate through the system zlib with
+``Z_BLOCK`` (see :mod:`._zlib`). A checkpoint is taken at the first block end where more than
+``span_size`` bytes were produced since the previous checkpoint -- the rule of zran and of
+AWS SOCI, so the same blob and span size give SOCI's checkpoints. Checkpoint 0 sits right
+after the first member's header (``out = 0``, no window).
+
+Resuming (:func:`decode_span`): pure ``zlib``. A checkpoint may fall inside a byte (``bits``
+of the byte at ``in - 1`` still belong to the next block). Python's ``zlib`` has no
+``inflatePrime``, and shifting the compressed bytes is wrong (a stored block pads to the
+*original* byte boundary). Instead we splice: a synthetic deflate prefix of empty, non-final
+blocks whose bit length is ``8 - bits`` (mod 8), completed by the ``bits`` leftover bits,
+so the original bytes from ``in`` on are byte-aligned for the decoder. It produces no output
+and copies nothing.
+
+Multi-member gzip (pigz, concatenated files) is handled in both directions: at a member's
+end its 8-byte trailer is checked (CRC32, ISIZE) and a new member header must follow.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+
+from ..errors import FormatError
+from ._zlib import DT_UNUSED_BITS, BlockInflater
+from .base import Span, SpanHasher
+
+GZIP_MAGIC = b"\x1f\x8b"
+_FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
+#: A header larger than this (an FNAME without its NUL, say) is not a real gzip header.
+MAX_HEADER_SIZE = 1 << 16
+_TRAILER_SIZE = 8
+
+
+def parse_gzip_header(buf: bytes | bytearray, *, where: str = "") -> int | None:
+    """Length of the gzip member header at the start of ``buf``; None if ``buf`` is too short.
+
+    Layout (RFC 1952): ``1f 8b`` CM=8 FLG MTIME(4) XFL OS, then the optional fields
+    FEXTRA (u16 length + data), FNAME and FCOMMENT (NUL-terminated), FHCRC (2 bytes).
+    """
+    if len(buf) < 10:
+        if buf[: len(GZIP_MAGIC)] != GZIP_MAGIC[: len(buf)]:
+            raise FormatError(f"not a gzip member header{where}")
+        return None
+    if buf[:2] != GZIP_MAGIC or buf[2] != 8:
+        raise FormatError(f"not a gzip member header{where}")
+    flags = buf[3]
+    if flags & 0xE0:
+        raise FormatError(f"gzip header with reserved flags set{where}")
+    pos = 10
+    if flags & _FEXTRA:
+        if len(buf) < pos + 2:
+            return None
+        (xlen,) = struct.unpack_from("<H", buf, pos)
+        pos += 2 + xlen
+    for flag in (_FNAME, _FCOMMENT):
+        if flags & flag:
+            end = buf.find(b"\x00", pos)
+            if end < 0:
+                if len(buf) > MAX_HEADER_SIZE:
+                    raise FormatError(f"gzip header field without terminator{where}")
+                return None
+            pos = end + 1
+    if flags & _FHCRC:
+        pos += 2
+    if len(buf) < pos:
+        return None
+    return pos
+
+
+class GzipIndexer:
+    """One forward pass over a gzip blob: uncompressed bytes out, spans and windows recorded."""
+
+    compression = "gzip"
+
+    def __init__(self, span_size: int, *, name: str = "gzip blob") -> None:
+        if span_size <= 0:
+            raise ValueError("span_size must be positive")
+        self.span_size = span_size
+        self.spans: list[Span] = []
+        self._name = name
+        self._inflater = BlockInflater()
+        self._hasher: SpanHasher | None = None
+        self._fed = 0  # compressed bytes received
+        self._out = 0  # uncompressed bytes produced
+        self._state = "header"
+        self._buf = bytearray()  # header/trailer bytes being collected
+        self._buf_start = 0  # stream offset of _buf[0]
+        self._member = 0
+        self._member_deflate_start = 0
+        self._member_crc = 0
+        self._member_out = 0
+        # the open span: where it starts, its first-byte bits and its window
+        self._span_cstart = 0
+        self._span_ustart = 0
+        self._span_bits = 0
+        self._windows: list[bytes] = []  # zlib-compressed window of each span (b"" = none)
+        self._finished = False
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self._out
+
+    @property
+    def compressed_position(self) -> int:
+        return self._fed
+
+    def window(self, span_index: int) -> bytes | None:
+        packed = self._windows[span_index]
+        return zlib.decompress(packed) if packed else None
+
+    def packed_window(self, span_index: int) -> bytes:
+        """The window of a span, zlib-compressed (b"" when the span needs none)."""
+        return self._windows[span_index]
+
+    def _fail(self, what: str, offset: int) -> FormatError:
+        return FormatError(f"{self._name}: {what} at compressed offset {offset}")
+
+    # -- the pass ---------------------------------------------------------------------------
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        offset = self._fed
+        self._fed += len(data)
+        if self._hasher is not None:
+            self._hasher.add(data, offset)
+        pos = 0  # position in data
+        while pos < len(data):
+            if self._state == "header" or self._state == "next":
+                if self._state == "next" and not self._buf and data[pos] != 0x1F:
+                    raise self._fail("garbage after the end of the gzip stream", offset + pos)
+                if not self._buf:
+                    self._buf_start = offset + pos
+                self._buf += data[pos:]
+                where = f" in {self._name} at compressed offset {self._buf_start}"
+                header_len = parse_gzip_header(self._buf, where=where)
+                if header_len is None:
+                    return
+                deflate_start = self._buf_start + header_len
+                pos = deflate_start - offset
+                self._buf.clear()
+                self._start_member(deflate_start, data, offset)
+            elif self._state == "deflate":
+                yield from self._inflate(data, pos, offset)
+                if self._state == "deflate":
+                    return  # input used up
+                pos = len(data) - self._inflater.avail_in
+            else:  # trailer
+                need = _TRAILER_SIZE - len(self._buf)
+                self._buf += data[pos : pos + need]
+                pos += min(need, len(data) - pos)
+                if len(self._buf) == _TRAILER_SIZE:
+                    self._check_trailer(offset + pos - _TRAILER_SIZE)
+
+    def _start_member(self, deflate_start: int, data: bytes, offset: int) -> None:
+        if self._member == 0:
+            self._hasher = SpanHasher(deflate_start)
+            self._hasher.add(data, offset)
+            self._span_cstart = deflate_start
+            self._windows.append(b"")
+        else:
+            self._inflater.reset()
+        self._member += 1
+        self._member_deflate_start = deflate_start
+        self._member_crc = 0
+        self._member_out = 0
+        self._state = "deflate"
+
+    def _inflate(self, data: bytes, pos: int, offset: int) -> Iterator[bytes]:
+        inflater = self._inflater
+        inflater.feed(data[pos:] if pos else data)
+        while True:
+            out = inflater.step()
+            if out:
+                self._out += len(out)
+                self._member_out += len(out)
+                self._member_crc = zlib.crc32(out, self._member_crc)
+                yield out
+            if inflater.finished:
+                self._state = "trailer"
+                self._buf.clear()
+                return
+            if inflater.at_block_boundary() and self._out - self._span_ustart > self.span_size:
+                self._checkpoint()
+            if not out and inflater.avail_in == 0:
+                return
+
+    def _checkpoint(self) -> None:
+        inflater = self._inflater
+        assert self._hasher is not None
+        cin = self._member_deflate_start + inflater.total_in
+        bits = inflater.data_type & DT_UNUSED_BITS
+        start = cin - 1 if bits else cin
+        digest = self._hasher.cut(cin, start)
+        self._close_span(cin, digest)
+        self._span_cstart = start
+        self._span_ustart = self._out
+        self._span_bits = bits
+        self._windows.append(zlib.compress(inflater.window(), 1))
+
+    def _close_span(self, cend: int, digest: str) -> None:
+        self.spans.append(
+            Span(
+                index=len(self.spans),
+                compressed_start=self._span_cstart,
+                compressed_end=cend,
+                uncompressed_start=self._span_ustart,
+                uncompressed_end=self._out,
+                digest=digest,
+                bits=self._span_bits,
+            )
+        )
+
+    def _check_trailer(self, at: int) -> None:
+        crc, isize = struct.unpack("<II", self._buf)
+        if crc != self._member_crc & 0xFFFFFFFF or isize != self._member_out & 0xFFFFFFFF:
+            raise self._fail(f"gzip member {self._member} fails its CRC/size check", at)
+        self._buf.clear()
+        self._state = "next"
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        if self._member == 0:
+            raise self._fail("no gzip member (empty or truncated header)", self._fed)
+        if self._state != "next" or self._buf:
+            raise self._fail("truncated gzip stream", self._fed)
+        assert self._hasher is not None
+        self._close_span(self._fed, self._hasher.cut(self._fed, self._fed))
+        self._finished = True
+        self._inflater.close()
+
+
+# -- resuming ------------------------------------------------------------------------------
+
+
+class _BitWriter:
+    """Deflate's bit order: fields LSB first, Huffman codes MSB first."""
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.nbits = 0
+
+    def bits(self, value: int, count: int) -> None:
+        self.value |= (value & ((1 << count) - 1)) << self.nbits
+        self.nbits += count
+
+    def code(self, code: int, length: int) -> None:
+        for i in range(length - 1, -1, -1):
+            self.bits((code >> i) & 1, 1)
+
+    def getvalue(self) -> bytes:
+        assert self.nbits % 8 == 0
+        return self.value.to_bytes(self.nbits // 8, "little")
+
+
+def _empty_fixed_block(w: _BitWriter) -> None:
+    # BFINAL=0, BTYPE=01 (fixed Huffman), end-of-block = 7-bit code 0000000: 10 bits.
+    w.bits(0, 1)
+    w.bits(1, 2)
+    w.code(0, 7)
+
+
+# Code-length alphabet order of the HCLEN entries (RFC 1951 3.2.7).
+_CLEN_ORDER = (16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15)
+
+
+def _empty_dynamic_block(w: _BitWriter) -> None:
+    """A non-final dynamic-Huffman block holding only end-of-block: 95 bits (odd).
+
+    Literal/length code: symbol 256 alone, length 1 (zlib accepts a single 1-bit code);
+    distance code: one unused symbol of length 0. The code-length code gives 18 (run of
+    zeros) length 1, and 0 and 1 length 2. All 19 HCLEN entries are sent, which is what
+    makes the total odd.
+    """
+    w.bits(0, 1)  # BFINAL
+    w.bits(2, 2)  # BTYPE=10
+    w.bits(0, 5)  # HLIT: 257 literal/length codes
+    w.bits(0, 5)  # HDIST: 1 distance code
+    w.bits(15, 4)  # HCLEN: 19 code-length codes
+    lengths = {18: 1, 0: 2, 1: 2}
+    for sym in _CLEN_ORDER:
+        w.bits(lengths.get(sym, 0), 3)
+    # canonical codes: 18 -> 0, 0 -> 10, 1 -> 11
+    w.code(0, 1)
+    w.bits(138 - 11, 7)  # 138 zeros
+    w.code(0, 1)
+    w.bits(118 - 11, 7)  # 118 zeros: literals 0..255 unused
+    w.code(0b11, 2)  # symbol 256 (end of block): length 1
+    w.code(0b10, 2)  # the one distance code: length 0
+    w.code(0, 1)  # end of block
+
+
+def splice_prefix(bits: int, byte: int) -> bytes:
+    """Bytes that put a raw inflater ``8 - bits`` bits into ``byte``, producing no output.
+
+    ``bits`` (1-7) high bits of ``byte`` are the start of the next real block.
+    """
+    if not 1 <= bits <= 7:
+        raise ValueError("bits must be 1..7")
+    w = _BitWriter()
+    need = (8 - bits) % 8  # residue of the prefix length mod 8
+    if need % 2:  # odd: one dynamic block (95 = 7 mod 8), then fixed blocks (10 = 2 mod 8)
+        _empty_dynamic_block(w)
+        need = (need - 7) % 8
+    for _ in range(need // 2):
+        _empty_fixed_block(w)
+    w.bits(byte >> (8 - bits), bits)
+    return w.getvalue()
+
+
+def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "gzip blob") -> bytes:
+    """Uncompressed bytes of ``span`` from its compressed bytes ``data`` (already verified).
+
+    Crosses gzip member boundaries inside the span. Produces at most the span's size
+    (a decompression bomb cannot make it allocate more).
+    """
+    where = f"{name}: span {span.index} (compressed {span.compressed_start}-{span.compressed_end})"
+    if span.bits:
+        if not data:
+            raise FormatError(f"{where}: no data")
+        data = splice_prefix(span.bits, data[0]) + data[1:]
+    want = span.uncompressed_size
+    out: list[bytes] = []
+    produced = 0
+    pending = data
+    decomp = zlib.decompressobj(-15, zdict=window) if window else zlib.decompressobj(-15)
+    try:
+        while produced < want:
+            chunk = decomp.decompress(pending, want - produced)
+            out.append(chunk)
+            produced += len(chunk)
+            pending = decomp.unconsumed_tail
+            if decomp.eof:
+                rest = decomp.unused_data[_TRAILER_SIZE:]
+                if produced >= want:
+                    break
+                header_len = parse_gzip_header(rest, where=f" ({where})")
+                if header_len is None:
+                    raise FormatError(f"{where}: data ends inside a gzip member header")
+                pending = rest[header_len:]
+                decomp = zlib.decompressobj(-15)
+            elif not chunk and not pending:
+                break
+    except zlib.error as exc:
+        raise FormatError(f"{where}: corrupt deflate data ({exc})") from exc
+    result = b"".join(out)
+    if len(result) != want:
+        raise FormatError(f"{where}: produced {len(result)} bytes, index says {want}")
+    return result

@@ -1,0 +1,364 @@
+"""seekoci's own layer index: table of contents + spans + checkpoint windows.
+
+The file is laid out so that a reader can range into it (a later step fetches indexes from
+the registry): a fixed header, the compressed table of contents, a fixed-size span table,
+then one independently compressed window per span. All integers little-endian.
+
+Header (64 bytes)::
+
+     0  8  magic  b"SEEKOCIX"
+     8  2  u16    format version (INDEX_VERSION)
+    10  2  u16    flags (0)
+    12  4  u32    number of spans
+    16  8  u64    TOC offset          24  8  u64  TOC length (zlib-compressed JSON)
+    32  8  u64    span table offset   40  8  u64  windows offset
+    48  8  u64    windows length      56  8  u64  reserved (0)
+
+Span record (88 bytes)::
+
+     0  8  u64 compressed start     8  8  u64 compressed end (exclusive)
+    16  8  u64 uncompressed start  24  8  u64 uncompressed end (exclusive)
+    32  1  u8  bits                33  7  padding
+    40  8  u64 window offset (from the windows offset)   48  4  u32 window length (0 = none)
+    52  4  padding                 56 32  sha256 of the span's compressed bytes
+
+The TOC JSON holds the layer's identity (digest, media type, compression, sizes, span size,
+the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FIELDS``.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+from .base import Span
+from .tar import TarEntry
+
+MAGIC = b"SEEKOCIX"
+INDEX_VERSION = 1
+_HEADER = struct.Struct("<8sHHIQQQQQQ")
+_SPAN = struct.Struct("<QQQQB7xQI4x32s")
+HEADER_SIZE = _HEADER.size
+SPAN_RECORD_SIZE = _SPAN.size
+#: A TOC that inflates past this is refused (hostile index).
+MAX_TOC_SIZE = 1 << 30
+
+ENTRY_FIELDS = (
+    "name",
+    "type",
+    "size",
+    "mode",
+    "uid",
+    "gid",
+    "mtime",
+    "linkname",
+    "uname",
+    "gname",
+    "devmajor",
+    "devminor",
+    "xattrs",
+    "header_offset",
+    "data_offset",
+    "pax",
+    "unsafe",
+)
+_ENTRY_TYPES = {"file", "dir", "symlink", "hardlink", "char", "block", "fifo"}
+
+#: Reads ``length`` bytes at ``offset`` of the window area.
+WindowReader = Callable[[int, int], bytes]
+
+
+@dataclass
+class LayerIndex:
+    """Everything needed to serve random reads of one layer blob."""
+
+    layer_digest: str
+    media_type: str
+    compression: str
+    blob_size: int
+    uncompressed_size: int
+    span_size: int
+    spans: list[Span]
+    entries: list[TarEntry]
+    #: zlib-compressed window of each span, fetched lazily: (offset, length) per span
+    window_locations: list[tuple[int, int]] = field(default_factory=list)
+    read_windows: WindowReader | None = None
+    tool: str = ""
+
+    def window(self, span_index: int) -> bytes | None:
+        offset, length = self.window_locations[span_index]
+        if not length:
+            return None
+        if self.read_windows is None:
+            raise FormatError(f"index of {self.layer_digest}: windows are not available")
+        packed = self.read_windows(offset, length)
+        if len(packed) != length:
+            raise FormatError(f"index of {self.layer_digest}: window of span {span_index} is cut")
+        try:
+            window = zlib.decompress(packed)
+        except zlib.error as exc:
+            raise FormatError(
+                f"index of {self.layer_digest}: window of span {span_index} is corrupt"
+            ) from exc
+        if len(window) > 32768:
+            raise FormatError(f"index of {self.layer_digest}: window of span {span_index} too big")
+        return window
+
+
+def _entry_row(e: TarEntry) -> list[object]:
+    return [
+        e.name,
+        e.type,
+        e.size,
+        e.mode,
+        e.uid,
+        e.gid,
+        e.mtime,
+        e.linkname,
+        e.uname,
+        e.gname,
+        e.devmajor,
+        e.devminor,
+        {k: base64.b64encode(v).decode("ascii") for k, v in e.xattrs.items()},
+        e.header_offset,
+        e.data_offset,
+        e.pax,
+        e.unsafe,
+    ]
+
+
+def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
+    """The index file bytes. ``packed_windows[i]``: span i's zlib-compressed window or b""."""
+    if len(packed_windows) != len(index.spans):
+        raise ValueError("one window (or b'') per span")
+    toc = {
+        "layer_digest": index.layer_digest,
+        "media_type": index.media_type,
+        "compression": index.compression,
+        "blob_size": index.blob_size,
+        "uncompressed_size": index.uncompressed_size,
+        "span_size": index.span_size,
+        "tool": index.tool,
+        "fields": list(ENTRY_FIELDS),
+        "entries": [_entry_row(e) for e in index.entries],
+    }
+    toc_bytes = zlib.compress(
+        json.dumps(toc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+            "utf-8", "surrogateescape"
+        ),
+        6,
+    )
+    toc_offset = HEADER_SIZE
+    span_offset = toc_offset + len(toc_bytes)
+    windows_offset = span_offset + SPAN_RECORD_SIZE * len(index.spans)
+    records = []
+    woff = 0
+    for span, packed in zip(index.spans, packed_windows, strict=True):
+        records.append(
+            _SPAN.pack(
+                span.compressed_start,
+                span.compressed_end,
+                span.uncompressed_start,
+                span.uncompressed_end,
+                span.bits,
+                woff,
+                len(packed),
+                bytes.fromhex(span.digest),
+            )
+        )
+        woff += len(packed)
+    header = _HEADER.pack(
+        MAGIC,
+        INDEX_VERSION,
+        0,
+        len(index.spans),
+        toc_offset,
+        len(toc_bytes),
+        span_offset,
+        windows_offset,
+        woff,
+        0,
+    )
+    return b"".join([header, toc_bytes, *records, *packed_windows])
+
+
+@dataclass(frozen=True)
+class IndexHeader:
+    span_count: int
+    toc_offset: int
+    toc_length: int
+    span_offset: int
+    windows_offset: int
+    windows_length: int
+
+    @property
+    def metadata_end(self) -> int:
+        """End of header + TOC + span table: what a reader needs before any window."""
+        return self.span_offset + self.span_count * SPAN_RECORD_SIZE
+
+
+def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"{where}: shorter than its header")
+    magic, version, _flags, count, toc_off, toc_len, span_off, win_off, win_len, _r = (
+        _HEADER.unpack_from(data)
+    )
+    if magic != MAGIC:
+        raise FormatError(f"{where}: not a seekoci index (bad magic)")
+    if version != INDEX_VERSION:
+        raise FormatError(f"{where}: index format version {version}, expected {INDEX_VERSION}")
+    header = IndexHeader(count, toc_off, toc_len, span_off, win_off, win_len)
+    if not (
+        toc_off == HEADER_SIZE and span_off == toc_off + toc_len and win_off == header.metadata_end
+    ):
+        raise FormatError(f"{where}: inconsistent section offsets")
+    return header
+
+
+def parse(
+    metadata: bytes,
+    *,
+    read_windows: WindowReader | None,
+    expected_digest: str | None = None,
+    where: str = "index",
+) -> LayerIndex:
+    """Parse an index from its first ``metadata_end`` bytes (header, TOC, span table).
+
+    ``read_windows(offset, length)`` reads from the window area later, on demand. Every
+    structural property a reader relies on is checked here, so a corrupt or hostile index is
+    a FormatError, never a wrong read.
+    """
+    header = parse_header(metadata, where=where)
+    if len(metadata) < header.metadata_end:
+        raise FormatError(f"{where}: truncated")
+    try:
+        toc_raw = zlib.decompressobj().decompress(
+            metadata[header.toc_offset : header.span_offset], MAX_TOC_SIZE
+        )
+        toc = json.loads(toc_raw.decode("utf-8", "surrogateescape"))
+    except (zlib.error, ValueError) as exc:
+        raise FormatError(f"{where}: table of contents is corrupt ({exc})") from exc
+    try:
+        index = _from_toc(toc, where)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, FormatError):
+            raise
+        raise FormatError(f"{where}: table of contents is malformed ({exc!r})") from exc
+    if expected_digest is not None and index.layer_digest != expected_digest:
+        raise FormatError(
+            f"{where}: index is for layer {index.layer_digest}, not {expected_digest}"
+        )
+    spans: list[Span] = []
+    locations: list[tuple[int, int]] = []
+    for i in range(header.span_count):
+        cs, ce, us, ue, bits, woff, wlen, digest = _SPAN.unpack_from(
+            metadata, header.span_offset + i * SPAN_RECORD_SIZE
+        )
+        spans.append(Span(i, cs, ce, us, ue, digest.hex(), bits))
+        if woff + wlen > header.windows_length:
+            raise FormatError(f"{where}: window of span {i} lies outside the index")
+        locations.append((header.windows_offset + woff, wlen))
+    _check_spans(spans, index, where)
+    index.spans = spans
+    index.window_locations = locations
+    index.read_windows = read_windows
+    return index
+
+
+def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
+    fields = toc["fields"]
+    if fields != list(ENTRY_FIELDS):
+        raise FormatError(f"{where}: unknown entry fields")
+    entries = []
+    rows = toc["entries"]
+    assert isinstance(rows, list)
+    for row in rows:
+        (
+            name,
+            kind,
+            size,
+            mode,
+            uid,
+            gid,
+            mtime,
+            linkname,
+            uname,
+            gname,
+            dmaj,
+            dmin,
+            xattrs,
+            header_offset,
+            data_offset,
+            pax,
+            unsafe,
+        ) = row
+        if kind not in _ENTRY_TYPES or not isinstance(name, str):
+            raise FormatError(f"{where}: bad entry {name!r}")
+        if not all(isinstance(v, int) and v >= 0 for v in (size, header_offset, data_offset)):
+            raise FormatError(f"{where}: bad offsets for entry {name!r}")
+        entries.append(
+            TarEntry(
+                name=name,
+                type=kind,
+                size=size,
+                mode=int(mode),
+                uid=int(uid),
+                gid=int(gid),
+                mtime=float(mtime),
+                linkname=str(linkname),
+                uname=str(uname),
+                gname=str(gname),
+                devmajor=int(dmaj),
+                devminor=int(dmin),
+                xattrs={str(k): base64.b64decode(v) for k, v in dict(xattrs).items()},
+                header_offset=header_offset,
+                data_offset=data_offset,
+                pax={str(k): str(v) for k, v in dict(pax).items()},
+                raw_name=name,
+                unsafe=bool(unsafe),
+            )
+        )
+    return LayerIndex(
+        layer_digest=str(toc["layer_digest"]),
+        media_type=str(toc["media_type"]),
+        compression=str(toc["compression"]),
+        blob_size=_nonneg(toc["blob_size"]),
+        uncompressed_size=_nonneg(toc["uncompressed_size"]),
+        span_size=_nonneg(toc["span_size"]),
+        spans=[],
+        entries=entries,
+        tool=str(toc.get("tool", "")),
+    )
+
+
+def _nonneg(value: object) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
+    if not spans:
+        raise FormatError(f"{where}: no spans")
+    if spans[0].uncompressed_start != 0 or spans[-1].uncompressed_end != index.uncompressed_size:
+        raise FormatError(f"{where}: spans do not cover the layer")
+    for prev, cur in itertools.pairwise(spans):
+        if cur.uncompressed_start != prev.uncompressed_end:
+            raise FormatError(f"{where}: span {cur.index} does not follow span {prev.index}")
+    for s in spans:
+        if (
+            s.bits > 7
+            or s.compressed_start > s.compressed_end
+            or s.compressed_end > index.blob_size
+            or s.uncompressed_start > s.uncompressed_end
+        ):
+            raise FormatError(f"{where}: span {s.index} is out of range")
+    for e in index.entries:
+        if e.data_offset + e.size > index.uncompressed_size:
+            raise FormatError(f"{where}: entry {e.name!r} lies past the end of the layer")

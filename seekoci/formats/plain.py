@@ -1,0 +1,70 @@
+"""Uncompressed tar layers: spans are fixed slices of the blob, nothing to decode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from ..errors import FormatError
+from .base import Span, SpanHasher
+
+
+class PlainIndexer:
+    """Cuts an uncompressed blob into ``span_size`` slices and hashes each one."""
+
+    compression = "none"
+
+    def __init__(self, span_size: int, *, name: str = "tar blob") -> None:
+        if span_size <= 0:
+            raise ValueError("span_size must be positive")
+        self.span_size = span_size
+        self.spans: list[Span] = []
+        self._name = name
+        self._hasher = SpanHasher(0)
+        self._fed = 0
+        self._finished = False
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self._fed
+
+    @property
+    def compressed_position(self) -> int:
+        return self._fed
+
+    def window(self, span_index: int) -> bytes | None:
+        return None
+
+    def packed_window(self, span_index: int) -> bytes:
+        return b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        offset = self._fed
+        self._hasher.add(data, offset)
+        self._fed += len(data)
+        # close every span that now ends inside the bytes received
+        while self._hasher.span_start + self.span_size <= self._fed:
+            self._close(self._hasher.span_start + self.span_size)
+        if data:
+            yield data
+
+    def _close(self, end: int) -> None:
+        start = self._hasher.span_start
+        digest = self._hasher.cut(end, end)
+        self.spans.append(Span(len(self.spans), start, end, start, end, digest))
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        if self._hasher.span_start < self._fed or not self.spans:
+            self._close(self._fed)
+        self._finished = True
+
+
+def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "tar blob") -> bytes:
+    if len(data) != span.uncompressed_size:
+        raise FormatError(
+            f"{name}: span {span.index} has {len(data)} bytes, index says {span.uncompressed_size}"
+        )
+    return data

@@ -1,0 +1,369 @@
+"""Streaming tar table of contents.
+
+:class:`TarScanner` is fed the uncompressed tar stream in arbitrary chunks and records every
+entry with the offset of its first header block and of its data; file data is skipped, never
+held. Formats: v7, ustar, GNU (long names ``L``, long link names ``K``, base-256 numbers) and
+POSIX PAX (``x`` and global ``g`` headers: long names and link names, sizes over 8 GiB,
+fractional mtimes, ``SCHILY.xattr.*`` and ``LIBARCHIVE.xattr.*`` extended attributes).
+
+Header block layout (512 bytes, POSIX ustar)::
+
+    0 name[100]  100 mode[8]  108 uid[8]  116 gid[8]  124 size[12]  136 mtime[12]
+    148 chksum[8]  156 typeflag  157 linkname[100]  257 magic[6]  263 version[2]
+    265 uname[32]  297 gname[32]  329 devmajor[8]  337 devminor[8]  345 prefix[155]
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+
+from ..errors import FormatError
+
+BLOCK = 512
+#: PAX and GNU long-name payloads larger than this are refused (a hostile tar could
+#: otherwise make us buffer gigabytes of "header").
+MAX_META_SIZE = 16 << 20
+
+_TYPES = {
+    b"0": "file",
+    b"\x00": "file",
+    b"7": "file",  # contiguous file: a regular file everywhere that matters
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "char",
+    b"4": "block",
+    b"5": "dir",
+    b"6": "fifo",
+    b"D": "dir",  # GNU dumpdir: a directory with a listing as data
+}
+_META_TYPES = (b"x", b"g", b"L", b"K")
+_UNSUPPORTED = {b"S": "GNU sparse file", b"M": "GNU multi-volume continuation"}
+_SKIP_TYPES = (b"V", b"N")  # volume label, old GNU long name list: no entry
+_NO_DATA_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")
+
+
+@dataclass(slots=True)
+class TarEntry:
+    """One tar member. ``name`` is normalised: no leading ``./`` or ``/``, no trailing
+    ``/``; the root directory is ``""``."""
+
+    name: str
+    type: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime: float
+    linkname: str = ""
+    uname: str = ""
+    gname: str = ""
+    devmajor: int = 0
+    devminor: int = 0
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    #: offset in the tar stream of the entry's first header block (PAX/GNU ones included)
+    header_offset: int = 0
+    #: offset in the tar stream of the entry's data
+    data_offset: int = 0
+    #: PAX records other than the ones mapped to fields above (raw values)
+    pax: dict[str, str] = field(default_factory=dict)
+    #: the name exactly as stored (before normalisation)
+    raw_name: str = ""
+    #: the stored name is absolute or climbs with ``..``: never extracted, never shown
+    unsafe: bool = False
+
+
+def normalize_name(name: str) -> str:
+    """``./usr/bin/`` -> ``usr/bin``; ``/`` and ``.`` -> ``""``. ``..`` is kept (callers
+    decide what to do with names that climb out)."""
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    return "/".join(parts)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _cstr(field_bytes: bytes) -> bytes:
+    end = field_bytes.find(b"\x00")
+    return field_bytes if end < 0 else field_bytes[:end]
+
+
+def _number(field_bytes: bytes, what: str, at: int) -> int:
+    if field_bytes and field_bytes[0] & 0x80:
+        # GNU base-256: big-endian two's complement with the top bit as marker
+        value = int.from_bytes(field_bytes, "big")
+        if field_bytes[0] == 0xFF:  # negative
+            return value - (1 << (8 * len(field_bytes)))
+        return value & ((1 << (8 * len(field_bytes) - 1)) - 1)
+    text = _cstr(field_bytes).strip(b" \x00")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise FormatError(f"tar header at offset {at}: bad {what} field {text!r}") from None
+
+
+def _checksum_ok(block: bytes) -> bool:
+    stored_field = _cstr(block[148:156]).strip(b" \x00")
+    try:
+        stored = int(stored_field, 8) if stored_field else -1
+    except ValueError:
+        return False
+    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    if stored == unsigned:
+        return True
+    # some old tars summed signed chars
+    signed = unsigned - 256 * sum(1 for b in block[:148] + block[156:] if b > 127)
+    return stored == signed
+
+
+def parse_pax(data: bytes, at: int) -> dict[str, bytes]:
+    """PAX records ``"%d %s=%s\\n"``; values are kept as bytes (xattrs may be binary)."""
+    records: dict[str, bytes] = {}
+    pos = 0
+    while pos < len(data):
+        if data[pos] == 0:  # NUL padding after the last record
+            break
+        space = data.find(b" ", pos)
+        if space < 0:
+            raise FormatError(f"PAX header at offset {at}: malformed record")
+        try:
+            length = int(data[pos:space])
+        except ValueError:
+            raise FormatError(f"PAX header at offset {at}: bad record length") from None
+        end = pos + length
+        if length <= 0 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise FormatError(f"PAX header at offset {at}: record overruns its header")
+        record = data[space + 1 : end - 1]
+        eq = record.find(b"=")
+        if eq < 0:
+            raise FormatError(f"PAX header at offset {at}: record without '='")
+        key = record[:eq].decode("utf-8", "surrogateescape")
+        value = record[eq + 1 :]
+        if value:
+            records[key] = value
+        else:  # an empty value deletes a (global) record
+            records.pop(key, None)
+            records[key] = b""
+        pos = end
+    return records
+
+
+class TarScanner:
+    """Push-style tar parser: ``feed()`` consecutive chunks, read ``entries``."""
+
+    def __init__(self, *, name: str = "tar stream") -> None:
+        self.entries: list[TarEntry] = []
+        self.done = False  # end-of-archive marker seen
+        self._name = name
+        self._pos = 0  # stream offset of the next byte fed
+        self._block = bytearray()  # partial header block
+        self._skip = 0  # data/padding bytes still to skip
+        self._meta_type = b""  # collecting a PAX/GNU payload of this type
+        self._meta = bytearray()
+        self._meta_left = 0  # payload bytes still to collect (padding counted in _skip)
+        self._pax: dict[str, bytes] = {}
+        self._global_pax: dict[str, bytes] = {}
+        self._long_name: bytes | None = None
+        self._long_link: bytes | None = None
+        self._first_header = -1  # header offset of the entry being assembled
+        self._zero_blocks = 0
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def feed(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        n = len(view)
+        i = 0
+        while i < n:
+            if self._meta_left:  # an extended header's payload (its padding is in _skip)
+                step = min(self._meta_left, n - i)
+                self._meta += view[i : i + step]
+                self._meta_left -= step
+                i += step
+                if not self._meta_left:
+                    self._finish_meta()
+                continue
+            if self._skip:
+                step = min(self._skip, n - i)
+                self._skip -= step
+                i += step
+                continue
+            if self.done:  # trailing zeros / padding after the end marker
+                i = n
+                break
+            need = BLOCK - len(self._block)
+            if not self._block and n - i >= BLOCK:
+                block = bytes(view[i : i + BLOCK])
+                i += BLOCK
+            else:
+                take = min(need, n - i)
+                self._block += view[i : i + take]
+                i += take
+                if len(self._block) < BLOCK:
+                    break
+                block = bytes(self._block)
+                self._block.clear()
+            self._header(block, self._pos + i - BLOCK)
+        self._pos += n
+
+    def finish(self) -> None:
+        """The stream ended: complain if it ended inside an entry."""
+        if self._meta_left or self._block.strip(b"\x00") or self._skip:
+            raise FormatError(
+                f"{self._name}: tar stream truncated at offset {self._pos} (inside an entry)"
+            )
+        if self._meta_type or self._long_name is not None or self._pax:
+            raise FormatError(f"{self._name}: tar stream ends after an extended header")
+
+    # -- headers ---------------------------------------------------------------------------
+    def _header(self, block: bytes, at: int) -> None:
+        if block.count(0) == BLOCK:
+            self._zero_blocks += 1
+            if self._zero_blocks >= 2:
+                self.done = True
+            return
+        if self._zero_blocks:
+            # a single zero block in the middle: GNU tar treats it as the end; be lenient
+            # like `tar -i` would not -- real layers never do this.
+            self._zero_blocks = 0
+        if not _checksum_ok(block):
+            raise FormatError(f"{self._name}: tar header at offset {at} has a bad checksum")
+        if self._first_header < 0:
+            self._first_header = at
+        typeflag = block[156:157]
+        size = _number(block[124:136], "size", at)
+        if size < 0:
+            raise FormatError(f"{self._name}: tar header at offset {at} has a negative size")
+        if typeflag in _META_TYPES:
+            if size > MAX_META_SIZE:
+                raise FormatError(
+                    f"{self._name}: extended header at offset {at} is {size} bytes "
+                    f"(more than {MAX_META_SIZE})"
+                )
+            self._meta_type = typeflag
+            self._meta.clear()
+            self._meta_left = size
+            self._skip = -size % BLOCK
+            if not size:
+                self._finish_meta()
+            return
+        if typeflag in _UNSUPPORTED:
+            raise FormatError(
+                f"{self._name}: tar entry at offset {at} is a {_UNSUPPORTED[typeflag]} "
+                "(not supported)"
+            )
+        entry = self._entry(block, typeflag, size, at)
+        # Hard links, symlinks, devices, fifos and directories carry no data whatever their
+        # size field says (as tarfile reads them); regular files, GNU dumpdirs and unknown
+        # types do.
+        data_len = entry.size if typeflag not in _NO_DATA_TYPES else 0
+        if entry.type != "file":
+            entry.size = 0
+        if typeflag not in _SKIP_TYPES:
+            self.entries.append(entry)
+        self._skip = data_len + (-data_len % BLOCK)
+        self._first_header = -1
+        self._pax = {}
+        self._long_name = None
+        self._long_link = None
+
+    def _finish_meta(self) -> None:
+        payload = bytes(self._meta)
+        at = self._pos  # approximate; only for messages
+        if self._meta_type == b"x":
+            self._pax.update(parse_pax(payload, at))
+        elif self._meta_type == b"g":
+            self._global_pax.update(parse_pax(payload, at))
+            self._first_header = -1  # a global header is not part of the next entry
+        elif self._meta_type == b"L":
+            self._long_name = _cstr(payload)
+        elif self._meta_type == b"K":
+            self._long_link = _cstr(payload)
+        self._meta_type = b""
+        self._meta.clear()
+
+    def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
+        pax = {**self._global_pax, **self._pax}
+        magic = block[257:263]
+        raw_name = _cstr(block[0:100])
+        if magic == b"ustar\x00":  # POSIX: prefix field (GNU uses those bytes for times)
+            prefix = _cstr(block[345:500])
+            if prefix:
+                raw_name = prefix + b"/" + raw_name
+        if self._long_name is not None:
+            raw_name = self._long_name
+        raw_link = _cstr(block[157:257])
+        if self._long_link is not None:
+            raw_link = self._long_link
+        name = _decode(pax["path"]) if "path" in pax else _decode(raw_name)
+        linkname = _decode(pax["linkpath"]) if "linkpath" in pax else _decode(raw_link)
+        kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
+        if kind == "file" and name.endswith("/") and typeflag in (b"0", b"\x00"):
+            kind = "dir"  # v7 tars mark directories with a trailing slash
+        if "size" in pax:
+            size = self._pax_int(pax, "size", at)
+        mtime: float = float(_number(block[136:148], "mtime", at))
+        if "mtime" in pax:
+            try:
+                mtime = float(pax["mtime"])
+            except ValueError:
+                raise FormatError(
+                    f"{self._name}: PAX mtime at offset {at} is not a number"
+                ) from None
+        xattrs: dict[str, bytes] = {}
+        extra: dict[str, str] = {}
+        for key, value in pax.items():
+            if key.startswith("SCHILY.xattr."):
+                xattrs[key[len("SCHILY.xattr.") :]] = value
+            elif key.startswith("LIBARCHIVE.xattr."):
+                attr = key[len("LIBARCHIVE.xattr.") :]
+                try:
+                    xattrs[attr] = base64.b64decode(value + b"=" * (-len(value) % 4))
+                except ValueError:
+                    raise FormatError(
+                        f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}"
+                    ) from None
+            elif key.startswith("GNU.sparse."):
+                raise FormatError(
+                    f"{self._name}: tar entry at offset {at} is a sparse file (not supported)"
+                )
+            elif key not in ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname"):
+                extra[key] = _decode(value)
+        return TarEntry(
+            name=normalize_name(name),
+            type=kind,
+            size=size,
+            mode=_number(block[100:108], "mode", at) & 0o7777,
+            uid=self._pax_int(pax, "uid", at)
+            if "uid" in pax
+            else _number(block[108:116], "uid", at),
+            gid=self._pax_int(pax, "gid", at)
+            if "gid" in pax
+            else _number(block[116:124], "gid", at),
+            mtime=mtime,
+            linkname=linkname,
+            uname=_decode(pax["uname"]) if "uname" in pax else _decode(_cstr(block[265:297])),
+            gname=_decode(pax["gname"]) if "gname" in pax else _decode(_cstr(block[297:329])),
+            devmajor=_number(block[329:337], "devmajor", at) if kind in ("char", "block") else 0,
+            devminor=_number(block[337:345], "devminor", at) if kind in ("char", "block") else 0,
+            xattrs=xattrs,
+            header_offset=self._first_header,
+            data_offset=at + BLOCK,
+            pax=extra,
+            raw_name=name,
+            unsafe=name.startswith("/") or ".." in name.split("/"),
+        )
+
+    def _pax_int(self, pax: dict[str, bytes], key: str, at: int) -> int:
+        try:
+            value = int(pax[key])
+        except ValueError:
+            raise FormatError(f"{self._name}: PAX {key} at offset {at} is not a number") from None
+        if value < 0:
+            raise FormatError(f"{self._name}: PAX {key} at offset {at} is negative")
+        return value

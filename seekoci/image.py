@@ -1,0 +1,181 @@
+"""The merged filesystem of an image, over its layers."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .fileinfo import FileInfo, entry_info
+from .fileobj import RangeFile
+from .formats.tar import TarEntry, normalize_name
+from .layer import Layer, Progress
+from .tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Node, Tree
+
+
+def _abs(path: str) -> str:
+    return "/" + normalize_name(path)
+
+
+class Image:
+    """A container image: manifest, config and the merged view of its layers.
+
+    Paths are absolute POSIX paths inside the image. Layers are indexed only as far as a
+    request needs: a regular file found in the topmost layer that has it is read after
+    indexing the layers above it and that layer up to the file; listings, walks and
+    anything involving a symlink use the fully merged tree.
+    """
+
+    def __init__(
+        self,
+        *,
+        reference: str,
+        digest: str,
+        platform: str,
+        config: dict[str, Any],
+        manifest: dict[str, Any],
+        layers: list[Layer],
+    ) -> None:
+        self.reference = reference
+        self.digest = digest
+        self.platform = platform
+        self.config = config
+        self.manifest = manifest
+        self.layers = layers
+        self._tree: Tree | None = None
+        self._lock = threading.RLock()
+        self._by_digest = {layer.digest or layer.name: layer for layer in layers}
+
+    def __repr__(self) -> str:
+        return f"<seekoci.Image {self.reference} {self.platform} {len(self.layers)} layers>"
+
+    def _repr_html_(self) -> str:
+        from .html import layers_table
+
+        return layers_table(self.layers, title=f"{self.reference} ({self.platform})")
+
+    # -- the merged tree --------------------------------------------------------------------
+    def tree(self) -> Tree:
+        """The merged tree (indexes every layer)."""
+        with self._lock:
+            if self._tree is None:
+                self._tree = Tree.merged(
+                    (layer.digest or layer.name, layer.entries()) for layer in self.layers
+                )
+            return self._tree
+
+    def _fast_entry(self, path: str) -> tuple[Layer, TarEntry] | None:
+        """Find a regular file without merging every layer, when that is unambiguous.
+
+        Walk layers from the top; a layer that does not have the path must not hide or
+        redirect it either (no whiteout of it or an ancestor, no opaque ancestor, no
+        non-directory ancestor), else we leave it to the merged tree.
+        """
+        name = normalize_name(path)
+        parts = name.split("/") if name else []
+        if not parts or any(p == ".." for p in parts):
+            return None
+        ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
+        for layer in reversed(self.layers):
+            entry = layer.find(name)
+            if entry is not None:
+                if entry.type not in ("file", "hardlink"):
+                    return None
+                for a in ancestors:
+                    e = layer.find(a) if layer.complete() else None
+                    if e is not None and e.type != "dir":
+                        return None
+                return layer, entry
+            # the layer is complete now: does it hide or redirect the path?
+            for i, a in enumerate([*ancestors, name]):
+                parent = "/".join(parts[:i])
+                prefix = parent + "/" if parent else ""
+                if layer.find(prefix + WHITEOUT_PREFIX + parts[i]) is not None:
+                    return None
+                if a != name:
+                    e = layer.find(a)
+                    if e is not None and e.type != "dir":
+                        return None
+                    if layer.find(a + "/" + OPAQUE_MARKER) is not None:
+                        return None
+            if layer.find(OPAQUE_MARKER) is not None:
+                return None
+        return None
+
+    def _node(self, path: str, *, follow_symlinks: bool = True) -> Node:
+        return self.tree().resolve(path, follow_symlinks=follow_symlinks)
+
+    def _layer_of(self, node: Node) -> Layer:
+        return self._by_digest[node.layer]
+
+    def _info(self, node: Node, path: str) -> FileInfo:
+        if node.entry is None:  # a directory only implied by deeper names
+            return FileInfo(
+                path=path, type="dir", size=0, mode=0o755, mtime=0.0, uid=0, gid=0, layer=node.layer
+            )
+        entry = node.entry
+        if entry.type == "hardlink":  # in the merged view a hard link is its target file
+            target = node.target
+            size = target.entry.size if target is not None and target.entry is not None else 0
+            info = entry_info(entry, path, node.layer, type_="file", size=size)
+            return dataclasses.replace(info, linkname=_abs(entry.linkname))
+        return entry_info(entry, path, node.layer)
+
+    # -- public API -------------------------------------------------------------------------
+    def open(self, path: str) -> RangeFile:
+        """A binary file object for a regular file (symlinks followed)."""
+        fast = None if self._tree is not None else self._fast_entry(path)
+        if fast is not None:
+            layer, entry = fast
+            return layer.open_entry(entry, _abs(path))
+        node = self._node(path)
+        if node.is_dir:
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        assert node.entry is not None
+        entry = node.entry
+        if entry.type == "hardlink":
+            if node.target is None or node.target.entry is None:
+                raise FileNotFoundError(errno.ENOENT, "Hard link to a missing file", path)
+            return self._layer_of(node.target).open_entry(node.target.entry, _abs(path))
+        if entry.type != "file":
+            raise OSError(errno.EINVAL, f"Not a regular file ({entry.type})", path)
+        return self._layer_of(node).open_entry(entry, _abs(path))
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.open(path) as f:
+            return f.read()
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return self.tree().listdir(path)
+
+    def stat(self, path: str, follow_symlinks: bool = True) -> FileInfo:
+        if follow_symlinks and self._tree is None:
+            fast = self._fast_entry(path)
+            if fast is not None and fast[1].type == "file":
+                layer, entry = fast
+                return entry_info(entry, _abs(path), layer.digest or layer.name)
+        node = self._node(path, follow_symlinks=follow_symlinks)
+        return self._info(node, _abs(path))
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._node(path)
+        except OSError:
+            return False
+        return True
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        return self.tree().walk(top)
+
+    def build_index(self, progress: Progress | Callable[..., Any] | None = None) -> None:
+        """Make sure every layer has a complete index (load it, or build it)."""
+        for layer in self.layers:
+            layer.index(progress)
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None

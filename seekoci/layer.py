@@ -1,0 +1,538 @@
+"""A layer: a range source + an index + caches -> entries and bytes.
+
+The index comes, in this order, from memory, the cache directory, or a build. A build is one
+forward pass over the blob (:class:`_IndexBuild`) that can stop early: looking up a path
+advances it only until the path's entry and data have been seen, and the rest of the pass
+resumes from there when more is needed. Only a build that went to the end *and* whose bytes
+matched the layer digest becomes a saved index.
+
+Reads are served span by span: a span's compressed bytes come from the cache directory or
+one range request, are checked against the span's sha256 (one refetch on mismatch, then
+:class:`IntegrityError`), decoded, and kept in a small in-memory LRU of decoded spans.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from . import formats
+from .cache import Cache
+from .errors import FormatError, IntegrityError
+from .fileinfo import FileInfo, entry_info
+from .fileobj import RangeFile
+from .formats.base import Span
+from .formats.index import LayerIndex, parse, parse_header, serialize
+from .formats.tar import TarEntry, TarScanner, normalize_name
+from .source import RangeSource
+from .tree import Tree
+
+if TYPE_CHECKING:
+    from .formats.base import SpanIndexer
+
+#: Uncompressed bytes between checkpoints. 1 MiB keeps a small-file read near 0.5 MB of
+#: compressed transfer while the index stays ~1-2% of the layer (windows are compressed).
+DEFAULT_SPAN_SIZE = 1 << 20
+#: Decoded spans kept in memory per layer.
+SPAN_LRU_BYTES = 64 << 20
+
+#: progress(layer_digest_or_name, bytes_done, bytes_total)
+Progress = Callable[[str, int, int], None]
+
+TOOL = "seekoci 0.1.0"
+
+
+class _SpanLRU:
+    def __init__(self, max_bytes: int) -> None:
+        self._data: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self._bytes = 0
+        self._max = max_bytes
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> bytes | None:
+        with self._lock:
+            value = self._data.get(key)
+            if value is not None:
+                self._data.move_to_end(key)
+            return value
+
+    def put(self, key: tuple[int, str], value: bytes) -> None:
+        with self._lock:
+            if key in self._data or len(value) > self._max:
+                return
+            self._data[key] = value
+            self._bytes += len(value)
+            while self._bytes > self._max:
+                _, old = self._data.popitem(last=False)
+                self._bytes -= len(old)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+            self._bytes = 0
+
+
+class _IndexBuild:
+    """The (resumable) single pass over a layer blob."""
+
+    def __init__(self, layer: Layer, compression: str) -> None:
+        self.layer = layer
+        codec = formats.codec_for(compression, where=f"layer {layer.name}")
+        self.indexer: SpanIndexer = codec.new_indexer(layer.span_size, name=f"layer {layer.name}")
+        self.scanner = TarScanner(name=f"layer {layer.name}")
+        self.compression = compression
+        alg = (layer.digest or "sha256:").partition(":")[0]
+        self.blob_hash = hashlib.new(alg)
+        self.stream: Iterator[bytes] | None = None
+        self.fed = 0
+        self.done = False
+        self.keep_spans = True
+        self._pending = bytearray()  # uncompressed bytes of the open span
+        self._pending_start = 0
+        self._spans_kept = 0
+
+    def step(self) -> None:
+        """Advance by one chunk of the blob (opens the stream on first use)."""
+        if self.stream is None:
+            self.stream = self.layer.source.iter_from(0)
+        chunk = next(self.stream, None)
+        if chunk is None:
+            self._finish()
+            return
+        self.blob_hash.update(chunk)
+        self.fed += len(chunk)
+        for out in self.indexer.feed(chunk):
+            self.scanner.feed(out)
+            if self.keep_spans:
+                self._pending += out
+        if self.keep_spans:
+            self._keep_spans()
+        elif self._pending:
+            self._pending.clear()
+            self._pending_start = self.indexer.uncompressed_size
+        if self.fed > self.layer.size:
+            raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
+
+    def _keep_spans(self) -> None:
+        """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
+        spans = self.indexer.spans
+        while self._spans_kept < len(spans):
+            span = spans[self._spans_kept]
+            if span.uncompressed_start >= self._pending_start:
+                a = span.uncompressed_start - self._pending_start
+                b = span.uncompressed_end - self._pending_start
+                self.layer._lru.put(
+                    (span.uncompressed_start, span.digest), bytes(self._pending[a:b])
+                )
+                del self._pending[:b]
+                self._pending_start = span.uncompressed_end
+            self._spans_kept += 1
+
+    def _finish(self) -> None:
+        self.indexer.finish()
+        self.scanner.finish()
+        if self.keep_spans:
+            self._keep_spans()
+        self._pending.clear()
+        self.done = True
+        self.stream = None
+        layer = self.layer
+        if self.fed != layer.size and layer.size_known:
+            raise IntegrityError(
+                f"layer {layer.name}: blob has {self.fed} bytes, the manifest says {layer.size}"
+            )
+        if layer.digest is not None:
+            actual = f"{self.blob_hash.name}:{self.blob_hash.hexdigest()}"
+            if actual != layer.digest:
+                layer._lru.clear()
+                raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
+
+    def close(self) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None and hasattr(stream, "close"):
+            stream.close()
+
+
+class Layer:
+    """One layer blob, readable by path or by offset in its uncompressed tar stream."""
+
+    def __init__(
+        self,
+        source: RangeSource,
+        *,
+        cache: Cache,
+        digest: str | None = None,
+        media_type: str | None = None,
+        size: int | None = None,
+        annotations: dict[str, str] | None = None,
+        span_size: int = DEFAULT_SPAN_SIZE,
+    ) -> None:
+        self.source = source
+        self.digest = digest
+        self.size_known = size is not None
+        self.size = source.size if size is None else size
+        self.annotations = dict(annotations or {})
+        self.span_size = span_size
+        self._cache = cache
+        self._declared_media_type = media_type
+        self._compression = formats.compression_of(media_type) if media_type else None
+        self._index: LayerIndex | None = None
+        self._index_source = "none"  # none | cache | built | partial
+        self._packed_windows: list[bytes] | None = None
+        self._build: _IndexBuild | None = None
+        self._lock = threading.RLock()
+        self._lru = _SpanLRU(SPAN_LRU_BYTES)
+        self._by_name: dict[str, TarEntry] = {}
+        self._named_upto = 0
+        self._tree: Tree | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.digest or self.source.name
+
+    @property
+    def compression(self) -> str:
+        if self._compression is None:
+            head = self.source.read_range(0, min(self.size, 512))
+            try:
+                self._compression = formats.detect_compression(head)
+            except FormatError as exc:
+                raise FormatError(f"layer {self.name}: {exc}") from None
+        return self._compression
+
+    @property
+    def media_type(self) -> str:
+        if self._declared_media_type:
+            return self._declared_media_type
+        return {
+            "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+            "none": "application/vnd.oci.image.layer.v1.tar",
+        }[self.compression]
+
+    @property
+    def format(self) -> str:
+        keys = self.annotations
+        if "containerd.io/snapshot/stargz/toc.digest" in keys:
+            return "estargz"
+        if any(k.endswith("zstd-chunked.manifest-checksum") for k in keys):
+            return "zstd:chunked"
+        return "tar"
+
+    @property
+    def index_status(self) -> str:
+        """``none``, ``partial`` (a pass stopped early), ``cached`` (loaded from the cache
+        directory) or ``built`` (by this process)."""
+        if self._index is None and self._build is None:
+            self._try_cache()
+        if self._index is None and self._build is not None:
+            return "partial"
+        return self._index_source
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self.index().uncompressed_size
+
+    # -- the index --------------------------------------------------------------------------
+    def _try_cache(self) -> bool:
+        if self._index is not None:
+            return True
+        if self.digest is None:
+            return False
+        data = self._cache.load_index(self.digest)
+        if data is None:
+            return False
+        where = f"cached index of layer {self.digest}"
+        try:
+            header = parse_header(data, where=where)
+            view = memoryview(data)
+            index = parse(
+                bytes(view[: header.metadata_end]),
+                read_windows=lambda off, n: bytes(view[off : off + n]),
+                expected_digest=self.digest,
+                where=where,
+            )
+        except FormatError:
+            return False  # damaged or from another version: rebuild and overwrite
+        if index.blob_size != self.size:
+            return False
+        self._set_index(index, "cached")
+        return True
+
+    def _set_index(self, index: LayerIndex, source: str) -> None:
+        self._index = index
+        self._index_source = source
+        self._compression = self._compression or index.compression
+        self._tree = None
+        if self._build is not None:
+            self._build.close()
+            self._build = None
+
+    def index(self, progress: Progress | None = None) -> LayerIndex:
+        """The complete index: loaded from the cache or built (and then saved)."""
+        with self._lock:
+            if self._index is not None or self._try_cache():
+                assert self._index is not None
+                return self._index
+            build = self._builder()
+            build.keep_spans = False
+            try:
+                while not build.done:
+                    build.step()
+                    if progress is not None:
+                        progress(self.name, build.fed, self.size)
+            except BaseException:
+                self._abandon_build()
+                raise
+            return self._complete(build)
+
+    def _builder(self) -> _IndexBuild:
+        if self._build is None:
+            self._build = _IndexBuild(self, self.compression)
+        return self._build
+
+    def _abandon_build(self) -> None:
+        if self._build is not None:
+            self._build.close()
+            self._build = None
+        self._by_name.clear()
+        self._named_upto = 0
+
+    def _complete(self, build: _IndexBuild) -> LayerIndex:
+        indexer = build.indexer
+        index = LayerIndex(
+            layer_digest=self.digest or "",
+            media_type=self.media_type,
+            compression=build.compression,
+            blob_size=build.fed,
+            uncompressed_size=indexer.uncompressed_size,
+            span_size=self.span_size,
+            spans=list(indexer.spans),
+            entries=build.scanner.entries,
+            tool=TOOL,
+        )
+        packed = [indexer.packed_window(i) for i in range(len(index.spans))]  # type: ignore[attr-defined]
+        index.window_locations = []
+        offset = 0
+        for p in packed:
+            index.window_locations.append((offset, len(p)))
+            offset += len(p)
+        blob = b"".join(packed)
+        index.read_windows = lambda off, n: blob[off : off + n]
+        self._packed_windows = packed
+        self._set_index(index, "built")
+        if self.digest is not None:  # verified in _finish: safe to keep
+            try:
+                self._cache.save_index(self.digest, serialize(index, packed))
+            except OSError:
+                pass  # an unwritable cache costs a rebuild next time, not this read
+        return index
+
+    def _advance(self, until: Callable[[], bool]) -> None:
+        """Run the build until ``until()`` holds or the blob ends."""
+        build = self._builder()
+        try:
+            while not build.done and not until():
+                build.step()
+        except BaseException:
+            self._abandon_build()
+            raise
+        if build.done:
+            self._complete(build)
+
+    # -- lookups ----------------------------------------------------------------------------
+    def _entries(self) -> list[TarEntry]:
+        if self._index is not None:
+            return self._index.entries
+        if self._build is not None:
+            return self._build.scanner.entries
+        return []
+
+    def _index_names(self) -> None:
+        entries = self._entries()
+        if self._named_upto > len(entries):
+            self._by_name.clear()
+            self._named_upto = 0
+        for e in entries[self._named_upto :]:
+            if not e.unsafe:
+                self._by_name[e.name] = e
+        self._named_upto = len(entries)
+
+    def find(self, name: str) -> TarEntry | None:
+        """The entry stored under ``name`` (normalised), indexing only as far as needed.
+
+        Without a complete index the pass runs until the entry and its data have gone by,
+        so a file near the start of a layer costs only the bytes up to it.
+        """
+        name = normalize_name(name)
+        with self._lock:
+            if self._index is None and not self._try_cache():
+
+                def seen() -> bool:
+                    self._index_names()
+                    entry = self._by_name.get(name)
+                    if entry is None or self._build is None:
+                        return False
+                    end = entry.data_offset + entry.size
+                    spans = self._build.indexer.spans
+                    return bool(spans) and spans[-1].uncompressed_end >= end
+
+                self._advance(seen)
+            self._index_names()
+            return self._by_name.get(name)
+
+    def complete(self) -> bool:
+        """True when the whole layer is indexed."""
+        with self._lock:
+            return self._index is not None or self._try_cache()
+
+    def entries(self) -> list[TarEntry]:
+        """Every entry of the layer (builds the whole index)."""
+        return self.index().entries
+
+    def tree(self) -> Tree:
+        with self._lock:
+            if self._tree is None:
+                self._tree = Tree.from_entries(self.entries(), layer=self.digest or self.name)
+            return self._tree
+
+    # -- bytes ------------------------------------------------------------------------------
+    def _spans(self) -> list[Span]:
+        if self._index is not None:
+            return self._index.spans
+        if self._build is not None:
+            return self._build.indexer.spans
+        return []
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the uncompressed tar stream."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        end = offset + length
+        with self._lock:
+            if self._index is None and not self._try_cache():
+                self._advance(
+                    lambda: bool(self._spans()) and self._spans()[-1].uncompressed_end >= end
+                )
+            spans = self._spans()
+            total = spans[-1].uncompressed_end if spans else 0
+            end = min(end, total)
+            if offset >= end:
+                return b""
+            starts = [s.uncompressed_start for s in spans] if self._index is None else None
+        if starts is None:
+            starts = self._span_starts()
+        first = bisect.bisect_right(starts, offset) - 1
+        parts: list[bytes] = []
+        i = first
+        while i < len(spans) and spans[i].uncompressed_start < end:
+            span = spans[i]
+            data = self._span_data(span)
+            a = max(offset, span.uncompressed_start) - span.uncompressed_start
+            b = min(end, span.uncompressed_end) - span.uncompressed_start
+            parts.append(data[a:b])
+            i += 1
+        return b"".join(parts)
+
+    def _span_starts(self) -> list[int]:
+        index = self._index
+        assert index is not None
+        starts = getattr(index, "_starts", None)
+        if starts is None:
+            starts = [s.uncompressed_start for s in index.spans]
+            index._starts = starts  # type: ignore[attr-defined]
+        return starts
+
+    def _window(self, span: Span) -> bytes | None:
+        if self._index is not None:
+            return self._index.window(span.index)
+        assert self._build is not None
+        return self._build.indexer.window(span.index)
+
+    def _span_data(self, span: Span) -> bytes:
+        key = (span.uncompressed_start, span.digest)
+        data = self._lru.get(key)
+        if data is not None:
+            return data
+        compressed = self._fetch_span(span)
+        codec = formats.codec_for(self.compression, where=f"layer {self.name}")
+        data = codec.decode_span(span, compressed, self._window(span), name=f"layer {self.name}")
+        self._lru.put(key, data)
+        return data
+
+    def _fetch_span(self, span: Span) -> bytes:
+        cached = self._cache.load_span(span.digest)
+        if cached is not None and len(cached) == span.compressed_size:
+            return cached
+        for _attempt in range(2):
+            data = self.source.read_range(span.compressed_start, span.compressed_size)
+            if (
+                len(data) == span.compressed_size
+                and hashlib.sha256(data).hexdigest() == span.digest
+            ):
+                self._cache.save_span(span.digest, data)
+                return data
+        raise IntegrityError(
+            f"layer {self.name}: span {span.index} (bytes {span.compressed_start}-"
+            f"{span.compressed_end - 1}) does not match its digest sha256:{span.digest} "
+            "after a refetch"
+        )
+
+    # -- files ------------------------------------------------------------------------------
+    def open_entry(self, entry: TarEntry, name: str | None = None) -> RangeFile:
+        if entry.type == "hardlink":
+            target = self.find(entry.linkname)
+            if target is None or target.type != "file":
+                raise FileNotFoundError(
+                    f"hard link {entry.name!r} in layer {self.name} points at missing "
+                    f"{entry.linkname!r}"
+                )
+            entry = target
+        return RangeFile(self.read_range, entry.data_offset, entry.size, name or "/" + entry.name)
+
+    def open(self, path: str) -> RangeFile:
+        entry = self._lookup(path)
+        if entry.type == "dir":
+            raise IsADirectoryError(f"{path}: is a directory (layer {self.name})")
+        if entry.type not in ("file", "hardlink"):
+            raise FileNotFoundError(f"{path}: not a regular file (layer {self.name})")
+        return self.open_entry(entry, path)
+
+    def _lookup(self, path: str) -> TarEntry:
+        entry = self.find(path)
+        if entry is None:
+            node = self.tree().lookup(path)
+            if node is None:
+                raise FileNotFoundError(f"{path}: no such file in layer {self.name}")
+            if node.entry is None:  # a directory implied by deeper names
+                return TarEntry(normalize_name(path), "dir", 0, 0o755, 0, 0, 0.0)
+            return node.entry
+        return entry
+
+    def stat(self, path: str) -> FileInfo:
+        return entry_info(self._lookup(path), "/" + normalize_name(path), self.digest or self.name)
+
+    def listdir(self, path: str = "/") -> list[str]:
+        return self.tree().listdir(path)
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        return self.tree().walk(top)
+
+    def build_index(self, progress: Progress | None = None) -> None:
+        self.index(progress)
+
+    def __repr__(self) -> str:
+        return (
+            f"<seekoci.Layer {self.name} {self.media_type} size={self.size} "
+            f"index={self._index_source}>"
+        )
+
+    def _repr_html_(self) -> str:
+        from .html import layers_table
+
+        return layers_table([self])

@@ -1,0 +1,298 @@
+"""A client for one registry's distribution API: transport choice, auth, status mapping.
+
+One client owns one ``requests.Session`` (connections are reused across manifest, config and
+every range read of every layer) and one :class:`Authenticator` (tokens are shared by all
+threads reading from the registry).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+import requests
+
+from ..errors import AuthenticationError, ImageNotFoundError, IntegrityError, RegistryError
+from .auth import Authenticator
+from .credentials import Credentials, load_docker_credentials
+from .digest import compute_digest, digest_problem, verify_digest
+from .manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
+from .reference import registry_api_host
+from .transport import (
+    DEFAULT_TIMEOUT,
+    HttpClient,
+    TransferStats,
+    error_detail,
+    is_loopback,
+    new_session,
+    read_body,
+    split_host_port,
+)
+
+log = logging.getLogger("seekoci.registry")
+
+INSECURE_REGISTRIES_ENV = "SEEKOCI_INSECURE_REGISTRIES"
+
+#: How to reach a registry: URL scheme and whether to verify certificates.
+Transport = tuple[str, bool]
+HTTPS: Transport = ("https", True)
+HTTPS_UNVERIFIED: Transport = ("https", False)
+HTTP: Transport = ("http", True)
+
+
+def insecure_registries() -> set[str]:
+    """``host[:port]`` entries of ``$SEEKOCI_INSECURE_REGISTRIES`` (lowercase)."""
+    raw = os.environ.get(INSECURE_REGISTRIES_ENV, "")
+    return {item.strip().lower() for item in raw.split(",") if item.strip()}
+
+
+def transport_plan(registry: str, api_host: str, insecure: bool | None) -> tuple[Transport, ...]:
+    """The transports to try, in order (Docker's rules).
+
+    Loopback: plain HTTP. Declared insecure (``insecure=True`` or listed in the environment,
+    unless ``insecure=False``): HTTPS without verification, then plain HTTP. Else HTTPS.
+    """
+    host, _ = split_host_port(api_host)
+    if is_loopback(host):
+        return (HTTP,)
+    if insecure is None:
+        listed = insecure_registries()
+        names = {registry.lower(), api_host.lower(), host.lower()}
+        insecure = bool(names & listed)
+    return (HTTPS_UNVERIFIED, HTTP) if insecure else (HTTPS,)
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    """A manifest body verified against ``digest``, with the server's ``Content-Type``."""
+
+    body: bytes
+    media_type: str | None
+    digest: str
+
+
+class RegistryClient:
+    """Speaks the distribution API to one registry.
+
+    ``auth``: None to look credentials up in the Docker config (lazily, on the first
+    challenge), or ``(username, password)``.
+    """
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        auth: tuple[str, str] | None = None,
+        insecure: bool | None = None,
+        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        plan: tuple[Transport, ...] | None = None,
+    ) -> None:
+        self.registry = registry
+        self.api_host = registry_api_host(registry)
+        self._plan = plan or transport_plan(registry, self.api_host, insecure)
+        self._transport: Transport | None = self._plan[0] if len(self._plan) == 1 else None
+        self._transport_lock = threading.Lock()
+        unverified = frozenset({self.api_host} if HTTPS_UNVERIFIED in self._plan else set())
+        self._http = HttpClient(new_session(), timeout=timeout, unverified_netlocs=unverified)
+        load: Callable[[], Credentials | None]
+        if auth is not None:
+            username, password = _check_auth(auth)
+            fixed = Credentials(username=username, password=password)
+            load = lambda: fixed  # noqa: E731
+        else:
+            load = lambda: load_docker_credentials(registry)  # noqa: E731
+        self._auth = Authenticator(
+            registry, self._http, load, plain_http_credentials_ok=len(self._plan) > 1
+        )
+
+    def __repr__(self) -> str:
+        return f"RegistryClient({self.registry!r})"
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._http.session.close()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        scope: str,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        stats: TransferStats | None = None,
+    ) -> requests.Response:
+        """Send an authenticated API request (``path`` starts with ``/v2/``).
+
+        Returns the response (streamed) unless it is an auth failure, which raises
+        AuthenticationError: a 401 is answered once (a new token or Basic credentials) and a
+        second 401 or a 403 is final. Other statuses are left to the caller.
+        """
+        authorization = self._auth.authorization(scope)
+        response = self._send(method, path, headers, authorization, stats)
+        if response.status_code == 401 and self._from_registry(response):
+            challenge = response.headers.get("WWW-Authenticate")
+            response.close()
+            authorization = self._auth.answer_challenge(challenge, scope, authorization)
+            response = self._send(method, path, headers, authorization, stats)
+            if response.status_code == 401 and self._from_registry(response):
+                detail = error_detail(response)
+                raise AuthenticationError(
+                    f"{what}: {self.registry} refused access (401"
+                    + (f", {detail}" if detail else "")
+                    + "); the repository may not exist or may need credentials",
+                    status=401,
+                )
+        if response.status_code == 403 and self._from_registry(response):
+            detail = error_detail(response)
+            raise AuthenticationError(
+                f"{what}: {self.registry} denied access (403"
+                + (f", {detail}" if detail else "")
+                + ")",
+                status=403,
+            )
+        return response
+
+    def _from_registry(self, response: requests.Response) -> bool:
+        """True if the answer came from the registry itself, not from where it redirected."""
+        return urlsplit(response.url).netloc.lower() == self.api_host.lower()
+
+    def _url(self, transport: Transport, path: str) -> str:
+        return f"{transport[0]}://{self.api_host}{path}"
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str] | None,
+        authorization: str | None,
+        stats: TransferStats | None,
+    ) -> requests.Response:
+        transport = self._transport
+        if transport is not None:
+            return self._http.send(
+                method,
+                self._url(transport, path),
+                headers=headers,
+                authorization=authorization,
+                stats=stats,
+            )
+        # First contact with an insecure registry: find out whether it speaks HTTPS. One thread
+        # probes; the others wait for its answer instead of probing too.
+        with self._transport_lock:
+            if self._transport is None:
+                last: RegistryError | None = None
+                for candidate in self._plan:
+                    try:
+                        response = self._http.send(
+                            method,
+                            self._url(candidate, path),
+                            headers=headers,
+                            authorization=authorization,
+                            stats=stats,
+                        )
+                    except RegistryError as exc:
+                        if exc.status is not None:
+                            raise
+                        last = exc
+                        continue
+                    log.debug("%s reached over %s", self.registry, candidate[0])
+                    self._transport = candidate
+                    return response
+                assert last is not None
+                raise last
+        return self._send(method, path, headers, authorization, stats)
+
+    # -- manifests and blobs ----------------------------------------------------------------
+
+    def get_manifest(self, repository: str, reference: str, *, where: str) -> FetchedManifest:
+        """Fetch a manifest or index by tag or digest, verified (see module docs).
+
+        By digest the body must hash to it; by tag we compute sha256 ourselves and, when the
+        registry sends ``Docker-Content-Digest``, insist that it agrees.
+        """
+        response = self.request(
+            "GET",
+            f"/v2/{repository}/manifests/{reference}",
+            scope=pull_scope(repository),
+            what=where,
+            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+        )
+        check_status(response, where=f"{where}: manifest")
+        body = read_body(response, limit=MAX_MANIFEST_SIZE, what=where)
+        if len(body) > MAX_MANIFEST_SIZE:
+            raise RegistryError(f"{where}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
+        content_type = response.headers.get("Content-Type")
+        if digest_problem(reference) is None:
+            verify_digest(body, reference, what=where)
+            return FetchedManifest(body, content_type, reference)
+        digest = compute_digest(body)
+        claimed = response.headers.get("Docker-Content-Digest", "").strip()
+        if claimed:
+            if digest_problem(claimed) is not None:
+                raise IntegrityError(f"{where}: registry sent a malformed Docker-Content-Digest")
+            verify_digest(body, claimed, what=where)
+            digest = claimed if claimed.startswith("sha256:") else digest
+        return FetchedManifest(body, content_type, digest)
+
+    def get_blob(
+        self,
+        repository: str,
+        digest: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        stats: TransferStats | None = None,
+    ) -> requests.Response:
+        """GET a blob (following redirects); the caller checks the status and reads the body."""
+        return self.request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            scope=pull_scope(repository),
+            what=f"{self.registry}/{repository} blob {digest}",
+            headers=headers,
+            stats=stats,
+        )
+
+
+def pull_scope(repository: str) -> str:
+    """The token scope for reading ``repository``."""
+    return f"repository:{repository}:pull"
+
+
+def check_status(
+    response: requests.Response, *, where: str, expected: tuple[int, ...] = (200,)
+) -> None:
+    """Return if the status is ``expected``; else raise what it means (closing the response)."""
+    if response.status_code not in expected:
+        raise_for_status(response, where=where)
+
+
+def raise_for_status(response: requests.Response, *, where: str) -> NoReturn:
+    """Raise the error an unwanted status means (404: ImageNotFoundError, 401/403: auth...)."""
+    status = response.status_code
+    detail = error_detail(response)
+    suffix = f" ({detail})" if detail else ""
+    if status == 404:
+        raise ImageNotFoundError(f"{where} not found (404){suffix}", status=404)
+    if status in (401, 403):
+        raise AuthenticationError(f"{where}: access denied ({status}){suffix}", status=status)
+    if status == 429:
+        raise RegistryError(f"{where}: rate limited by the server (429){suffix}", status=429)
+    raise RegistryError(f"{where}: unexpected HTTP status {status}{suffix}", status=status)
+
+
+def _check_auth(auth: object) -> tuple[str, str]:
+    if (
+        not isinstance(auth, tuple)
+        or len(auth) != 2
+        or not all(isinstance(part, str) for part in auth)
+    ):
+        raise TypeError("auth must be None or a (username, password) tuple of strings")
+    return auth[0], auth[1]

@@ -1,0 +1,218 @@
+"""From a reference string to one platform's manifest, config and layers.
+
+The same walk serves registries and OCI layouts: start at what the reference names, descend
+through image indexes choosing the platform, stop at an image manifest, fetch and verify its
+config. Only where the bytes come from differs (:class:`ImageStore`).
+"""
+
+from __future__ import annotations
+
+import json
+from types import TracebackType
+from typing import Any, Protocol
+
+from ..errors import FormatError, PlatformNotFoundError
+from ..source import RangeSource
+from .blobs import RegistryBlobSource, fetch_blob
+from .client import RegistryClient
+from .layout import LayoutStore
+from .manifest import MANIFEST_MEDIA_TYPES, Descriptor, ManifestDocument, parse_manifest
+from .platform import Platform, host_platform, matches, select_entry
+from .reference import LayoutReference, Reference, parse_reference
+
+#: Indexes pointing at indexes: real images use one level, layouts sometimes two.
+MAX_INDEX_DEPTH = 4
+
+
+class ImageStore(Protocol):
+    """Where an image's manifests and blobs come from (a registry repository or a layout)."""
+
+    def root(self) -> tuple[ManifestDocument, str]:
+        """The document the reference names, and the canonical reference string to report."""
+        ...
+
+    def child(self, entry: Descriptor, *, where: str) -> ManifestDocument:
+        """The manifest or index an index entry points to, verified."""
+        ...
+
+    def fetch_blob(self, descriptor: Descriptor) -> bytes: ...
+
+    def blob_source(self, descriptor: Descriptor) -> RangeSource: ...
+
+    def close(self) -> None: ...
+
+
+class RegistryStore:
+    """One repository of a registry as an :class:`ImageStore`."""
+
+    def __init__(self, client: RegistryClient, reference: Reference) -> None:
+        self.client = client
+        self.reference = reference
+
+    def root(self) -> tuple[ManifestDocument, str]:
+        where = str(self.reference)
+        fetched = self.client.get_manifest(
+            self.reference.repository, self.reference.manifest_reference, where=where
+        )
+        doc = parse_manifest(
+            fetched.body, media_type_hint=fetched.media_type, digest=fetched.digest, where=where
+        )
+        return doc, where
+
+    def child(self, entry: Descriptor, *, where: str) -> ManifestDocument:
+        fetched = self.client.get_manifest(self.reference.repository, entry.digest, where=where)
+        hint = entry.media_type if entry.media_type in MANIFEST_MEDIA_TYPES else fetched.media_type
+        return parse_manifest(fetched.body, media_type_hint=hint, digest=entry.digest, where=where)
+
+    def fetch_blob(self, descriptor: Descriptor) -> bytes:
+        return fetch_blob(self.client, self.reference.repository, descriptor)
+
+    def blob_source(self, descriptor: Descriptor) -> RegistryBlobSource:
+        return RegistryBlobSource(self.client, self.reference.repository, descriptor)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class ResolvedImage:
+    """One platform's image: manifest, config, layer descriptors, and access to their blobs."""
+
+    def __init__(
+        self,
+        *,
+        reference: str,
+        digest: str,
+        platform: str,
+        media_type: str,
+        manifest: dict[str, Any],
+        config_descriptor: Descriptor,
+        config: dict[str, Any],
+        layers: list[Descriptor],
+        index_digest: str | None,
+        store: ImageStore,
+    ) -> None:
+        self.reference = reference
+        #: Digest of the platform manifest.
+        self.digest = digest
+        self.platform = platform
+        #: Media type of the platform manifest (OCI or Docker schema 2).
+        self.media_type = media_type
+        self.manifest = manifest
+        self.config_descriptor = config_descriptor
+        self.config = config
+        #: Layer descriptors, base layer first.
+        self.layers = layers
+        #: Digest of the index the platform manifest was chosen from (None if there was none).
+        self.index_digest = index_digest
+        self._store = store
+
+    def blob_source(self, descriptor: Descriptor) -> RangeSource:
+        """A thread-safe range source over a layer blob (HTTP ranges or a local file)."""
+        return self._store.blob_source(descriptor)
+
+    def fetch_blob(self, descriptor: Descriptor) -> bytes:
+        """A whole small blob, verified against ``descriptor`` (IntegrityError if not)."""
+        return self._store.fetch_blob(descriptor)
+
+    def close(self) -> None:
+        """Release connections (blob sources made from this image stop working)."""
+        self._store.close()
+
+    def __enter__(self) -> ResolvedImage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"ResolvedImage({self.reference!r}, platform={self.platform!r}, digest={self.digest!r})"
+        )
+
+
+def resolve_image(
+    ref: str | Reference | LayoutReference,
+    *,
+    platform: str | None = None,
+    auth: tuple[str, str] | None = None,
+    insecure: bool | None = None,
+) -> ResolvedImage:
+    """Resolve ``ref`` to one platform's image (see the package docs for the rules)."""
+    parsed = ref if isinstance(ref, (Reference, LayoutReference)) else parse_reference(ref)
+    wanted = host_platform() if platform is None else Platform.parse(platform)
+    explicit = platform is not None
+    store: ImageStore
+    if isinstance(parsed, LayoutReference):
+        store = LayoutStore(parsed)
+    else:
+        store = RegistryStore(RegistryClient(parsed.registry, auth=auth, insecure=insecure), parsed)
+    try:
+        return _walk(store, wanted, explicit=explicit)
+    except BaseException:
+        store.close()
+        raise
+
+
+def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedImage:
+    doc, reference = store.root()
+    variant_required = explicit and wanted.variant is not None
+    index_digest: str | None = None
+    chosen: Platform | None = None
+    where = reference
+    depth = 0
+    while doc.is_index:
+        depth += 1
+        if depth > MAX_INDEX_DEPTH:
+            raise FormatError(f"{reference}: image indexes nested more than {MAX_INDEX_DEPTH} deep")
+        if index_digest is None:
+            index_digest = doc.digest
+        entry = select_entry(
+            doc.entries(where=where), wanted, variant_required=variant_required, where=where
+        )
+        chosen = Platform.from_json(entry.platform) or chosen
+        where = f"{reference}@{entry.digest}"
+        doc = store.child(entry, where=where)
+    assert doc.digest is not None  # only a layout's synthetic top-level index lacks one
+    config_descriptor = doc.config(where=where)
+    layers = doc.layers(where=where)
+    config = _parse_config(store.fetch_blob(config_descriptor), where=where)
+    found = Platform.from_json(config)
+    if chosen is None:
+        # A single-platform image is used as it is, unless a platform was asked for and the
+        # config says it is another one.
+        if explicit and (
+            found is None or not matches(found, wanted, variant_required=variant_required)
+        ):
+            available = [str(found)] if found is not None else []
+            raise PlatformNotFoundError(
+                f"{reference}: image is for {found or 'an unknown platform'}, not {wanted}",
+                available=available,
+            )
+        chosen = found
+    return ResolvedImage(
+        reference=reference,
+        digest=doc.digest,
+        platform=str(chosen) if chosen is not None else "unknown/unknown",
+        media_type=doc.media_type,
+        manifest=doc.data,
+        config_descriptor=config_descriptor,
+        config=config,
+        layers=layers,
+        index_digest=index_digest,
+        store=store,
+    )
+
+
+def _parse_config(body: bytes, *, where: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"{where}: image config is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise FormatError(f"{where}: image config is not a JSON object")
+    return data

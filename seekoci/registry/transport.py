@@ -1,0 +1,342 @@
+"""HTTP plumbing shared by the registry client and plain URL sources.
+
+Three things live here because each must happen in exactly one place:
+
+- :func:`transport_errors` turns every ``requests``/``urllib3``/socket exception into a
+  :class:`RegistryError` (``raise ... from exc``). Their own messages are not reused: they quote
+  full URLs, and a signed object-storage URL carries its signature in the query string.
+- :meth:`HttpClient.send` follows redirects itself, sending ``Authorization`` only back to the
+  origin it was meant for. Blob GETs are commonly redirected to object storage, which rejects a
+  second auth mechanism and must never see the registry's token.
+- :func:`redact_url` is how a URL appears in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import requests
+import requests.adapters
+import requests.auth
+import urllib3
+import urllib3.exceptions
+from urllib3.util.retry import Retry
+
+from ..errors import RegistryError
+
+log = logging.getLogger("seekoci.registry")
+
+#: (connect, read) timeouts in seconds.
+DEFAULT_TIMEOUT = (10.0, 60.0)
+#: Connections kept per host: enough for ~8 reader threads plus manifest/token requests.
+POOL_SIZE = 16
+MAX_REDIRECTS = 10
+#: 429/503 answers are retried this many times when ``Retry-After`` asks for a short wait.
+MAX_RATE_LIMIT_RETRIES = 2
+MAX_RETRY_AFTER_SECONDS = 10.0
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class TransferStats:
+    """Counters for benchmarks: HTTP requests made and payload bytes received (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.bytes_read = 0
+
+    def add_request(self) -> None:
+        with self._lock:
+            self.requests += 1
+
+    def add_bytes(self, count: int) -> None:
+        with self._lock:
+            self.bytes_read += count
+
+
+@contextmanager
+def transport_errors(what: str) -> Iterator[None]:
+    """Map any lower-level network exception raised in the block to RegistryError.
+
+    ``what`` says what we were doing ("GET https://host/v2/..."), already redacted.
+    """
+    try:
+        yield
+    except (
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+        http.client.HTTPException,
+        OSError,
+    ) as exc:
+        raise RegistryError(f"{what}: {describe_transport_error(exc)}") from exc
+
+
+def describe_transport_error(exc: BaseException) -> str:
+    """A short, credential-free description of a transport exception."""
+    kinds: list[tuple[type[BaseException], str]] = [
+        (requests.exceptions.ConnectTimeout, "connection timed out"),
+        (requests.exceptions.ReadTimeout, "read timed out"),
+        (urllib3.exceptions.ReadTimeoutError, "read timed out"),
+        (TimeoutError, "timed out"),
+        (requests.exceptions.SSLError, "TLS handshake or certificate verification failed"),
+        (urllib3.exceptions.SSLError, "TLS handshake or certificate verification failed"),
+        (requests.exceptions.ChunkedEncodingError, "connection broken while reading the body"),
+        (urllib3.exceptions.ProtocolError, "connection broken while reading the body"),
+        (http.client.HTTPException, "connection broken while reading the body"),
+        (requests.exceptions.ContentDecodingError, "could not decode the response body"),
+        (requests.exceptions.TooManyRedirects, "too many redirects"),
+        (requests.exceptions.InvalidURL, "invalid URL"),
+        (requests.exceptions.ConnectionError, "cannot connect"),
+    ]
+    text = next((label for kind, label in kinds if isinstance(exc, kind)), None)
+    text = text or f"network error ({type(exc).__name__})"
+    reason = _os_reason(exc)
+    return f"{text} ({reason})" if reason and reason not in text else text
+
+
+def _os_reason(exc: BaseException, depth: int = 0) -> str | None:
+    """The strerror of the socket error at the bottom of a wrapped exception, if there is one.
+
+    Only ``strerror`` is taken ("Connection refused"): it is a fixed OS string, never a URL.
+    """
+    if depth > 6:
+        return None
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc.strerror)
+    nested = [arg for arg in exc.args if isinstance(arg, BaseException)]
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        nested.append(reason)
+    for cause in (exc.__cause__, exc.__context__):
+        if cause is not None:
+            nested.append(cause)
+    for inner in nested:
+        found = _os_reason(inner, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without user info and without the query string (signed URLs keep secrets there)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "<unparsable URL>"
+    query = "…" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with default ports made explicit: what may share credentials."""
+    parts = urlsplit(url)
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or default
+
+
+def split_host_port(netloc: str) -> tuple[str, int | None]:
+    """``host[:port]`` (IPv6 in brackets) -> (host without brackets, port)."""
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, _, port = netloc.partition(":")
+    return host, int(port) if port.isdigit() else None
+
+
+def is_loopback(host: str) -> bool:
+    """localhost, 127.0.0.0/8 and ::1: spoken to over plain HTTP, as Docker does."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _NoNetrc(requests.auth.AuthBase):
+    """Keeps ``requests`` from adding ~/.netrc credentials, which would override our header."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
+def new_session() -> requests.Session:
+    """A session with a connection pool for several reader threads and safe connect retries.
+
+    Only connection set-up and reads on a stale pooled connection are retried, and only for
+    GET/HEAD: everything else surfaces as a RegistryError.
+    """
+    session = requests.Session()
+    retry = Retry(
+        total=2,
+        connect=2,
+        read=1,
+        status=0,
+        redirect=0,
+        other=0,
+        backoff_factor=0.05,
+        allowed_methods=frozenset({"GET", "HEAD"}),
+        raise_on_status=False,
+    )
+    adapter = requests.adapters.HTTPAdapter(
+        pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=retry
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.auth = _NoNetrc()
+    session.headers["User-Agent"] = "seekoci/0.1"
+    # Blobs must arrive as stored: a server that gzips on the fly would break byte offsets.
+    session.headers["Accept-Encoding"] = "identity"
+    return session
+
+
+@dataclass
+class HttpClient:
+    """A session plus the rules for timeouts, TLS verification and redirects.
+
+    ``unverified_netlocs`` lists ``host[:port]`` values (as in the URL) reached over HTTPS
+    without certificate verification (insecure registries); every other host is verified,
+    including object storage an insecure registry redirects to.
+    """
+
+    session: requests.Session
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    unverified_netlocs: frozenset[str] = frozenset()
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        authorization: str | None = None,
+        stats: TransferStats | None = None,
+        data: Mapping[str, str] | None = None,
+    ) -> requests.Response:
+        """Send a request, following redirects; the response is streamed (caller closes it).
+
+        ``authorization`` is sent only to the origin of ``url``: never along a redirect to
+        another scheme, host or port.
+        """
+        auth_origin = origin(url)
+        rate_limit_retries = 0
+        hops = 0
+        while True:
+            request_headers = dict(headers or {})
+            if authorization is not None and origin(url) == auth_origin:
+                request_headers["Authorization"] = authorization
+            what = f"{method} {redact_url(url)}"
+            with transport_errors(what):
+                response = self.session.request(
+                    method,
+                    url,
+                    headers=request_headers,
+                    data=data,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                    verify=urlsplit(url).netloc not in self.unverified_netlocs,
+                )
+            if stats is not None:
+                stats.add_request()
+            status = response.status_code
+            location = response.headers.get("Location")
+            if status in _REDIRECT_STATUSES and location:
+                response.close()
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise RegistryError(
+                        f"{what}: more than {MAX_REDIRECTS} redirects", status=status
+                    )
+                url = urljoin(url, location)
+                if status == 303 and method != "HEAD":
+                    method, data = "GET", None
+                log.debug("%s redirected to %s", what, redact_url(url))
+                continue
+            if status in (429, 503) and rate_limit_retries < MAX_RATE_LIMIT_RETRIES:
+                delay = retry_after_seconds(response.headers.get("Retry-After"))
+                if delay is not None and delay <= MAX_RETRY_AFTER_SECONDS:
+                    response.close()
+                    rate_limit_retries += 1
+                    log.debug("%s: status %d, retrying in %.1f s", what, status, delay)
+                    time.sleep(delay)
+                    continue
+            return response
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def read_body(response: requests.Response, *, limit: int, what: str) -> bytes:
+    """Read a whole (small) body as sent, at most ``limit`` bytes; closes the response.
+
+    Returns ``limit + 1`` bytes at most, so the caller can tell "too long" from "exact".
+    """
+    try:
+        chunks: list[bytes] = []
+        total = 0
+        with transport_errors(what):
+            while total <= limit:
+                chunk = response.raw.read(min(1 << 20, limit + 1 - total), decode_content=False)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+        return b"".join(chunks)
+    finally:
+        response.close()
+
+
+def iter_body(response: requests.Response, *, chunk_size: int, what: str) -> Iterator[bytes]:
+    """Stream a body as sent, chunk by chunk; exceptions mapped like everywhere else."""
+    stream = response.raw.stream(chunk_size, decode_content=False)
+    while True:
+        with transport_errors(what):
+            chunk = next(stream, None)
+        if chunk is None:
+            return
+        if chunk:
+            yield chunk
+
+
+def error_detail(response: requests.Response) -> str:
+    """The registry's own error code and message (distribution's JSON error body), if any.
+
+    Reads at most 16 KiB and quotes at most 200 characters of ``code: message``: enough to
+    say ``MANIFEST_UNKNOWN`` or ``TOOMANYREQUESTS`` without echoing an arbitrary body.
+    """
+    try:
+        body = read_body(response, limit=16 << 10, what="error body")
+        data = json.loads(body)
+        first = data["errors"][0]
+        text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
+    except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return ""
+    return text[:200]
