@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import queue
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -82,7 +83,9 @@ class _IndexBuild:
     def __init__(self, layer: Layer, compression: str) -> None:
         self.layer = layer
         codec = formats.codec_for(compression, where=f"layer {layer.name}")
-        self.indexer: SpanIndexer = codec.new_indexer(layer.span_size, name=f"layer {layer.name}")
+        self.indexer: SpanIndexer = codec.new_indexer(
+            layer.span_size, name=f"layer {layer.name}", check_crc=layer.digest is None
+        )
         self.scanner = TarScanner(name=f"layer {layer.name}")
         self.compression = compression
         alg = (layer.digest or "sha256:").partition(":")[0]
@@ -116,6 +119,58 @@ class _IndexBuild:
             self._pending_start = self.indexer.uncompressed_size
         if self.fed > self.layer.size:
             raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
+
+    def run_to_end(self, progress: Progress | None) -> None:
+        """Finish the pass with inflate and tar parsing overlapped on two threads.
+
+        The system zlib (through ctypes), sha256 and crc32 all release the GIL, so reading,
+        hashing and inflating on a producer thread while this thread parses tar headers
+        takes about as long as inflating alone.
+        """
+        if self.stream is None:
+            self.stream = self.layer.source.iter_from(self.fed)
+        stream = self.stream
+        chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
+        failure: list[BaseException] = []
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for chunk in stream:
+                    if stop.is_set():
+                        return
+                    self.blob_hash.update(chunk)
+                    self.fed += len(chunk)
+                    chunks.put(list(self.indexer.feed(chunk)))
+                    if self.fed > self.layer.size:
+                        raise IntegrityError(
+                            f"layer {self.layer.name}: blob is longer than {self.layer.size}"
+                        )
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                chunks.put(None)
+
+        producer = threading.Thread(target=produce, name="seekoci-index", daemon=True)
+        producer.start()
+        try:
+            while (outs := chunks.get()) is not None:
+                for out in outs:
+                    self.scanner.feed(out)
+                if progress is not None:
+                    progress(self.layer.name, self.fed, self.layer.size)
+        finally:
+            stop.set()
+            while producer.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    chunks.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            producer.join()
+        if failure:
+            raise failure[0]
+        self.stream = None
+        self._finish()
 
     def _keep_spans(self) -> None:
         """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
@@ -282,10 +337,7 @@ class Layer:
             build = self._builder()
             build.keep_spans = False
             try:
-                while not build.done:
-                    build.step()
-                    if progress is not None:
-                        progress(self.name, build.fed, self.size)
+                build.run_to_end(progress)
             except BaseException:
                 self._abandon_build()
                 raise

@@ -21,6 +21,7 @@ from typing import Any
 from ..errors import FormatError
 
 Z_OK = 0
+Z_NO_FLUSH = 0
 Z_STREAM_END = 1
 Z_NEED_DICT = 2
 Z_BUF_ERROR = -5
@@ -142,13 +143,15 @@ class BlockInflater:
         return self._in[len(self._in) - n :] if n else b""
 
     # -- output ----------------------------------------------------------------------------
-    def step(self) -> bytes:
-        """Inflate until a block boundary, the end of input or a full output buffer."""
+    def step(self, flush: int = Z_BLOCK, max_out: int | None = None) -> bytes:
+        """Inflate until a block boundary (``Z_BLOCK``), the end of input, or ``max_out``
+        bytes of output (at most the buffer size)."""
         strm = self._strm
+        room = self._out_size if max_out is None else min(max_out, self._out_size)
         strm.next_out = ctypes.addressof(self._out)
-        strm.avail_out = self._out_size
-        rc = self._lib.inflate(ctypes.byref(strm), Z_BLOCK)
-        produced = self._out_size - strm.avail_out
+        strm.avail_out = room
+        rc = self._lib.inflate(ctypes.byref(strm), flush)
+        produced = room - strm.avail_out
         if rc == Z_STREAM_END:
             self.finished = True
         elif rc not in (Z_OK, Z_BUF_ERROR):

@@ -85,8 +85,7 @@ def _decode(raw: bytes) -> str:
 
 
 def _cstr(field_bytes: bytes) -> bytes:
-    end = field_bytes.find(b"\x00")
-    return field_bytes if end < 0 else field_bytes[:end]
+    return field_bytes.partition(b"\x00")[0]
 
 
 def _number(field_bytes: bytes, what: str, at: int) -> int:
@@ -96,12 +95,12 @@ def _number(field_bytes: bytes, what: str, at: int) -> int:
         if field_bytes[0] == 0xFF:  # negative
             return value - (1 << (8 * len(field_bytes)))
         return value & ((1 << (8 * len(field_bytes) - 1)) - 1)
-    text = _cstr(field_bytes).strip(b" \x00")
-    if not text:
-        return 0
+    text = field_bytes.partition(b"\x00")[0]
     try:
-        return int(text, 8)
+        return int(text, 8)  # int() ignores surrounding spaces
     except ValueError:
+        if not text.strip():
+            return 0
         raise FormatError(f"tar header at offset {at}: bad {what} field {text!r}") from None
 
 
@@ -288,7 +287,7 @@ class TarScanner:
         self._meta.clear()
 
     def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
-        pax = {**self._global_pax, **self._pax}
+        pax = {**self._global_pax, **self._pax} if self._global_pax else self._pax
         magic = block[257:263]
         raw_name = _cstr(block[0:100])
         if magic == b"ustar\x00":  # POSIX: prefix field (GNU uses those bytes for times)

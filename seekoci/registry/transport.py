@@ -316,7 +316,8 @@ def read_body(response: requests.Response, *, limit: int, what: str) -> bytes:
 
 def iter_body(response: requests.Response, *, chunk_size: int, what: str) -> Iterator[bytes]:
     """Stream a body as sent, chunk by chunk; exceptions mapped like everywhere else."""
-    stream = response.raw.stream(chunk_size, decode_content=False)
+    with transport_errors(what):
+        stream = response.raw.stream(chunk_size, decode_content=False)
     while True:
         with transport_errors(what):
             chunk = next(stream, None)
