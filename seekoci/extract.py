@@ -25,11 +25,12 @@ def _mode(info: FileInfo, keep_special_bits: bool) -> int:
 
 
 def _write_file(img: Image, src: str, dst: str, info: FileInfo, keep_special: bool) -> None:
+    source = img.open(src)  # first: a hard link to nowhere fails before DEST is touched
     if os.path.islink(dst):
         os.unlink(dst)  # never write through a link that is already there
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(dst, flags | getattr(os, "O_BINARY", 0), 0o600)
-    with os.fdopen(fd, "wb") as out, img.open(src) as f:
+    with os.fdopen(fd, "wb") as out, source as f:
         while True:
             chunk = f.read(1 << 20)
             if not chunk:
@@ -91,7 +92,10 @@ def extract(
                 with contextlib.suppress(NotImplementedError, OSError):
                     os.utime(dst, (item.mtime, item.mtime), follow_symlinks=False)
             elif item.type == "file":
-                _write_file(img, src, dst, item, keep_special_bits)
+                try:
+                    _write_file(img, src, dst, item, keep_special_bits)
+                except FileNotFoundError:
+                    warn(f"skipped {src}: hard link to {item.linkname}, which is not in the image")
             else:
                 warn(f"skipped {src}: {item.type} device or fifo")
     # directory modes and times last (children would change their mtime); deepest first

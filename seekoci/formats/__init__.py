@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from ..errors import FormatError
 from . import gzip as _gzip
 from . import plain as _plain
+from . import zstd as _zstd
 from .base import Span, SpanIndexer
 
 __all__ = ["CODECS", "Codec", "Span", "SpanIndexer", "compression_of", "detect_compression"]
@@ -29,6 +30,7 @@ class Codec:
 CODECS: dict[str, Codec] = {
     "gzip": Codec("gzip", _gzip.GzipIndexer, _gzip.decode_span),
     "none": Codec("none", _plain.PlainIndexer, _plain.decode_span),
+    "zstd": Codec("zstd", _zstd.ZstdIndexer, _zstd.decode_span),
 }
 
 _GZIP_TYPES = {
@@ -77,5 +79,5 @@ def codec_for(compression: str, *, where: str) -> Codec:
         return CODECS[compression]
     except KeyError:
         raise FormatError(
-            f"{where}: {compression} layers cannot be read yet (supported: gzip, plain tar)"
+            f"{where}: {compression} layers are not supported (supported: gzip, zstd, plain tar)"
         ) from None

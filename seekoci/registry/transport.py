@@ -17,6 +17,7 @@ import http.client
 import ipaddress
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -81,50 +82,64 @@ def transport_errors(what: str) -> Iterator[None]:
         raise RegistryError(f"{what}: {describe_transport_error(exc)}") from exc
 
 
+#: What to call a failure, most specific first; the first kind found anywhere in the chain of
+#: wrapped exceptions wins (requests reports an exhausted read retry as a ConnectionError).
+_FAILURE_KINDS: list[tuple[type[BaseException], str]] = [
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError, for history's sake: first.
+    (urllib3.exceptions.NewConnectionError, "cannot connect"),
+    (ConnectionRefusedError, "cannot connect"),
+    (requests.exceptions.ConnectTimeout, "connection timed out"),
+    (urllib3.exceptions.ConnectTimeoutError, "connection timed out"),
+    (requests.exceptions.ReadTimeout, "read timed out"),
+    (urllib3.exceptions.ReadTimeoutError, "read timed out"),
+    (TimeoutError, "timed out"),
+    (requests.exceptions.SSLError, "TLS handshake or certificate verification failed"),
+    (urllib3.exceptions.SSLError, "TLS handshake or certificate verification failed"),
+    (ssl.SSLError, "TLS handshake or certificate verification failed"),
+    (requests.exceptions.ContentDecodingError, "could not decode the response body"),
+    (requests.exceptions.TooManyRedirects, "too many redirects"),
+    (requests.exceptions.InvalidURL, "invalid URL"),
+    (requests.exceptions.ChunkedEncodingError, "connection broken while reading the body"),
+    (urllib3.exceptions.ProtocolError, "connection broken while reading the body"),
+    (http.client.HTTPException, "connection broken while reading the body"),
+    (ConnectionError, "connection broken"),
+    (requests.exceptions.ConnectionError, "cannot connect"),
+]
+
+
 def describe_transport_error(exc: BaseException) -> str:
-    """A short, credential-free description of a transport exception."""
-    kinds: list[tuple[type[BaseException], str]] = [
-        (requests.exceptions.ConnectTimeout, "connection timed out"),
-        (requests.exceptions.ReadTimeout, "read timed out"),
-        (urllib3.exceptions.ReadTimeoutError, "read timed out"),
-        (TimeoutError, "timed out"),
-        (requests.exceptions.SSLError, "TLS handshake or certificate verification failed"),
-        (urllib3.exceptions.SSLError, "TLS handshake or certificate verification failed"),
-        (requests.exceptions.ChunkedEncodingError, "connection broken while reading the body"),
-        (urllib3.exceptions.ProtocolError, "connection broken while reading the body"),
-        (http.client.HTTPException, "connection broken while reading the body"),
-        (requests.exceptions.ContentDecodingError, "could not decode the response body"),
-        (requests.exceptions.TooManyRedirects, "too many redirects"),
-        (requests.exceptions.InvalidURL, "invalid URL"),
-        (requests.exceptions.ConnectionError, "cannot connect"),
-    ]
-    text = next((label for kind, label in kinds if isinstance(exc, kind)), None)
-    text = text or f"network error ({type(exc).__name__})"
-    reason = _os_reason(exc)
-    return f"{text} ({reason})" if reason and reason not in text else text
+    """A short, credential-free description of a transport exception.
 
-
-def _os_reason(exc: BaseException, depth: int = 0) -> str | None:
-    """The strerror of the socket error at the bottom of a wrapped exception, if there is one.
-
-    Only ``strerror`` is taken ("Connection refused"): it is a fixed OS string, never a URL.
+    Built from exception types and the OS's ``strerror`` only: the exceptions' own messages
+    quote URLs, which may carry user info or a signed query string.
     """
-    if depth > 6:
-        return None
-    if isinstance(exc, OSError) and exc.strerror:
-        return str(exc.strerror)
-    nested = [arg for arg in exc.args if isinstance(arg, BaseException)]
-    reason = getattr(exc, "reason", None)
-    if isinstance(reason, BaseException):
-        nested.append(reason)
-    for cause in (exc.__cause__, exc.__context__):
-        if cause is not None:
-            nested.append(cause)
-    for inner in nested:
-        found = _os_reason(inner, depth + 1)
-        if found:
-            return found
-    return None
+    chain = _exception_chain(exc)
+    text = next(
+        (label for kind, label in _FAILURE_KINDS if any(isinstance(e, kind) for e in chain)),
+        f"network error ({type(exc).__name__})",
+    )
+    reason = next(
+        (str(e.strerror) for e in chain if isinstance(e, OSError) and isinstance(e.strerror, str)),
+        None,
+    )
+    return f"{text} ({reason})" if reason and reason.lower() not in text else text
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what it wraps (args, ``reason``, causes), breadth first, without repeats."""
+    seen: list[BaseException] = []
+    queue = [exc]
+    while queue and len(seen) < 20:
+        current = queue.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        queue.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            queue.append(reason)
+        queue.extend(c for c in (current.__cause__, current.__context__) if c is not None)
+    return seen
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,119 @@
+"""zstd layers: spans at frame boundaries.
+
+A zstd frame cannot be entered in the middle (restarting at a block boundary with the
+previous window as a dictionary gives silently wrong output), but every frame starts afresh.
+So a span is a run of whole frames: a new span starts at the first frame boundary after
+``span_size`` uncompressed bytes. A single-frame blob (what most tools write for
+``tar+zstd``) is one span, read by decoding forward; multi-frame blobs (zstd:chunked, the
+seekable format, ``zstd --block-size`` style producers) get real random access. Skippable
+frames belong to the span they follow.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import zstandard
+
+from ..errors import FormatError
+from .base import Span, SpanHasher
+
+#: Largest decoder window accepted (zstd's long mode goes to 2 GiB; 1 GiB is plenty for
+#: layers and bounds memory on hostile input).
+MAX_WINDOW = 1 << 30
+#: Compressed bytes handed to the decoder per call, bounding the output of one call.
+_FEED = 1 << 17
+
+
+class ZstdIndexer:
+    compression = "zstd"
+
+    def __init__(self, span_size: int, *, name: str = "zstd blob", check_crc: bool = True) -> None:
+        if span_size <= 0:
+            raise ValueError("span_size must be positive")
+        self.span_size = span_size
+        self.spans: list[Span] = []
+        self._name = name
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+        self._frame: zstandard.ZstdDecompressionObj | None = None
+        self._hasher = SpanHasher(0)
+        self._fed = 0
+        self._out = 0
+        self._span_cstart = 0
+        self._span_ustart = 0
+        self._finished = False
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self._out
+
+    @property
+    def compressed_position(self) -> int:
+        return self._fed
+
+    def window(self, span_index: int) -> bytes | None:
+        return None
+
+    def packed_window(self, span_index: int) -> bytes:
+        return b""
+
+    def _close_span(self, end: int) -> None:
+        digest = self._hasher.cut(end, end)
+        self.spans.append(
+            Span(len(self.spans), self._span_cstart, end, self._span_ustart, self._out, digest)
+        )
+        self._span_cstart = end
+        self._span_ustart = self._out
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        if self._finished:
+            raise RuntimeError("feed() after finish()")
+        offset = self._fed
+        self._hasher.add(data, offset)
+        self._fed += len(data)
+        pos = 0
+        while pos < len(data):
+            if self._frame is None:
+                if self._out - self._span_ustart > self.span_size:
+                    self._close_span(offset + pos)  # a frame starts here: a span may too
+                self._frame = self._dctx.decompressobj()
+            piece = data[pos : pos + _FEED]
+            try:
+                out = self._frame.decompress(piece)
+            except zstandard.ZstdError as exc:
+                raise FormatError(
+                    f"{self._name}: corrupt zstd data near compressed offset {offset + pos} ({exc})"
+                ) from None
+            if out:
+                self._out += len(out)
+                yield out
+            if self._frame.eof:
+                pos += len(piece) - len(self._frame.unused_data)
+                self._frame = None
+            else:
+                pos += len(piece)
+
+    def finish(self) -> None:
+        if self._finished:
+            return
+        if self._frame is not None:
+            raise FormatError(f"{self._name}: truncated zstd stream (inside a frame)")
+        if self._fed == 0:
+            raise FormatError(f"{self._name}: empty zstd blob")
+        self._close_span(self._fed)
+        self._finished = True
+
+
+def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "zstd blob") -> bytes:
+    """The uncompressed bytes of a run of whole frames."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    want = span.uncompressed_size
+    try:
+        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+            out = reader.read(want + 1)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None
+    if len(out) != want:
+        raise FormatError(f"{name}: span {span.index} produced {len(out)} bytes, index says {want}")
+    return out
