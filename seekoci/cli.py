@@ -21,6 +21,7 @@ from .extract import extract
 from .fileinfo import FileInfo
 from .image import Image
 from .layer import DEFAULT_SPAN_SIZE
+from .progress import ProgressBar
 
 
 def _mode_string(info: FileInfo) -> str:
@@ -37,47 +38,13 @@ def _long_line(info: FileInfo, name: str) -> str:
     return line
 
 
-class _Bar:
-    """A tqdm bar per layer while indexes build, on a terminal only."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._bars: dict[str, Any] = {}
-        self._enabled = stream.isatty()
-
-    def __call__(self, name: str, done: int, total: int) -> None:
-        if not self._enabled:
-            return
-        from tqdm import tqdm
-
-        bar = self._bars.get(name)
-        if bar is None:
-            bar = tqdm(
-                total=total,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=f"indexing {name[:19]}",
-                file=self._stream,
-                leave=False,
-            )
-            self._bars[name] = bar
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-
-    def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()
-
-
 def _open(args: argparse.Namespace) -> Image:
     cache_dir: str | bool | None = False if args.no_cache else args.cache_dir
     auth = None
     if args.username:
         password = sys.stdin.readline().rstrip("\n") if args.password_stdin else ""
         auth = (args.username, password)
-    return open_image(
+    img = open_image(
         args.ref,
         platform=args.platform,
         auth=auth,
@@ -85,6 +52,10 @@ def _open(args: argparse.Namespace) -> Image:
         insecure=True if args.insecure else None,
         span_size=args.span_size,
     )
+    bar = ProgressBar(sys.stderr)  # draws only on a terminal
+    for layer in img.layers:
+        layer.progress = bar
+    return img
 
 
 def cmd_ls(args: argparse.Namespace, out: TextIO) -> int:
@@ -232,7 +203,7 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
         print("seekoci: error: only --format native is available yet", file=sys.stderr)
         return 1
     img = _open(args)
-    bar = _Bar(sys.stderr)
+    bar = ProgressBar(sys.stderr)
     try:
         for layer in img.layers:
             started = time.monotonic()

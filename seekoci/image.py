@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from .fileinfo import FileInfo, entry_info
@@ -169,10 +169,19 @@ class Image:
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
         return self.tree().walk(top)
 
-    def build_index(self, progress: Progress | Callable[..., Any] | None = None) -> None:
-        """Make sure every layer has a complete index (load it, or build it)."""
+    def build_index(self, progress: Progress | bool | None = None) -> None:
+        """Make sure every layer has a complete index (load it, or build it).
+
+        ``progress``: a callable ``(layer_digest, bytes_done, bytes_total)``, or True for a
+        progress bar on stderr."""
+        if progress is True:
+            import sys
+
+            from .progress import ProgressBar
+
+            progress = ProgressBar(sys.stderr, force=True)
         for layer in self.layers:
-            layer.index(progress)
+            layer.index(progress or None)
 
     def __enter__(self) -> Image:
         return self

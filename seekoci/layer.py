@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING
 
 from . import formats
@@ -40,6 +39,8 @@ if TYPE_CHECKING:
 DEFAULT_SPAN_SIZE = 1 << 20
 #: Decoded spans kept in memory per layer.
 SPAN_LRU_BYTES = 64 << 20
+#: Spans larger than this (uncompressed) are streamed, never held whole.
+LARGE_SPAN = 64 << 20
 
 #: progress(layer_digest_or_name, bytes_done, bytes_total)
 Progress = Callable[[str, int, int], None]
@@ -83,9 +84,9 @@ class _IndexBuild:
     def __init__(self, layer: Layer, compression: str) -> None:
         self.layer = layer
         codec = formats.codec_for(compression, where=f"layer {layer.name}")
-        self.indexer: SpanIndexer = codec.new_indexer(
-            layer.span_size, name=f"layer {layer.name}", check_crc=layer.digest is None
-        )
+        # CRCs are checked even when the digest matches: a member whose trailer contradicts
+        # its data is a corrupt layer that gzip -t and containerd refuse too.
+        self.indexer: SpanIndexer = codec.new_indexer(layer.span_size, name=f"layer {layer.name}")
         self.scanner = TarScanner(name=f"layer {layer.name}")
         self.compression = compression
         alg = (layer.digest or "sha256:").partition(":")[0]
@@ -112,6 +113,8 @@ class _IndexBuild:
             self.scanner.feed(out)
             if self.keep_spans:
                 self._pending += out
+                if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
+                    self.keep_spans = False
         if self.keep_spans:
             self._keep_spans()
         elif self._pending:
@@ -119,58 +122,6 @@ class _IndexBuild:
             self._pending_start = self.indexer.uncompressed_size
         if self.fed > self.layer.size:
             raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
-
-    def run_to_end(self, progress: Progress | None) -> None:
-        """Finish the pass with inflate and tar parsing overlapped on two threads.
-
-        The system zlib (through ctypes), sha256 and crc32 all release the GIL, so reading,
-        hashing and inflating on a producer thread while this thread parses tar headers
-        takes about as long as inflating alone.
-        """
-        if self.stream is None:
-            self.stream = self.layer.source.iter_from(self.fed)
-        stream = self.stream
-        chunks: queue.Queue[list[bytes] | None] = queue.Queue(maxsize=8)
-        failure: list[BaseException] = []
-        stop = threading.Event()
-
-        def produce() -> None:
-            try:
-                for chunk in stream:
-                    if stop.is_set():
-                        return
-                    self.blob_hash.update(chunk)
-                    self.fed += len(chunk)
-                    chunks.put(list(self.indexer.feed(chunk)))
-                    if self.fed > self.layer.size:
-                        raise IntegrityError(
-                            f"layer {self.layer.name}: blob is longer than {self.layer.size}"
-                        )
-            except BaseException as exc:
-                failure.append(exc)
-            finally:
-                chunks.put(None)
-
-        producer = threading.Thread(target=produce, name="seekoci-index", daemon=True)
-        producer.start()
-        try:
-            while (outs := chunks.get()) is not None:
-                for out in outs:
-                    self.scanner.feed(out)
-                if progress is not None:
-                    progress(self.layer.name, self.fed, self.layer.size)
-        finally:
-            stop.set()
-            while producer.is_alive():  # unblock a producer waiting on a full queue
-                try:
-                    chunks.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            producer.join()
-        if failure:
-            raise failure[0]
-        self.stream = None
-        self._finish()
 
     def _keep_spans(self) -> None:
         """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
@@ -244,6 +195,8 @@ class Layer:
         self._by_name: dict[str, TarEntry] = {}
         self._named_upto = 0
         self._tree: Tree | None = None
+        #: called as progress(name, bytes_done, bytes_total) while this layer's index builds
+        self.progress: Progress | None = None
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -334,10 +287,14 @@ class Layer:
             if self._index is not None or self._try_cache():
                 assert self._index is not None
                 return self._index
+            progress = progress or self.progress
             build = self._builder()
             build.keep_spans = False
             try:
-                build.run_to_end(progress)
+                while not build.done:
+                    build.step()
+                    if progress is not None:
+                        progress(self.name, build.fed, self.size)
             except BaseException:
                 self._abandon_build()
                 raise
@@ -484,10 +441,12 @@ class Layer:
         i = first
         while i < len(spans) and spans[i].uncompressed_start < end:
             span = spans[i]
-            data = self._span_data(span)
             a = max(offset, span.uncompressed_start) - span.uncompressed_start
             b = min(end, span.uncompressed_end) - span.uncompressed_start
-            parts.append(data[a:b])
+            if span.uncompressed_size > LARGE_SPAN:
+                parts.append(self._stream_span(span, a, b))
+            else:
+                parts.append(self._span_data(span)[a:b])
             i += 1
         return b"".join(parts)
 
@@ -515,6 +474,46 @@ class Layer:
         codec = formats.codec_for(self.compression, where=f"layer {self.name}")
         data = codec.decode_span(span, compressed, self._window(span), name=f"layer {self.name}")
         self._lru.put(key, data)
+        return data
+
+    def _stream_span(self, span: Span, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of a span too large to hold (a single-frame zstd layer is
+        one span): decode forward from the span's start, keep only what was asked for, and
+        return it only after the span's bytes matched their digest."""
+        codec = formats.codec_for(self.compression, where=f"layer {self.name}")
+        if codec.decode_stream is None:
+            raise FormatError(f"layer {self.name}: span {span.index} is too large to decode")
+        digest = hashlib.sha256()
+        fetched = 0
+
+        def compressed() -> Generator[bytes, None, None]:
+            nonlocal fetched
+            stream = self.source.iter_from(span.compressed_start)
+            try:
+                for chunk in stream:
+                    chunk = chunk[: span.compressed_size - fetched]
+                    fetched += len(chunk)
+                    digest.update(chunk)
+                    yield chunk
+                    if fetched >= span.compressed_size:
+                        break
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+
+        chunks = compressed()
+        try:
+            data = codec.decode_stream(chunks, start, end, name=f"layer {self.name}")
+            for _ in chunks:  # the rest of the span, so that the digest covers all of it
+                pass
+        finally:
+            chunks.close()
+        if fetched != span.compressed_size or digest.hexdigest() != span.digest:
+            raise IntegrityError(
+                f"layer {self.name}: span {span.index} does not match its digest "
+                f"sha256:{span.digest}"
+            )
         return data
 
     def _fetch_span(self, span: Span) -> bytes:

@@ -25,12 +25,15 @@ class Codec:
     name: str
     new_indexer: Callable[..., SpanIndexer]
     decode_span: Callable[..., bytes]
+    #: decode_stream(compressed_chunks, start, end, *, name) -> bytes [start, end) of a span
+    #: too large to hold; None when spans are always small
+    decode_stream: Callable[..., bytes] | None = None
 
 
 CODECS: dict[str, Codec] = {
     "gzip": Codec("gzip", _gzip.GzipIndexer, _gzip.decode_span),
     "none": Codec("none", _plain.PlainIndexer, _plain.decode_span),
-    "zstd": Codec("zstd", _zstd.ZstdIndexer, _zstd.decode_span),
+    "zstd": Codec("zstd", _zstd.ZstdIndexer, _zstd.decode_span, _zstd.decode_stream),
 }
 
 _GZIP_TYPES = {

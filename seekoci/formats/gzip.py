@@ -179,10 +179,14 @@ class GzipIndexer:
             # so inflate in large Z_NO_FLUSH calls that stop exactly there; only then stop
             # at every block end (Z_BLOCK). Few calls keep the GIL free for the tar parser.
             short = self.span_size - (self._out - self._span_ustart)
-            if short > 0:
-                out = inflater.step(Z_NO_FLUSH, short)
-            else:
-                out = inflater.step(Z_BLOCK)
+            try:
+                if short > 0:
+                    out = inflater.step(Z_NO_FLUSH, short)
+                else:
+                    out = inflater.step(Z_BLOCK)
+            except FormatError as exc:
+                at = self._member_deflate_start + inflater.total_in
+                raise self._fail(str(exc), at) from None
             if out:
                 self._out += len(out)
                 self._member_out += len(out)

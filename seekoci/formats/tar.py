@@ -175,6 +175,14 @@ class TarScanner:
         return self._pos
 
     def feed(self, data: bytes | memoryview) -> None:
+        try:
+            self._feed(data)
+        except FormatError as exc:
+            if str(exc).startswith(self._name):
+                raise
+            raise FormatError(f"{self._name}: {exc}") from None
+
+    def _feed(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         n = len(view)
         i = 0

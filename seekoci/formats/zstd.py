@@ -117,3 +117,34 @@ def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "z
     if len(out) != want:
         raise FormatError(f"{name}: span {span.index} produced {len(out)} bytes, index says {want}")
     return out
+
+
+def decode_stream(
+    chunks: Iterator[bytes], start: int, end: int, *, name: str = "zstd blob"
+) -> bytes:
+    """Bytes ``[start, end)`` of the output of a run of frames fed as ``chunks``, decoding
+    forward and keeping only the requested range in memory."""
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    parts: list[bytes] = []
+    pos = 0
+    frame = dctx.decompressobj()
+    try:
+        for chunk in chunks:
+            data = chunk
+            while data:
+                out = frame.decompress(data)
+                if out:
+                    a, b = max(start - pos, 0), min(end - pos, len(out))
+                    if a < b:
+                        parts.append(out[a:b])
+                    pos += len(out)
+                if frame.eof:
+                    data = frame.unused_data
+                    frame = dctx.decompressobj()
+                else:
+                    data = b""
+            if pos >= end:
+                break
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"{name}: corrupt zstd data ({exc})") from None
+    return b"".join(parts)

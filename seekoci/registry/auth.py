@@ -138,6 +138,8 @@ class Authenticator:
         self._plain_http_ok = plain_http_credentials_ok
         self._lock = threading.Lock()
         self._scheme: str | None = None
+        # realm and service of the registry's Bearer challenge (its scope and error belong to
+        # the one request that was refused, not to later ones)
         self._bearer: dict[str, str] = {}
         self._tokens: dict[str, _Token] = {}
 
@@ -175,8 +177,8 @@ class Authenticator:
                 if current is not None and current.fresh() and "Bearer " + current.value != used:
                     return "Bearer " + current.value
                 self._scheme = "bearer"
-                self._bearer = dict(bearer.params)
-                token = self._fetch_token_locked(self._bearer, scope)
+                self._bearer = {k: v for k, v in bearer.params.items() if k in ("realm", "service")}
+                token = self._fetch_token_locked(bearer.params, scope)
                 return "Bearer " + token.value
             if "basic" in by_scheme:
                 self._scheme = "basic"
@@ -212,6 +214,7 @@ class Authenticator:
         return basic_header(creds.username, creds.password)
 
     def _fetch_token_locked(self, challenge: Mapping[str, str], scope: str) -> _Token:
+        """Get a token for ``scope`` (cached under it), asking for the challenge's scopes if any."""
         realm = challenge.get("realm", "")
         parts = urlsplit(realm)
         if parts.scheme not in ("http", "https") or not parts.hostname:

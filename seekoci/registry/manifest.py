@@ -48,15 +48,19 @@ MAX_MANIFEST_SIZE = 8 << 20
 
 @dataclass(frozen=True)
 class Descriptor:
-    """A content descriptor: what a manifest says about a blob it points to."""
+    """A content descriptor: what a manifest says about a blob it points to.
+
+    Hashable (by media type, digest, size and artifact type) so that it can key caches; the
+    dict and list fields take part in equality only.
+    """
 
     media_type: str
     digest: str
     size: int
-    annotations: dict[str, str] = field(default_factory=dict, compare=False)
-    platform: dict[str, Any] | None = field(default=None, compare=False)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    platform: dict[str, Any] | None = field(default=None, hash=False)
     artifact_type: str | None = None
-    urls: list[str] = field(default_factory=list, compare=False)
+    urls: list[str] = field(default_factory=list, hash=False)
 
     @classmethod
     def from_json(cls, data: object, *, where: str) -> Descriptor:

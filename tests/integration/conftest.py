@@ -37,14 +37,11 @@ if _TESTS_DIR not in sys.path:
 
 from .servers import CountingProxy, RegistryServer, TokenService  # noqa: E402
 
-#: The repository checkout, so that ``python -m seekoci`` works in subprocesses.
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
-        if here in Path(str(item.fspath)).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.integration)
 
 

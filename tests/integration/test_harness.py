@@ -41,7 +41,7 @@ from imagebuilder import (
 )
 from pushclient import MANIFEST_ACCEPT, PushError, RegistryClient, parse_challenge
 
-from .servers import path_kind
+from .servers import RegistryServer, path_kind
 
 pytestmark = pytest.mark.integration
 
@@ -202,6 +202,15 @@ def test_write_oci_layout(tmp_path: Path) -> None:
         assert (root / "blobs/sha256" / digest.split(":")[1]).read_bytes() == data
     write_oci_layout(root, image(layer(file("b", b"2"))), "v2")
     assert len(json.loads((root / "index.json").read_text())["manifests"]) == 2
+    idx = index(image(layer(file("c", b"3")), arch="arm64", variant="v8"), img)
+    write_oci_layout(root, idx, "v1")  # replaces the tag
+    top = json.loads((root / "index.json").read_text())
+    assert [m["digest"] for m in top["manifests"]] == [
+        image(layer(file("b", b"2"))).digest,
+        idx.digest,
+    ]
+    for digest, (_, body) in idx.manifests().items():
+        assert (root / "blobs/sha256" / digest.split(":")[1]).read_bytes() == body
 
 
 def test_path_kinds() -> None:
@@ -412,3 +421,14 @@ def test_skopeo_copies_an_oci_layout(registry, tmp_path: Path) -> None:
     )
     body, _, _ = registry.client().get_manifest("smoke/skopeo", "v1")
     assert [d["digest"] for d in json.loads(body)["layers"]] == [img.layers[0].digest]
+
+
+def test_registry_that_cannot_start_fails_clearly(tmp_path: Path) -> None:
+    server = RegistryServer(tmp_path)
+    server.auth_config = {"token": {"realm": "http://127.0.0.1:1/token"}}  # incomplete: panics
+    with pytest.raises(RuntimeError) as excinfo:
+        server.start()
+    server.stop()
+    message = str(excinfo.value)
+    assert "did not answer" in message
+    assert "--- its output" in message and len(message.split("--- its output", 1)[1]) > 20

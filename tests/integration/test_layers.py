@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 import pytest
@@ -119,9 +120,9 @@ def check_standalone(lay, want: Layer, path: str) -> None:
     assert lay.format == "tar"
     assert lay.uncompressed_size == len(want.tar)
     assert lay.read_range(0, 1024) == want.tar[:1024]
-    parent = path.rsplit("/", 1)[0]
+    parent = posixpath.dirname(path)
     assert lay.listdir("/" + parent) == sorted(
-        e.name.rsplit("/", 1)[1] for e in want.entries if e.name.rsplit("/", 1)[0] == parent
+        posixpath.basename(e.name) for e in want.entries if posixpath.dirname(e.name) == parent
     )
     with lay.open("/" + path) as f:
         assert f.read() == want.entry(path).data

@@ -6,7 +6,7 @@ import platform as host_platform
 from pathlib import Path
 
 import pytest
-from imagebuilder import Index, file, image, index, layer
+from imagebuilder import Index, file, image, index, layer, write_oci_layout
 
 import seekoci
 
@@ -86,3 +86,12 @@ def test_single_platform_image(registry, cache_dir: Path) -> None:
     with pytest.raises(seekoci.PlatformNotFoundError) as excinfo:
         seekoci.open_image(ref, platform="linux/riscv64", cache_dir=cache_dir)
     assert "linux/arm64/v8" in str(excinfo.value)
+
+
+def test_index_in_an_oci_layout(tmp_path: Path, cache_dir: Path) -> None:
+    idx = make_index()
+    root = write_oci_layout(tmp_path / "layout", idx, "multi")
+    img = seekoci.open_image(f"oci:{root}:multi", platform="linux/arm64/v8", cache_dir=cache_dir)
+    expected = idx.for_platform("linux/arm64/v8")
+    assert img.digest == expected.digest
+    assert img.read_bytes("/platform.txt") == b"built for linux/arm64/v8\n"

@@ -200,6 +200,7 @@ read_op = st.one_of(
     max_examples=30,
     deadline=None,
     derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(path=st.sampled_from(["/mm/c.bin", "/pigz/b.bin", "/none/e.bin"]), ops=st.lists(read_op))

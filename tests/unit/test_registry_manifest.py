@@ -29,12 +29,32 @@ def parse(doc, hint=None):
 @pytest.mark.parametrize(
     ("doc", "hint", "media_type", "is_index"),
     [
-        ({"mediaType": MEDIA_TYPE_OCI_MANIFEST, "config": DESC, "layers": []}, None, MEDIA_TYPE_OCI_MANIFEST, False),
-        ({"mediaType": MEDIA_TYPE_DOCKER_MANIFEST, "config": DESC, "layers": []}, None, MEDIA_TYPE_DOCKER_MANIFEST, False),
+        (
+            {"mediaType": MEDIA_TYPE_OCI_MANIFEST, "config": DESC, "layers": []},
+            None,
+            MEDIA_TYPE_OCI_MANIFEST,
+            False,
+        ),
+        (
+            {"mediaType": MEDIA_TYPE_DOCKER_MANIFEST, "config": DESC, "layers": []},
+            None,
+            MEDIA_TYPE_DOCKER_MANIFEST,
+            False,
+        ),
         ({"mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": []}, None, MEDIA_TYPE_OCI_INDEX, True),
-        ({"mediaType": MEDIA_TYPE_DOCKER_MANIFEST_LIST, "manifests": []}, None, MEDIA_TYPE_DOCKER_MANIFEST_LIST, True),
+        (
+            {"mediaType": MEDIA_TYPE_DOCKER_MANIFEST_LIST, "manifests": []},
+            None,
+            MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+            True,
+        ),
         # no mediaType field: the Content-Type decides, else the shape
-        ({"config": DESC, "layers": []}, MEDIA_TYPE_DOCKER_MANIFEST + "; charset=utf-8", MEDIA_TYPE_DOCKER_MANIFEST, False),
+        (
+            {"config": DESC, "layers": []},
+            MEDIA_TYPE_DOCKER_MANIFEST + "; charset=utf-8",
+            MEDIA_TYPE_DOCKER_MANIFEST,
+            False,
+        ),
         ({"config": DESC, "layers": []}, "application/json", MEDIA_TYPE_OCI_MANIFEST, False),
         ({"manifests": []}, None, MEDIA_TYPE_OCI_INDEX, True),
     ],
@@ -54,8 +74,18 @@ def test_media_types(doc, hint, media_type, is_index):
         (b"[1, 2]", None, "not a JSON object"),
         (json.dumps({"schemaVersion": 1, "fsLayers": []}).encode(), None, "schema 1"),
         (b"{}", "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema 1"),
-        (json.dumps({"mediaType": "application/vnd.docker.distribution.manifest.v1+json"}).encode(), None, "schema 1"),
-        (json.dumps({"mediaType": "application/vnd.example+json"}).encode(), None, "unsupported manifest media type"),
+        (
+            json.dumps(
+                {"mediaType": "application/vnd.docker.distribution.manifest.v1+json"}
+            ).encode(),
+            None,
+            "schema 1",
+        ),
+        (
+            json.dumps({"mediaType": "application/vnd.example+json"}).encode(),
+            None,
+            "unsupported manifest media type",
+        ),
         (json.dumps({"schemaVersion": 2, "foo": 1}).encode(), None, "cannot tell"),
         (json.dumps({"schemaVersion": 3, "manifests": []}).encode(), None, "schemaVersion"),
     ],
@@ -79,10 +109,18 @@ def test_descriptor_fields():
         },
         where="w",
     )
-    assert desc == Descriptor("application/vnd.oci.image.layer.v1.tar+gzip", DIGEST, 42, {"a": "b"},
-                              {"os": "linux", "architecture": "amd64"}, "application/x",
-                              ["https://example.invalid/blob"])
-    assert hash(desc) == hash(Descriptor(desc.media_type, DIGEST, 42, artifact_type="application/x"))
+    assert desc == Descriptor(
+        "application/vnd.oci.image.layer.v1.tar+gzip",
+        DIGEST,
+        42,
+        {"a": "b"},
+        {"os": "linux", "architecture": "amd64"},
+        "application/x",
+        ["https://example.invalid/blob"],
+    )
+    assert hash(desc) == hash(
+        Descriptor(desc.media_type, DIGEST, 42, artifact_type="application/x")
+    )
     with pytest.raises(AttributeError):
         desc.size = 1  # type: ignore[misc]
 
@@ -112,10 +150,19 @@ def test_bad_descriptors(raw):
 
 def test_manifest_layers_and_config():
     layer = {"mediaType": "l", "digest": DIGEST, "size": 9}
-    doc = parse({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "config": DESC, "layers": [layer, layer]})
+    doc = parse(
+        {
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_OCI_MANIFEST,
+            "config": DESC,
+            "layers": [layer, layer],
+        }
+    )
     assert doc.config(where="w").size == 3
     assert [d.size for d in doc.layers(where="w")] == [9, 9]
-    broken = parse({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "config": DESC, "layers": {}})
+    broken = parse(
+        {"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_MANIFEST, "config": DESC, "layers": {}}
+    )
     with pytest.raises(FormatError, match="layers"):
         broken.layers(where="w")
     index = parse({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": None})
@@ -124,7 +171,10 @@ def test_manifest_layers_and_config():
 
 
 def test_digests():
-    assert compute_digest(b"") == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    assert (
+        compute_digest(b"")
+        == "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
     assert compute_digest(b"x", "sha512").startswith("sha512:")
     verify_digest(b"", compute_digest(b""), what="thing")
     verify_digest(b"x", compute_digest(b"x", "sha512"), what="thing")

@@ -90,7 +90,13 @@ def test_missing_platform_names_the_available_ones():
     with pytest.raises(PlatformNotFoundError) as caught:
         pick("windows/amd64", required=False)
     err = caught.value
-    assert err.available == ["linux/amd64", "linux/arm64/v8", "linux/arm/v6", "linux/arm/v7", "linux/s390x"]
+    assert err.available == [
+        "linux/amd64",
+        "linux/arm64/v8",
+        "linux/arm/v6",
+        "linux/arm/v7",
+        "linux/s390x",
+    ]
     assert "linux/arm64/v8" in str(err) and "windows/amd64" in str(err) and "test-ref" in str(err)
     assert isinstance(err, LookupError)
 

@@ -1,0 +1,429 @@
+"""Blob range reads over HTTP: Range/Content-Range checks, redirects, streaming, error mapping."""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+import requests
+import urllib3
+import urllib3.exceptions
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from seekoci.errors import ImageNotFoundError, InvalidReferenceError, RegistryError
+from seekoci.registry import open_url_source, resolve_image
+from seekoci.registry.blobs import URLSource
+from seekoci.registry.transport import HttpClient, new_session
+from seekoci.source import RangeSource
+
+pytestmark = pytest.mark.usefixtures("isolated_docker_config")
+
+DATA = bytes(random.Random(7).randrange(256) for _ in range(200_000))
+
+
+def layer_source(reg, data=DATA, **auth):
+    reg.add_image("blobs/test", tags=("x",), layers=(data,))
+    img = resolve_image(f"{reg.netloc}/blobs/test:x", **auth)
+    return img.blob_source(img.layers[0])
+
+
+def test_registry_blob_source_reads_ranges(fake_registry):
+    source = layer_source(fake_registry)
+    assert isinstance(source, RangeSource)
+    assert source.size == len(DATA)
+    assert source.name in fake_registry.blobs
+    assert source.read_range(0, 10) == DATA[:10]
+    assert source.read_range(1000, 5000) == DATA[1000:6000]
+    assert source.read_range(len(DATA) - 3, 100) == DATA[-3:]  # short only past the end
+    assert source.read_range(len(DATA), 10) == b""
+    assert source.read_range(5, 0) == b""
+    requests_before = source.requests
+    assert source.read_range(len(DATA) + 5, 10) == b""
+    assert source.requests == requests_before  # nothing to fetch, no request
+    ranges = [r.headers.get("Range") for r in fake_registry.requests if "/blobs/" in r.path]
+    assert "bytes=1000-5999" in ranges
+    assert source.bytes_read == 10 + 5000 + 3
+    assert source.requests == 3
+    with pytest.raises(ValueError):
+        source.read_range(-1, 3)
+
+
+def test_iter_from_streams_in_one_request(fake_registry):
+    source = layer_source(fake_registry)
+    assert b"".join(source.iter_from(0, chunk_size=8192)) == DATA
+    assert b"".join(source.iter_from(123_456)) == DATA[123_456:]
+    assert list(source.iter_from(len(DATA))) == []
+    blob_requests = [r for r in fake_registry.requests if "/blobs/" in r.path]
+    assert [r.headers.get("Range") for r in blob_requests[-2:]] == [None, "bytes=123456-"]
+    assert source.requests == 2
+    assert source.bytes_read == len(DATA) + len(DATA) - 123_456
+
+
+def test_iter_from_can_be_closed_early(fake_registry):
+    source = layer_source(fake_registry)
+    stream = source.iter_from(10, chunk_size=1000)
+    assert next(stream) == DATA[10:1010]
+    stream.close()
+    assert source.read_range(0, 4) == DATA[:4]  # the session is still usable
+
+
+def test_concurrent_range_reads(fake_registry):
+    source = layer_source(fake_registry)
+    errors: list[BaseException] = []
+
+    def reader(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for _ in range(25):
+                offset, length = rng.randrange(len(DATA)), rng.randrange(1, 20_000)
+                assert source.read_range(offset, length) == DATA[offset : offset + length]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(seed,)) for seed in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert source.requests == 200
+
+
+def test_redirect_drops_authorization(fake_registry, blob_server):
+    fake_registry.auth.mode = "bearer"
+    fake_registry.blob_redirect = blob_server
+    source = layer_source(fake_registry)
+    assert len(blob_server.requests) == 1  # the config blob, fetched while resolving
+    assert source.read_range(100, 50) == DATA[100:150]
+    assert b"".join(source.iter_from(199_000)) == DATA[199_000:]
+    assert len(blob_server.requests) == 3
+    for request in blob_server.requests:
+        assert "Authorization" not in request.headers
+        assert request.query == {"X-Signature": ["sig-123"]}
+    assert [r.headers.get("Range") for r in blob_server.requests] == [
+        None,
+        "bytes=100-149",
+        "bytes=199000-",
+    ]
+    registry_blob_gets = [r for r in fake_registry.requests if "/blobs/" in r.path]
+    assert registry_blob_gets[-1].headers["Authorization"].startswith("Bearer ")
+    assert source.requests == 4  # two registry GETs, two redirect hops
+
+
+def test_redirect_within_the_same_origin_keeps_authorization(fake_registry):
+    fake_registry.auth.mode = "basic"
+
+    def moved(h, request):
+        if request.path.startswith("/moved"):
+            request.path = request.path.removeprefix("/moved")
+            return False
+        if "/blobs/" in request.path and request.headers.get("Authorization"):
+            h.reply(302, b"", {"Location": "/moved" + request.path})
+            return True
+        return False
+
+    fake_registry.hook = moved
+    fake_registry.add_image("blobs/test", tags=("x",), layers=(DATA,))
+    img = resolve_image(f"{fake_registry.netloc}/blobs/test:x", auth=("alice", "s3cret-PASSWORD"))
+    assert img.blob_source(img.layers[0]).read_range(0, 3) == DATA[:3]
+    moved_requests = [
+        r for r in fake_registry.requests if r.path.startswith("/v2/") and "blobs" in r.path
+    ]
+    assert moved_requests and all(r.headers.get("Authorization") for r in moved_requests[-2:])
+
+
+def test_server_ignoring_range(fake_registry):
+    source = layer_source(fake_registry)
+    fake_registry.honour_range = False
+    with pytest.raises(RegistryError, match="ignored Range") as caught:
+        source.read_range(10, 10)
+    assert caught.value.status == 200
+    with pytest.raises(RegistryError, match="ignored Range"):
+        next(source.iter_from(10))
+    # offset 0 streams the whole blob with a plain GET: 200 is right there
+    assert b"".join(source.iter_from(0)) == DATA
+
+
+@pytest.mark.parametrize(
+    "content_range",
+    [
+        "bytes 0-9/200000",
+        "bytes 10-19/9999",
+        "bytes 10-20/200000",
+        "bytes */200000",
+        "garbage",
+        "bytes 10-19",
+    ],
+)
+def test_content_range_mismatch(fake_registry, content_range):
+    source = layer_source(fake_registry)
+    fake_registry.content_range = content_range
+    with pytest.raises(RegistryError, match="Content-Range"):
+        source.read_range(10, 10)
+
+
+def test_unknown_total_in_content_range_is_accepted(fake_registry):
+    source = layer_source(fake_registry)
+    fake_registry.content_range = "bytes 10-19/*"
+    assert source.read_range(10, 10) == DATA[10:20]
+
+
+def test_short_body(fake_registry):
+    source = layer_source(fake_registry)
+
+    def short(h, request):
+        if "/blobs/" not in request.path:
+            return False
+        h.reply(206, DATA[10:15], {"Content-Range": "bytes 10-19/200000"})
+        return True
+
+    fake_registry.hook = short
+    with pytest.raises(RegistryError, match="short body"):
+        source.read_range(10, 10)
+
+
+def test_connection_dropped_mid_body(fake_registry):
+    source = layer_source(fake_registry)
+
+    def drop(h, request):
+        if "/blobs/" not in request.path:
+            return False
+        h.send_response(206)
+        h.send_header("Content-Range", "bytes 10-19/200000")
+        h.send_header("Content-Length", "10")
+        h.end_headers()
+        h.wfile.write(DATA[10:14])
+        h.wfile.flush()
+        h.close_connection = True
+        h.connection.shutdown(socket.SHUT_RDWR)
+        return True
+
+    fake_registry.hook = drop
+    with pytest.raises(RegistryError) as caught:
+        source.read_range(10, 10)
+    assert caught.value.__cause__ is not None
+    with pytest.raises(RegistryError):
+        b"".join(source.iter_from(10))
+
+
+def test_blob_not_found_and_server_error(fake_registry):
+    source = layer_source(fake_registry)
+    fake_registry.blobs.clear()
+    with pytest.raises(ImageNotFoundError):
+        source.read_range(0, 1)
+
+    def fail(h, request):
+        h.reply(502, b"bad gateway")
+        return True
+
+    fake_registry.hook = fail
+    with pytest.raises(RegistryError) as caught:
+        source.read_range(0, 1)
+    assert caught.value.status == 502
+
+
+def test_rate_limit_with_short_retry_after_is_retried(fake_registry):
+    source = layer_source(fake_registry)
+    answered = []
+
+    def limited(h, request):
+        if "/blobs/" in request.path and len(answered) < 1:
+            answered.append(1)
+            h.reply(429, b"", {"Retry-After": "0"})
+            return True
+        return False
+
+    fake_registry.hook = limited
+    assert source.read_range(0, 4) == DATA[:4]
+
+    def always_limited(h, request):
+        h.reply(429, b"")
+        return True
+
+    fake_registry.hook = always_limited
+    with pytest.raises(RegistryError, match="rate limited") as caught:
+        source.read_range(0, 4)
+    assert caught.value.status == 429
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_connection_refused():
+    port = free_port()
+    with pytest.raises(RegistryError, match="cannot connect") as caught:
+        resolve_image(f"127.0.0.1:{port}/x:y")
+    assert caught.value.status is None
+    assert isinstance(caught.value.__cause__, requests.ConnectionError)
+    with pytest.raises(RegistryError):
+        open_url_source(f"http://127.0.0.1:{port}/blob")
+
+
+def test_read_timeout(blob_server):
+    blob_server.files["/slow"] = DATA
+
+    def slow(h, request):
+        time.sleep(0.5)
+        return False
+
+    blob_server.hook = slow
+    client = HttpClient(new_session(), timeout=(1.0, 0.1))
+    with pytest.raises(RegistryError, match="timed out"):
+        URLSource(f"{blob_server.url}/slow", http=client)
+
+
+# -- plain URLs ---------------------------------------------------------------------------------
+
+
+def test_url_source_size_from_head(blob_server):
+    blob_server.files["/dir/blob.tar.gz"] = DATA
+    source = open_url_source(f"{blob_server.url}/dir/blob.tar.gz")
+    assert source.size == len(DATA)
+    assert source.read_range(5, 5) == DATA[5:10]
+    assert [r.method for r in blob_server.requests] == ["HEAD", "GET"]
+    assert source.name == f"{blob_server.url}/dir/blob.tar.gz"
+    source.close()
+
+
+def test_url_source_size_from_content_range_when_head_fails(blob_server):
+    blob_server.files["/blob"] = DATA
+    blob_server.head_status = 403
+    source = open_url_source(f"{blob_server.url}/blob?sig=SECRET-SIG")
+    assert source.size == len(DATA)
+    assert [(r.method, r.headers.get("Range")) for r in blob_server.requests] == [
+        ("HEAD", None),
+        ("GET", "bytes=0-0"),
+    ]
+    assert "SECRET-SIG" not in source.name and "SECRET-SIG" not in repr(source)
+    assert b"".join(source.iter_from(199_990)) == DATA[199_990:]
+
+
+def test_url_source_empty_blob(blob_server):
+    blob_server.files["/empty"] = b""
+    blob_server.head_status = 405
+    source = open_url_source(f"{blob_server.url}/empty")
+    assert source.size == 0
+    assert source.read_range(0, 10) == b""
+    assert list(source.iter_from()) == []
+
+
+def test_url_source_ignoring_range(blob_server):
+    blob_server.files["/blob"] = DATA
+    blob_server.honour_range = False
+    source = open_url_source(f"{blob_server.url}/blob")
+    with pytest.raises(RegistryError, match="ignored Range"):
+        source.read_range(1, 1)
+    blob_server.head_status = 403
+    with pytest.raises(RegistryError, match="ignored Range"):
+        open_url_source(f"{blob_server.url}/blob")
+
+
+def test_url_source_user_info_becomes_basic_auth(blob_server):
+    blob_server.files["/blob"] = DATA
+    source = open_url_source(f"http://bob:pa%40ss@{blob_server.netloc}/blob")
+    assert source.read_range(0, 2) == DATA[:2]
+    assert "bob" not in source.name and "pa" not in source.name.split("/")[-1]
+    assert all(r.headers["Authorization"] == "Basic Ym9iOnBhQHNz" for r in blob_server.requests)
+
+
+def test_url_source_not_found_and_bad_scheme(blob_server):
+    with pytest.raises(ImageNotFoundError):
+        open_url_source(f"{blob_server.url}/missing")
+    with pytest.raises(InvalidReferenceError):
+        open_url_source("ftp://example.invalid/blob")
+    with pytest.raises(InvalidReferenceError):
+        open_url_source("/local/path")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    reads=st.lists(st.tuples(st.integers(0, len(DATA) + 10), st.integers(0, 70_000)), max_size=6)
+)
+def test_random_reads_match_the_bytes(blob_server, reads):
+    blob_server.files["/h"] = DATA
+    source = open_url_source(f"{blob_server.url}/h")
+    for offset, length in reads:
+        assert source.read_range(offset, length) == DATA[offset : offset + length]
+    source.close()
+
+
+# -- no lower-level exception escapes -----------------------------------------------------------
+
+
+def transport_exception_types() -> list[type[BaseException]]:
+    found: set[type[BaseException]] = {
+        http.client.IncompleteRead,
+        http.client.RemoteDisconnected,
+        ConnectionResetError,
+        ConnectionRefusedError,
+        TimeoutError,
+        socket.timeout,
+        ssl.SSLError,
+    }
+    for module in (requests.exceptions, urllib3.exceptions):
+        for value in vars(module).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Exception)
+                and not issubclass(value, Warning)
+            ) and issubclass(value, (requests.RequestException, urllib3.exceptions.HTTPError)):
+                found.add(value)
+    return sorted(found, key=lambda t: f"{t.__module__}.{t.__qualname__}")
+
+
+def make(exc_type: type[BaseException]) -> BaseException:
+    exc = exc_type.__new__(exc_type)  # some constructors need odd arguments; args are enough
+    exc.args = ("simulated failure http://user:Pa55@host/x?sig=SIGNATURE",)
+    return exc
+
+
+EXCEPTION_TYPES = transport_exception_types()
+
+
+def test_the_exception_list_is_not_trivially_small():
+    assert len(EXCEPTION_TYPES) > 40
+
+
+@pytest.mark.parametrize("exc_type", EXCEPTION_TYPES, ids=lambda t: t.__name__)
+def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch, exc_type):
+    source = layer_source(fake_registry)
+    blob_server.files["/blob"] = DATA
+    url_source = open_url_source(f"{blob_server.url}/blob")
+
+    def failing(*args, **kwargs):
+        raise make(exc_type)
+
+    read_range = lambda: source.read_range(0, 10)  # noqa: E731
+    stream_all = lambda: b"".join(source.iter_from(0))  # noqa: E731
+    stream_tail = lambda: b"".join(source.iter_from(5))  # noqa: E731
+    url_read = lambda: url_source.read_range(0, 10)  # noqa: E731
+    url_open = lambda: open_url_source(f"{blob_server.url}/blob")  # noqa: E731
+    resolve = lambda: resolve_image(f"{fake_registry.netloc}/blobs/test:x")  # noqa: E731
+    # Each patch with the calls that go through the patched function.
+    cases = [
+        (
+            "requests.Session.request",
+            [read_range, stream_all, stream_tail, url_read, url_open, resolve],
+        ),
+        ("urllib3.response.HTTPResponse.read", [read_range, url_read, resolve]),
+        ("urllib3.response.HTTPResponse.stream", [stream_all, stream_tail]),
+    ]
+    for patch_target, calls in cases:
+        with monkeypatch.context() as patched:
+            patched.setattr(patch_target, failing)
+            for call in calls:
+                with pytest.raises(RegistryError) as caught:
+                    call()
+                assert caught.value.__cause__ is not None
+                assert "Pa55" not in str(caught.value) and "SIGNATURE" not in str(caught.value)
