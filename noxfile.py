@@ -32,8 +32,17 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against a local registry; figures go to docs/performance.md."""
     session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", "benchmarks", "-q", "-s", "-p", "no:cacheprovider",
-                *session.posargs)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-q",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+    )
 
 
 @nox.session

@@ -226,6 +226,16 @@ def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     return run_demo(out, workdir=args.dir)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--platform", help="os/arch[/variant] (default: linux/<host arch>)")
@@ -235,7 +245,10 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--username", help="registry user name (password: --password-stdin)")
     common.add_argument("--password-stdin", action="store_true", help="read password from stdin")
     common.add_argument(
-        "--span-size", type=int, default=DEFAULT_SPAN_SIZE, help="bytes between checkpoints"
+        "--span-size",
+        type=_positive_int,
+        default=DEFAULT_SPAN_SIZE,
+        help="bytes between checkpoints",
     )
 
     p = argparse.ArgumentParser(

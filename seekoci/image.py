@@ -81,7 +81,7 @@ class Image:
         for layer in reversed(self.layers):
             entry = layer.find(name)
             if entry is not None:
-                if entry.type not in ("file", "hardlink"):
+                if entry.type != "file":  # hard links may point into lower layers
                     return None
                 for a in ancestors:
                     e = layer.find(a) if layer.complete() else None

@@ -258,6 +258,8 @@ class Layer:
         where = f"cached index of layer {self.digest}"
         try:
             header = parse_header(data, where=where)
+            if header.windows_offset + header.windows_length > len(data):
+                raise FormatError(f"{where}: truncated")
             view = memoryview(data)
             index = parse(
                 bytes(view[: header.metadata_end]),
@@ -503,12 +505,22 @@ class Layer:
                     close()
 
         chunks = compressed()
+        problem: FormatError | None = None
         try:
-            data = codec.decode_stream(chunks, start, end, name=f"layer {self.name}")
+            try:
+                data = codec.decode_stream(chunks, start, end, name=f"layer {self.name}")
+            except FormatError as exc:  # damaged bytes or a bad index: the digest decides
+                problem, data = exc, b""
             for _ in chunks:  # the rest of the span, so that the digest covers all of it
                 pass
         finally:
             chunks.close()
+        if (
+            problem is not None
+            and fetched == span.compressed_size
+            and (digest.hexdigest() == span.digest)
+        ):
+            raise problem
         if fetched != span.compressed_size or digest.hexdigest() != span.digest:
             raise IntegrityError(
                 f"layer {self.name}: span {span.index} does not match its digest "
@@ -537,7 +549,7 @@ class Layer:
     # -- files ------------------------------------------------------------------------------
     def open_entry(self, entry: TarEntry, name: str | None = None) -> RangeFile:
         if entry.type == "hardlink":
-            target = self.find(entry.linkname)
+            target = self._link_target(entry)
             if target is None or target.type != "file":
                 raise FileNotFoundError(
                     f"hard link {entry.name!r} in layer {self.name} points at missing "
@@ -545,6 +557,25 @@ class Layer:
                 )
             entry = target
         return RangeFile(self.read_range, entry.data_offset, entry.size, name or "/" + entry.name)
+
+    def _link_target(self, link: TarEntry) -> TarEntry | None:
+        """The entry a hard link names, as it stood when the link was extracted: the last
+        entry of that name *before* the link (a later one replaces the name, not the link)."""
+        name = normalize_name(link.linkname)
+        self.find(name)  # index at least that far
+        with self._lock:
+            entries = self._entries()
+            for candidate in reversed(entries[: self._position(entries, link)]):
+                if candidate.name == name and not candidate.unsafe:
+                    return candidate
+        return None
+
+    @staticmethod
+    def _position(entries: list[TarEntry], entry: TarEntry) -> int:
+        i = bisect.bisect_left(entries, entry.header_offset, key=lambda e: e.header_offset)
+        while i < len(entries) and entries[i] is not entry:
+            i += 1
+        return i
 
     def open(self, path: str) -> RangeFile:
         entry = self._lookup(path)

@@ -70,7 +70,8 @@ def detect_compression(head: bytes) -> str:
     """Compression of a blob from its first bytes (at least 512 for tar detection)."""
     if head[:2] == b"\x1f\x8b":
         return "gzip"
-    if head[:4] == b"\x28\xb5\x2f\xfd":
+    magic = int.from_bytes(head[:4], "little") if len(head) >= 4 else 0
+    if magic == 0xFD2FB528 or magic & 0xFFFFFFF0 == 0x184D2A50:  # frame or skippable frame
         return "zstd"
     if len(head) == 0 or head[257:262] == b"ustar" or head[:512].count(0) == len(head[:512]):
         return "none"

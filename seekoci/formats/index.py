@@ -149,9 +149,9 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
         "entries": [_entry_row(e) for e in index.entries],
     }
     toc_bytes = zlib.compress(
-        json.dumps(toc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
-            "utf-8", "surrogateescape"
-        ),
+        # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so the TOC is
+        # valid JSON text for any reader and round-trips to the same str
+        json.dumps(toc, separators=(",", ":"), allow_nan=False).encode("ascii"),
         6,
     )
     toc_offset = HEADER_SIZE
@@ -241,14 +241,14 @@ def parse(
         toc_raw = zlib.decompressobj().decompress(
             metadata[header.toc_offset : header.span_offset], MAX_TOC_SIZE
         )
-        toc = json.loads(toc_raw.decode("utf-8", "surrogateescape"))
+        toc = json.loads(toc_raw.decode("utf-8"))
     except (zlib.error, ValueError) as exc:
         raise FormatError(f"{where}: table of contents is corrupt ({exc})") from exc
     try:
         index = _from_toc(toc, where)
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        if isinstance(exc, FormatError):
-            raise
+    except FormatError:
+        raise
+    except Exception as exc:  # any shape of garbage JSON: never a bare exception
         raise FormatError(f"{where}: table of contents is malformed ({exc!r})") from exc
     if expected_digest is not None and index.layer_digest != expected_digest:
         raise FormatError(
@@ -277,7 +277,8 @@ def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
         raise FormatError(f"{where}: unknown entry fields")
     entries = []
     rows = toc["entries"]
-    assert isinstance(rows, list)
+    if not isinstance(rows, list):
+        raise FormatError(f"{where}: entries are not a list")
     for row in rows:
         (
             name,

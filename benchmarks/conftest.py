@@ -1,0 +1,166 @@
+"""Session fixtures of the benchmarks: one big layer, a real registry, the report.
+
+``SEEKOCI_BENCH_SIZE_MB`` (default 1024) sets the uncompressed size of the layer. The layer is
+generated once per session (:mod:`layergen`) into a temporary directory that is removed at the
+end, pushed as a single-layer OCI image to a ``docker-registry`` started for the session
+(the integration tests' :class:`servers.RegistryServer`), and every benchmark reads it from
+there. The ``report`` fixture collects what the benchmarks measured; when the session ends it
+writes ``docs/performance.md`` (``SEEKOCI_BENCH_REPORT`` names another file) if every
+measurement was made, and the terminal summary prints the same page.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent
+# tests/ holds the shared harness (imagebuilder, pushclient, integration.servers); benchmarks/
+# its own helpers (layergen, report): make both importable however pytest was started.
+for _path in (BENCH_DIR.parent / "tests", BENCH_DIR):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import imagebuilder  # noqa: E402
+from benchkit import (  # noqa: E402
+    REPO,
+    REPO_ROOT,
+    SPAN_GAP,
+    TAG,
+    BlobLayer,
+    PushedImage,
+    pick_files,
+    seekoci_cli,
+)
+from integration.servers import RegistryServer  # noqa: E402
+from layergen import GeneratedLayer, generate_layer  # noqa: E402
+from report import Report  # noqa: E402
+
+SIZE_MB = int(os.environ.get("SEEKOCI_BENCH_SIZE_MB", "1024"))
+REPORT_PATH = Path(os.environ.get("SEEKOCI_BENCH_REPORT", REPO_ROOT / "docs" / "performance.md"))
+
+_rendered: list[str] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The session's first benchmark pays for generating and pushing the layer (~50 s at the
+    # default size on 2 cores, more on a busy machine or with a larger SEEKOCI_BENCH_SIZE_MB):
+    # pyproject's 300 s per test is meant for the test suite, not for this.
+    for item in items:
+        if BENCH_DIR in item.path.parents:
+            item.add_marker(pytest.mark.timeout(3600))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for text in _rendered:
+        terminalreporter.write_sep("=", "seekoci benchmark report")
+        terminalreporter.write_line(text)
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    """Everything big (the blob, the registry's storage, caches), removed after the session."""
+    with tempfile.TemporaryDirectory(prefix="seekoci-bench-") as tmp:
+        yield Path(tmp)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_env(workdir: Path) -> Iterator[None]:
+    """No user caches, Docker credentials or insecure-registry settings, here or in children."""
+    docker_config = workdir / "docker-config"
+    docker_config.mkdir()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_CONFIG", str(docker_config))
+        mp.setenv("SEEKOCI_CACHE_DIR", str(workdir / "default-cache"))
+        mp.delenv("SEEKOCI_INSECURE_REGISTRIES", raising=False)
+        # ``python -m seekoci`` and ``python -c 'import seekoci'`` in subprocesses: this checkout.
+        mp.setenv(
+            "PYTHONPATH",
+            os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+        )
+        yield
+
+
+@pytest.fixture(scope="session")
+def report() -> Iterator[Report]:
+    rep = Report(REPO_ROOT, SIZE_MB)
+    yield rep
+    text = rep.render()
+    if rep.complete or "SEEKOCI_BENCH_REPORT" in os.environ:
+        rep.write(REPORT_PATH)
+        text += f"\n(written to {REPORT_PATH})"
+    else:
+        text += f"\n(some measurements are missing: {REPORT_PATH} was left as it was)"
+    _rendered.append(text)
+
+
+@pytest.fixture(scope="session")
+def bench_layer(workdir: Path, report: Report) -> GeneratedLayer:
+    started = time.perf_counter()
+    (workdir / "layer").mkdir()
+    layer = generate_layer(workdir / "layer", SIZE_MB)
+    report.layer = layer
+    report.facts["generating the layer (tar + `gzip -6`)"] = (
+        f"{time.perf_counter() - started:.1f} s (not a benchmark)"
+    )
+    return layer
+
+
+@pytest.fixture(scope="session")
+def registry(workdir: Path) -> Iterator[RegistryServer]:
+    server = RegistryServer(workdir / "registry")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pushed(registry: RegistryServer, bench_layer: GeneratedLayer, report: Report) -> PushedImage:
+    started = time.perf_counter()
+    blob = bench_layer.blob_path.read_bytes()
+    # One monolithic PUT: the push client's chunked upload re-slices the rest of the blob for
+    # every 8 MiB chunk, which is quadratic for a blob of hundreds of MB.
+    registry.client().push_blob(REPO, blob, chunk_size=len(blob) + 1)
+    img = imagebuilder.image(BlobLayer(bench_layer.digest, bench_layer.diff_id, blob))
+    registry.push(REPO, TAG, img)  # config + manifest; the layer is there already
+    del blob, img
+    report.facts["pushing it to the local registry"] = (
+        f"{time.perf_counter() - started:.1f} s (not a benchmark)"
+    )
+    target, others = pick_files(bench_layer)
+    report.facts["file read by every read benchmark"] = (
+        f"`{target.path}` ({target.size:,} B, at tar offset {target.offset:,})"
+    )
+    report.facts["other small files (warm benchmark)"] = (
+        f"{len(others)}, at least {SPAN_GAP / (1 << 20):.0f} MiB apart in the tar"
+    )
+    return PushedImage(registry, bench_layer, registry.ref(REPO, TAG), target, others)
+
+
+@pytest.fixture(scope="session")
+def index_dir(pushed: PushedImage, workdir: Path, report: Report) -> Path:
+    """A cache directory holding the layer's index, built by ``seekoci index`` in a subprocess."""
+    cache = workdir / "index-cache"
+    started = time.perf_counter()
+    done = seekoci_cli("index", pushed.ref, "--cache-dir", str(cache))
+    took = time.perf_counter() - started
+    assert done.returncode == 0, done.stderr
+    index_files = [p for p in (cache / "indexes").rglob("*") if p.is_file()]
+    assert len(index_files) == 1, index_files
+    assert not (cache / "spans").exists() or not any((cache / "spans").rglob("*")), (
+        "building the index left spans in the cache: the cold benchmark would not be cold"
+    )
+    size = index_files[0].stat().st_size
+    report.facts["`python -m seekoci index` (subprocess wall time)"] = f"{took:.2f} s"
+    report.facts["index file in the cache"] = (
+        f"{size:,} B ({size / pushed.layer.size:.2%} of the blob)"
+    )
+    return cache

@@ -1,0 +1,139 @@
+"""Uncompressed tar layers (fixed slices), zstd frames, compression detection and the codec
+table."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from layers import CI, build_tar, compress, file, random_bytes, text_bytes, zstd_frames
+
+from seekoci.errors import FormatError
+from seekoci.formats import CODECS, codec_for, compression_of, detect_compression
+from seekoci.formats.base import Span
+from seekoci.formats.plain import PlainIndexer
+from seekoci.formats.plain import decode_span as plain_decode
+from seekoci.formats.zstd import ZstdIndexer
+from seekoci.formats.zstd import decode_span as zstd_decode
+
+
+def run(indexer: PlainIndexer | ZstdIndexer, blob: bytes, cuts: list[int]) -> bytes:
+    points = sorted({0, len(blob), *(c % (len(blob) + 1) for c in cuts)})
+    out = b"".join(p for a, b in itertools.pairwise(points) for p in indexer.feed(blob[a:b]))
+    indexer.finish()
+    return out
+
+
+@CI
+@given(
+    size=st.integers(0, 20_000),
+    span_size=st.integers(1, 5000),
+    cuts=st.lists(st.integers(0, 20_000), max_size=8),
+)
+def test_plain_spans_are_fixed_slices(size: int, span_size: int, cuts: list[int]) -> None:
+    blob = random_bytes(size, size)
+    indexer = PlainIndexer(span_size)
+    assert run(indexer, blob, cuts) == blob
+    spans = indexer.spans
+    expected = [(a, min(a + span_size, size)) for a in range(0, size, span_size)] or [(0, 0)]
+    assert [(s.compressed_start, s.compressed_end) for s in spans] == expected
+    for s in spans:
+        assert (s.uncompressed_start, s.uncompressed_end) == (s.compressed_start, s.compressed_end)
+        assert s.digest == hashlib.sha256(blob[s.compressed_start : s.compressed_end]).hexdigest()
+        assert (
+            plain_decode(s, blob[s.compressed_start : s.compressed_end], None)
+            == (blob[s.compressed_start : s.compressed_end])
+        )
+        assert indexer.window(s.index) is None
+
+
+def test_a_plain_span_of_the_wrong_length_is_refused() -> None:
+    span = Span(0, 0, 10, 0, 10, "00" * 32)
+    with pytest.raises(FormatError):
+        plain_decode(span, b"123456789", None)
+
+
+@pytest.mark.parametrize("frame_size", [1000, 8192, 1 << 20])
+def test_zstd_spans_are_runs_of_whole_frames(frame_size: int) -> None:
+    data = text_bytes("zstd", 60_000) + random_bytes("zstd", 20_000)
+    blob = zstd_frames(data, frame_size)
+    indexer = ZstdIndexer(4096)
+    assert run(indexer, blob, [1, 77, 5000, 33_333]) == data
+    spans = indexer.spans
+    assert spans[-1].compressed_end == len(blob) and spans[-1].uncompressed_end == len(data)
+    for a, b in itertools.pairwise(spans):
+        assert a.compressed_end == b.compressed_start
+        assert a.uncompressed_end == b.uncompressed_start
+        assert a.uncompressed_size > 4096
+    frames_per_span = 4096 // frame_size + 1  # a span closes once it holds > 4096 bytes
+    assert len(spans) == -(-len(data) // (frames_per_span * frame_size))
+    for s in spans:
+        chunk = blob[s.compressed_start : s.compressed_end]
+        assert s.digest == hashlib.sha256(chunk).hexdigest()
+        assert zstd_decode(s, chunk, None) == data[s.uncompressed_start : s.uncompressed_end]
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"", b"\x28\xb5\x2f\xfd", b"\x28\xb5\x2f\xfd\x00\x00\x00\x00\x00", b"not zstd at all"],
+    ids=["empty", "magic only", "cut frame", "garbage"],
+)
+def test_bad_zstd_blobs(blob: bytes) -> None:
+    indexer = ZstdIndexer(4096)
+    with pytest.raises(FormatError):
+        list(indexer.feed(blob))
+        indexer.finish()
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"\x1f\x8b\x08\x00", "gzip"),
+        (b"\x28\xb5\x2f\xfd\x00", "zstd"),
+        (b"", "none"),
+        (bytes(1024), "none"),
+        (build_tar([file("a", b"x")]), "none"),
+        (build_tar([file("a", b"x")], "gnu"), "none"),
+        (compress(build_tar([file("a", b"x")]), "python"), "gzip"),
+    ],
+)
+def test_detect_compression(head: bytes, expected: str) -> None:
+    assert detect_compression(head) == expected
+
+
+def test_a_zstd_blob_may_start_with_a_skippable_frame() -> None:
+    # RFC 8878 3.1.2: magic 0x184D2A5?, then a 4-byte length; decoders skip it
+    skippable = (0x184D2A50).to_bytes(4, "little") + (5).to_bytes(4, "little") + b"hello"
+    blob = skippable + zstd_frames(b"tar bytes", 4096)
+    assert detect_compression(blob) == "zstd"
+
+
+@pytest.mark.parametrize("head", [b"PK\x03\x04", b"BZh91AY", b"\xfd7zXZ\x00" + bytes(600)])
+def test_detect_compression_refuses_other_formats(head: bytes) -> None:
+    with pytest.raises(FormatError):
+        detect_compression(head)
+
+
+@pytest.mark.parametrize(
+    ("media_type", "expected"),
+    [
+        ("application/vnd.oci.image.layer.v1.tar+gzip", "gzip"),
+        ("application/vnd.docker.image.rootfs.diff.tar.gzip", "gzip"),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip", "gzip"),
+        ("application/vnd.oci.image.layer.v1.tar", "none"),
+        ("application/vnd.docker.image.rootfs.diff.tar", "none"),
+        ("application/vnd.oci.image.layer.v1.tar+zstd", "zstd"),
+        ("application/octet-stream", None),
+    ],
+)
+def test_compression_of_media_types(media_type: str, expected: str | None) -> None:
+    assert compression_of(media_type) == expected
+
+
+def test_an_unknown_codec_is_a_format_error_naming_where() -> None:
+    with pytest.raises(FormatError, match="layer X"):
+        codec_for("bzip2", where="layer X")
+    assert {"gzip", "none", "zstd"} <= set(CODECS)

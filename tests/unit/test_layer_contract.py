@@ -1,0 +1,268 @@
+"""The random-access contract, run over every producer x source x span size.
+
+Whatever compressed a layer and wherever its bytes come from, a :class:`seekoci.Layer` must
+give back each file's bytes and any range of the uncompressed tar stream exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import itertools
+import random
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from layers import (
+    CI,
+    PRODUCERS,
+    Entry,
+    build_tar,
+    compress_layer,
+    file,
+    file_entries,
+    random_tree,
+    sha256_digest,
+    text_bytes,
+)
+
+import seekoci
+from seekoci.source import BytesSource
+
+SOURCES = ("path", "bytes", "cached")
+SPAN_SIZES = (4096, 65536)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    entries: tuple[Entry, ...]
+    tar: bytes
+    blob: bytes
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        return file_entries(self.entries)
+
+
+@functools.cache
+def corpus(producer: str) -> Corpus:
+    entries = [
+        *random_tree("contract", files=25, max_size=30_000),
+        file("usr/share/big.txt", text_bytes("big", 200_000)),
+        file("empty", b""),
+    ]
+    tar = build_tar(entries)
+    return Corpus(tuple(entries), tar, compress_layer(tar, producer, seed=producer))
+
+
+def open_case(
+    blob: bytes, source: str, span_size: int, tmp_path: Path, *, name: str = "layer.blob"
+) -> seekoci.Layer:
+    """A layer over ``blob`` read the way ``source`` says."""
+    if source == "bytes":
+        return seekoci.open_layer(
+            BytesSource(blob, name=name), cache_dir=False, span_size=span_size
+        )
+    path = tmp_path / name
+    path.write_bytes(blob)
+    if source == "path":
+        return seekoci.open_layer(path, cache_dir=False, span_size=span_size)
+    # "cached": a first layer builds and saves the index, the one returned loads it
+    digest = sha256_digest(blob)
+    cache = tmp_path / "cache"
+    seekoci.open_layer(path, digest=digest, cache_dir=cache, span_size=span_size).index()
+    layer = seekoci.open_layer(path, digest=digest, cache_dir=cache, span_size=span_size)
+    assert layer.index_status == "cached"
+    return layer
+
+
+@dataclass
+class Case:
+    producer: str
+    data: Corpus
+    layer: seekoci.Layer
+    span_size: int
+
+
+@pytest.fixture(
+    params=[(p, s, n) for p in PRODUCERS for s in SOURCES for n in SPAN_SIZES],
+    ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}",
+)
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+    producer, source, span_size = request.param
+    data = corpus(producer)
+    return Case(producer, data, open_case(data.blob, source, span_size, tmp_path), span_size)
+
+
+def test_every_file_reads_back(case: Case) -> None:
+    data, layer = case.data, case.layer
+    for name, content in data.files.items():
+        with layer.open("/" + name) as f:
+            assert f.size == len(content)
+            assert f.read() == content, name
+
+
+def test_stat_and_listing_match_the_declaration(case: Case) -> None:
+    data, layer = case.data, case.layer
+    walked = {
+        f"{top.rstrip('/')}/{name}".lstrip("/")
+        for top, _, names in layer.walk("/")
+        for name in names
+    }
+    assert walked == set(data.files)
+    for name, content in data.files.items():
+        info = layer.stat(name)
+        assert (info.type, info.size) == ("file", len(content))
+
+
+def test_read_range_equals_the_tar(case: Case) -> None:
+    data, layer, span_size = case.data, case.layer, case.span_size
+    total = len(data.tar)
+    assert layer.uncompressed_size == total
+    rnd = random.Random(span_size)
+    ranges = [(rnd.randint(0, total), rnd.randint(0, 3 * span_size)) for _ in range(40)]
+    ranges += [(0, total), (0, total + 1000), (total - 1, 1), (total - 3, 100), (0, 0)]
+    ranges += [(total, 10), (total + 5000, 1), (total // 2, 0)]
+    for offset, length in ranges:
+        assert layer.read_range(offset, length) == data.tar[offset : offset + length], (
+            offset,
+            length,
+        )
+
+
+def test_spans_tile_the_blob_and_the_tar(case: Case) -> None:
+    data, layer, span_size = case.data, case.layer, case.span_size
+    spans = layer.index().spans
+    assert spans[0].uncompressed_start == 0
+    assert spans[-1].uncompressed_end == len(data.tar)
+    assert spans[-1].compressed_end == len(data.blob)
+    for prev, cur in itertools.pairwise(spans):
+        assert cur.uncompressed_start == prev.uncompressed_end
+        assert cur.compressed_start in (prev.compressed_end, prev.compressed_end - 1)
+        # a checkpoint is taken once more than span_size bytes came out
+        assert prev.uncompressed_size > span_size or case.producer == "none"
+    for span in spans:
+        chunk = data.blob[span.compressed_start : span.compressed_end]
+        assert hashlib.sha256(chunk).hexdigest() == span.digest
+    assert layer.compression == {"none": "none", "zstd": "zstd", "zstd-frames": "zstd"}.get(
+        case.producer, "gzip"
+    )
+    if case.producer == "none":  # fixed slices
+        assert [s.uncompressed_start for s in spans] == list(range(0, len(data.tar), span_size))
+    elif case.producer == "zstd":  # one frame: one span
+        assert len(spans) == 1
+    else:  # the corpus is several blocks or frames long
+        assert len(spans) >= 2
+
+
+def test_a_read_before_the_index_is_complete(case: Case, tmp_path: Path) -> None:
+    data, layer = case.data, case.layer
+    # the case's layer may already be complete: open a fresh one over the same blob
+    fresh = open_case(data.blob, "bytes", layer.span_size, tmp_path, name="fresh")
+    middle = sorted(data.files)[len(data.files) // 2]
+    assert fresh.open(middle).read() == data.files[middle]
+    assert fresh.read_range(0, len(data.tar) + 1) == data.tar
+    assert fresh.index_status == "built"
+
+
+@pytest.mark.parametrize("producer", PRODUCERS)
+def test_threads_read_different_files_at_once(producer: str, tmp_path: Path) -> None:
+    data = corpus(producer)
+    layer = open_case(data.blob, "path", 4096, tmp_path)
+    names = sorted(data.files)
+    errors: list[BaseException] = []
+    results: dict[str, bytes] = {}
+
+    def reader(name: str, seed: int) -> None:
+        try:
+            rnd = random.Random(seed)
+            with layer.open(name) as f:
+                parts = []
+                while chunk := f.read(rnd.randint(1, 9000)):
+                    parts.append(chunk)
+                results[name] = b"".join(parts)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(n, i)) for i, n in enumerate(names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert results == data.files
+
+
+# --------------------------------------------------------------------------- properties
+
+names = st.sampled_from([f"d{i}/f{j}" for i in range(3) for j in range(4)])
+contents = st.one_of(
+    st.binary(max_size=3000),
+    st.builds(text_bytes, st.integers(0, 10**6), st.integers(0, 60_000)),
+    st.integers(0, 20_000).map(bytes),
+)
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("seek"), st.integers(-200, 70_000), st.sampled_from([0, 1, 2])),
+        st.tuples(st.sampled_from(["read", "read1", "readinto"]), st.integers(-1, 20_000)),
+        st.tuples(st.just("tell")),
+    ),
+    max_size=25,
+)
+
+
+def check_step(f: io.BufferedIOBase, model: io.BytesIO, op: tuple[object, ...]) -> None:
+    """Run one operation on both; results must agree.
+
+    A seek to a negative position is a ValueError (``BytesIO`` clamps relative seeks to 0
+    instead, so the model is left alone there).
+    """
+    kind = op[0]
+    if kind == "seek":
+        offset, whence = op[1], op[2]
+        base = {0: 0, 1: model.tell(), 2: len(model.getbuffer())}[whence]
+        if base + offset < 0:
+            with pytest.raises(ValueError):
+                f.seek(offset, whence)
+            return
+        assert f.seek(offset, whence) == model.seek(offset, whence)
+    elif kind == "tell":
+        assert f.tell() == model.tell()
+    elif kind == "readinto":
+        buf, expected = bytearray(max(op[1], 0)), bytearray(max(op[1], 0))
+        assert f.readinto(buf) == model.readinto(expected)
+        assert buf == expected
+    else:
+        assert getattr(f, kind)(op[1]) == getattr(model, kind)(op[1])
+    assert f.tell() == model.tell()
+
+
+@CI
+@given(
+    files=st.dictionaries(names, contents, min_size=1, max_size=6),
+    producer=st.sampled_from(PRODUCERS),
+    span_size=st.sampled_from([1024, 4096, 65536]),
+    script=st.lists(st.tuples(st.integers(0, 10**6), ops), min_size=1, max_size=4),
+)
+def test_file_objects_behave_like_bytesio(
+    files: dict[str, bytes],
+    producer: str,
+    span_size: int,
+    script: list[tuple[int, list[tuple[object, ...]]]],
+) -> None:
+    tar = build_tar([file(n, d) for n, d in files.items()])
+    blob = compress_layer(tar, producer)
+    layer = seekoci.open_layer(BytesSource(blob), cache_dir=False, span_size=span_size)
+    ordered = sorted(files)
+    for pick, steps in script:
+        name = ordered[pick % len(ordered)]
+        model = io.BytesIO(files[name])
+        with layer.open(name) as f:
+            for op in steps:
+                check_step(f, model, op)
+            assert f.read() == model.read()
