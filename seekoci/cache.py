@@ -21,9 +21,22 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 from .formats.index import INDEX_VERSION
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+#: read(offset, length) -> bytes
+ReadAt = Callable[[int, int], bytes]
 
 
 def default_cache_dir() -> Path:
@@ -67,6 +80,12 @@ class MemoryCache:
         with self._lock:
             return self._indexes.get(layer_digest)
 
+    def index_reader(self, layer_digest: str) -> tuple[int, ReadAt] | None:
+        data = self.load_index(layer_digest)
+        if data is None:
+            return None
+        return len(data), lambda offset, length: data[offset : offset + length]
+
     def save_index(self, layer_digest: str, data: bytes) -> None:
         with self._lock:
             self._indexes[layer_digest] = data
@@ -103,6 +122,7 @@ class DiskCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared cache needs more
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
@@ -118,6 +138,21 @@ class DiskCache:
             return self.index_path(layer_digest).read_bytes()
         except OSError:
             return None
+
+    def index_reader(self, layer_digest: str) -> tuple[int, ReadAt] | None:
+        """Size and a range reader of a cached index, without reading it whole: a cold read
+        needs the header, the table of contents and one window, not every window."""
+        path = self.index_path(layer_digest)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+
+        def read(offset: int, length: int) -> bytes:
+            with open(path, "rb") as f:
+                return os.pread(f.fileno(), length, offset)
+
+        return size, read
 
     def save_index(self, layer_digest: str, data: bytes) -> None:
         self._atomic_write(self.index_path(layer_digest), data)

@@ -17,7 +17,7 @@ import bisect
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from . import formats
@@ -26,7 +26,8 @@ from .errors import FormatError, IntegrityError
 from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.base import Span
-from .formats.index import LayerIndex, parse, parse_header, serialize
+from .formats.entries import EntryTable
+from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header, serialize
 from .formats.tar import TarEntry, TarScanner, normalize_name
 from .source import RangeSource
 from .tree import Tree
@@ -188,11 +189,10 @@ class Layer:
         self._compression = formats.compression_of(media_type) if media_type else None
         self._index: LayerIndex | None = None
         self._index_source = "none"  # none | cache | built | partial
-        self._packed_windows: list[bytes] | None = None
         self._build: _IndexBuild | None = None
         self._lock = threading.RLock()
         self._lru = _SpanLRU(SPAN_LRU_BYTES)
-        self._by_name: dict[str, TarEntry] = {}
+        self._by_name: dict[str, int] = {}  # name -> position in the entries
         self._named_upto = 0
         self._tree: Tree | None = None
         #: called as progress(name, bytes_done, bytes_total) while this layer's index builds
@@ -252,22 +252,22 @@ class Layer:
             return True
         if self.digest is None:
             return False
-        data = self._cache.load_index(self.digest)
-        if data is None:
+        found = self._cache.index_reader(self.digest)
+        if found is None:
             return False
+        size, read = found
         where = f"cached index of layer {self.digest}"
         try:
-            header = parse_header(data, where=where)
-            if header.windows_offset + header.windows_length > len(data):
+            header = parse_header(read(0, HEADER_SIZE), where=where)
+            if header.windows_offset + header.windows_length > size:
                 raise FormatError(f"{where}: truncated")
-            view = memoryview(data)
             index = parse(
-                bytes(view[: header.metadata_end]),
-                read_windows=lambda off, n: bytes(view[off : off + n]),
+                read(0, header.metadata_end),
+                read_windows=read,
                 expected_digest=self.digest,
                 where=where,
             )
-        except FormatError:
+        except (FormatError, OSError):
             return False  # damaged or from another version: rebuild and overwrite
         if index.blob_size != self.size:
             return False
@@ -328,16 +328,11 @@ class Layer:
             tool=TOOL,
         )
         packed = [indexer.packed_window(i) for i in range(len(index.spans))]  # type: ignore[attr-defined]
-        index.window_locations = []
-        offset = 0
-        for p in packed:
-            index.window_locations.append((offset, len(p)))
-            offset += len(p)
-        blob = b"".join(packed)
-        index.read_windows = lambda off, n: blob[off : off + n]
-        self._packed_windows = packed
+        # windows stay where the indexer put them: location (i, length) -> packed[i]
+        index.window_locations = [(i, len(p)) for i, p in enumerate(packed)]
+        index.read_windows = lambda i, n: packed[i]
         self._set_index(index, "built")
-        if self.digest is not None:  # verified in _finish: safe to keep
+        if self.digest is not None and self._cache.persistent:  # verified in _finish
             try:
                 self._cache.save_index(self.digest, serialize(index, packed))
             except OSError:
@@ -357,7 +352,7 @@ class Layer:
             self._complete(build)
 
     # -- lookups ----------------------------------------------------------------------------
-    def _entries(self) -> list[TarEntry]:
+    def _entries(self) -> Sequence[TarEntry]:
         if self._index is not None:
             return self._index.entries
         if self._build is not None:
@@ -369,10 +364,22 @@ class Layer:
         if self._named_upto > len(entries):
             self._by_name.clear()
             self._named_upto = 0
-        for e in entries[self._named_upto :]:
-            if not e.unsafe:
-                self._by_name[e.name] = e
+        start = self._named_upto
+        if isinstance(entries, EntryTable):  # from the name column: no entry objects made
+            self._by_name.update(
+                (name, i)
+                for i, name in enumerate(entries.names[start:], start)
+                if not entries.unsafe(i)
+            )
+        else:
+            for i in range(start, len(entries)):
+                if not entries[i].unsafe:
+                    self._by_name[entries[i].name] = i
         self._named_upto = len(entries)
+
+    def _named(self, name: str) -> TarEntry | None:
+        i = self._by_name.get(name)
+        return None if i is None else self._entries()[i]
 
     def find(self, name: str) -> TarEntry | None:
         """The entry stored under ``name`` (normalised), indexing only as far as needed.
@@ -386,7 +393,7 @@ class Layer:
 
                 def seen() -> bool:
                     self._index_names()
-                    entry = self._by_name.get(name)
+                    entry = self._named(name)
                     if entry is None or self._build is None:
                         return False
                     end = entry.data_offset + entry.size
@@ -395,14 +402,14 @@ class Layer:
 
                 self._advance(seen)
             self._index_names()
-            return self._by_name.get(name)
+            return self._named(name)
 
     def complete(self) -> bool:
         """True when the whole layer is indexed."""
         with self._lock:
             return self._index is not None or self._try_cache()
 
-    def entries(self) -> list[TarEntry]:
+    def entries(self) -> Sequence[TarEntry]:
         """Every entry of the layer (builds the whole index)."""
         return self.index().entries
 
@@ -565,13 +572,16 @@ class Layer:
         self.find(name)  # index at least that far
         with self._lock:
             entries = self._entries()
-            for candidate in reversed(entries[: self._position(entries, link)]):
-                if candidate.name == name and not candidate.unsafe:
-                    return candidate
+            names = entries.names if isinstance(entries, EntryTable) else None
+            for i in range(self._position(entries, link) - 1, -1, -1):
+                if (names[i] if names is not None else entries[i].name) == name:
+                    candidate = entries[i]
+                    if not candidate.unsafe:
+                        return candidate
         return None
 
     @staticmethod
-    def _position(entries: list[TarEntry], entry: TarEntry) -> int:
+    def _position(entries: Sequence[TarEntry], entry: TarEntry) -> int:
         i = bisect.bisect_left(entries, entry.header_offset, key=lambda e: e.header_offset)
         while i < len(entries) and entries[i] is not entry:
             i += 1

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import errno
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .formats.tar import TarEntry, normalize_name
@@ -62,14 +62,14 @@ class Tree:
         return tree
 
     @classmethod
-    def merged(cls, layers: Iterable[tuple[str, list[TarEntry]]]) -> Tree:
+    def merged(cls, layers: Iterable[tuple[str, Sequence[TarEntry]]]) -> Tree:
         """Layers (base first) applied as a container runtime would."""
         tree = cls()
         for layer, entries in layers:
             tree.apply_layer(entries, layer)
         return tree
 
-    def apply_layer(self, entries: list[TarEntry], layer: str) -> None:
+    def apply_layer(self, entries: Sequence[TarEntry], layer: str) -> None:
         # Whiteouts only hide what lower layers put there (OCI image spec, "Whiteouts"), so
         # they are applied before any entry of the same layer is added.
         for entry in entries:

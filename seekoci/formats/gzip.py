@@ -26,7 +26,7 @@ from collections.abc import Iterator
 
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
-from .base import Span, SpanHasher
+from .base import Span, SpanHasher, WindowPacker, unpack_window
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -99,7 +99,8 @@ class GzipIndexer:
         self._span_cstart = 0
         self._span_ustart = 0
         self._span_bits = 0
-        self._windows: list[bytes] = []  # zlib-compressed window of each span (b"" = none)
+        self._windows: list[bytes] = []  # packed window of each span (b"" = none)
+        self._packer = WindowPacker()
         self._finished = False
 
     @property
@@ -112,10 +113,10 @@ class GzipIndexer:
 
     def window(self, span_index: int) -> bytes | None:
         packed = self._windows[span_index]
-        return zlib.decompress(packed) if packed else None
+        return unpack_window(packed, where=self._name) if packed else None
 
     def packed_window(self, span_index: int) -> bytes:
-        """The window of a span, zlib-compressed (b"" when the span needs none)."""
+        """The window of a span, packed (b"" when the span needs none)."""
         return self._windows[span_index]
 
     def _fail(self, what: str, offset: int) -> FormatError:
@@ -217,7 +218,7 @@ class GzipIndexer:
         self._span_cstart = start
         self._span_ustart = self._out
         self._span_bits = bits
-        self._windows.append(zlib.compress(inflater.window(), 1))
+        self._windows.append(self._packer.pack(inflater.window()))
 
     def _close_span(self, cend: int, digest: str) -> None:
         self.spans.append(

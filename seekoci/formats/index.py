@@ -28,7 +28,6 @@ the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FI
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import struct
@@ -37,38 +36,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
-from .base import Span
+from .base import Span, unpack_window
+from .entries import EntryTable
+from .entries import encode as encode_entries
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 _HEADER = struct.Struct("<8sHHIQQQQQQ")
 _SPAN = struct.Struct("<QQQQB7xQI4x32s")
 HEADER_SIZE = _HEADER.size
 SPAN_RECORD_SIZE = _SPAN.size
 #: A TOC that inflates past this is refused (hostile index).
 MAX_TOC_SIZE = 1 << 30
-
-ENTRY_FIELDS = (
-    "name",
-    "type",
-    "size",
-    "mode",
-    "uid",
-    "gid",
-    "mtime",
-    "linkname",
-    "uname",
-    "gname",
-    "devmajor",
-    "devminor",
-    "xattrs",
-    "header_offset",
-    "data_offset",
-    "pax",
-    "unsafe",
-)
-_ENTRY_TYPES = {"file", "dir", "symlink", "hardlink", "char", "block", "fifo"}
 
 #: Reads ``length`` bytes at ``offset`` of the window area.
 WindowReader = Callable[[int, int], bytes]
@@ -85,8 +65,8 @@ class LayerIndex:
     uncompressed_size: int
     span_size: int
     spans: list[Span]
-    entries: list[TarEntry]
-    #: zlib-compressed window of each span, fetched lazily: (offset, length) per span
+    entries: Sequence[TarEntry]
+    #: compressed window of each span, fetched lazily: (offset, length) per span
     window_locations: list[tuple[int, int]] = field(default_factory=list)
     read_windows: WindowReader | None = None
     tool: str = ""
@@ -100,37 +80,7 @@ class LayerIndex:
         packed = self.read_windows(offset, length)
         if len(packed) != length:
             raise FormatError(f"index of {self.layer_digest}: window of span {span_index} is cut")
-        try:
-            window = zlib.decompress(packed)
-        except zlib.error as exc:
-            raise FormatError(
-                f"index of {self.layer_digest}: window of span {span_index} is corrupt"
-            ) from exc
-        if len(window) > 32768:
-            raise FormatError(f"index of {self.layer_digest}: window of span {span_index} too big")
-        return window
-
-
-def _entry_row(e: TarEntry) -> list[object]:
-    return [
-        e.name,
-        e.type,
-        e.size,
-        e.mode,
-        e.uid,
-        e.gid,
-        e.mtime,
-        e.linkname,
-        e.uname,
-        e.gname,
-        e.devmajor,
-        e.devminor,
-        {k: base64.b64encode(v).decode("ascii") for k, v in e.xattrs.items()},
-        e.header_offset,
-        e.data_offset,
-        e.pax,
-        e.unsafe,
-    ]
+        return unpack_window(packed, where=f"index of {self.layer_digest}: span {span_index}")
 
 
 def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
@@ -145,8 +95,7 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
         "uncompressed_size": index.uncompressed_size,
         "span_size": index.span_size,
         "tool": index.tool,
-        "fields": list(ENTRY_FIELDS),
-        "entries": [_entry_row(e) for e in index.entries],
+        "entries": encode_entries(index.entries),
     }
     toc_bytes = zlib.compress(
         # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so the TOC is
@@ -272,59 +221,9 @@ def parse(
 
 
 def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
-    fields = toc["fields"]
-    if fields != list(ENTRY_FIELDS):
-        raise FormatError(f"{where}: unknown entry fields")
-    entries = []
-    rows = toc["entries"]
-    if not isinstance(rows, list):
-        raise FormatError(f"{where}: entries are not a list")
-    for row in rows:
-        (
-            name,
-            kind,
-            size,
-            mode,
-            uid,
-            gid,
-            mtime,
-            linkname,
-            uname,
-            gname,
-            dmaj,
-            dmin,
-            xattrs,
-            header_offset,
-            data_offset,
-            pax,
-            unsafe,
-        ) = row
-        if kind not in _ENTRY_TYPES or not isinstance(name, str):
-            raise FormatError(f"{where}: bad entry {name!r}")
-        if not all(isinstance(v, int) and v >= 0 for v in (size, header_offset, data_offset)):
-            raise FormatError(f"{where}: bad offsets for entry {name!r}")
-        entries.append(
-            TarEntry(
-                name=name,
-                type=kind,
-                size=size,
-                mode=int(mode),
-                uid=int(uid),
-                gid=int(gid),
-                mtime=float(mtime),
-                linkname=str(linkname),
-                uname=str(uname),
-                gname=str(gname),
-                devmajor=int(dmaj),
-                devminor=int(dmin),
-                xattrs={str(k): base64.b64decode(v) for k, v in dict(xattrs).items()},
-                header_offset=header_offset,
-                data_offset=data_offset,
-                pax={str(k): str(v) for k, v in dict(pax).items()},
-                raw_name=name,
-                unsafe=bool(unsafe),
-            )
-        )
+    entries = toc["entries"]
+    if not isinstance(entries, dict):
+        raise FormatError(f"{where}: entries are not an object")
     return LayerIndex(
         layer_digest=str(toc["layer_digest"]),
         media_type=str(toc["media_type"]),
@@ -333,7 +232,7 @@ def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
         uncompressed_size=_nonneg(toc["uncompressed_size"]),
         span_size=_nonneg(toc["span_size"]),
         spans=[],
-        entries=entries,
+        entries=EntryTable(entries, where=where),
         tool=str(toc.get("tool", "")),
     )
 
@@ -360,6 +259,7 @@ def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
             or s.uncompressed_start > s.uncompressed_end
         ):
             raise FormatError(f"{where}: span {s.index} is out of range")
-    for e in index.entries:
-        if e.data_offset + e.size > index.uncompressed_size:
-            raise FormatError(f"{where}: entry {e.name!r} lies past the end of the layer")
+    entries = index.entries
+    end = entries.data_end() if isinstance(entries, EntryTable) else 0
+    if end > index.uncompressed_size:
+        raise FormatError(f"{where}: an entry lies past the end of the layer")

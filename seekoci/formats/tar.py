@@ -16,6 +16,7 @@ Header block layout (512 bytes, POSIX ustar)::
 from __future__ import annotations
 
 import base64
+import decimal
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
@@ -71,6 +72,11 @@ class TarEntry:
     raw_name: str = ""
     #: the stored name is absolute or climbs with ``..``: never extracted, never shown
     unsafe: bool = False
+    #: mtime exactly as stored, in nanoseconds (None when only ``mtime`` is known)
+    mtime_ns: int | None = None
+    #: the entry's own PAX records, raw (what SOCI's zTOC lists as "xattrs"); set by the
+    #: scanner, not kept in seekoci's index
+    pax_records: dict[str, bytes] | None = None
 
 
 def normalize_name(name: str) -> str:
@@ -102,6 +108,25 @@ def _number(field_bytes: bytes, what: str, at: int) -> int:
         if not text.strip():
             return 0
         raise FormatError(f"tar header at offset {at}: bad {what} field {text!r}") from None
+
+
+def _pax_time_ns(value: bytes) -> int:
+    """A PAX time ("1700000000.123456789", possibly negative) in integer nanoseconds,
+    exactly (digits past the ninth are dropped, as Go's archive/tar does)."""
+    text = value.decode("ascii").strip()
+    negative = text.startswith("-")
+    whole, _, frac = text.lstrip("+-").partition(".")
+    if whole.isdigit() and (not frac or frac.isdigit()):
+        ns = int(whole) * 1_000_000_000 + int((frac + "000000000")[:9])
+        return -ns if negative else ns
+    # other spellings Python's tarfile writes (1.5e-07): exact decimal, truncated to ns
+    try:
+        exact = decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        raise ValueError(text) from None
+    if not exact.is_finite():
+        raise ValueError(text)
+    return int((exact * 1_000_000_000).to_integral_value(rounding=decimal.ROUND_DOWN))
 
 
 def _checksum_ok(block: bytes) -> bool:
@@ -314,10 +339,12 @@ class TarScanner:
             kind = "dir"  # v7 tars mark directories with a trailing slash
         if "size" in pax:
             size = self._pax_int(pax, "size", at)
-        mtime: float = float(_number(block[136:148], "mtime", at))
+        mtime_ns = _number(block[136:148], "mtime", at) * 1_000_000_000
+        mtime = mtime_ns / 1e9
         if "mtime" in pax:
             try:
-                mtime = float(pax["mtime"])
+                mtime_ns = _pax_time_ns(pax["mtime"])
+                mtime = float(pax["mtime"])  # as tarfile reads it, sub-ns digits and all
             except ValueError:
                 raise FormatError(
                     f"{self._name}: PAX mtime at offset {at} is not a number"
@@ -345,7 +372,7 @@ class TarScanner:
             name=normalize_name(name),
             type=kind,
             size=size,
-            mode=_number(block[100:108], "mode", at) & 0o7777,
+            mode=_number(block[100:108], "mode", at),
             uid=self._pax_int(pax, "uid", at)
             if "uid" in pax
             else _number(block[108:116], "uid", at),
@@ -353,6 +380,7 @@ class TarScanner:
             if "gid" in pax
             else _number(block[116:124], "gid", at),
             mtime=mtime,
+            mtime_ns=mtime_ns,
             linkname=linkname,
             uname=_decode(pax["uname"]) if "uname" in pax else _decode(_cstr(block[265:297])),
             gname=_decode(pax["gname"]) if "gname" in pax else _decode(_cstr(block[297:329])),
@@ -364,6 +392,7 @@ class TarScanner:
             pax=extra,
             raw_name=name,
             unsafe=name.startswith("/") or ".." in name.split("/"),
+            pax_records=dict(self._pax) if self._pax else None,
         )
 
     def _pax_int(self, pax: dict[str, bytes], key: str, at: int) -> int:

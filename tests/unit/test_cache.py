@@ -9,7 +9,9 @@ import json
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from layers import build_tar, compress_layer, file, random_bytes, sha256_digest, text_bytes
@@ -155,13 +157,18 @@ def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
     assert layer.source.bytes_read > 0  # type: ignore[attr-defined]
 
 
+def toc_of(index_bytes: bytes) -> dict[str, Any]:
+    header = parse_header(index_bytes)
+    raw = zlib.decompress(index_bytes[header.toc_offset : header.span_offset])
+    return json.loads(raw.decode("ascii"))
+
+
 def hostile_copy(good: bytes, toc_change: dict[str, object]) -> bytes:
     """``good`` with its TOC JSON changed (keys replaced), offsets fixed up."""
     header = parse_header(good)
-    raw = zlib.decompress(good[header.toc_offset : header.span_offset])
-    toc = json.loads(raw.decode("utf-8", "surrogateescape"))
+    toc = toc_of(good)
     toc.update(toc_change)
-    new_toc = zlib.compress(json.dumps(toc).encode())
+    new_toc = zlib.compress(json.dumps(toc).encode("ascii"))
     delta = len(new_toc) - header.toc_length
     head = bytearray(good[:64])
     struct.pack_into("<QQQ", head, 24, len(new_toc), header.span_offset + delta,
@@ -169,9 +176,27 @@ def hostile_copy(good: bytes, toc_change: dict[str, object]) -> bytes:
     return bytes(head) + new_toc + good[header.span_offset :]
 
 
+def entries_changed(good: bytes, change: Callable[[dict[str, Any]], object]) -> bytes:
+    """``good`` with ``change`` applied to its column-wise entries."""
+    entries = toc_of(good)["entries"]
+    change(entries)
+    return hostile_copy(good, {"entries": entries})
+
+
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "truncated", "empty", "other layer", "other blob size", "entries null"],
+    [
+        "garbage",
+        "truncated",
+        "empty",
+        "other layer",
+        "other blob size",
+        "entries null",
+        "entries in rows",
+        "a column cut short",
+        "an offset negative",
+        "a sparse index past the end",
+    ],
 )
 def test_a_bad_cached_index_is_rebuilt_and_replaced(damage: str, tmp_path: Path) -> None:
     tar, _ = sample()
@@ -185,6 +210,15 @@ def test_a_bad_cached_index_is_rebuilt_and_replaced(damage: str, tmp_path: Path)
         "other layer": hostile_copy(good, {"layer_digest": "sha256:" + "00" * 32}),
         "other blob size": hostile_copy(good, {"blob_size": 12345}),
         "entries null": hostile_copy(good, {"entries": None}),
+        # the entries as index version 1 wrote them, inside a version 2 file
+        "entries in rows": hostile_copy(good, {"entries": {"fields": ["name"], "entries": []}}),
+        "a column cut short": entries_changed(good, lambda e: e["dense"]["size"].pop()),
+        "an offset negative": entries_changed(
+            good, lambda e: e["dense"]["data_offset"].__setitem__(0, -1)
+        ),
+        "a sparse index past the end": entries_changed(
+            good, lambda e: e["sparse"]["uname"].append([e["count"], "root"])
+        ),
     }[damage]
     index_file.write_bytes(bad)
     layer = seekoci.open_layer(path, digest=digest, cache_dir=cache, span_size=8192)

@@ -3,6 +3,7 @@ FormatError, never another exception, never an index that reads outside the laye
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import json
@@ -12,11 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import zstandard
 
 from seekoci.errors import FormatError
-from seekoci.formats.base import Span
+from seekoci.formats.base import Span, WindowPacker
+from seekoci.formats.entries import DENSE, SPARSE
 from seekoci.formats.index import (
-    ENTRY_FIELDS,
     INDEX_VERSION,
     LayerIndex,
     parse,
@@ -29,6 +31,10 @@ from seekoci.formats.tar import TarEntry
 HEADER = struct.Struct("<8sHHIQQQQQQ")
 SPAN = struct.Struct("<QQQQB7xQI4x32s")
 DIGEST = "sha256:" + "ab" * 32
+# The TarEntry fields the index keeps (raw_name comes back as the name).
+STORED_FIELDS = ("name", "type", "size", "mode", "uid", "gid", "mtime", "linkname", "uname",
+                 "gname", "devmajor", "devminor", "xattrs", "header_offset", "data_offset",
+                 "pax", "unsafe")  # fmt: skip
 
 
 def sample_index() -> tuple[LayerIndex, list[bytes], list[bytes]]:
@@ -78,7 +84,8 @@ def sample_index() -> tuple[LayerIndex, list[bytes], list[bytes]]:
         ),
     ]
     windows = [b"", b"w" * 32768, bytes(range(256)) * 10]
-    packed = [zlib.compress(w) if w else b"" for w in windows]
+    packer = WindowPacker()
+    packed = [packer.pack(w) for w in windows]
     spans = [
         Span(0, 10, 400, 0, 1000, hashlib.sha256(b"0").hexdigest(), 0),
         Span(1, 399, 800, 1000, 2000, hashlib.sha256(b"1").hexdigest(), 3),
@@ -115,11 +122,14 @@ def test_round_trip() -> None:
         assert getattr(back, field) == getattr(index, field)
     assert (back.uncompressed_size, back.span_size) == (3000, 1000)
     assert back.spans == index.spans
-    keep = [f for f in ENTRY_FIELDS]
+    keep = [*DENSE, *SPARSE]
+    assert sorted(keep) == sorted(STORED_FIELDS)
+    assert len(back.entries) == len(index.entries)
     assert [[getattr(e, f) for f in keep] for e in back.entries] == [
         [getattr(e, f) for f in keep] for e in index.entries
     ]
     assert [back.window(i) or b"" for i in range(3)] == windows
+    assert serialize(back, packed) == data  # a parsed index writes back the same bytes
 
 
 def test_the_documented_layout() -> None:
@@ -132,9 +142,11 @@ def test_the_documented_layout() -> None:
     assert (toc_off, span_off) == (64, 64 + toc_len)
     assert win_off == span_off + 3 * 88
     assert win_len == sum(map(len, packed)) and len(data) == win_off + win_len
-    toc = json.loads(zlib.decompress(data[toc_off:span_off]).decode("utf-8", "surrogateescape"))
-    assert toc["fields"] == list(ENTRY_FIELDS)
+    toc_text = zlib.decompress(data[toc_off:span_off])
+    assert toc_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape
+    toc = json.loads(toc_text)
     assert toc["layer_digest"] == DIGEST
+    assert toc["entries"] == DOCUMENTED_ENTRIES
     offset = 0
     for i, span in enumerate(index.spans):
         cs, ce, us, ue, bits, woff, wlen, digest = SPAN.unpack_from(data, span_off + 88 * i)
@@ -148,6 +160,41 @@ def test_the_documented_layout() -> None:
         assert (woff, wlen, digest.hex()) == (offset, len(packed[i]), span.digest)
         assert data[win_off + woff : win_off + woff + wlen] == packed[i]
         offset += wlen
+
+
+# The sample's entries, column by column as the entries module docstring documents them.
+DOCUMENTED_ENTRIES = {
+    "count": 4,
+    "dense": {
+        "name": ["etc", "etc/caf\udce9", "dev/null", "abs"],
+        "type": ["dir", "file", "char", "symlink"],
+        "size": [0, 1000, 0, 0],
+        "mode": [0o755, 0o4755, 0o666, 0o777],
+        "uid": [0, 1000, 0, 0],
+        "gid": [0, 100, 0, 0],
+        "mtime": [1.5, 1_700_000_000.25, 0.0, 0.0],
+        "header_offset": [0, 512, 2048, 2560],
+        "data_offset": [512, 1024, 2560, 3000],
+    },
+    "sparse": {
+        "linkname": [[3, "/etc"]],
+        "uname": [[1, "me"]],
+        "gname": [[1, "us"]],
+        "devmajor": [[2, 1]],
+        "devminor": [[2, 3]],
+        "xattrs": [
+            [
+                1,
+                {
+                    "user.bin": base64.b64encode(b"\x00\xff\x80").decode(),
+                    "security.selinux": base64.b64encode(b"ctx\x00").decode(),
+                },
+            ]
+        ],
+        "pax": [[1, {"comment": "hello"}]],
+        "unsafe": [[3, True]],
+    },
+}
 
 
 def test_an_index_of_another_layer_is_refused() -> None:
@@ -241,40 +288,95 @@ def toc_with(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     return toc
 
 
-def set_row(i: int, value: object) -> Callable[[dict[str, Any]], None]:
-    def change(toc: dict[str, Any]) -> None:
-        toc["entries"][1][i] = value
-
-    return change
+def entries_with(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
+    """The good TOC with ``change`` applied to its column-wise entries object."""
+    return toc_with(lambda t: change(t["entries"]))
 
 
+def set_dense(column: str, value: object, i: int = 1) -> dict[str, Any]:
+    """The good TOC with entry ``i`` (the file, by default) given ``value`` in a dense column."""
+    return entries_with(lambda e: e["dense"][column].__setitem__(i, value))
+
+
+def set_sparse(column: str, pairs: object) -> dict[str, Any]:
+    """The good TOC with a sparse column replaced by ``pairs``."""
+    return entries_with(lambda e: e["sparse"].__setitem__(column, pairs))
+
+
+def old_row_form(toc: dict[str, Any]) -> None:
+    """The entries as version 1 wrote them: a field list and one row per entry."""
+    fields = [*DENSE, *SPARSE]
+    toc["entries"] = {"fields": fields, "entries": [[0] * len(fields)] * 4}
+
+
+# Refused while the index is parsed: the whole TOC, the entries object, the shape of the
+# columns, and every column a reader needs before it makes an entry (names, types, offsets).
 HOSTILE_TOCS: dict[str, object] = {
     "a list": [1, 2],
     "null": None,
     "a number": 7,
-    "unknown fields": toc_with(lambda t: t.update(fields=["name", "type"])),
     "no entries key": toc_with(lambda t: t.pop("entries")),
     "entries a string": toc_with(lambda t: t.update(entries="name,type")),
+    "entries a list": toc_with(lambda t: t.update(entries=[["etc", "dir", 0]])),
     "entries an object": toc_with(lambda t: t.update(entries={"a": 1})),
     "entries null": toc_with(lambda t: t.update(entries=None)),
-    "a row too short": toc_with(lambda t: t["entries"][1].pop()),
-    "a row a number": toc_with(lambda t: t["entries"].__setitem__(1, 5)),
-    "an unknown type": toc_with(set_row(1, "socket")),
-    "a name not a string": toc_with(set_row(0, 12)),
-    "a negative size": toc_with(set_row(2, -1)),
-    "a size as text": toc_with(set_row(2, "10")),
-    "a float offset": toc_with(set_row(14, 1024.5)),
-    "a mode as text": toc_with(set_row(3, "rwx")),
-    "a mode of infinity": toc_with(set_row(3, 1e400)),
-    "a mode of NaN": toc_with(set_row(3, float("nan"))),
-    "an mtime as text": toc_with(set_row(6, "yesterday")),
-    "xattrs a list": toc_with(set_row(12, [1, 2])),
-    "xattrs not base64": toc_with(set_row(12, {"user.a": "abc"})),
-    "pax a list": toc_with(set_row(15, [1])),
+    "entries in the old row form": toc_with(old_row_form),
+    "no count": entries_with(lambda e: e.pop("count")),
+    "count as text": entries_with(lambda e: e.update(count="4")),
+    "count a float": entries_with(lambda e: e.update(count=4.0)),
+    "count null": entries_with(lambda e: e.update(count=None)),
+    "a negative count": entries_with(lambda e: e.update(count=-1)),
+    "count one short": entries_with(lambda e: e.update(count=3)),
+    "count one over": entries_with(lambda e: e.update(count=5)),
+    "no dense columns": entries_with(lambda e: e.pop("dense")),
+    "dense a list": entries_with(lambda e: e.update(dense=list(e["dense"].values()))),
+    "no sparse columns": entries_with(lambda e: e.pop("sparse")),
+    "sparse a list": entries_with(lambda e: e.update(sparse=list(e["sparse"].values()))),
+    "a dense column missing": entries_with(lambda e: e["dense"].pop("size")),
+    "a dense column renamed": entries_with(
+        lambda e: e["dense"].update(sizes=e["dense"].pop("size"))
+    ),
+    "a column too short": entries_with(lambda e: e["dense"]["mtime"].pop()),
+    "a column too long": entries_with(lambda e: e["dense"]["name"].append("extra")),
+    "a column empty": entries_with(lambda e: e["dense"]["uid"].clear()),
+    "a column an object": entries_with(  # of the right length
+        lambda e: e["dense"].update(uid={"0": 0, "1": 1, "2": 2, "3": 3})
+    ),
+    "a column a string": entries_with(lambda e: e["dense"].update(type="dirs")),
+    "a column null": entries_with(lambda e: e["dense"].update(size=None)),
+    "a column a number": entries_with(lambda e: e["dense"].update(data_offset=4)),
+    "an unknown type": set_dense("type", "socket"),
+    "a type null": set_dense("type", None),
+    "a type a number": set_dense("type", 1),
+    "a type a list": set_dense("type", ["file"]),
+    "a name not a string": set_dense("name", 12),
+    "a name null": set_dense("name", None),
+    "a negative size": set_dense("size", -1),
+    "a size as text": set_dense("size", "10"),
+    "a float size": set_dense("size", 1000.0),
+    "a size a bool": set_dense("size", True),
+    "a negative header offset": set_dense("header_offset", -1),
+    "a float header offset": set_dense("header_offset", 512.5),
+    "a header offset a bool": set_dense("header_offset", False),
+    "a negative data offset": set_dense("data_offset", -1024),
+    "a float data offset": set_dense("data_offset", 1024.5),
+    "a data offset a bool": set_dense("data_offset", True),
+    "a data offset as text": set_dense("data_offset", "1024"),
+    "a sparse index past the entries": set_sparse("linkname", [[3, "/etc"], [4, "/x"]]),
+    "a sparse index far past the entries": set_sparse("uname", [[2**40, "me"]]),
+    "a negative sparse index": set_sparse("unsafe", [[-1, True]]),
+    "a sparse index as text": set_sparse("gname", [["one", "us"]]),
+    "a sparse index null": set_sparse("gname", [[None, "us"]]),
+    "a sparse pair too short": set_sparse("devmajor", [[2]]),
+    "a sparse pair too long": set_sparse("devmajor", [[2, 1, 0]]),
+    "a sparse pair a number": set_sparse("devminor", [2]),
+    "a sparse column a number": set_sparse("pax", 1),
+    "a sparse column null": set_sparse("xattrs", None),
     "a negative layer size": toc_with(lambda t: t.update(uncompressed_size=-5)),
     "a blob size as text": toc_with(lambda t: t.update(blob_size="1300")),
     "no layer digest": toc_with(lambda t: t.pop("layer_digest")),
-    "an entry past the end": toc_with(set_row(2, 5000)),
+    "an entry past the end": set_dense("size", 5000),
+    "an entry starting past the end": set_dense("data_offset", 3001, i=0),
 }
 
 
@@ -282,6 +384,41 @@ HOSTILE_TOCS: dict[str, object] = {
 def test_a_hostile_table_of_contents(case: str) -> None:
     with pytest.raises(FormatError):
         load(raw_index(HOSTILE_TOCS[case], GOOD_SPANS))
+
+
+# Columns read only when an entry is made: the index may parse, but making that entry is a
+# FormatError (never another exception), and the other entries stay readable.
+HOSTILE_ENTRIES: dict[str, object] = {
+    "a mode as text": set_dense("mode", "rwx"),
+    "a mode of infinity": set_dense("mode", 1e400),
+    "a mode of NaN": set_dense("mode", float("nan")),
+    "a mode null": set_dense("mode", None),
+    "a uid as text": set_dense("uid", "root"),
+    "a gid a list": set_dense("gid", [100]),
+    "an mtime as text": set_dense("mtime", "yesterday"),
+    "an mtime an object": set_dense("mtime", {"s": 1}),
+    "a devmajor as text": set_sparse("devmajor", [[1, "eight"]]),
+    "a devminor of infinity": set_sparse("devminor", [[1, 1e400]]),
+    "xattrs a list": set_sparse("xattrs", [[1, [1, 2]]]),
+    "xattrs as text": set_sparse("xattrs", [[1, "user.a=b"]]),
+    "xattrs not base64": set_sparse("xattrs", [[1, {"user.a": "abc"}]]),
+    "xattr values not text": set_sparse("xattrs", [[1, {"user.a": 5}]]),
+    "pax a list": set_sparse("pax", [[1, [1]]]),
+    "pax a number": set_sparse("pax", [[1, 7]]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_ENTRIES))
+def test_a_hostile_entry(case: str) -> None:
+    try:
+        index = load(raw_index(HOSTILE_ENTRIES[case], GOOD_SPANS))
+    except FormatError:
+        return  # refused even earlier: as good
+    with pytest.raises(FormatError, match="entry 1"):
+        index.entries[1]
+    with pytest.raises(FormatError):
+        list(index.entries)
+    assert [index.entries[i].name for i in (0, 2, 3)] == ["etc", "dev/null", "abs"]
 
 
 @pytest.mark.parametrize(
@@ -343,9 +480,19 @@ def test_inconsistent_section_offsets() -> None:
         parse_header(bytes(data))
 
 
-def test_windows_that_are_cut_corrupt_or_too_big() -> None:
-    good = zlib.compress(b"w" * 100)
-    big = zlib.compress(bytes(40_000))
+BIG_WINDOWS = {
+    # zstd frames of 40000 bytes: more than a 32 KiB window
+    "big": zstandard.ZstdCompressor().compress(bytes(40_000)),
+    "big, size not in the frame": zstandard.ZstdCompressor(write_content_size=False).compress(
+        bytes(40_000)
+    ),
+}
+
+
+@pytest.mark.parametrize("big_case", sorted(BIG_WINDOWS))
+def test_windows_that_are_cut_corrupt_or_too_big(big_case: str) -> None:
+    good = WindowPacker().pack(b"w" * 100)
+    big = BIG_WINDOWS[big_case]
     spans = span_change(1, woff=0, wlen=len(good))
     spans = [*spans[:2], (800, 1200, 2000, 3000, 0, len(good), len(big))]
     data = raw_index(good_toc(), spans, good + big)
@@ -353,7 +500,7 @@ def test_windows_that_are_cut_corrupt_or_too_big() -> None:
     assert index.window(0) is None
     assert index.window(1) == b"w" * 100
     with pytest.raises(FormatError):
-        index.window(2)  # inflates past 32 KiB
+        index.window(2)  # decompresses past 32 KiB
     header = parse_header(data)
     metadata = data[: header.metadata_end]
     cut = parse(metadata, read_windows=lambda off, n: data[off : off + n - 1])
@@ -362,6 +509,35 @@ def test_windows_that_are_cut_corrupt_or_too_big() -> None:
     corrupt = parse(metadata, read_windows=lambda off, n: b"\x00" * n)
     with pytest.raises(FormatError):
         corrupt.window(1)
+    # a window of the same length that is not zstd: zlib, as version 1 packed windows
+    old = zlib.compress(b"w" * 100)[: len(good)].ljust(len(good), b"\x00")
+    not_zstd = parse(metadata, read_windows=lambda off, n: old)
+    with pytest.raises(FormatError):
+        not_zstd.window(1)
     unavailable = parse(metadata, read_windows=None)
     with pytest.raises(FormatError):
         unavailable.window(1)
+
+
+def claims_content_size(frame: bytes, size: int) -> bytes:
+    """``frame`` (a single-segment zstd frame) with its header claiming ``size`` bytes."""
+    descriptor = frame[4]
+    assert descriptor & 0x20 and not descriptor & 0x03  # single segment, no dictionary id
+    fcs_bytes = {0: 1, 1: 2, 2: 4, 3: 8}[descriptor >> 6]
+    return (
+        frame[:4]
+        + bytes([descriptor | 0xC0])  # an 8-byte frame content size field
+        + struct.pack("<Q", size)
+        + frame[5 + fcs_bytes :]
+    )
+
+
+def test_a_window_that_claims_a_huge_size() -> None:
+    """A hostile window whose frame header claims far more than 32 KiB is a FormatError,
+    found before anything that size is allocated."""
+    frame = claims_content_size(WindowPacker().pack(b"w" * 100), 2**62)
+    assert zstandard.get_frame_parameters(frame).content_size == 2**62
+    spans = span_change(1, woff=0, wlen=len(frame))
+    index = load(raw_index(good_toc(), spans, frame))
+    with pytest.raises(FormatError):
+        index.window(1)
