@@ -14,13 +14,18 @@ Header (64 bytes)::
     32  8  u64    span table offset   40  8  u64  windows offset
     48  8  u64    windows length      56  8  u64  reserved (0)
 
-Span record (88 bytes)::
+Span record (120 bytes)::
 
      0  8  u64 compressed start     8  8  u64 compressed end (exclusive)
     16  8  u64 uncompressed start  24  8  u64 uncompressed end (exclusive)
     32  1  u8  bits                33  7  padding
     40  8  u64 window offset (from the windows offset)   48  4  u32 window length (0 = none)
     52  4  padding                 56 32  sha256 of the span's compressed bytes
+    88 32  sha256 of the packed window (zeros when there is none)
+
+A reader that ranges into a published index checks header + TOC + span table against a
+digest it got from a verified manifest, and each window against its record, so a byte
+damaged on the way is an error, never a wrong decode.
 
 The TOC JSON holds the layer's identity (digest, media type, compression, sizes, span size,
 the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FIELDS``.
@@ -28,6 +33,7 @@ the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FI
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import struct
@@ -42,9 +48,9 @@ from .entries import encode as encode_entries
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 _HEADER = struct.Struct("<8sHHIQQQQQQ")
-_SPAN = struct.Struct("<QQQQB7xQI4x32s")
+_SPAN = struct.Struct("<QQQQB7xQI4x32s32s")
 HEADER_SIZE = _HEADER.size
 SPAN_RECORD_SIZE = _SPAN.size
 #: A TOC that inflates past this is refused (hostile index).
@@ -70,17 +76,30 @@ class LayerIndex:
     window_locations: list[tuple[int, int]] = field(default_factory=list)
     read_windows: WindowReader | None = None
     tool: str = ""
+    #: sha256 of each packed window, checked on every load (empty: not checked, for
+    #: windows that never left this process)
+    window_digests: list[bytes] = field(default_factory=list)
+    #: False when ``read_windows`` returns raw 32 KiB windows (a SOCI zTOC's checkpoints)
+    windows_packed: bool = True
 
     def window(self, span_index: int) -> bytes | None:
         offset, length = self.window_locations[span_index]
         if not length:
             return None
+        where = f"index of {self.layer_digest}: span {span_index}"
         if self.read_windows is None:
-            raise FormatError(f"index of {self.layer_digest}: windows are not available")
+            raise FormatError(f"{where}: windows are not available")
         packed = self.read_windows(offset, length)
         if len(packed) != length:
-            raise FormatError(f"index of {self.layer_digest}: window of span {span_index} is cut")
-        return unpack_window(packed, where=f"index of {self.layer_digest}: span {span_index}")
+            raise FormatError(f"{where}: window is cut")
+        if (
+            self.window_digests
+            and hashlib.sha256(packed).digest() != (self.window_digests[span_index])
+        ):
+            raise FormatError(f"{where}: window does not match its digest")
+        if not self.windows_packed:
+            return packed
+        return unpack_window(packed, where=where)
 
 
 def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
@@ -119,6 +138,7 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
                 woff,
                 len(packed),
                 bytes.fromhex(span.digest),
+                hashlib.sha256(packed).digest() if packed else bytes(32),
             )
         )
         woff += len(packed)
@@ -205,17 +225,20 @@ def parse(
         )
     spans: list[Span] = []
     locations: list[tuple[int, int]] = []
+    window_digests: list[bytes] = []
     for i in range(header.span_count):
-        cs, ce, us, ue, bits, woff, wlen, digest = _SPAN.unpack_from(
+        cs, ce, us, ue, bits, woff, wlen, digest, wdigest = _SPAN.unpack_from(
             metadata, header.span_offset + i * SPAN_RECORD_SIZE
         )
         spans.append(Span(i, cs, ce, us, ue, digest.hex(), bits))
         if woff + wlen > header.windows_length:
             raise FormatError(f"{where}: window of span {i} lies outside the index")
         locations.append((header.windows_offset + woff, wlen))
+        window_digests.append(wdigest)
     _check_spans(spans, index, where)
     index.spans = spans
     index.window_locations = locations
+    index.window_digests = window_digests
     index.read_windows = read_windows
     return index
 

@@ -29,7 +29,7 @@ from seekoci.formats.tar import TarEntry
 
 # The layout as the module docstring documents it (written out here, not imported).
 HEADER = struct.Struct("<8sHHIQQQQQQ")
-SPAN = struct.Struct("<QQQQB7xQI4x32s")
+SPAN = struct.Struct("<QQQQB7xQI4x32s32s")
 DIGEST = "sha256:" + "ab" * 32
 # The TarEntry fields the index keeps (raw_name comes back as the name).
 STORED_FIELDS = ("name", "type", "size", "mode", "uid", "gid", "mtime", "linkname", "uname",
@@ -140,7 +140,7 @@ def test_the_documented_layout() -> None:
     )
     assert (magic, version, flags, count, reserved) == (b"SEEKOCIX", INDEX_VERSION, 0, 3, 0)
     assert (toc_off, span_off) == (64, 64 + toc_len)
-    assert win_off == span_off + 3 * 88
+    assert win_off == span_off + 3 * 120
     assert win_len == sum(map(len, packed)) and len(data) == win_off + win_len
     toc_text = zlib.decompress(data[toc_off:span_off])
     assert toc_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape
@@ -149,7 +149,7 @@ def test_the_documented_layout() -> None:
     assert toc["entries"] == DOCUMENTED_ENTRIES
     offset = 0
     for i, span in enumerate(index.spans):
-        cs, ce, us, ue, bits, woff, wlen, digest = SPAN.unpack_from(data, span_off + 88 * i)
+        cs, ce, us, ue, bits, woff, wlen, digest, _wd = SPAN.unpack_from(data, span_off + 120 * i)
         assert (cs, ce, us, ue, bits) == (
             span.compressed_start,
             span.compressed_end,
@@ -258,11 +258,14 @@ def raw_index(
         text = json.dumps(toc)  # the writer's encoding: ASCII JSON, \udcXX for non-UTF-8 names
         toc_bytes = zlib.compress(text.encode("ascii"))
     span_off = 64 + len(toc_bytes)
-    win_off = span_off + 88 * len(spans)
+    win_off = span_off + 120 * len(spans)
     header = HEADER.pack(
         magic, version, 0, len(spans), 64, len(toc_bytes), span_off, win_off, len(windows), 0
     )
-    records = b"".join(SPAN.pack(*s, bytes(32)) for s in spans)
+    records = b"".join(
+        SPAN.pack(*s, bytes(32), hashlib.sha256(windows[s[5] : s[5] + s[6]]).digest())
+        for s in spans
+    )
     return header + toc_bytes + records + windows
 
 
