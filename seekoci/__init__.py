@@ -12,6 +12,7 @@ read is a range request of about one span, verified against that span's digest.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from .cache import open_cache
 from .errors import (
@@ -69,6 +70,7 @@ def open_image(
 
     resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
     cache = open_cache(cache_dir)
+    remote = _remote_indexes(resolved)
     layers = [
         Layer(
             resolved.blob_source(desc),
@@ -81,7 +83,9 @@ def open_image(
         )
         for desc in resolved.layers
     ]
-    return Image(
+    for layer in layers:
+        layer.remote = remote
+    image = Image(
         reference=resolved.reference,
         digest=resolved.digest,
         platform=resolved.platform,
@@ -89,6 +93,16 @@ def open_image(
         manifest=resolved.manifest,
         layers=layers,
     )
+    image.resolved = resolved
+    return image
+
+
+def _remote_indexes(resolved: Any) -> Any:
+    """Published indexes can only live next to an image in a registry (not a layout)."""
+    from .registry.resolve import RegistryStore
+    from .remote import RemoteIndexes
+
+    return RemoteIndexes(resolved) if isinstance(resolved.store, RegistryStore) else None
 
 
 def open_layer(

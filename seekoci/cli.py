@@ -50,7 +50,7 @@ def _open(args: argparse.Namespace) -> Image:
         auth=auth,
         cache_dir=cache_dir,
         insecure=True if args.insecure else None,
-        span_size=args.span_size,
+        span_size=args.span_size or DEFAULT_SPAN_SIZE,
     )
     bar = ProgressBar(sys.stderr)  # draws only on a terminal
     for layer in img.layers:
@@ -165,6 +165,7 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
                 "compression": layer.compression,
                 "format": layer.format,
                 "index": status,
+                "published_indexes": layer.published_indexes(),
             }
         )
     doc = {
@@ -192,31 +193,43 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
-    if args.push:
-        print(
-            "seekoci: error: --push is not available yet (indexes are kept in the cache "
-            "directory only)",
-            file=sys.stderr,
-        )
-        return 1
-    if args.format != "native":
-        print("seekoci: error: only --format native is available yet", file=sys.stderr)
-        return 1
     img = _open(args)
+    if args.format == "soci":
+        return _index_soci(args, img, out)
     bar = ProgressBar(sys.stderr)
     try:
         for layer in img.layers:
             started = time.monotonic()
-            before = layer.index_status
             index = layer.index(bar)
             took = time.monotonic() - started
             out.write(
-                f"{layer.digest}  {before if before in ('cached',) else 'built'}  "
+                f"{layer.digest}  {layer.index_status}  "
                 f"{len(index.spans)} spans, {len(index.entries)} entries, "
                 f"{index.uncompressed_size} bytes uncompressed ({took:.2f}s)\n"
             )
     finally:
         bar.close()
+    if args.push:
+        from .publish import publish_native
+
+        digest = publish_native(img, progress=bar, report=lambda line: print(line, file=out))
+        out.write(f"pushed native index artifact {digest} (subject {img.digest})\n")
+    return 0
+
+
+def _index_soci(args: argparse.Namespace, img: Image, out: TextIO) -> int:
+    from .publish import SOCI_DEFAULT_SPAN, SOCI_MIN_LAYER_SIZE, publish_soci
+
+    if not args.push:
+        print("seekoci: error: --format soci publishes an index: add --push", file=sys.stderr)
+        return 2
+    digest = publish_soci(
+        img,
+        span_size=args.span_size or SOCI_DEFAULT_SPAN,
+        min_layer_size=SOCI_MIN_LAYER_SIZE if args.min_layer_size is None else args.min_layer_size,
+        report=lambda line: print(line, file=out),
+    )
+    out.write(f"pushed SOCI index {digest} (subject {img.digest})\n")
     return 0
 
 
@@ -247,8 +260,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--span-size",
         type=_positive_int,
-        default=DEFAULT_SPAN_SIZE,
-        help="bytes between checkpoints",
+        default=None,
+        help=f"bytes between checkpoints (default {DEFAULT_SPAN_SIZE}; SOCI: 4 MiB)",
     )
 
     p = argparse.ArgumentParser(
@@ -292,6 +305,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("ref")
     s.add_argument("--push", action="store_true", help="publish the index to the registry")
     s.add_argument("--format", choices=("native", "soci"), default="native")
+    s.add_argument(
+        "--min-layer-size",
+        type=int,
+        default=None,
+        help="SOCI: skip layers smaller than this (default 10 MiB, as the soci CLI)",
+    )
     s.set_defaults(func=cmd_index)
 
     s = sub.add_parser("demo", help="build a sample image and read files out of it")

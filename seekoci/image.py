@@ -47,6 +47,8 @@ class Image:
         self._tree: Tree | None = None
         self._lock = threading.RLock()
         self._by_digest = {layer.digest or layer.name: layer for layer in layers}
+        #: the resolved registry/layout image behind this view (set by open_image)
+        self.resolved: Any = None
 
     def __repr__(self) -> str:
         return f"<seekoci.Image {self.reference} {self.platform} {len(self.layers)} layers>"

@@ -34,6 +34,7 @@ from .tree import Tree
 
 if TYPE_CHECKING:
     from .formats.base import SpanIndexer
+    from .remote import RemoteIndexes
 
 #: Uncompressed bytes between checkpoints. 1 MiB keeps a small-file read near 0.5 MB of
 #: compressed transfer while the index stays ~1-2% of the layer (windows are compressed).
@@ -197,6 +198,9 @@ class Layer:
         self._tree: Tree | None = None
         #: called as progress(name, bytes_done, bytes_total) while this layer's index builds
         self.progress: Progress | None = None
+        #: indexes published in the registry (set by open_image for registry images)
+        self.remote: RemoteIndexes | None = None
+        self._remote_tried = False
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -235,12 +239,23 @@ class Layer:
     @property
     def index_status(self) -> str:
         """``none``, ``partial`` (a pass stopped early), ``cached`` (loaded from the cache
-        directory) or ``built`` (by this process)."""
-        if self._index is None and self._build is None:
-            self._try_cache()
+        directory), ``native`` or ``soci`` (published in the registry, read from there) or
+        ``built`` (by this process)."""
+        if self._index is None and self._build is None and self.digest is not None:
+            self._try_cache_dir()  # local only: a status never downloads an index
         if self._index is None and self._build is not None:
             return "partial"
+        if self._index is None:
+            published = self.published_indexes()
+            if published:
+                return "native" if "native" in published else "soci"
         return self._index_source
+
+    def published_indexes(self) -> list[str]:
+        """Kinds of index published for this layer in the registry (``native``, ``soci``)."""
+        if self.remote is None or self.digest is None:
+            return []
+        return self.remote.describe(self.digest)
 
     @property
     def uncompressed_size(self) -> int:
@@ -248,10 +263,23 @@ class Layer:
 
     # -- the index --------------------------------------------------------------------------
     def _try_cache(self) -> bool:
+        """Load an index without building one: the cache directory, then a published one."""
         if self._index is not None:
             return True
         if self.digest is None:
             return False
+        if self._try_cache_dir():
+            return True
+        if self.remote is not None and self._build is None and not self._remote_tried:
+            self._remote_tried = True
+            loaded = self.remote.load(self.digest, media_type=self.media_type, blob_size=self.size)
+            if loaded is not None:
+                self._set_index(*loaded)
+                return True
+        return False
+
+    def _try_cache_dir(self) -> bool:
+        assert self.digest is not None
         found = self._cache.index_reader(self.digest)
         if found is None:
             return False
@@ -366,11 +394,7 @@ class Layer:
             self._named_upto = 0
         start = self._named_upto
         if isinstance(entries, EntryTable):  # from the name column: no entry objects made
-            self._by_name.update(
-                (name, i)
-                for i, name in enumerate(entries.names[start:], start)
-                if not entries.unsafe(i)
-            )
+            self._by_name.update(entries.name_map(start))
         else:
             for i in range(start, len(entries)):
                 if not entries[i].unsafe:

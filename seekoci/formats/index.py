@@ -286,3 +286,24 @@ def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
     end = entries.data_end() if isinstance(entries, EntryTable) else 0
     if end > index.uncompressed_size:
         raise FormatError(f"{where}: an entry lies past the end of the layer")
+
+
+def index_file(index: LayerIndex) -> bytes:
+    """The index file of any loaded or built index (windows gathered and packed)."""
+    from .base import WindowPacker
+
+    packer = WindowPacker()
+    packed: list[bytes] = []
+    for i in range(len(index.spans)):
+        offset, length = index.window_locations[i] if index.window_locations else (0, 0)
+        if not length:
+            packed.append(b"")
+        elif index.windows_packed:
+            raw = index.read_windows(offset, length) if index.read_windows else b""
+            if len(raw) != length:
+                raise FormatError(f"index of {index.layer_digest}: window of span {i} is cut")
+            packed.append(raw)
+        else:
+            window = index.window(i)
+            packed.append(packer.pack(window) if window else b"")
+    return serialize(index, packed)

@@ -7,7 +7,8 @@ manifest, config and layer descriptors (:func:`resolve_image`), and a layer desc
 Module map: ``reference`` (parsing), ``platform`` (choosing from an index), ``manifest``
 (media types, descriptors), ``digest``, ``transport`` (HTTP, redirects, error mapping),
 ``credentials`` (Docker config), ``auth`` (challenges, tokens), ``client`` (the distribution
-API), ``blobs`` (range sources), ``layout`` (OCI layout directories), ``resolve`` (the walk).
+API), ``blobs`` (range sources), ``layout`` (OCI layout directories), ``resolve`` (the walk),
+``push`` (blob uploads, manifest PUTs), ``referrers`` (the referrers API and tag schema).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from .manifest import (
     Descriptor,
 )
 from .platform import Platform, host_platform
+from .push import blob_exists, put_manifest, upload_blob
 from .reference import LayoutReference, Reference, parse_reference
+from .referrers import list_referrers, push_referrer, referrers_tag
 from .resolve import ResolvedImage, resolve_image
 
 __all__ = [
@@ -63,8 +66,14 @@ __all__ = [
     "RegistryClient",
     "ResolvedImage",
     "URLSource",
+    "blob_exists",
     "host_platform",
+    "list_referrers",
     "open_url_source",
     "parse_reference",
+    "push_referrer",
+    "put_manifest",
+    "referrers_tag",
     "resolve_image",
+    "upload_blob",
 ]

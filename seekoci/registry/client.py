@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -128,20 +128,22 @@ class RegistryClient:
         what: str,
         headers: Mapping[str, str] | None = None,
         stats: TransferStats | None = None,
+        body: bytes | memoryview | None = None,
     ) -> requests.Response:
         """Send an authenticated API request (``path`` starts with ``/v2/``).
 
         Returns the response (streamed) unless it is an auth failure, which raises
         AuthenticationError: a 401 is answered once (a new token or Basic credentials) and a
-        second 401 or a 403 is final. Other statuses are left to the caller.
+        second 401 or a 403 is final. Other statuses are left to the caller. ``body`` (PUT,
+        PATCH) is sent again as is when a challenge is answered.
         """
         authorization = self._auth.authorization(scope)
-        response = self._send(method, path, headers, authorization, stats)
+        response = self._send(method, path, headers, authorization, stats, body)
         if response.status_code == 401 and self._from_registry(response):
             challenge = response.headers.get("WWW-Authenticate")
             response.close()
             authorization = self._auth.answer_challenge(challenge, scope, authorization)
-            response = self._send(method, path, headers, authorization, stats)
+            response = self._send(method, path, headers, authorization, stats, body)
             if response.status_code == 401 and self._from_registry(response):
                 detail = error_detail(response)
                 raise AuthenticationError(
@@ -160,6 +162,46 @@ class RegistryClient:
             )
         return response
 
+    def request_url(
+        self,
+        method: str,
+        url: str,
+        *,
+        scope: str,
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        body: bytes | memoryview | None = None,
+    ) -> requests.Response:
+        """Send a request to an absolute URL the registry handed out (an upload ``Location``,
+        a ``Link`` to the next page).
+
+        On the registry's own host it goes through :meth:`request` (auth, and the scheme we
+        already use: a registry behind a TLS proxy often names itself ``http://``); anywhere
+        else it is sent without credentials.
+        """
+        parts = urlsplit(url)
+        if self._is_own_host(url):
+            path = parts.path or "/"
+            if parts.query:
+                path += "?" + parts.query
+            return self.request(method, path, scope=scope, what=what, headers=headers, body=body)
+        return self._http.send(method, url, headers=headers, data=_as_data(body))
+
+    def _is_own_host(self, url: str) -> bool:
+        parts = urlsplit(url)
+        host, port = split_host_port(self.api_host)
+        try:
+            their_port = parts.port
+        except ValueError:
+            return False
+        if (parts.hostname or "").lower() != host.lower():
+            return False
+        if their_port == port:
+            return True
+        ours = port or (443 if (self._transport or self._plan[0])[0] == "https" else 80)
+        theirs = their_port or (443 if parts.scheme.lower() == "https" else 80)
+        return ours == theirs
+
     def _from_registry(self, response: requests.Response) -> bool:
         """True if the answer came from the registry itself, not from where it redirected."""
         return urlsplit(response.url).netloc.lower() == self.api_host.lower()
@@ -174,6 +216,7 @@ class RegistryClient:
         headers: Mapping[str, str] | None,
         authorization: str | None,
         stats: TransferStats | None,
+        body: bytes | memoryview | None = None,
     ) -> requests.Response:
         transport = self._transport
         if transport is not None:
@@ -183,6 +226,7 @@ class RegistryClient:
                 headers=headers,
                 authorization=authorization,
                 stats=stats,
+                data=_as_data(body),
             )
         # First contact with an insecure registry: find out whether it speaks HTTPS. One thread
         # probes; the others wait for its answer instead of probing too.
@@ -197,6 +241,7 @@ class RegistryClient:
                             headers=headers,
                             authorization=authorization,
                             stats=stats,
+                            data=_as_data(body),
                         )
                     except RegistryError as exc:
                         if exc.status is not None:
@@ -208,7 +253,7 @@ class RegistryClient:
                     return response
                 assert last is not None
                 raise last
-        return self._send(method, path, headers, authorization, stats)
+        return self._send(method, path, headers, authorization, stats, body)
 
     # -- manifests and blobs ----------------------------------------------------------------
 
@@ -264,6 +309,20 @@ class RegistryClient:
 def pull_scope(repository: str) -> str:
     """The token scope for reading ``repository``."""
     return f"repository:{repository}:pull"
+
+
+def push_scope(repository: str) -> str:
+    """The token scope for writing to ``repository`` (reads included, as uploads check first)."""
+    return f"repository:{repository}:pull,push"
+
+
+def _as_data(body: bytes | memoryview | None) -> Mapping[str, str] | None:
+    # HttpClient.send annotates ``data`` for token-service forms; requests sends bytes and
+    # buffers (memoryview slices of a large blob, uncopied) as the raw body just the same.
+    # An empty buffer would go out chunked: send no body (Content-Length: 0) instead.
+    if body is None or len(body) == 0:
+        return None
+    return cast("Mapping[str, str]", body)
 
 
 def check_status(

@@ -109,6 +109,8 @@ class ManifestDocument:
     media_type: str
     data: dict[str, Any]
     digest: str | None
+    #: length of the manifest's bytes (for descriptors pointing at it, e.g. a subject)
+    size: int = 0
 
     @property
     def is_index(self) -> bool:
@@ -170,4 +172,4 @@ def parse_manifest(
         raise FormatError(f"{where}: unsupported manifest media type {media_type!r}")
     if data.get("schemaVersion", 2) != 2:
         raise FormatError(f"{where}: unsupported schemaVersion {data.get('schemaVersion')!r}")
-    return ManifestDocument(media_type=media_type, data=data, digest=digest)
+    return ManifestDocument(media_type=media_type, data=data, digest=digest, size=len(body))

@@ -90,6 +90,7 @@ class ResolvedImage:
         layers: list[Descriptor],
         index_digest: str | None,
         store: ImageStore,
+        manifest_size: int = 0,
     ) -> None:
         self.reference = reference
         #: Digest of the platform manifest.
@@ -104,7 +105,14 @@ class ResolvedImage:
         self.layers = layers
         #: Digest of the index the platform manifest was chosen from (None if there was none).
         self.index_digest = index_digest
+        #: Length of the platform manifest's bytes.
+        self.manifest_size = manifest_size
         self._store = store
+
+    @property
+    def store(self) -> ImageStore:
+        """Where the manifests and blobs come from (a registry repository or a layout)."""
+        return self._store
 
     def blob_source(self, descriptor: Descriptor) -> RangeSource:
         """A thread-safe range source over a layer blob (HTTP ranges or a local file)."""
@@ -205,6 +213,7 @@ def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedIma
         layers=layers,
         index_digest=index_digest,
         store=store,
+        manifest_size=doc.size,
     )
 
 

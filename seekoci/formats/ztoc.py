@@ -1,0 +1,929 @@
+"""AWS SOCI zTOC: the flatbuffer table of contents + checkpoints of one layer.
+
+A zTOC (schema ``ztoc.fbs`` of soci-snapshotter, namespace ``ztoc``, root ``Ztoc``, no file
+identifier) lists every tar entry of a layer with the offset of its data in the
+uncompressed tar stream, and carries the checkpoints that let a reader decode one span of
+the layer without the spans before it. Tables, fields in slot order::
+
+    Ztoc             0 version: string ("0.9")      1 build_tool_identifier: string
+                     2 compressed_archive_size: long 3 uncompressed_archive_size: long
+                     4 toc: TOC                      5 compression_info: CompressionInfo
+    TOC              0 metadata: [FileMetadata]
+    FileMetadata     0 name  1 type  2 uncompressed_offset: long  3 uncompressed_size: long
+                     4 linkname  5 mode: long  6 uid: uint  7 gid: uint  8 uname  9 gname
+                     10 mod_time (RFC 3339, ns)  11 devmajor: long  12 devminor: long
+                     13 xattrs: [Xattr]  (every PAX record of the entry, sorted by key)
+    Xattr            0 key: string  1 value: string
+    CompressionInfo  0 compression_algorithm: byte (Gzip = 1, the default; Uncompressed = 2)
+                     1 max_span_id: int  2 span_digests: [string]  3 checkpoints: [ubyte]
+
+``checkpoints`` holds, for gzip layers, the checkpoint blob (little-endian, no padding)::
+
+    i32 N, i64 span_size, then N records of 32 785 bytes:
+    i64 in, i64 out, u8 bits, 32 768 window bytes (zero-padded at the front near the start)
+
+(a blob of 12 + 32 785 * (N - 1) bytes is the legacy form without checkpoint 0: in = 10,
+out = 0, bits = 0); for uncompressed layers a flatbuffer ``zinfo.TarZinfo {version: int = 2,
+span_size: long, size: long}`` (older builders wrote those 20 bytes raw), spans being fixed
+slices of the blob.
+
+The table of contents is what Go's ``archive/tar`` reports (SOCI builds it with it), so
+readers can re-read each tar header and compare: ``uncompressed_archive_size`` is where Go's
+reader stops (after the two zero blocks), not the length of the decompressed stream.
+
+Decoding verifies the flatbuffer as it goes (every offset, length and vtable is bounds
+checked), so a truncated or hostile zTOC is a :class:`FormatError`, never an IndexError,
+a wrong read or a loop over a length that the bytes cannot hold.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import flatbuffers  # type: ignore[import-untyped, unused-ignore]
+
+from ..errors import FormatError
+from .base import WINDOW_SIZE, Span
+from .gzip import GZIP_MAGIC, GzipIndexer
+from .index import LayerIndex
+from .plain import PlainIndexer
+from .tar import BLOCK, TarEntry, TarScanner, _number, normalize_name
+
+ZTOC_VERSION = "0.9"
+GZIP = "gzip"
+UNCOMPRESSED = "uncompressed"
+_ALGORITHMS = {1: GZIP, 2: UNCOMPRESSED}
+_ALGORITHM_IDS = {name: value for value, name in _ALGORITHMS.items()}
+#: ``TarZinfo.version`` (the same as the C gzip zinfo's).
+TAR_ZINFO_VERSION = 2
+#: Newer SOCI builders may append this and a JSON list of prefetch files to a zTOC.
+PREFETCH_SEPARATOR = b"---SOCI-PREFETCH---"
+#: ``type`` strings of the table of contents (Go's archive/tar type flags SOCI accepts).
+FILE_TYPES = ("reg", "dir", "symlink", "hardlink", "char", "block", "fifo")
+
+_CHECKPOINT_HEADER = struct.Struct("<iq")  # N, span_size
+_CHECKPOINT_POINT = struct.Struct("<qqB")  # in, out, bits (then the window)
+CHECKPOINT_RECORD_SIZE = _CHECKPOINT_POINT.size + WINDOW_SIZE  # 32 785
+_LEGACY_FIRST_IN = 10  # a minimal gzip header
+_TAR_ZINFO_RAW = struct.Struct("<iqq")  # the pre-flatbuffer TarZinfo: 20 bytes
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_RFC3339 = re.compile(
+    r"(-?\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?(Z|([+-])(\d\d):(\d\d))\Z"
+)
+
+_I8 = struct.Struct("<b")
+_U16 = struct.Struct("<H")
+_I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+@dataclass
+class ZtocFile:
+    """One entry of a zTOC's table of contents (one tar member, in archive order)."""
+
+    name: str  # as stored in the tar (PAX path / GNU long name / ustar prefix + name)
+    type: str  # one of FILE_TYPES
+    uncompressed_offset: int  # offset of the entry's data in the tar stream
+    uncompressed_size: int
+    linkname: str = ""
+    mode: int = 0  # the raw header mode field
+    uid: int = 0
+    gid: int = 0
+    uname: str = ""
+    gname: str = ""
+    mod_time: str = ""  # RFC 3339 with nanoseconds, as Go's time.MarshalText writes it
+    devmajor: int = 0
+    devminor: int = 0
+    #: the entry's PAX records (SOCI calls them xattrs), raw values, sorted by key
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass
+class Ztoc:
+    """A decoded zTOC. ``checkpoints`` are the checkpoint bytes exactly as stored."""
+
+    version: str
+    build_tool_identifier: str
+    compressed_size: int
+    uncompressed_size: int
+    compression_algorithm: str  # "gzip" or "uncompressed"
+    max_span_id: int
+    span_digests: list[str]
+    checkpoints: bytes
+    files: list[ZtocFile]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where span i of a gzip layer starts: ``compressed_offset`` is the first whole byte
+    after the block boundary, ``bits`` how many bits of the byte before it still belong to
+    the span, ``window`` the 32 KiB of uncompressed data before ``uncompressed_offset``."""
+
+    compressed_offset: int
+    uncompressed_offset: int
+    bits: int
+    window: bytes
+
+    @property
+    def compressed_start(self) -> int:
+        """First byte of the span's compressed bytes (one earlier when it starts mid-byte)."""
+        return self.compressed_offset - (1 if self.bits else 0)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def gzip_checkpoints_blob(span_size: int, points: Sequence[Checkpoint]) -> bytes:
+    """SOCI's checkpoint blob for gzip layers (always the form with checkpoint 0)."""
+    parts = [_CHECKPOINT_HEADER.pack(len(points), span_size)]
+    for p in points:
+        if len(p.window) > WINDOW_SIZE:
+            raise ValueError("a checkpoint window is at most 32 KiB")
+        parts.append(_CHECKPOINT_POINT.pack(p.compressed_offset, p.uncompressed_offset, p.bits))
+        parts.append(bytes(WINDOW_SIZE - len(p.window)) + p.window)  # zero-padded at the front
+    return b"".join(parts)
+
+
+@dataclass(frozen=True)
+class _Record:
+    cin: int
+    cout: int
+    bits: int
+    window_offset: int  # in the blob; -1: no stored window (legacy checkpoint 0)
+
+
+def _checkpoint_records(blob: bytes, where: str) -> tuple[int, list[_Record]]:
+    if len(blob) < _CHECKPOINT_HEADER.size:
+        raise FormatError(f"{where}: checkpoint blob of {len(blob)} bytes is too short")
+    count, span_size = _CHECKPOINT_HEADER.unpack_from(blob)
+    if count < 1:
+        raise FormatError(f"{where}: checkpoint blob holds {count} checkpoints")
+    body = len(blob) - _CHECKPOINT_HEADER.size
+    if body == count * CHECKPOINT_RECORD_SIZE:
+        stored, records = count, []
+    elif body == (count - 1) * CHECKPOINT_RECORD_SIZE:  # legacy: checkpoint 0 left out
+        stored, records = count - 1, [_Record(_LEGACY_FIRST_IN, 0, 0, -1)]
+    else:
+        raise FormatError(
+            f"{where}: checkpoint blob of {len(blob)} bytes does not hold {count} checkpoints"
+        )
+    if span_size <= 0:
+        raise FormatError(f"{where}: checkpoint blob has span size {span_size}")
+    for i in range(stored):
+        at = _CHECKPOINT_HEADER.size + i * CHECKPOINT_RECORD_SIZE
+        cin, cout, bits = _CHECKPOINT_POINT.unpack_from(blob, at)
+        records.append(_Record(cin, cout, bits, at + _CHECKPOINT_POINT.size))
+    if records[0].cout != 0:
+        raise FormatError(f"{where}: checkpoint 0 is not at the start of the stream")
+    for i, r in enumerate(records):
+        if r.bits > 7 or r.cin < _LEGACY_FIRST_IN:
+            raise FormatError(f"{where}: checkpoint {i} is out of range")
+        if i and (r.cin <= records[i - 1].cin or r.cout <= records[i - 1].cout):
+            raise FormatError(f"{where}: checkpoint {i} does not follow checkpoint {i - 1}")
+    return span_size, records
+
+
+def parse_gzip_checkpoints(blob: bytes, *, where: str = "zTOC") -> tuple[int, list[Checkpoint]]:
+    """``(span_size, checkpoints)`` of a gzip checkpoint blob, either form. The legacy
+    form's implied checkpoint 0 has an all-zero window."""
+    span_size, records = _checkpoint_records(blob, where)
+    return span_size, [
+        Checkpoint(
+            r.cin,
+            r.cout,
+            r.bits,
+            blob[r.window_offset : r.window_offset + WINDOW_SIZE]
+            if r.window_offset >= 0
+            else bytes(WINDOW_SIZE),
+        )
+        for r in records
+    ]
+
+
+def tar_zinfo_blob(span_size: int, size: int) -> bytes:
+    """The checkpoint bytes of an uncompressed layer: a ``TarZinfo`` flatbuffer."""
+    b = flatbuffers.Builder(64)
+    b.StartObject(3)
+    b.PrependInt32Slot(0, TAR_ZINFO_VERSION, 0)
+    b.PrependInt64Slot(1, span_size, 0)
+    b.PrependInt64Slot(2, size, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+def parse_tar_zinfo(blob: bytes, *, where: str = "zTOC") -> tuple[int, int]:
+    """``(span_size, size)`` of an uncompressed layer's checkpoint bytes (the flatbuffer, or
+    the 20 raw bytes older builders wrote; a flatbuffer cannot start with the int 2, which
+    would point its root into its own first word)."""
+    try:
+        if len(blob) == _TAR_ZINFO_RAW.size and _I32.unpack_from(blob)[0] == TAR_ZINFO_VERSION:
+            _version, span_size, size = _TAR_ZINFO_RAW.unpack(blob)
+        else:
+            buf = _Buffer(blob, where)
+            root = buf.table(buf.u32(0), "TarZinfo")
+            span_size = root.scalar(1, _I64, 0)
+            size = root.scalar(2, _I64, 0)
+    except FormatError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError) as exc:
+        raise FormatError(f"{where}: tar checkpoint data is corrupt ({exc})") from None
+    if span_size <= 0 or size < 0:
+        raise FormatError(f"{where}: tar checkpoint data says span {span_size}, size {size}")
+    return span_size, size
+
+
+def _plain_span_count(size: int, span_size: int) -> int:
+    return max(1, -(-size // span_size))
+
+
+# --------------------------------------------------------------------------- mod_time
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """Proleptic Gregorian (year, month, day) of a day count since 1970-01-01, any year
+    (Howard Hinnant's algorithm; ``datetime`` stops at year 1)."""
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (1 if month <= 2 else 0), month, day
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    year -= 1 if month <= 2 else 0
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+def format_mod_time(mtime_ns: int) -> str:
+    """Go's ``time.Unix(...).UTC().MarshalText()``: RFC 3339, fraction without trailing
+    zeros, "Z"; "" for years outside 0-9999 (MarshalText fails there and SOCI writes the
+    empty result)."""
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    days, secs = divmod(seconds, 86400)
+    year, month, day = _civil_from_days(days)
+    if not 0 <= year <= 9999:
+        return ""
+    text = f"{year:04d}-{month:02d}-{day:02d}T{secs // 3600:02d}:{secs // 60 % 60:02d}:"
+    text += f"{secs % 60:02d}"
+    if nanos:
+        text += "." + f"{nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_mod_time(text: str) -> int | None:
+    """Nanoseconds since the epoch of an RFC 3339 time; None when it is not one."""
+    m = _RFC3339.match(text)
+    if not m:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        return None
+    seconds = _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+    if m.group(8) != "Z":
+        offset = int(m.group(10)) * 3600 + int(m.group(11)) * 60
+        seconds -= offset if m.group(9) == "+" else -offset
+    return seconds * 1_000_000_000 + int((m.group(7) or "").ljust(9, "0"))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _utf8(text: str) -> bytes:
+    # names that were not UTF-8 in the tar travel as surrogate escapes: write the raw bytes
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _offsets_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
+    b.StartVector(4, len(offsets), 4)
+    for off in reversed(offsets):
+        b.PrependUOffsetTRelative(off)
+    return int(b.EndVector())
+
+
+def _encode_file(b: flatbuffers.Builder, f: ZtocFile) -> int:
+    name = b.CreateString(_utf8(f.name))
+    kind = b.CreateString(_utf8(f.type))
+    linkname = b.CreateString(_utf8(f.linkname))
+    uname = b.CreateString(_utf8(f.uname))
+    gname = b.CreateString(_utf8(f.gname))
+    mod_time = b.CreateString(_utf8(f.mod_time))
+    xattrs = []
+    for key in sorted(f.xattrs):
+        k = b.CreateString(_utf8(key))
+        v = b.CreateString(bytes(f.xattrs[key]))
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(0, k, 0)
+        b.PrependUOffsetTRelativeSlot(1, v, 0)
+        xattrs.append(b.EndObject())
+    xattr_vector = _offsets_vector(b, xattrs)
+    b.StartObject(14)
+    b.PrependUOffsetTRelativeSlot(0, name, 0)
+    b.PrependUOffsetTRelativeSlot(1, kind, 0)
+    b.PrependInt64Slot(2, f.uncompressed_offset, 0)
+    b.PrependInt64Slot(3, f.uncompressed_size, 0)
+    b.PrependUOffsetTRelativeSlot(4, linkname, 0)
+    b.PrependInt64Slot(5, f.mode, 0)
+    b.PrependUint32Slot(6, f.uid & 0xFFFFFFFF, 0)  # Go: uint32(hdr.Uid)
+    b.PrependUint32Slot(7, f.gid & 0xFFFFFFFF, 0)
+    b.PrependUOffsetTRelativeSlot(8, uname, 0)
+    b.PrependUOffsetTRelativeSlot(9, gname, 0)
+    b.PrependUOffsetTRelativeSlot(10, mod_time, 0)
+    b.PrependInt64Slot(11, f.devmajor, 0)
+    b.PrependInt64Slot(12, f.devminor, 0)
+    b.PrependUOffsetTRelativeSlot(13, xattr_vector, 0)
+    return int(b.EndObject())
+
+
+def encode_ztoc(z: Ztoc) -> bytes:
+    """The zTOC flatbuffer bytes of ``z``."""
+    if z.compression_algorithm not in _ALGORITHM_IDS:
+        raise ValueError(f"unknown compression algorithm {z.compression_algorithm!r}")
+    b = flatbuffers.Builder(1024 + len(z.checkpoints) + 256 * len(z.files))
+    version = b.CreateString(_utf8(z.version))
+    tool = b.CreateString(_utf8(z.build_tool_identifier))
+    # children before parents: flatbuffers are written back to front
+    files = [0] * len(z.files)
+    for i in range(len(z.files) - 1, -1, -1):
+        files[i] = _encode_file(b, z.files[i])
+    metadata = _offsets_vector(b, files)
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, metadata, 0)
+    toc = b.EndObject()
+    checkpoints = b.CreateByteVector(bytes(z.checkpoints))
+    digests = _offsets_vector(b, [b.CreateString(_utf8(d)) for d in z.span_digests])
+    b.StartObject(4)
+    b.PrependInt8Slot(0, _ALGORITHM_IDS[z.compression_algorithm], 1)  # Gzip: the default
+    b.PrependInt32Slot(1, z.max_span_id, 0)
+    b.PrependUOffsetTRelativeSlot(2, digests, 0)
+    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
+    info = b.EndObject()
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, version, 0)
+    b.PrependUOffsetTRelativeSlot(1, tool, 0)
+    b.PrependInt64Slot(2, z.compressed_size, 0)
+    b.PrependInt64Slot(3, z.uncompressed_size, 0)
+    b.PrependUOffsetTRelativeSlot(4, toc, 0)
+    b.PrependUOffsetTRelativeSlot(5, info, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _Buffer:
+    """A flatbuffer read with every offset checked against its length."""
+
+    __slots__ = ("data", "size", "where")
+
+    def __init__(self, data: bytes, where: str) -> None:
+        self.data = data
+        self.size = len(data)
+        self.where = where
+
+    def fail(self, what: str) -> FormatError:
+        return FormatError(f"{self.where}: corrupt flatbuffer ({what})")
+
+    def u32(self, pos: int) -> int:
+        if not 0 <= pos <= self.size - 4:
+            raise self.fail(f"offset {pos} out of range")
+        value: int = _U32.unpack_from(self.data, pos)[0]
+        return value
+
+    def table(self, pos: int, what: str) -> _Table:
+        return _Table(self, pos, what)
+
+
+class _Table:
+    __slots__ = ("buf", "fields", "obj_size", "pos", "what")
+
+    def __init__(self, buf: _Buffer, pos: int, what: str) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.what = what
+        if not 0 <= pos <= buf.size - 4:
+            raise buf.fail(f"{what} table at {pos} out of range")
+        vtable = pos - _I32.unpack_from(buf.data, pos)[0]
+        if not 0 <= vtable <= buf.size - 4:
+            raise buf.fail(f"{what} vtable out of range")
+        vt_size, self.obj_size = struct.unpack_from("<HH", buf.data, vtable)
+        if vt_size < 4 or vt_size % 2 or vtable + vt_size > buf.size:
+            raise buf.fail(f"{what} vtable of {vt_size} bytes")
+        if self.obj_size < 4 or pos + self.obj_size > buf.size:
+            raise buf.fail(f"{what} table of {self.obj_size} bytes")
+        self.fields: tuple[int, ...] = struct.unpack_from(
+            f"<{(vt_size - 4) // 2}H", buf.data, vtable + 4
+        )
+
+    def _field(self, slot: int, width: int) -> int:
+        """Absolute position of a field, 0 when absent."""
+        if slot >= len(self.fields) or not self.fields[slot]:
+            return 0
+        off = self.fields[slot]
+        if off < 4 or off + width > self.obj_size:
+            raise self.buf.fail(f"{self.what} field {slot} lies outside its table")
+        return self.pos + off
+
+    def scalar(self, slot: int, kind: struct.Struct, default: int) -> int:
+        at = self._field(slot, kind.size)
+        if not at:
+            return default
+        value: int = kind.unpack_from(self.buf.data, at)[0]
+        return value
+
+    def _target(self, slot: int) -> int:
+        at = self._field(slot, 4)
+        return at + self.buf.u32(at) if at else 0
+
+    def vector(self, slot: int, elem_size: int) -> tuple[int, int]:
+        """(start, count) of a vector field; (0, 0) when absent."""
+        at = self._target(slot)
+        if not at:
+            return 0, 0
+        count = self.buf.u32(at)
+        if count * elem_size > self.buf.size - at - 4:
+            raise self.buf.fail(f"{self.what} field {slot}: vector of {count} does not fit")
+        return at + 4, count
+
+    def string(self, slot: int) -> bytes:
+        start, count = self.vector(slot, 1)
+        if start:
+            self._terminated(start + count, slot)
+        return self.buf.data[start : start + count]
+
+    def _terminated(self, end: int, slot: int) -> None:
+        # flatbuffers strings end with a NUL (the verifier checks it); a buffer cut right
+        # before it would otherwise decode
+        if end >= self.buf.size or self.buf.data[end]:
+            raise self.buf.fail(f"{self.what} field {slot}: string without its terminator")
+
+    def table(self, slot: int, what: str) -> _Table | None:
+        at = self._target(slot)
+        return _Table(self.buf, at, what) if at else None
+
+    def tables(self, slot: int, what: str) -> Iterator[_Table]:
+        start, count = self.vector(slot, 4)
+        for i in range(count):
+            at = start + 4 * i
+            yield _Table(self.buf, at + self.buf.u32(at), what)
+
+    def strings(self, slot: int) -> list[bytes]:
+        start, count = self.vector(slot, 4)
+        out = []
+        for i in range(count):
+            at = start + 4 * i
+            target = at + self.buf.u32(at)
+            length = self.buf.u32(target)
+            if length > self.buf.size - target - 4:
+                raise self.buf.fail(f"{self.what} field {slot}: string {i} does not fit")
+            self._terminated(target + 4 + length, slot)
+            out.append(self.buf.data[target + 4 : target + 4 + length])
+        return out
+
+
+def _decode_file(t: _Table) -> ZtocFile:
+    return ZtocFile(
+        name=_text(t.string(0)),
+        type=_text(t.string(1)),
+        uncompressed_offset=t.scalar(2, _I64, 0),
+        uncompressed_size=t.scalar(3, _I64, 0),
+        linkname=_text(t.string(4)),
+        mode=t.scalar(5, _I64, 0),
+        uid=t.scalar(6, _U32, 0),
+        gid=t.scalar(7, _U32, 0),
+        uname=_text(t.string(8)),
+        gname=_text(t.string(9)),
+        mod_time=_text(t.string(10)),
+        devmajor=t.scalar(11, _I64, 0),
+        devminor=t.scalar(12, _I64, 0),
+        xattrs={_text(x.string(0)): x.string(1) for x in t.tables(13, "Xattr")},
+    )
+
+
+def decode_ztoc(data: bytes, *, where: str = "zTOC") -> Ztoc:
+    """Decode and check a zTOC; any structural problem is a :class:`FormatError`."""
+    data = bytes(data)
+    cut = data.find(PREFETCH_SEPARATOR)
+    if cut >= 0:  # a prefetch file list appended by newer builders: not ours to read
+        data = data[:cut]
+    try:
+        ztoc = _decode(_Buffer(data, where))
+    except FormatError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+        raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
+    check_ztoc(ztoc, where=where)
+    return ztoc
+
+
+def _decode(buf: _Buffer) -> Ztoc:
+    root = buf.table(buf.u32(0), "Ztoc")
+    info = root.table(5, "CompressionInfo")
+    if info is None:
+        raise FormatError(f"{buf.where}: no compression info")
+    algorithm = info.scalar(0, _I8, 1)
+    if algorithm not in _ALGORITHMS:
+        raise FormatError(f"{buf.where}: unknown compression algorithm {algorithm}")
+    start, count = info.vector(3, 1)
+    toc = root.table(4, "TOC")
+    return Ztoc(
+        version=_text(root.string(0)),
+        build_tool_identifier=_text(root.string(1)),
+        compressed_size=root.scalar(2, _I64, 0),
+        uncompressed_size=root.scalar(3, _I64, 0),
+        compression_algorithm=_ALGORITHMS[algorithm],
+        max_span_id=info.scalar(1, _I32, 0),
+        span_digests=[_text(d) for d in info.strings(2)],
+        checkpoints=buf.data[start : start + count],
+        files=[] if toc is None else [_decode_file(t) for t in toc.tables(0, "FileMetadata")],
+    )
+
+
+def _align(offset: int) -> int:
+    return offset + (-offset % BLOCK)
+
+
+def _header_offsets(files: Sequence[ZtocFile], where: str) -> list[tuple[int, ZtocFile]]:
+    """(tar header offset, file) in stream order, derived the way SOCI's readers do: the
+    first header at 0, each next one right after the previous entry's padded data."""
+    out = []
+    next_header = 0
+    for f in sorted(files, key=lambda f: f.uncompressed_offset):
+        gap = f.uncompressed_offset - next_header
+        if gap < BLOCK or gap % BLOCK:
+            raise FormatError(
+                f"{where}: entry {f.name!r} at offset {f.uncompressed_offset} overlaps the "
+                f"entry before it or does not follow a tar header (next header at {next_header})"
+            )
+        out.append((next_header, f))
+        next_header = _align(f.uncompressed_offset + f.uncompressed_size)
+    return out
+
+
+def check_ztoc(z: Ztoc, *, where: str = "zTOC") -> None:
+    """Raise FormatError unless ``z`` is consistent: sizes, spans, checkpoints, entries."""
+    if z.compressed_size < 0 or z.uncompressed_size < 0:
+        raise FormatError(f"{where}: negative archive size")
+    if z.compression_algorithm not in _ALGORITHM_IDS:
+        raise FormatError(f"{where}: unknown compression algorithm {z.compression_algorithm!r}")
+    spans = z.max_span_id + 1
+    if spans < 1:
+        raise FormatError(f"{where}: max_span_id is {z.max_span_id}")
+    if len(z.span_digests) != spans:
+        raise FormatError(f"{where}: {len(z.span_digests)} span digests for {spans} spans")
+    for d in z.span_digests:
+        if not _DIGEST.match(d):
+            raise FormatError(f"{where}: bad span digest {d[:80]!r}")
+    if z.compression_algorithm == GZIP:
+        _span_size, records = _checkpoint_records(z.checkpoints, where)
+        if len(records) != spans:
+            raise FormatError(f"{where}: {len(records)} checkpoints for {spans} spans")
+        if records[-1].cin > z.compressed_size:
+            raise FormatError(f"{where}: a checkpoint lies past the end of the layer")
+    else:
+        span_size, size = parse_tar_zinfo(z.checkpoints, where=where)
+        if size != z.compressed_size:
+            raise FormatError(f"{where}: tar checkpoint size {size} != {z.compressed_size}")
+        if _plain_span_count(size, span_size) != spans:
+            raise FormatError(f"{where}: {spans} spans of {span_size} for {size} bytes")
+        if z.uncompressed_size > size:
+            raise FormatError(f"{where}: uncompressed size larger than the tar")
+    for f in z.files:
+        if f.type not in FILE_TYPES:
+            raise FormatError(f"{where}: entry {f.name!r} has unknown type {f.type[:40]!r}")
+        if f.uncompressed_offset < 0 or f.uncompressed_size < 0:
+            raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
+        if f.uncompressed_offset + f.uncompressed_size > z.uncompressed_size:
+            raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
+    _header_offsets(z.files, where)
+
+
+# --------------------------------------------------------------------------- building
+
+#: Go's archive/tar type flags and SOCI's names for them ("0" and "\0" are handled apart:
+#: Go turns "\0" with a trailing "/" into a directory, and "7", contiguous, is a file).
+_GO_TYPES = {
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "char",
+    b"4": "block",
+    b"5": "dir",
+    b"6": "fifo",
+}
+
+
+class _TocBuilder:
+    """Feeds the tar stream to a TarScanner and turns each entry into a ZtocFile the way
+    SOCI's builder (Go's archive/tar) sees it. Needs each entry's header block, so keeps the
+    last 512 bytes fed."""
+
+    def __init__(self, name: str) -> None:
+        self.scanner = TarScanner(name=name)
+        self.files: list[ZtocFile] = []
+        self._name = name
+        self._pos = 0  # stream offset of the next byte
+        self._tail = b""  # up to 512 bytes before _pos
+        self._next_header = 0  # where Go's reader looks for the next header
+
+    def feed(self, data: bytes) -> None:
+        entries = self.scanner.entries
+        seen = len(entries)
+        self.scanner.feed(data)
+        for entry in entries[seen:]:
+            self.files.append(self._file(entry, self._header_block(entry.data_offset, data)))
+        del entries[:]  # the ZtocFile is all we need
+        self._pos += len(data)
+        self._tail = (self._tail + data[-BLOCK:])[-BLOCK:]
+
+    def _header_block(self, end: int, data: bytes) -> bytes:
+        # the block was completed by this chunk: end lies in (self._pos, self._pos + len)
+        start = end - BLOCK
+        if start >= self._pos:
+            return data[start - self._pos : end - self._pos]
+        return self._tail[len(self._tail) - (self._pos - start) :] + data[: end - self._pos]
+
+    def _file(self, entry: TarEntry, block: bytes) -> ZtocFile:
+        at = entry.data_offset - BLOCK  # the entry's own (last) header block
+        if entry.header_offset != self._next_header:
+            # something Go's reader returns as an entry of its own and SOCI refuses (a
+            # global PAX header, a volume label) or a lone zero block in the middle
+            raise FormatError(
+                f"{self._name}: tar stream has a header at offset {self._next_header} that a "
+                "zTOC cannot describe (global PAX header, volume label or stray zero block)"
+            )
+        typeflag = block[156:157]
+        size = 0
+        if typeflag in (b"0", b"7") or (typeflag == b"\x00" and entry.type == "file"):
+            kind = "reg"
+            size = entry.size
+            if entry.type != "file":  # "0" with a trailing "/": a directory to tarfile only
+                records = entry.pax_records or {}
+                stored = records.get("size")
+                size = int(stored) if stored else _number(block[124:136], "size", at)
+        elif typeflag == b"\x00":
+            kind = "dir"
+        elif typeflag in _GO_TYPES:
+            kind = _GO_TYPES[typeflag]
+        else:
+            raise FormatError(
+                f"{self._name}: tar entry {entry.raw_name!r} at offset {at} has type "
+                f"{typeflag!r}, which a zTOC cannot describe"
+            )
+        magic = block[257:265]
+        devmajor = devminor = 0
+        if magic in (b"ustar\x0000", b"ustar  \x00"):  # Go reads them in ustar/PAX/GNU only
+            devmajor = _number(block[329:337], "devmajor", at)
+            devminor = _number(block[337:345], "devminor", at)
+        self._next_header = _align(entry.data_offset + size)
+        mtime_ns = entry.mtime_ns if entry.mtime_ns is not None else int(entry.mtime * 1e9)
+        return ZtocFile(
+            name=entry.raw_name,
+            type=kind,
+            uncompressed_offset=entry.data_offset,
+            uncompressed_size=size,
+            linkname=entry.linkname,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            uname=entry.uname,
+            gname=entry.gname,
+            mod_time=format_mod_time(mtime_ns),
+            devmajor=devmajor,
+            devminor=devminor,
+            xattrs=dict(sorted((entry.pax_records or {}).items())),
+        )
+
+    def finish(self) -> int:
+        """End of the stream; returns where Go's reader stops (after two zero blocks)."""
+        self.scanner.finish()
+        return min(self._pos, self._next_header + 2 * BLOCK)
+
+
+def _chunks(source: BinaryIO | Iterable[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    read = getattr(source, "read", None)
+    if read is not None:
+        while chunk := read(size):
+            yield bytes(chunk)
+    else:
+        for chunk in source:
+            if chunk:
+                yield bytes(chunk)
+
+
+def ztoc_from_blob(
+    source: BinaryIO | Iterable[bytes],
+    span_size: int = 4 << 20,
+    *,
+    build_tool_identifier: str | None = None,
+    name: str = "layer",
+) -> Ztoc:
+    """The zTOC of a tar or tar+gzip blob (a binary file object or an iterable of chunks),
+    in one pass. Checkpoints are placed by SOCI's rule, so the same blob and span size give
+    the reference builder's checkpoint bytes and span digests."""
+    if span_size <= 0:
+        raise ValueError("span_size must be positive")
+    if build_tool_identifier is None:
+        from .. import __version__
+
+        build_tool_identifier = f"seekoci {__version__}"
+    chunks = _chunks(source)
+    head = b""
+    for chunk in chunks:  # enough bytes to see the magic
+        head += chunk
+        if len(head) >= 4:
+            break
+    is_gzip = head[:2] == GZIP_MAGIC
+    if len(head) >= 4 and (
+        int.from_bytes(head[:4], "little") == 0xFD2FB528
+        or int.from_bytes(head[:4], "little") & 0xFFFFFFF0 == 0x184D2A50
+    ):
+        raise FormatError(f"{name}: a zstd layer (SOCI indexes gzip and plain tar only)")
+    indexer: GzipIndexer | PlainIndexer
+    indexer = GzipIndexer(span_size, name=name) if is_gzip else PlainIndexer(span_size, name=name)
+    toc = _TocBuilder(name)
+    fed = 0
+    for chunk in _prepend(head, chunks):
+        fed += len(chunk)
+        for out in indexer.feed(chunk):
+            toc.feed(out)
+    indexer.finish()
+    tar_end = toc.finish()
+    spans: list[Span] = indexer.spans
+    if isinstance(indexer, GzipIndexer):
+        points = [
+            Checkpoint(
+                s.compressed_start + (1 if s.bits else 0),
+                s.uncompressed_start,
+                s.bits,
+                indexer.window(i) or b"",
+            )
+            for i, s in enumerate(spans)
+        ]
+        checkpoints = gzip_checkpoints_blob(span_size, points)
+    else:
+        checkpoints = tar_zinfo_blob(span_size, fed)
+    return Ztoc(
+        version=ZTOC_VERSION,
+        build_tool_identifier=build_tool_identifier,
+        compressed_size=fed,
+        uncompressed_size=tar_end,
+        compression_algorithm=GZIP if is_gzip else UNCOMPRESSED,
+        max_span_id=len(spans) - 1,
+        span_digests=["sha256:" + s.digest for s in spans],
+        checkpoints=checkpoints,
+        files=toc.files,
+    )
+
+
+def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    if head:
+        yield head
+    yield from rest
+
+
+# --------------------------------------------------------------------------- to seekoci
+
+
+def _tar_entry(f: ZtocFile, header_offset: int) -> TarEntry:
+    mtime_ns = parse_mod_time(f.mod_time)  # Go ignores unparsable times too (zero time)
+    xattrs: dict[str, bytes] = {}
+    pax: dict[str, str] = {}
+    for key, value in f.xattrs.items():
+        if key.startswith("SCHILY.xattr."):
+            xattrs[key[len("SCHILY.xattr.") :]] = value
+        elif key not in ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname"):
+            pax[key] = _text(value)
+    kind = "file" if f.type == "reg" else f.type
+    device = kind in ("char", "block")
+    return TarEntry(
+        name=normalize_name(f.name),
+        type=kind,
+        size=f.uncompressed_size if kind == "file" else 0,
+        mode=f.mode,
+        uid=f.uid,
+        gid=f.gid,
+        mtime=mtime_ns / 1_000_000_000 if mtime_ns is not None else 0.0,  # int / int: exact
+        linkname=f.linkname,
+        uname=f.uname,
+        gname=f.gname,
+        devmajor=f.devmajor if device else 0,
+        devminor=f.devminor if device else 0,
+        xattrs=xattrs,
+        header_offset=header_offset,
+        data_offset=f.uncompressed_offset,
+        pax=pax,
+        raw_name=f.name,
+        unsafe=f.name.startswith("/") or ".." in f.name.split("/"),
+        mtime_ns=mtime_ns,
+    )
+
+
+def ztoc_to_layer_index(
+    ztoc: Ztoc,
+    *,
+    layer_digest: str,
+    media_type: str,
+    blob_size: int,
+    raw_checkpoints: bytes | None = None,
+) -> LayerIndex:
+    """A seekoci :class:`LayerIndex` over a zTOC: its spans, entries and windows.
+
+    Windows stay in the checkpoint bytes (``raw_checkpoints``, by default
+    ``ztoc.checkpoints``): ``read_windows`` slices them, raw (``windows_packed=False``).
+    """
+    where = f"zTOC of {layer_digest}"
+    check_ztoc(ztoc, where=where)
+    if blob_size != ztoc.compressed_size:
+        raise FormatError(f"{where}: for a blob of {ztoc.compressed_size} bytes, not {blob_size}")
+    blob = ztoc.checkpoints if raw_checkpoints is None else bytes(raw_checkpoints)
+    digests = [d[len("sha256:") :] for d in ztoc.span_digests]
+    spans: list[Span] = []
+    locations: list[tuple[int, int]] = []
+    if ztoc.compression_algorithm == GZIP:
+        span_size, records = _checkpoint_records(blob, where)
+        if len(records) != len(digests):
+            raise FormatError(f"{where}: {len(records)} checkpoints for {len(digests)} spans")
+        # the zTOC's uncompressed size is where the tar ends; the stream may run on (padding)
+        usize = max(ztoc.uncompressed_size, records[-1].cout)
+        for i, r in enumerate(records):
+            last = i == len(records) - 1
+            spans.append(
+                Span(
+                    index=i,
+                    compressed_start=r.cin - (1 if r.bits else 0),
+                    compressed_end=blob_size if last else records[i + 1].cin,
+                    uncompressed_start=r.cout,
+                    uncompressed_end=usize if last else records[i + 1].cout,
+                    digest=digests[i],
+                    bits=r.bits,
+                )
+            )
+            # nothing precedes out = 0, so no window is needed there
+            needed = r.window_offset >= 0 and r.cout > 0
+            locations.append((r.window_offset, WINDOW_SIZE) if needed else (0, 0))
+        compression = "gzip"
+    else:
+        span_size, usize = parse_tar_zinfo(blob, where=where)
+        for i, digest in enumerate(digests):
+            start = i * span_size
+            end = min(start + span_size, usize)
+            spans.append(Span(i, start, end, start, end, digest))
+            locations.append((0, 0))
+        compression = "none"
+    entries = [_tar_entry(f, h) for h, f in _header_offsets(ztoc.files, where)]
+
+    def read_windows(offset: int, length: int) -> bytes:
+        return blob[offset : offset + length]
+
+    return LayerIndex(
+        layer_digest=layer_digest,
+        media_type=media_type,
+        compression=compression,
+        blob_size=blob_size,
+        uncompressed_size=usize,
+        span_size=span_size,
+        spans=spans,
+        entries=entries,
+        window_locations=locations,
+        read_windows=read_windows,
+        tool=ztoc.build_tool_identifier,
+        windows_packed=False,
+    )
+
+
+__all__ = [
+    "CHECKPOINT_RECORD_SIZE",
+    "FILE_TYPES",
+    "Checkpoint",
+    "Ztoc",
+    "ZtocFile",
+    "check_ztoc",
+    "decode_ztoc",
+    "encode_ztoc",
+    "format_mod_time",
+    "gzip_checkpoints_blob",
+    "parse_gzip_checkpoints",
+    "parse_mod_time",
+    "parse_tar_zinfo",
+    "tar_zinfo_blob",
+    "ztoc_from_blob",
+    "ztoc_to_layer_index",
+]

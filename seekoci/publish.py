@@ -1,0 +1,202 @@
+"""Publishing indexes next to an image: ``seekoci index REF --push``.
+
+``native``: seekoci's own index of every layer, as one OCI artifact whose ``subject`` is the
+image manifest (found through the referrers API or the referrers tag). Index blobs are laid
+out to be read by range (docs/index-format.md).
+
+``soci``: an AWS SOCI v1 index -- zTOCs for every gzip or plain tar layer of at least
+``min_layer_size`` bytes (SOCI's default 10 MiB; zstd layers are skipped as SOCI has no
+zstd support) and the index manifest the ``soci`` CLI would push, so SOCI-enabled runtimes
+use it too. Each layer is streamed once and checked against its digest before its zTOC is
+published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+from .errors import FormatError, IntegrityError
+from .formats.index import index_file, parse_header
+from .image import Image
+from .layer import TOOL, Progress
+from .remote import (
+    ANN_BUILD_TOOL,
+    ANN_LAYER_DIGEST,
+    ANN_LAYER_MEDIA_TYPE,
+    ANN_METADATA_DIGEST,
+    ANN_METADATA_SIZE,
+    ANN_SPAN_SIZE,
+    NATIVE_ARTIFACT_TYPE,
+    NATIVE_BLOB_MEDIA_TYPE,
+    SOCI_ANN_BUILD_TOOL,
+    SOCI_ANN_LAYER_DIGEST,
+    SOCI_ANN_LAYER_MEDIA_TYPE,
+    SOCI_ANN_SPAN_SIZE,
+    SOCI_INDEX_V1,
+)
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_JSON = b"{}"
+EMPTY_DIGEST = "sha256:" + hashlib.sha256(EMPTY_JSON).hexdigest()
+OCI_EMPTY = "application/vnd.oci.empty.v1+json"
+ZTOC_MEDIA_TYPE = "application/octet-stream"
+SOCI_DEFAULT_SPAN = 4 << 20
+SOCI_MIN_LAYER_SIZE = 10 << 20
+SOCI_BUILD_TOOL = f"{TOOL} (SOCI v1 index)"
+
+Report = Callable[[str], None]
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _compact(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class _Target:
+    """The registry repository an image came from, for pushing."""
+
+    def __init__(self, img: Image) -> None:
+        from .registry.resolve import RegistryStore
+
+        resolved = img.resolved
+        if resolved is None or not isinstance(resolved.store, RegistryStore):
+            raise FormatError(f"{img.reference}: indexes can only be pushed to a registry")
+        self.resolved = resolved
+        self.client = resolved.store.client
+        self.repository = resolved.store.reference.repository
+        self.subject = {
+            "mediaType": resolved.media_type,
+            "digest": resolved.digest,
+            "size": resolved.manifest_size,
+        }
+
+    def upload(self, data: bytes) -> str:
+        from .registry.push import upload_blob
+
+        return upload_blob(self.client, self.repository, data, digest=_digest(data))
+
+    def push_referrer(self, manifest: dict[str, Any], artifact_type: str) -> str:
+        from .registry.referrers import push_referrer
+
+        return push_referrer(
+            self.client,
+            self.repository,
+            _compact(manifest),
+            OCI_MANIFEST,
+            artifact_type=artifact_type,
+            annotations=manifest.get("annotations"),
+        )
+
+
+def publish_native(
+    img: Image, *, progress: Progress | None = None, report: Report | None = None
+) -> str:
+    """Push seekoci's index of every layer as one artifact; return its manifest digest."""
+    target = _Target(img)
+    layers = []
+    for layer in img.layers:
+        index = layer.index(progress)
+        data = index_file(index)
+        header = parse_header(data)
+        digest = target.upload(data)
+        if report:
+            report(f"{layer.digest}  native index {digest} ({len(data)} bytes)")
+        layers.append(
+            {
+                "mediaType": NATIVE_BLOB_MEDIA_TYPE,
+                "digest": digest,
+                "size": len(data),
+                "annotations": {
+                    ANN_LAYER_DIGEST: str(layer.digest),
+                    ANN_LAYER_MEDIA_TYPE: layer.media_type,
+                    ANN_SPAN_SIZE: str(index.span_size),
+                    ANN_METADATA_SIZE: str(header.metadata_end),
+                    ANN_METADATA_DIGEST: _digest(data[: header.metadata_end]),
+                },
+            }
+        )
+    target.upload(EMPTY_JSON)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": NATIVE_ARTIFACT_TYPE,
+        "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON)},
+        "layers": layers,
+        "subject": target.subject,
+        "annotations": {ANN_BUILD_TOOL: TOOL},
+    }
+    return target.push_referrer(manifest, NATIVE_ARTIFACT_TYPE)
+
+
+def publish_soci(
+    img: Image,
+    *,
+    span_size: int = SOCI_DEFAULT_SPAN,
+    min_layer_size: int = SOCI_MIN_LAYER_SIZE,
+    report: Report | None = None,
+) -> str:
+    """Push a SOCI v1 index (zTOCs + index manifest with ``subject``); return its digest."""
+    from .formats.ztoc import encode_ztoc, ztoc_from_blob
+
+    target = _Target(img)
+    layers = []
+    for layer in img.layers:
+        if layer.compression not in ("gzip", "none"):
+            if report:
+                report(f"{layer.digest}  skipped: {layer.compression} (SOCI has no support)")
+            continue
+        if layer.size < min_layer_size:
+            if report:
+                report(f"{layer.digest}  skipped: {layer.size} bytes < {min_layer_size}")
+            continue
+        blob_hash = hashlib.sha256()
+
+        def chunks(source: Any = layer.source, h: Any = blob_hash) -> Any:
+            for chunk in source.iter_from(0):
+                h.update(chunk)
+                yield chunk
+
+        ztoc = ztoc_from_blob(
+            chunks(), span_size, build_tool_identifier=SOCI_BUILD_TOOL, name=f"layer {layer.digest}"
+        )
+        if "sha256:" + blob_hash.hexdigest() != layer.digest:
+            raise IntegrityError(f"layer {layer.digest}: blob does not match its digest")
+        data = encode_ztoc(ztoc)
+        digest = target.upload(data)
+        if report:
+            report(
+                f"{layer.digest}  zTOC {digest} ({len(data)} bytes, {ztoc.max_span_id + 1} spans)"
+            )
+        layers.append(
+            {
+                "mediaType": ZTOC_MEDIA_TYPE,
+                "digest": digest,
+                "size": len(data),
+                "annotations": {
+                    SOCI_ANN_LAYER_DIGEST: str(layer.digest),
+                    SOCI_ANN_LAYER_MEDIA_TYPE: layer.media_type,
+                    SOCI_ANN_SPAN_SIZE: str(span_size),
+                },
+            }
+        )
+    if not layers:
+        raise FormatError(
+            f"{img.reference}: no layer qualifies for a SOCI index (gzip or tar, at least "
+            f"{min_layer_size} bytes)"
+        )
+    target.upload(EMPTY_JSON)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": SOCI_INDEX_V1, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON)},
+        "layers": layers,
+        "subject": target.subject,
+        "annotations": {SOCI_ANN_BUILD_TOOL: SOCI_BUILD_TOOL},
+    }
+    return target.push_referrer(manifest, SOCI_INDEX_V1)

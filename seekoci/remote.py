@@ -1,0 +1,238 @@
+"""Indexes published in the registry next to an image: seekoci's own, and AWS SOCI's.
+
+Lookup order for a layer (see :class:`seekoci.layer.Layer`): the local cache, then a
+seekoci index artifact, then a SOCI index, then a build. This module finds the published
+ones -- once per image, on the first layer that needs an index -- and turns them into
+:class:`~seekoci.formats.index.LayerIndex` objects:
+
+* **native**: an OCI artifact (``artifactType`` :data:`NATIVE_ARTIFACT_TYPE`) whose
+  ``subject`` is the image manifest, one index blob per layer. The blob is read by range:
+  its header, table of contents and span table in one or two requests, checked against
+  the metadata digest in the (digest-verified) artifact manifest; then only the windows a
+  read needs, each checked against its span record.
+* **SOCI**: a v2 index named by the image manifest's ``com.amazon.soci.index-digest``
+  annotation, else a v1 index found through the referrers API or referrers tag. A layer's
+  zTOC is fetched whole and checked against its digest.
+
+Trust: a published index is trusted like the repository that holds it. Span digests prove
+that the compressed bytes fetched are the ones the index describes; only a build reads a
+whole layer and checks it against the layer digest (docs/trust.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import FormatError, IntegrityError, SeekociError
+from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header
+from .source import RangeSource
+
+if TYPE_CHECKING:
+    from .registry.client import RegistryClient
+    from .registry.manifest import Descriptor
+    from .registry.resolve import ResolvedImage
+
+log = logging.getLogger("seekoci")
+
+NATIVE_ARTIFACT_TYPE = "application/vnd.seekoci.index.v1"
+NATIVE_BLOB_MEDIA_TYPE = "application/vnd.seekoci.index.layer.v3"
+ANN_LAYER_DIGEST = "dev.seekoci.layer.digest"
+ANN_LAYER_MEDIA_TYPE = "dev.seekoci.layer.media-type"
+ANN_SPAN_SIZE = "dev.seekoci.span-size"
+ANN_METADATA_SIZE = "dev.seekoci.index.metadata-size"
+ANN_METADATA_DIGEST = "dev.seekoci.index.metadata-digest"
+ANN_BUILD_TOOL = "dev.seekoci.build-tool"
+
+SOCI_INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
+SOCI_INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
+SOCI_ANN_INDEX_DIGEST = "com.amazon.soci.index-digest"
+SOCI_ANN_LAYER_DIGEST = "com.amazon.soci.image-layer-digest"
+SOCI_ANN_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
+SOCI_ANN_SPAN_SIZE = "com.amazon.soci.span-size"
+SOCI_ANN_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
+
+#: First read into a published index: the header and, usually, the whole TOC and span table.
+FIRST_READ = 64 << 10
+#: A published zTOC larger than this is refused (SOCI's are ~0.8% of a layer).
+MAX_ZTOC_SIZE = 1 << 30
+
+
+@dataclass
+class _Published:
+    kind: str  # "native" or "soci"
+    blob: Descriptor
+    artifact: str  # digest of the manifest that listed it
+
+
+class RemoteIndexes:
+    """The published indexes of one image in its registry repository."""
+
+    def __init__(self, resolved: ResolvedImage) -> None:
+        self._resolved = resolved
+        self._lock = threading.Lock()
+        self._found: dict[str, list[_Published]] | None = None
+
+    @property
+    def _client(self) -> RegistryClient:
+        return self._resolved.store.client  # type: ignore[attr-defined,no-any-return]
+
+    @property
+    def _repository(self) -> str:
+        return str(self._resolved.store.reference.repository)  # type: ignore[attr-defined]
+
+    # -- discovery --------------------------------------------------------------------------
+    def _discover(self) -> dict[str, list[_Published]]:
+        with self._lock:
+            if self._found is None:
+                found: dict[str, list[_Published]] = {}
+                try:
+                    self._find_native(found)
+                except SeekociError as exc:
+                    log.info("seekoci: no native index for %s: %s", self._resolved.digest, exc)
+                try:
+                    self._find_soci(found)
+                except SeekociError as exc:
+                    log.info("seekoci: no SOCI index for %s: %s", self._resolved.digest, exc)
+                self._found = found
+            return self._found
+
+    def _manifest(self, digest: str) -> dict[str, Any]:
+        from .registry.manifest import parse_manifest
+
+        where = f"{self._resolved.reference} index artifact {digest}"
+        fetched = self._client.get_manifest(self._repository, digest, where=where)
+        doc = parse_manifest(fetched.body, media_type_hint=None, digest=digest, where=where)
+        return doc.data
+
+    def _layers_of(self, manifest: dict[str, Any], where: str) -> list[Descriptor]:
+        from .registry.manifest import Descriptor
+
+        raw = manifest.get("layers")
+        if not isinstance(raw, list):
+            raise FormatError(f"{where}: no layers")
+        return [Descriptor.from_json(item, where=where) for item in raw]
+
+    def _find_native(self, found: dict[str, list[_Published]]) -> None:
+        from .registry.referrers import list_referrers
+
+        for ref in list_referrers(
+            self._client, self._repository, self._resolved.digest,
+            artifact_type=NATIVE_ARTIFACT_TYPE,
+        ):  # fmt: skip
+            manifest = self._manifest(ref.digest)
+            for blob in self._layers_of(manifest, ref.digest):
+                layer = blob.annotations.get(ANN_LAYER_DIGEST)
+                if blob.media_type == NATIVE_BLOB_MEDIA_TYPE and layer:
+                    found.setdefault(layer, []).append(_Published("native", blob, ref.digest))
+
+    def _find_soci(self, found: dict[str, list[_Published]]) -> None:
+        from .registry.referrers import list_referrers
+
+        candidates: list[str] = []
+        v2 = self._resolved.manifest.get("annotations", {}).get(SOCI_ANN_INDEX_DIGEST)
+        if isinstance(v2, str):
+            candidates.append(v2)
+        candidates += [
+            d.digest
+            for d in list_referrers(
+                self._client, self._repository, self._resolved.digest, artifact_type=SOCI_INDEX_V1
+            )
+        ]
+        for digest in candidates:
+            manifest = self._manifest(digest)
+            config = manifest.get("config", {})
+            if not isinstance(config, dict) or config.get("mediaType") not in (
+                SOCI_INDEX_V1,
+                SOCI_INDEX_V2,
+            ):
+                continue
+            for blob in self._layers_of(manifest, digest):
+                layer = blob.annotations.get(SOCI_ANN_LAYER_DIGEST)
+                if layer:
+                    found.setdefault(layer, []).append(_Published("soci", blob, digest))
+
+    def describe(self, layer_digest: str) -> list[str]:
+        """What is published for a layer (``native``/``soci``), for ``inspect``."""
+        return [p.kind for p in self._discover().get(layer_digest, [])]
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(
+        self, layer_digest: str, *, media_type: str, blob_size: int
+    ) -> tuple[LayerIndex, str] | None:
+        """The best published index of a layer and its kind, or None."""
+        for published in sorted(
+            self._discover().get(layer_digest, []), key=lambda p: p.kind != "native"
+        ):
+            try:
+                if published.kind == "native":
+                    index = self._load_native(published, layer_digest)
+                else:
+                    index = self._load_soci(published, layer_digest, media_type, blob_size)
+            except SeekociError as exc:
+                log.warning(
+                    "seekoci: published %s index of layer %s unusable: %s",
+                    published.kind, layer_digest, exc,
+                )  # fmt: skip
+                continue
+            if index.blob_size != blob_size:
+                log.warning("seekoci: published index of %s is for another size", layer_digest)
+                continue
+            return index, published.kind
+        return None
+
+    def _source(self, blob: Descriptor) -> RangeSource:
+        return self._resolved.blob_source(blob)
+
+    def _load_native(self, published: _Published, layer_digest: str) -> LayerIndex:
+        blob = published.blob
+        where = f"published index {blob.digest} of layer {layer_digest}"
+        try:
+            size = int(blob.annotations[ANN_METADATA_SIZE])
+            digest = blob.annotations[ANN_METADATA_DIGEST]
+        except (KeyError, ValueError):
+            raise FormatError(f"{where}: no metadata size/digest annotations") from None
+        if not HEADER_SIZE <= size <= blob.size:
+            raise FormatError(f"{where}: metadata size {size} out of range")
+        source = self._source(blob)
+        first = source.read_range(0, min(max(size, HEADER_SIZE), FIRST_READ))
+        parse_header(first, where=where)
+        metadata = (
+            first
+            if size <= len(first)
+            else first + source.read_range(len(first), size - len(first))
+        )
+        metadata = metadata[:size]
+        if "sha256:" + hashlib.sha256(metadata).hexdigest() != digest:
+            raise IntegrityError(f"{where}: header/TOC/span table do not match their digest")
+        return parse(
+            metadata,
+            read_windows=source.read_range,
+            expected_digest=layer_digest,
+            where=where,
+        )
+
+    def _load_soci(
+        self, published: _Published, layer_digest: str, media_type: str, blob_size: int
+    ) -> LayerIndex:
+        from .formats.ztoc import decode_ztoc, ztoc_to_layer_index
+
+        blob = published.blob
+        if blob.size > MAX_ZTOC_SIZE:
+            raise FormatError(f"zTOC {blob.digest} of layer {layer_digest} is too large")
+        data = self._resolved.fetch_blob(blob)  # verified against its digest
+        ztoc = decode_ztoc(data)
+        return ztoc_to_layer_index(
+            ztoc,
+            layer_digest=layer_digest,
+            media_type=media_type,
+            blob_size=blob_size,
+            raw_checkpoints=ztoc.checkpoints,
+        )
+
+
+RemoteLoader = Callable[[str, str, int], "tuple[LayerIndex, str] | None"]
