@@ -88,7 +88,9 @@ class _IndexBuild:
         codec = formats.codec_for(compression, where=f"layer {layer.name}")
         # CRCs are checked even when the digest matches: a member whose trailer contradicts
         # its data is a corrupt layer that gzip -t and containerd refuse too.
-        self.indexer: SpanIndexer = codec.new_indexer(layer.span_size, name=f"layer {layer.name}")
+        self.indexer: SpanIndexer = codec.new_indexer(
+            layer.span_size, name=f"layer {layer.name}", elide_windows=True
+        )
         self.scanner = TarScanner(name=f"layer {layer.name}")
         self.compression = compression
         alg = (layer.digest or "sha256:").partition(":")[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
@@ -33,6 +34,21 @@ _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
 #: A header larger than this (an FNAME without its NUL, say) is not a real gzip header.
 MAX_HEADER_SIZE = 1 << 16
 _TRAILER_SIZE = 8
+#: Output a span's back-references can reach its window from: 32 KiB, plus the longest
+#: match (258) that may start inside it.
+_PROBE_SIZE = 32768 + 258
+#: Compressed bytes kept for the probe: enough for _PROBE_SIZE of output even from stored
+#: blocks; if not, the decode comes up short and the window is kept.
+_PROBE_INPUT = 48 << 10
+
+
+@dataclass
+class _WindowProbe:
+    span: int
+    bits: int
+    start: int  # compressed offset of the span
+    comp: bytearray  # compressed bytes from ``start`` on
+    out: bytearray  # the span's first output bytes
 
 
 def parse_gzip_header(buf: bytes | bytearray, *, where: str = "") -> int | None:
@@ -76,7 +92,14 @@ class GzipIndexer:
 
     compression = "gzip"
 
-    def __init__(self, span_size: int, *, name: str = "gzip blob", check_crc: bool = True) -> None:
+    def __init__(
+        self,
+        span_size: int,
+        *,
+        name: str = "gzip blob",
+        check_crc: bool = True,
+        elide_windows: bool = False,
+    ) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
         self.span_size = span_size
@@ -101,6 +124,14 @@ class GzipIndexer:
         self._span_bits = 0
         self._windows: list[bytes] = []  # packed window of each span (b"" = none)
         self._packer = WindowPacker()
+        # Drop the window of a span whose data never reaches back into it (incompressible
+        # data: weights, compressed files, random bytes). SOCI's format keeps every window,
+        # so the zTOC builder leaves this off.
+        self._elide = elide_windows
+        self._probe: _WindowProbe | None = None
+        self._chunk = b""
+        self._chunk_offset = 0
+        self._prev_last = b""
         self._finished = False
 
     @property
@@ -130,6 +161,11 @@ class GzipIndexer:
         self._fed += len(data)
         if self._hasher is not None:
             self._hasher.add(data, offset)
+        if self._chunk:
+            self._prev_last = self._chunk[-1:]
+        self._chunk, self._chunk_offset = data, offset
+        if self._probe is not None and len(self._probe.comp) < _PROBE_INPUT:
+            self._probe.comp += data[: _PROBE_INPUT - len(self._probe.comp)]
         pos = 0  # position in data
         while pos < len(data):
             if self._state == "header" or self._state == "next":
@@ -189,6 +225,8 @@ class GzipIndexer:
                 at = self._member_deflate_start + inflater.total_in
                 raise self._fail(str(exc), at) from None
             if out:
+                if self._probe is not None:
+                    self._feed_probe(out)
                 self._out += len(out)
                 self._member_out += len(out)
                 if self._check_crc:
@@ -215,10 +253,40 @@ class GzipIndexer:
         start = cin - 1 if bits else cin
         digest = self._hasher.cut(cin, start)
         self._close_span(cin, digest)
+        self._end_probe()
         self._span_cstart = start
         self._span_ustart = self._out
         self._span_bits = bits
         self._windows.append(self._packer.pack(inflater.window()))
+        if self._elide:
+            if start >= self._chunk_offset:
+                at = start - self._chunk_offset
+                comp = bytearray(self._chunk[at : at + _PROBE_INPUT])
+            else:  # the span starts in the last byte of the previous chunk
+                comp = bytearray(self._prev_last + self._chunk[: _PROBE_INPUT - 1])
+            self._probe = _WindowProbe(len(self._windows) - 1, bits, start, comp, bytearray())
+
+    def _feed_probe(self, out: bytes) -> None:
+        probe = self._probe
+        assert probe is not None
+        probe.out += out[: _PROBE_SIZE - len(probe.out)]
+        if len(probe.out) >= _PROBE_SIZE:
+            self._end_probe()
+
+    def _end_probe(self) -> None:
+        """Decide whether the probed span needs its window: decode the part of the span that
+        back-references can reach (the first 32 KiB + 258 bytes) without one and compare."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        n = len(probe.out)
+        trial = Span(probe.span, probe.start, probe.start + len(probe.comp), 0, n, "", probe.bits)
+        try:
+            same = decode_span(trial, bytes(probe.comp), None, name=self._name) == probe.out
+        except FormatError:
+            same = False
+        if same:
+            self._windows[probe.span] = b""
 
     def _close_span(self, cend: int, digest: str) -> None:
         self.spans.append(
@@ -251,6 +319,7 @@ class GzipIndexer:
             raise self._fail("truncated gzip stream", self._fed)
         assert self._hasher is not None
         self._close_span(self._fed, self._hasher.cut(self._fed, self._fed))
+        self._end_probe()
         self._finished = True
         self._inflater.close()
 

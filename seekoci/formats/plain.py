@@ -13,7 +13,14 @@ class PlainIndexer:
 
     compression = "none"
 
-    def __init__(self, span_size: int, *, name: str = "tar blob", check_crc: bool = True) -> None:
+    def __init__(
+        self,
+        span_size: int,
+        *,
+        name: str = "tar blob",
+        check_crc: bool = True,
+        elide_windows: bool = False,
+    ) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
         self.span_size = span_size

@@ -29,7 +29,14 @@ _FEED = 1 << 17
 class ZstdIndexer:
     compression = "zstd"
 
-    def __init__(self, span_size: int, *, name: str = "zstd blob", check_crc: bool = True) -> None:
+    def __init__(
+        self,
+        span_size: int,
+        *,
+        name: str = "zstd blob",
+        check_crc: bool = True,
+        elide_windows: bool = False,
+    ) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
         self.span_size = span_size

@@ -8,12 +8,12 @@ import hashlib
 import json
 import os
 import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import zstandard
 from layers import build_tar, compress_layer, file, random_bytes, sha256_digest, text_bytes
 
 import seekoci
@@ -159,7 +159,9 @@ def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
 
 def toc_of(index_bytes: bytes) -> dict[str, Any]:
     header = parse_header(index_bytes)
-    raw = zlib.decompress(index_bytes[header.toc_offset : header.span_offset])
+    raw = zstandard.ZstdDecompressor().decompress(
+        index_bytes[header.toc_offset : header.span_offset]
+    )
     return json.loads(raw.decode("ascii"))
 
 
@@ -168,7 +170,7 @@ def hostile_copy(good: bytes, toc_change: dict[str, object]) -> bytes:
     header = parse_header(good)
     toc = toc_of(good)
     toc.update(toc_change)
-    new_toc = zlib.compress(json.dumps(toc).encode("ascii"))
+    new_toc = zstandard.ZstdCompressor().compress(json.dumps(toc).encode("ascii"))
     delta = len(new_toc) - header.toc_length
     head = bytearray(good[:64])
     struct.pack_into("<QQQ", head, 24, len(new_toc), header.span_offset + delta,
