@@ -11,12 +11,14 @@ measurement was made, and the terminal summary prints the same page.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,12 +31,17 @@ for _path in (BENCH_DIR.parent / "tests", BENCH_DIR):
 
 import imagebuilder  # noqa: E402
 from benchkit import (  # noqa: E402
+    NATIVE_REPO,
     REPO,
     REPO_ROOT,
+    SOCI_REPO,
     SPAN_GAP,
     TAG,
     BlobLayer,
+    PublishedImages,
     PushedImage,
+    copy_image,
+    fresh_cache,
     pick_files,
     seekoci_cli,
 )
@@ -164,3 +171,98 @@ def index_dir(pushed: PushedImage, workdir: Path, report: Report) -> Path:
         f"{size:,} B ({size / pushed.layer.size:.2%} of the blob)"
     )
     return cache
+
+
+def _artifact_blob(registry: RegistryServer, repo: str, digest: str) -> dict[str, Any]:
+    """The one layer descriptor of the index artifact ``digest`` (one image layer: one blob)."""
+    body, _, _ = registry.client().get_manifest(repo, digest)
+    layers = json.loads(body)["layers"]
+    assert len(layers) == 1, layers
+    return dict(layers[0])
+
+
+@pytest.fixture(scope="session")
+def published(
+    pushed: PushedImage, index_dir: Path, workdir: Path, report: Report
+) -> PublishedImages:
+    """The bench image in two more repositories: native + SOCI indexes, and SOCI only.
+
+    The native index comes from (a copy of) the cache directory ``index_dir`` built, so
+    publishing it is an upload; each SOCI index streams the whole layer blob once.
+    """
+    import seekoci
+    from seekoci.formats.ztoc import decode_ztoc
+    from seekoci.publish import publish_native, publish_soci
+
+    registry, layer = pushed.registry, pushed.layer
+    started = time.perf_counter()
+    digests = {repo: copy_image(registry, layer, repo) for repo in (NATIVE_REPO, SOCI_REPO)}
+    took = time.perf_counter() - started
+    report.published_facts["copying the image to two more repositories (blob mounted)"] = (
+        f"{took:.2f} s: `{NATIVE_REPO}` gets a native and a SOCI index, `{SOCI_REPO}` a SOCI "
+        "index only"
+    )
+
+    cache = fresh_cache(index_dir, workdir / "publish-cache")
+    img = seekoci.open_image(registry.ref(NATIVE_REPO, TAG), cache_dir=cache)
+    assert img.digest == digests[NATIVE_REPO]
+    started = time.perf_counter()
+    native_digest = publish_native(img)
+    native_s = time.perf_counter() - started
+    assert img.layers[0].index_status == "cached", "publish_native did not use the cache dir"
+    native = _artifact_blob(registry, NATIVE_REPO, native_digest)
+    annotations = dict(native["annotations"])
+    native_size = int(native["size"])
+    metadata_size = int(annotations["dev.seekoci.index.metadata-size"])
+    native_span_size = int(annotations["dev.seekoci.span-size"])
+    native_spans = len(img.layers[0].index().spans)
+
+    soci_s: dict[str, float] = {}
+    soci: dict[str, dict[str, Any]] = {}
+    for repo in (SOCI_REPO, NATIVE_REPO):
+        img = seekoci.open_image(registry.ref(repo, TAG), cache_dir=False)
+        started = time.perf_counter()
+        digest = publish_soci(img)  # SOCI's defaults: 4 MiB spans, layers of 10 MiB and more
+        soci_s[repo] = time.perf_counter() - started
+        soci[repo] = _artifact_blob(registry, repo, digest)
+    ztoc = soci[SOCI_REPO]
+    assert ztoc["digest"] == soci[NATIVE_REPO]["digest"], "two zTOCs of one layer differ"
+    ztoc_size = int(ztoc["size"])
+    ztoc_spans = (
+        decode_ztoc(registry.client().get_blob(SOCI_REPO, str(ztoc["digest"]))).max_span_id + 1
+    )
+
+    facts = report.published_facts
+    facts["`publish_native` (index from the cache directory)"] = (
+        f"{native_s:.2f} s (not a benchmark)"
+    )
+    facts["`publish_soci` (4 MiB spans: streams and inflates the whole blob)"] = (
+        f"{soci_s[SOCI_REPO]:.2f} s; again for `{NATIVE_REPO}`: {soci_s[NATIVE_REPO]:.2f} s "
+        "(not a benchmark)"
+    )
+    share = layer.size
+    facts["native index blob (whole)"] = (
+        f"{native_size:,} B ({native_size / share:.2%} of the layer blob), {native_spans} spans "
+        f"of ~{native_span_size / (1 << 20):g} MiB"
+    )
+    facts["native index metadata (header + TOC + span table, read up front)"] = (
+        f"{metadata_size:,} B ({metadata_size / share:.2%} of the layer blob)"
+    )
+    facts["SOCI zTOC (fetched whole by a reader)"] = (
+        f"{ztoc_size:,} B ({ztoc_size / share:.2%} of the layer blob), {ztoc_spans} spans of 4 MiB"
+    )
+    report.index_sizes.update(
+        native=native_size, native_metadata=metadata_size, ztoc=ztoc_size, layer=layer.size
+    )
+    return PublishedImages(
+        image=pushed,
+        native_repo=NATIVE_REPO,
+        soci_repo=SOCI_REPO,
+        native_digest=str(native["digest"]),
+        native_size=native_size,
+        native_metadata_size=metadata_size,
+        native_spans=native_spans,
+        ztoc_digest=str(ztoc["digest"]),
+        ztoc_size=ztoc_size,
+        ztoc_spans=ztoc_spans,
+    )

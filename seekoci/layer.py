@@ -14,6 +14,7 @@ one range request, are checked against the span's sha256 (one refetch on mismatc
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import hashlib
 import threading
 from collections import OrderedDict
@@ -48,6 +49,19 @@ LARGE_SPAN = 64 << 20
 Progress = Callable[[str, int, int], None]
 
 TOOL = "seekoci 0.1.0"
+
+
+_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _background() -> concurrent.futures.ThreadPoolExecutor:
+    """A small shared pool for fetches that overlap (a window next to its span)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="seekoci")
+        return _POOL
 
 
 class _SpanLRU:
@@ -505,9 +519,22 @@ class Layer:
         data = self._lru.get(key)
         if data is not None:
             return data
-        compressed = self._fetch_span(span)
         codec = formats.codec_for(self.compression, where=f"layer {self.name}")
-        data = codec.decode_span(span, compressed, self._window(span), name=f"layer {self.name}")
+        index = self._index
+        if (
+            index is not None
+            and index.window_locations[span.index][1]
+            and (index.read_windows is not None)
+        ):
+            # the window may be a range request of its own (a published index): fetch it
+            # while the span's bytes come, not after
+            pending = _background().submit(self._window, span)
+            compressed = self._fetch_span(span)
+            window = pending.result()
+        else:
+            compressed = self._fetch_span(span)
+            window = self._window(span)
+        data = codec.decode_span(span, compressed, window, name=f"layer {self.name}")
         self._lru.put(key, data)
         return data
 

@@ -56,8 +56,6 @@ SOCI_ANN_LAYER_MEDIA_TYPE = "com.amazon.soci.image-layer-mediaType"
 SOCI_ANN_SPAN_SIZE = "com.amazon.soci.span-size"
 SOCI_ANN_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 
-#: First read into a published index: the header and, usually, the whole TOC and span table.
-FIRST_READ = 64 << 10
 #: A published zTOC larger than this is refused (SOCI's are ~0.8% of a layer).
 MAX_ZTOC_SIZE = 1 << 30
 
@@ -76,6 +74,7 @@ class RemoteIndexes:
         self._resolved = resolved
         self._lock = threading.Lock()
         self._found: dict[str, list[_Published]] | None = None
+        self._soci_pending: list[str] = []
 
     @property
     def _client(self) -> RegistryClient:
@@ -87,19 +86,36 @@ class RemoteIndexes:
 
     # -- discovery --------------------------------------------------------------------------
     def _discover(self) -> dict[str, list[_Published]]:
+        """One referrers listing per image; native artifact manifests are read right away
+        (they name their layers), SOCI index manifests only for layers no native index
+        covers."""
         with self._lock:
-            if self._found is None:
-                found: dict[str, list[_Published]] = {}
+            if self._found is not None:
+                return self._found
+            found: dict[str, list[_Published]] = {}
+            try:
+                referrers = self._referrers()
+            except SeekociError as exc:
+                log.info("seekoci: no published indexes for %s: %s", self._resolved.digest, exc)
+                referrers = []
+            natives = [d for d in referrers if d.artifact_type == NATIVE_ARTIFACT_TYPE]
+            socis = [d.digest for d in referrers if d.artifact_type == SOCI_INDEX_V1]
+            v2 = self._resolved.manifest.get("annotations", {}).get(SOCI_ANN_INDEX_DIGEST)
+            if isinstance(v2, str):
+                socis.insert(0, v2)  # the snapshotter looks for v2 first
+            for ref in natives:
                 try:
-                    self._find_native(found)
+                    self._add_native(found, ref.digest)
                 except SeekociError as exc:
-                    log.info("seekoci: no native index for %s: %s", self._resolved.digest, exc)
-                try:
-                    self._find_soci(found)
-                except SeekociError as exc:
-                    log.info("seekoci: no SOCI index for %s: %s", self._resolved.digest, exc)
-                self._found = found
-            return self._found
+                    log.warning("seekoci: index artifact %s unusable: %s", ref.digest, exc)
+            self._soci_pending = socis
+            self._found = found
+            return found
+
+    def _referrers(self) -> list[Descriptor]:
+        from .registry.referrers import list_referrers
+
+        return list_referrers(self._client, self._repository, self._resolved.digest)
 
     def _manifest(self, digest: str) -> dict[str, Any]:
         from .registry.manifest import parse_manifest
@@ -117,47 +133,40 @@ class RemoteIndexes:
             raise FormatError(f"{where}: no layers")
         return [Descriptor.from_json(item, where=where) for item in raw]
 
-    def _find_native(self, found: dict[str, list[_Published]]) -> None:
-        from .registry.referrers import list_referrers
+    def _add_native(self, found: dict[str, list[_Published]], digest: str) -> None:
+        manifest = self._manifest(digest)
+        for blob in self._layers_of(manifest, digest):
+            layer = blob.annotations.get(ANN_LAYER_DIGEST)
+            if blob.media_type == NATIVE_BLOB_MEDIA_TYPE and layer:
+                found.setdefault(layer, []).append(_Published("native", blob, digest))
 
-        for ref in list_referrers(
-            self._client, self._repository, self._resolved.digest,
-            artifact_type=NATIVE_ARTIFACT_TYPE,
-        ):  # fmt: skip
-            manifest = self._manifest(ref.digest)
-            for blob in self._layers_of(manifest, ref.digest):
-                layer = blob.annotations.get(ANN_LAYER_DIGEST)
-                if blob.media_type == NATIVE_BLOB_MEDIA_TYPE and layer:
-                    found.setdefault(layer, []).append(_Published("native", blob, ref.digest))
-
-    def _find_soci(self, found: dict[str, list[_Published]]) -> None:
-        from .registry.referrers import list_referrers
-
-        candidates: list[str] = []
-        v2 = self._resolved.manifest.get("annotations", {}).get(SOCI_ANN_INDEX_DIGEST)
-        if isinstance(v2, str):
-            candidates.append(v2)
-        candidates += [
-            d.digest
-            for d in list_referrers(
-                self._client, self._repository, self._resolved.digest, artifact_type=SOCI_INDEX_V1
-            )
-        ]
-        for digest in candidates:
-            manifest = self._manifest(digest)
-            config = manifest.get("config", {})
-            if not isinstance(config, dict) or config.get("mediaType") not in (
-                SOCI_INDEX_V1,
-                SOCI_INDEX_V2,
-            ):
-                continue
-            for blob in self._layers_of(manifest, digest):
-                layer = blob.annotations.get(SOCI_ANN_LAYER_DIGEST)
-                if layer:
-                    found.setdefault(layer, []).append(_Published("soci", blob, digest))
+    def _load_soci_manifests(self) -> None:
+        """Read the SOCI index manifests found by discovery (once, when first needed)."""
+        with self._lock:
+            pending, self._soci_pending = self._soci_pending, []
+            assert self._found is not None
+            for digest in pending:
+                try:
+                    manifest = self._manifest(digest)
+                    config = manifest.get("config", {})
+                    if not isinstance(config, dict) or config.get("mediaType") not in (
+                        SOCI_INDEX_V1,
+                        SOCI_INDEX_V2,
+                    ):
+                        continue
+                    for blob in self._layers_of(manifest, digest):
+                        layer = blob.annotations.get(SOCI_ANN_LAYER_DIGEST)
+                        if layer:
+                            self._found.setdefault(layer, []).append(
+                                _Published("soci", blob, digest)
+                            )
+                except SeekociError as exc:
+                    log.warning("seekoci: SOCI index %s unusable: %s", digest, exc)
 
     def describe(self, layer_digest: str) -> list[str]:
         """What is published for a layer (``native``/``soci``), for ``inspect``."""
+        self._discover()
+        self._load_soci_manifests()
         return [p.kind for p in self._discover().get(layer_digest, [])]
 
     # -- loading ----------------------------------------------------------------------------
@@ -165,9 +174,10 @@ class RemoteIndexes:
         self, layer_digest: str, *, media_type: str, blob_size: int
     ) -> tuple[LayerIndex, str] | None:
         """The best published index of a layer and its kind, or None."""
-        for published in sorted(
-            self._discover().get(layer_digest, []), key=lambda p: p.kind != "native"
-        ):
+        found = self._discover()
+        if not any(p.kind == "native" for p in found.get(layer_digest, [])):
+            self._load_soci_manifests()
+        for published in sorted(found.get(layer_digest, []), key=lambda p: p.kind != "native"):
             try:
                 if published.kind == "native":
                     index = self._load_native(published, layer_digest)
@@ -198,15 +208,10 @@ class RemoteIndexes:
             raise FormatError(f"{where}: no metadata size/digest annotations") from None
         if not HEADER_SIZE <= size <= blob.size:
             raise FormatError(f"{where}: metadata size {size} out of range")
+        # the annotation gives the metadata's size: one request for header, TOC and spans
         source = self._source(blob)
-        first = source.read_range(0, min(max(size, HEADER_SIZE), FIRST_READ))
-        parse_header(first, where=where)
-        metadata = (
-            first
-            if size <= len(first)
-            else first + source.read_range(len(first), size - len(first))
-        )
-        metadata = metadata[:size]
+        metadata = source.read_range(0, size)
+        parse_header(metadata, where=where)
         if "sha256:" + hashlib.sha256(metadata).hexdigest() != digest:
             raise IntegrityError(f"{where}: header/TOC/span table do not match their digest")
         return parse(

@@ -215,6 +215,7 @@ class TokenService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # else ~40 ms per proxied request
             protocol_version = "HTTP/1.1"
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -578,6 +579,7 @@ class CountingProxy:
             return conn
 
         class Handler(BaseHTTPRequestHandler):
+            disable_nagle_algorithm = True  # else ~40 ms per proxied request
             protocol_version = "HTTP/1.1"
 
             def log_message(self, format: str, *args: Any) -> None:
