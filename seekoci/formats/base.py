@@ -79,6 +79,44 @@ class SpanIndexer(Protocol):
         ...
 
 
+class IndexerBase:
+    """What every :class:`SpanIndexer` shares: the span list, the byte counters, and no
+    decoder state per span (gzip overrides ``window``/``packed_window``)."""
+
+    compression = ""
+
+    def __init__(
+        self,
+        span_size: int,
+        *,
+        name: str,
+        check_crc: bool = True,
+        elide_windows: bool = False,
+    ) -> None:
+        if span_size <= 0:
+            raise ValueError("span_size must be positive")
+        self.span_size = span_size
+        self.spans: list[Span] = []
+        self._name = name
+        self._fed = 0  # compressed bytes received
+        self._out = 0  # uncompressed bytes produced
+        self._finished = False
+
+    @property
+    def uncompressed_size(self) -> int:
+        return self._out
+
+    @property
+    def compressed_position(self) -> int:
+        return self._fed
+
+    def window(self, span_index: int) -> bytes | None:
+        return None
+
+    def packed_window(self, span_index: int) -> bytes:
+        return b""
+
+
 class SpanHasher:
     """sha256 of consecutive (possibly one-byte-overlapping) compressed ranges of a stream.
 

@@ -23,6 +23,8 @@ the end of the previous entry's data (rounded up to 512), ``data_offset`` minus
 from __future__ import annotations
 
 import base64
+import itertools
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -78,18 +80,19 @@ def _check_ints(values: list[Any], what: str, where: str) -> None:
 
 
 def _absolute(
-    header_gaps: list[Any], data_gaps: list[Any], sizes: list[int]
-) -> tuple[list[Any], list[Any]]:
-    """Offsets from the gaps ``encode`` stores (already checked: non-negative ints)."""
-    headers: list[int] = []
-    datas: list[int] = []
-    next_header = 0
-    for hg, dg, size in zip(header_gaps, data_gaps, sizes, strict=True):
-        header = next_header + hg
-        data = header + 512 + dg
-        headers.append(header)
-        datas.append(data)
-        next_header = data + -(-size // 512) * 512
+    header_gaps: list[int], data_gaps: list[int], sizes: list[int]
+) -> tuple[list[int], list[int]]:
+    """Offsets from the gaps ``encode`` stores (already checked: non-negative ints).
+
+    header[i] = header[i-1] + 512 + data_gap[i-1] + padded(size[i-1]) + header_gap[i]:
+    a prefix sum, done with map/accumulate so the loop runs in C (a Python loop was a
+    third of a cold index load).
+    """
+    padded = [(size + 511) & -512 for size in sizes]
+    steps = map(operator.add, map(operator.add, data_gaps, padded), itertools.repeat(512))
+    increments = map(operator.add, itertools.chain((0,), steps), header_gaps)
+    headers = list(itertools.accumulate(increments))
+    datas = list(map(operator.add, map(operator.add, headers, data_gaps), itertools.repeat(512)))
     return headers, datas
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..errors import FormatError
-from .base import Span, SpanHasher
+from .base import IndexerBase, Span, SpanHasher
 
 
-class PlainIndexer:
+class PlainIndexer(IndexerBase):
     """Cuts an uncompressed blob into ``span_size`` slices and hashes each one."""
 
     compression = "none"
@@ -21,28 +21,8 @@ class PlainIndexer:
         check_crc: bool = True,
         elide_windows: bool = False,
     ) -> None:
-        if span_size <= 0:
-            raise ValueError("span_size must be positive")
-        self.span_size = span_size
-        self.spans: list[Span] = []
-        self._name = name
+        super().__init__(span_size, name=name)
         self._hasher = SpanHasher(0)
-        self._fed = 0
-        self._finished = False
-
-    @property
-    def uncompressed_size(self) -> int:
-        return self._fed
-
-    @property
-    def compressed_position(self) -> int:
-        return self._fed
-
-    def window(self, span_index: int) -> bytes | None:
-        return None
-
-    def packed_window(self, span_index: int) -> bytes:
-        return b""
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if self._finished:
@@ -50,6 +30,7 @@ class PlainIndexer:
         offset = self._fed
         self._hasher.add(data, offset)
         self._fed += len(data)
+        self._out = self._fed  # nothing to decompress
         # close every span that now ends inside the bytes received
         while self._hasher.span_start + self.span_size <= self._fed:
             self._close(self._hasher.span_start + self.span_size)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import zstandard
 
 from ..errors import FormatError
-from .base import Span, SpanHasher
+from .base import IndexerBase, Span, SpanHasher
 
 #: Largest decoder window accepted (zstd's long mode goes to 2 GiB; 1 GiB is plenty for
 #: layers and bounds memory on hostile input).
@@ -26,7 +26,7 @@ MAX_WINDOW = 1 << 30
 _FEED = 1 << 17
 
 
-class ZstdIndexer:
+class ZstdIndexer(IndexerBase):
     compression = "zstd"
 
     def __init__(
@@ -37,33 +37,12 @@ class ZstdIndexer:
         check_crc: bool = True,
         elide_windows: bool = False,
     ) -> None:
-        if span_size <= 0:
-            raise ValueError("span_size must be positive")
-        self.span_size = span_size
-        self.spans: list[Span] = []
-        self._name = name
+        super().__init__(span_size, name=name)
         self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._frame: zstandard.ZstdDecompressionObj | None = None
         self._hasher = SpanHasher(0)
-        self._fed = 0
-        self._out = 0
         self._span_cstart = 0
         self._span_ustart = 0
-        self._finished = False
-
-    @property
-    def uncompressed_size(self) -> int:
-        return self._out
-
-    @property
-    def compressed_position(self) -> int:
-        return self._fed
-
-    def window(self, span_index: int) -> bytes | None:
-        return None
-
-    def packed_window(self, span_index: int) -> bytes:
-        return b""
 
     def _close_span(self, end: int) -> None:
         digest = self._hasher.cut(end, end)
