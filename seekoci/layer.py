@@ -108,6 +108,8 @@ class _IndexBuild:
         self.scanner = TarScanner(name=f"layer {layer.name}")
         self.compression = compression
         alg = (layer.digest or "sha256:").partition(":")[0]
+        if alg not in ("sha256", "sha384", "sha512"):
+            raise FormatError(f"layer {layer.name}: digest algorithm {alg!r} is not supported")
         self.blob_hash = hashlib.new(alg)
         self.stream: Iterator[bytes] | None = None
         self.fed = 0
