@@ -214,8 +214,11 @@ def float16_weights(rnd: random.Random, count: int) -> bytes:
     narrow exponent range is why it compresses a little (about 0.9), as real checkpoints do.
     """
     out = bytearray(2 * count)
-    out[0::2] = rnd.randbytes(count)
-    out[1::2] = rnd.randbytes(count).translate(_HALF_HIGH)
+    step = 64 << 20  # randbytes(n) fails past 2**28 bytes (getrandbits takes a C int)
+    for start in range(0, count, step):
+        n = min(step, count - start)
+        out[2 * start : 2 * (start + n) : 2] = rnd.randbytes(n)
+        out[2 * start + 1 : 2 * (start + n) : 2] = rnd.randbytes(n).translate(_HALF_HIGH)
     return bytes(out)
 
 
