@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .formats.index import INDEX_VERSION
 
@@ -90,6 +92,11 @@ class MemoryCache:
         with self._lock:
             self._indexes[layer_digest] = data
 
+    def write_index(self, layer_digest: str, write: Callable[[BinaryIO], None]) -> None:
+        out = io.BytesIO()
+        write(out)
+        self.save_index(layer_digest, out.getvalue())
+
     def load_span(self, digest_hex: str) -> bytes | None:
         with self._lock:
             data = self._spans.get(digest_hex)
@@ -116,12 +123,15 @@ class DiskCache:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
+    def _atomic_write(self, path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                if callable(data):
+                    data(f)
+                else:
+                    f.write(data)
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared cache needs more
             os.replace(tmp, path)
         except BaseException:
@@ -156,6 +166,10 @@ class DiskCache:
 
     def save_index(self, layer_digest: str, data: bytes) -> None:
         self._atomic_write(self.index_path(layer_digest), data)
+
+    def write_index(self, layer_digest: str, write: Callable[[BinaryIO], None]) -> None:
+        """Like :meth:`save_index`, with the bytes written by ``write(file)`` (streamed)."""
+        self._atomic_write(self.index_path(layer_digest), write)
 
     def _span_path(self, digest_hex: str) -> Path:
         return self.root / "spans" / "sha256" / digest_hex

@@ -184,10 +184,12 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
 
     for i, row in enumerate(layers):
         usize = human_size(row["uncompressed_size"]) if row["uncompressed_size"] else "?"
+        published = row["published_indexes"]
+        extra = f" (published: {', '.join(published)})" if published else ""
         out.write(
             f"  {i:>2} {row['digest']}  {row['media_type']}\n"
             f"     {human_size(row['size'])} compressed, {usize} uncompressed, "
-            f"format {row['format']}, index {row['index']}\n"
+            f"format {row['format']}, index {row['index']}{extra}\n"
         )
     return 0
 

@@ -28,7 +28,7 @@ from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.base import Span
 from .formats.entries import EntryTable
-from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header, serialize
+from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header, write_index
 from .formats.tar import TarEntry, TarScanner, normalize_name
 from .source import RangeSource
 from .tree import Tree
@@ -373,14 +373,15 @@ class Layer:
             entries=build.scanner.entries,
             tool=TOOL,
         )
-        packed = [indexer.packed_window(i) for i in range(len(index.spans))]  # type: ignore[attr-defined]
-        # windows stay where the indexer put them: location (i, length) -> packed[i]
-        index.window_locations = [(i, len(p)) for i, p in enumerate(packed)]
-        index.read_windows = lambda i, n: packed[i]
+        # windows stay where the indexer put them (a temporary file): location (i, length)
+        index.window_locations = [(i, indexer.packed_length(i)) for i in range(len(index.spans))]
+        index.read_windows = lambda i, n: indexer.packed_window(i)
         self._set_index(index, "built")
         if self.digest is not None and self._cache.persistent:  # verified in _finish
             try:
-                self._cache.save_index(self.digest, serialize(index, packed))
+                self._cache.write_index(
+                    self.digest, lambda out: write_index(out, index, indexer.packed_window)
+                )
             except OSError:
                 pass  # an unwritable cache costs a rebuild next time, not this read
         return index

@@ -16,6 +16,8 @@ zstd:chunked plug in the same way.
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,6 +75,14 @@ class SpanIndexer(Protocol):
         """The decoder state saved for a span (gzip: its 32 KiB window), if any."""
         ...
 
+    def packed_window(self, span_index: int) -> bytes:
+        """That state as stored in an index (b"" for none)."""
+        ...
+
+    def packed_length(self, span_index: int) -> int:
+        """Length of :meth:`packed_window` without reading it."""
+        ...
+
     @property
     def uncompressed_size(self) -> int:
         """Uncompressed bytes produced so far."""
@@ -115,6 +125,46 @@ class IndexerBase:
 
     def packed_window(self, span_index: int) -> bytes:
         return b""
+
+    def packed_length(self, span_index: int) -> int:
+        return 0
+
+
+class WindowStore:
+    """Packed windows kept in an anonymous temporary file, not in memory: a 3 GB layer has
+    ~3000 windows (~57 MB), a 15 GB one five times that, and the build's memory should not
+    grow with the layer. ``pread``/``pwrite``, so reads from other threads are safe."""
+
+    def __init__(self) -> None:
+        # lives as long as the index that reads from it; closed (and gone) when collected
+        self._file = tempfile.TemporaryFile(prefix="seekoci-windows-")  # noqa: SIM115
+        self._end = 0
+        self._locations: list[tuple[int, int]] = []
+
+    def __len__(self) -> int:
+        return len(self._locations)
+
+    def append(self, packed: bytes) -> None:
+        if packed:
+            os.pwrite(self._file.fileno(), packed, self._end)
+        self._locations.append((self._end, len(packed)))
+        self._end += len(packed)
+
+    def drop(self, index: int) -> None:
+        """Forget a window that turned out to be unneeded (its bytes stay, unreferenced)."""
+        self._locations[index] = (0, 0)
+
+    def length(self, index: int) -> int:
+        return self._locations[index][1]
+
+    def read(self, index: int) -> bytes:
+        offset, length = self._locations[index]
+        if not length:
+            return b""
+        data = os.pread(self._file.fileno(), length, offset)
+        if len(data) != length:
+            raise FormatError("checkpoint window store is cut short")
+        return data
 
 
 class SpanHasher:

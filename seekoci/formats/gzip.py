@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
-from .base import Span, SpanHasher, WindowPacker, unpack_window
+from .base import Span, SpanHasher, WindowPacker, WindowStore, unpack_window
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -122,7 +122,7 @@ class GzipIndexer:
         self._span_cstart = 0
         self._span_ustart = 0
         self._span_bits = 0
-        self._windows: list[bytes] = []  # packed window of each span (b"" = none)
+        self._windows = WindowStore()  # packed window of each span (b"" = none)
         self._packer = WindowPacker()
         # Drop the window of a span whose data never reaches back into it (incompressible
         # data: weights, compressed files, random bytes). SOCI's format keeps every window,
@@ -143,12 +143,15 @@ class GzipIndexer:
         return self._fed
 
     def window(self, span_index: int) -> bytes | None:
-        packed = self._windows[span_index]
+        packed = self._windows.read(span_index)
         return unpack_window(packed, where=self._name) if packed else None
 
     def packed_window(self, span_index: int) -> bytes:
         """The window of a span, packed (b"" when the span needs none)."""
-        return self._windows[span_index]
+        return self._windows.read(span_index)
+
+    def packed_length(self, span_index: int) -> int:
+        return self._windows.length(span_index)
 
     def _fail(self, what: str, offset: int) -> FormatError:
         return FormatError(f"{self._name}: {what} at compressed offset {offset}")
@@ -286,7 +289,7 @@ class GzipIndexer:
         except FormatError:
             same = False
         if same:
-            self._windows[probe.span] = b""
+            self._windows.drop(probe.span)
 
     def _close_span(self, cend: int, digest: str) -> None:
         self.spans.append(

@@ -34,11 +34,13 @@ the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FI
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import json
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import zstandard
 
@@ -107,6 +109,15 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
     """The index file bytes. ``packed_windows[i]``: span i's packed window or b""."""
     if len(packed_windows) != len(index.spans):
         raise ValueError("one window (or b'') per span")
+    out = io.BytesIO()
+    write_index(out, index, packed_windows.__getitem__)
+    return out.getvalue()
+
+
+def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int], bytes]) -> None:
+    """Write the index file to ``out``; ``packed_window(i)`` gives span i's packed window
+    (b"" for none). Windows are read twice (sizes and digests first, as the span records
+    come before them) and never all held at once."""
     toc = {
         "layer_digest": index.layer_digest,
         "media_type": index.media_type,
@@ -120,15 +131,19 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
     # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so the TOC is valid
     # JSON text for any reader and round-trips to the same str. zstd level 9: a quarter of
     # zlib's size on real tables (it is what a reader of a published index downloads).
-    toc_bytes = zstandard.ZstdCompressor(level=9, write_checksum=True).compress(
-        json.dumps(toc, separators=(",", ":"), allow_nan=False).encode("ascii")
-    )
+    compressor = zstandard.ZstdCompressor(level=9, write_checksum=True).compressobj()
+    toc_bytes = b"".join(
+        [*(compressor.compress(piece.encode("ascii")) for piece in _json_pieces(toc)),
+         compressor.flush()]
+    )  # fmt: skip
+    del toc
     toc_offset = HEADER_SIZE
     span_offset = toc_offset + len(toc_bytes)
     windows_offset = span_offset + SPAN_RECORD_SIZE * len(index.spans)
     records = []
     woff = 0
-    for span, packed in zip(index.spans, packed_windows, strict=True):
+    for span in index.spans:
+        packed = packed_window(span.index)
         records.append(
             _SPAN.pack(
                 span.compressed_start,
@@ -143,19 +158,37 @@ def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
             )
         )
         woff += len(packed)
-    header = _HEADER.pack(
-        MAGIC,
-        INDEX_VERSION,
-        0,
-        len(index.spans),
-        toc_offset,
-        len(toc_bytes),
-        span_offset,
-        windows_offset,
-        woff,
-        0,
+    out.write(
+        _HEADER.pack(
+            MAGIC,
+            INDEX_VERSION,
+            0,
+            len(index.spans),
+            toc_offset,
+            len(toc_bytes),
+            span_offset,
+            windows_offset,
+            woff,
+            0,
+        )
     )
-    return b"".join([header, toc_bytes, *records, *packed_windows])
+    out.write(toc_bytes)
+    out.write(b"".join(records))
+    for span in index.spans:
+        out.write(packed_window(span.index))
+
+
+def _json_pieces(value: object) -> Iterator[str]:
+    """Compact JSON of ``value`` in pieces (objects opened up, everything else whole): the
+    TOC of a 160k-entry layer is tens of MB of text, never held at once this way."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (key, item) in enumerate(value.items()):
+            yield ("," if i else "") + json.dumps(str(key)) + ":"
+            yield from _json_pieces(item)
+        yield "}"
+    else:
+        yield json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -306,17 +339,26 @@ def index_file(index: LayerIndex) -> bytes:
     from .base import WindowPacker
 
     packer = WindowPacker()
-    packed: list[bytes] = []
-    for i in range(len(index.spans)):
+
+    done: dict[int, bytes] = {}  # write_index asks for each window twice
+
+    def packed(i: int) -> bytes:
+        if i not in done:
+            done[i] = gather(i)
+        return done[i]
+
+    def gather(i: int) -> bytes:
         offset, length = index.window_locations[i] if index.window_locations else (0, 0)
         if not length:
-            packed.append(b"")
-        elif index.windows_packed:
-            raw = index.read_windows(offset, length) if index.read_windows else b""
-            if len(raw) != length:
-                raise FormatError(f"index of {index.layer_digest}: window of span {i} is cut")
-            packed.append(raw)
-        else:
+            return b""
+        if not index.windows_packed:
             window = index.window(i)
-            packed.append(packer.pack(window) if window else b"")
-    return serialize(index, packed)
+            return packer.pack(window) if window else b""
+        raw = index.read_windows(offset, length) if index.read_windows else b""
+        if len(raw) != length:
+            raise FormatError(f"index of {index.layer_digest}: window of span {i} is cut")
+        return raw
+
+    out = io.BytesIO()
+    write_index(out, index, packed)
+    return out.getvalue()

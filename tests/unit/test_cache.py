@@ -159,8 +159,10 @@ def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
 
 def toc_of(index_bytes: bytes) -> dict[str, Any]:
     header = parse_header(index_bytes)
-    raw = zstandard.ZstdDecompressor().decompress(
-        index_bytes[header.toc_offset : header.span_offset]
+    raw = (
+        zstandard.ZstdDecompressor()
+        .decompressobj()
+        .decompress(index_bytes[header.toc_offset : header.span_offset])
     )
     return json.loads(raw.decode("ascii"))
 

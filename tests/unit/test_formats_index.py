@@ -142,7 +142,7 @@ def test_the_documented_layout() -> None:
     assert (toc_off, span_off) == (64, 64 + toc_len)
     assert win_off == span_off + 3 * 120
     assert win_len == sum(map(len, packed)) and len(data) == win_off + win_len
-    toc_text = zstandard.ZstdDecompressor().decompress(data[toc_off:span_off])
+    toc_text = zstandard.ZstdDecompressor().decompressobj().decompress(data[toc_off:span_off])
     assert toc_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape
     toc = json.loads(toc_text)
     assert toc["layer_digest"] == DIGEST
@@ -274,7 +274,11 @@ def good_toc() -> dict[str, Any]:
     index, _, packed = sample_index()
     data = serialize(index, packed)
     header = parse_header(data)
-    raw = zstandard.ZstdDecompressor().decompress(data[header.toc_offset : header.span_offset])
+    raw = (
+        zstandard.ZstdDecompressor()
+        .decompressobj()
+        .decompress(data[header.toc_offset : header.span_offset])
+    )
     return json.loads(raw.decode("utf-8", "surrogateescape"))
 
 
