@@ -23,6 +23,7 @@ the end of the previous entry's data (rounded up to 512), ``data_offset`` minus
 from __future__ import annotations
 
 import base64
+import collections
 import itertools
 import operator
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,19 @@ from .tar import TarEntry
 
 DENSE = ("name", "type", "size", "mode", "uid", "gid", "mtime", "header_offset", "data_offset")
 SPARSE = ("linkname", "uname", "gname", "devmajor", "devminor", "xattrs", "pax", "unsafe")
+#: columns that may name their own default (plain values; never ``unsafe``, whose keys
+#: name_map reads as the set of unsafe entries)
+_DEFAULTABLE = frozenset({"linkname", "uname", "gname", "devmajor", "devminor"})
+_DEFAULTS: dict[str, Any] = {
+    "linkname": "",
+    "uname": "",
+    "gname": "",
+    "devmajor": 0,
+    "devminor": 0,
+    "xattrs": {},
+    "pax": {},
+    "unsafe": False,
+}
 ENTRY_TYPES = frozenset({"file", "dir", "symlink", "hardlink", "char", "block", "fifo"})
 
 
@@ -71,7 +85,35 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             sparse["xattrs"].append(
                 [i, {k: base64.b64encode(v).decode("ascii") for k, v in e.xattrs.items()}]
             )
-    return {"count": len(entries), "offsets": "gaps", "dense": dense, "sparse": sparse}
+    return {
+        "count": len(entries),
+        "offsets": "gaps",
+        "dense": dense,
+        "sparse": {
+            name: _with_default(pairs, len(entries)) if name in _DEFAULTABLE else pairs
+            for name, pairs in sparse.items()
+        },
+    }
+
+
+def _with_default(pairs: list[list[Any]], count: int) -> list[list[Any]] | dict[str, Any]:
+    """A sparse column whose most common value is not the usual default ("root" as the
+    owner of every file) is stored as ``{"default": v, "pairs": [...]}``: the pairs list only
+    the entries that differ, so a 160k-entry layer does not carry 160k ``[i, "root"]``."""
+    if len(pairs) * 2 <= count:
+        return pairs
+    try:
+        counts = collections.Counter(value for _, value in pairs)
+    except TypeError:  # dict values (pax, xattrs): leave as they are
+        return pairs
+    value, times = counts.most_common(1)[0]
+    if times * 2 <= count:
+        return pairs
+    listed = {i for i, _ in pairs}
+    others: list[list[Any]] = [[i, v] for i, v in pairs if v != value]
+    others += [[i, None] for i in range(count) if i not in listed]  # entries at the default
+    others.sort()
+    return {"default": value, "pairs": others}
 
 
 def _check_ints(values: list[Any], what: str, where: str) -> None:
@@ -111,9 +153,15 @@ class EntryTable(Sequence[TarEntry]):
             if not all(isinstance(c, list) and len(c) == count for c in columns):
                 raise FormatError(f"{where}: entry columns of different lengths")
             self._sparse: dict[str, dict[int, Any]] = {}
+            self._defaults: dict[str, Any] = dict(_DEFAULTS)
             for name in SPARSE:
-                pairs = sparse.get(name, [])
-                table = {int(i): v for i, v in pairs}
+                column = sparse.get(name, [])
+                if isinstance(column, dict):  # {"default": v, "pairs": [[i, v or null]]}
+                    if name not in _DEFAULTABLE:
+                        raise FormatError(f"{where}: column {name} cannot have a default")
+                    self._defaults[name] = column["default"]
+                    column = column["pairs"]
+                table = {int(i): (_DEFAULTS[name] if v is None else v) for i, v in column}
                 if table and (min(table) < 0 or max(table) >= count):
                     raise FormatError(f"{where}: column {name} names entries that do not exist")
                 self._sparse[name] = table
@@ -158,6 +206,9 @@ class EntryTable(Sequence[TarEntry]):
         d = self._dense
         return max(map(int.__add__, d["data_offset"], d["size"]), default=0)
 
+    def _get(self, column: str, i: int) -> Any:
+        return self._sparse[column].get(i, self._defaults[column])
+
     def unsafe(self, i: int) -> bool:
         return bool(self._sparse["unsafe"].get(i, False))
 
@@ -187,17 +238,17 @@ class EntryTable(Sequence[TarEntry]):
                 uid=int(d["uid"][i]),
                 gid=int(d["gid"][i]),
                 mtime=float(d["mtime"][i]),
-                linkname=str(s["linkname"].get(i, "")),
-                uname=str(s["uname"].get(i, "")),
-                gname=str(s["gname"].get(i, "")),
-                devmajor=int(s["devmajor"].get(i, 0)),
-                devminor=int(s["devminor"].get(i, 0)),
+                linkname=str(self._get("linkname", i)),
+                uname=str(self._get("uname", i)),
+                gname=str(self._get("gname", i)),
+                devmajor=int(self._get("devmajor", i)),
+                devminor=int(self._get("devminor", i)),
                 xattrs=xattrs,
                 header_offset=d["header_offset"][i],
                 data_offset=d["data_offset"][i],
                 pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
                 raw_name=d["name"][i],
-                unsafe=bool(s["unsafe"].get(i, False)),
+                unsafe=bool(self._get("unsafe", i)),
             )
         except Exception as exc:
             raise FormatError(f"{self._where}: entry {i} is malformed ({exc!r})") from None
