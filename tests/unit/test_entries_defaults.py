@@ -58,3 +58,32 @@ def test_columns_that_cannot_have_a_default_refuse_one(column: str) -> None:
     doc["sparse"][column] = {"default": True, "pairs": []}
     with pytest.raises(FormatError, match="cannot have a default"):
         EntryTable(doc)
+
+
+def test_repetitive_dense_columns_are_stored_as_runs_and_round_trip() -> None:
+    original = entries(40)
+    doc = json.loads(json.dumps(encode(original)))
+    assert doc["dense"]["mode"] == {"runs": [[0o644, 40]]}
+    assert isinstance(doc["dense"]["name"], list) and isinstance(doc["dense"]["size"], list)
+    table = EntryTable(doc)
+    fields = ("type", "mode", "uid", "gid", "mtime", "header_offset", "data_offset")
+    for a, b in zip(original, table, strict=True):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+
+
+@pytest.mark.parametrize(
+    ("column", "runs", "message"),
+    [
+        ("mode", [[0o644, 39]], "do not add up"),
+        ("mode", [[0o644, 41]], "do not add up"),
+        ("mode", [[0o644, -1], [0o644, 41]], "bad run lengths"),
+        ("mode", [[0o644, 40.0]], "bad run lengths"),
+        ("name", [["x", 40]], "not a list"),
+        ("size", [[10, 40]], "not a list"),
+    ],
+)
+def test_hostile_runs_are_refused(column: str, runs: list, message: str) -> None:
+    doc = json.loads(json.dumps(encode(entries(40))))
+    doc["dense"][column] = {"runs": runs}
+    with pytest.raises(FormatError, match=message):
+        EntryTable(doc)
