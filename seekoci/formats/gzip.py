@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
-from .base import Span, SpanHasher, WindowPacker, WindowStore, unpack_window
+from .base import IndexerBase, Span, SpanHasher, WindowPacker, WindowStore, unpack_window
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -87,7 +87,7 @@ def parse_gzip_header(buf: bytes | bytearray, *, where: str = "") -> int | None:
     return pos
 
 
-class GzipIndexer:
+class GzipIndexer(IndexerBase):
     """One forward pass over a gzip blob: uncompressed bytes out, spans and windows recorded."""
 
     compression = "gzip"
@@ -100,17 +100,11 @@ class GzipIndexer:
         check_crc: bool = True,
         elide_windows: bool = False,
     ) -> None:
-        if span_size <= 0:
-            raise ValueError("span_size must be positive")
-        self.span_size = span_size
-        self.spans: list[Span] = []
-        self._name = name
-        # A blob checked against its digest needs no CRC (saves ~5% of a build).
+        super().__init__(span_size, name=name)
+        # member CRCs; off only where something else checks the bytes (~5% of a build)
         self._check_crc = check_crc
         self._inflater = BlockInflater()
         self._hasher: SpanHasher | None = None
-        self._fed = 0  # compressed bytes received
-        self._out = 0  # uncompressed bytes produced
         self._state = "header"
         self._buf = bytearray()  # header/trailer bytes being collected
         self._buf_start = 0  # stream offset of _buf[0]
@@ -132,15 +126,6 @@ class GzipIndexer:
         self._chunk = b""
         self._chunk_offset = 0
         self._prev_last = b""
-        self._finished = False
-
-    @property
-    def uncompressed_size(self) -> int:
-        return self._out
-
-    @property
-    def compressed_position(self) -> int:
-        return self._fed
 
     def window(self, span_index: int) -> bytes | None:
         packed = self._windows.read(span_index)
