@@ -28,8 +28,15 @@ def _mode_string(info: FileInfo) -> str:
     return statmod.filemode(info.st_mode)
 
 
+def _when(mtime: float, fmt: str) -> str:
+    try:
+        return time.strftime(fmt, time.gmtime(mtime))
+    except (OverflowError, ValueError, OSError):  # past what the platform's time_t holds
+        return f"@{mtime:.0f}"
+
+
 def _long_line(info: FileInfo, name: str) -> str:
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(info.mtime))
+    when = _when(info.mtime, "%Y-%m-%d %H:%M")
     dev = info.type in ("char", "block")
     size_text = f"{info.devmajor},{info.devminor}" if dev else str(info.size)
     line = f"{_mode_string(info)} {info.uid:>5} {info.gid:>5} {size_text:>12} {when} {name}"
@@ -140,9 +147,7 @@ def cmd_stat(args: argparse.Namespace, out: TextIO) -> int:
     for key in ("path", "type", "size", "mode_octal", "mtime", "uid", "gid", "linkname", "layer"):
         value = d[key]
         if key == "mtime":
-            value = (
-                f"{info.mtime} ({time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(info.mtime))} UTC)"
-            )
+            value = f"{info.mtime} ({_when(info.mtime, '%Y-%m-%d %H:%M:%S')} UTC)"
         out.write(f"{key.replace('_octal', ''):>9}: {value}\n")
     for k, v in d["xattrs"].items():
         out.write(f"    xattr: {k}={v}\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 from collections.abc import Callable
@@ -37,7 +36,15 @@ def _write_file(img: Image, src: str, dst: str, info: FileInfo, keep_special: bo
                 break
             out.write(chunk)
     os.chmod(dst, _mode(info, keep_special))
-    os.utime(dst, (info.mtime, info.mtime))
+    _set_mtime(dst, info.mtime)
+
+
+def _set_mtime(path: str, mtime: float, *, follow_symlinks: bool = True) -> None:
+    """Set a time the platform can hold; one it cannot (past time_t) leaves the file's own."""
+    try:
+        os.utime(path, (mtime, mtime), follow_symlinks=follow_symlinks)
+    except (OverflowError, ValueError, NotImplementedError, OSError):
+        pass
 
 
 def extract(
@@ -89,8 +96,7 @@ def extract(
                         continue
                     os.unlink(dst)
                 os.symlink(item.linkname, dst)
-                with contextlib.suppress(NotImplementedError, OSError):
-                    os.utime(dst, (item.mtime, item.mtime), follow_symlinks=False)
+                _set_mtime(dst, item.mtime, follow_symlinks=False)
             elif item.type == "file":
                 try:
                     _write_file(img, src, dst, item, keep_special_bits)
@@ -102,6 +108,6 @@ def extract(
     for dst, item in [*reversed(dirs), (root, info)]:
         try:
             os.chmod(dst, _mode(item, keep_special_bits))
-            os.utime(dst, (item.mtime, item.mtime))
         except OSError as exc:
-            warn(f"could not set mode/time of {dst}: {exc.strerror}")
+            warn(f"could not set the mode of {dst}: {exc.strerror}")
+        _set_mtime(dst, item.mtime)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import decimal
+import math
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
@@ -338,6 +339,9 @@ class TarScanner:
         raw_link = _cstr(block[157:257])
         if self._long_link is not None:
             raw_link = self._long_link
+        for key in ("path", "linkpath", "uname", "gname"):
+            if b"\x00" in pax.get(key, b""):
+                raise FormatError(f"{self._name}: PAX {key} at offset {at} holds a NUL byte")
         name = _decode(pax["path"]) if "path" in pax else _decode(raw_name)
         linkname = _decode(pax["linkpath"]) if "linkpath" in pax else _decode(raw_link)
         kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
@@ -351,6 +355,8 @@ class TarScanner:
             try:
                 mtime_ns = _pax_time_ns(pax["mtime"])
                 mtime = float(pax["mtime"])  # as tarfile reads it, sub-ns digits and all
+                if not math.isfinite(mtime):
+                    raise ValueError("not finite")
             except ValueError:
                 raise FormatError(
                     f"{self._name}: PAX mtime at offset {at} is not a number"
