@@ -512,10 +512,12 @@ class Layer:
         return starts
 
     def _window(self, span: Span) -> bytes | None:
-        if self._index is not None:
-            return self._index.window(span.index)
-        assert self._build is not None
-        return self._build.indexer.window(span.index)
+        index, build = self._index, self._build
+        if index is not None:
+            return index.window(span.index)
+        if build is None:  # another thread's pass failed and was dropped meanwhile
+            raise FormatError(f"layer {self.name}: its index pass was abandoned; retry")
+        return build.indexer.window(span.index)
 
     def _span_data(self, span: Span) -> bytes:
         key = (span.uncompressed_start, span.digest)

@@ -162,9 +162,12 @@ def publish_soci(
                 h.update(chunk)
                 yield chunk
 
+        stream = chunks()
         ztoc = ztoc_from_blob(
-            chunks(), span_size, build_tool_identifier=SOCI_BUILD_TOOL, name=f"layer {layer.digest}"
+            stream, span_size, build_tool_identifier=SOCI_BUILD_TOOL, name=f"layer {layer.digest}"
         )
+        for _ in stream:  # whatever the builder did not need still counts for the digest
+            pass
         if "sha256:" + blob_hash.hexdigest() != layer.digest:
             raise IntegrityError(f"layer {layer.digest}: blob does not match its digest")
         data = encode_ztoc(ztoc)
