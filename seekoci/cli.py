@@ -110,13 +110,18 @@ def cmd_cat(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_get(args: argparse.Namespace, out: TextIO) -> int:
     img = _open(args)
-    extract(
-        img,
-        args.path,
-        args.output,
-        keep_special_bits=args.keep_special_bits,
-        warn=lambda msg: print(f"seekoci: warning: {msg}", file=sys.stderr),
-    )
+    bar = ProgressBar(sys.stderr, desc="copying")  # draws only on a terminal
+    try:
+        extract(
+            img,
+            args.path,
+            args.output,
+            keep_special_bits=args.keep_special_bits,
+            warn=lambda msg: print(f"seekoci: warning: {msg}", file=sys.stderr),
+            progress=(lambda done, total: bar(args.path, done, total)) if bar.enabled else None,
+        )
+    finally:
+        bar.close()
     return 0
 
 

@@ -10,6 +10,8 @@ from .fileinfo import FileInfo
 from .image import Image
 
 Warn = Callable[[str], None]
+#: progress(bytes_done, bytes_total)
+Progress = Callable[[int, int], None]
 _SPECIAL_BITS = 0o6000  # setuid, setgid
 
 
@@ -23,7 +25,23 @@ def _mode(info: FileInfo, keep_special_bits: bool) -> int:
     return info.mode & (0o7777 if keep_special_bits else ~_SPECIAL_BITS & 0o7777)
 
 
-def _write_file(img: Image, src: str, dst: str, info: FileInfo, keep_special: bool) -> None:
+class _Copied:
+    """Bytes copied so far, reported to ``progress(done, total)`` if there is one."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total = total
+        self.done = 0
+        self._progress = progress
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self._progress is not None:
+            self._progress(self.done, self.total)
+
+
+def _write_file(
+    img: Image, src: str, dst: str, info: FileInfo, keep_special: bool, copied: _Copied
+) -> None:
     source = img.open(src)  # first: a hard link to nowhere fails before DEST is touched
     if os.path.islink(dst):
         os.unlink(dst)  # never write through a link that is already there
@@ -35,6 +53,7 @@ def _write_file(img: Image, src: str, dst: str, info: FileInfo, keep_special: bo
             if not chunk:
                 break
             out.write(chunk)
+            copied.add(len(chunk))
     os.chmod(dst, _mode(info, keep_special))
     _set_mtime(dst, info.mtime)
 
@@ -54,8 +73,11 @@ def extract(
     *,
     keep_special_bits: bool = False,
     warn: Warn,
+    progress: Progress | None = None,
 ) -> None:
-    """Copy ``path`` (file or directory, symlinks followed) to ``dest``."""
+    """Copy ``path`` (file or directory, symlinks followed) to ``dest``.
+
+    ``progress(bytes_done, bytes_total)`` is called as file data is written."""
     info = img.stat(path)
     base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
     if info.type != "dir":
@@ -64,7 +86,7 @@ def extract(
         target = dest or base
         if os.path.isdir(target):
             target = os.path.join(target, base)
-        _write_file(img, path, target, info, keep_special_bits)
+        _write_file(img, path, target, info, keep_special_bits, _Copied(info.size, progress))
         return
 
     root_dest = dest or base
@@ -77,6 +99,13 @@ def extract(
         if ("/" + entry.name).startswith(prefix) or top == "/":
             warn(f"skipped {entry.raw_name!r} from layer {layer}: name leaves the image root")
     dirs: list[tuple[str, FileInfo]] = []
+    total = 0
+    if progress is not None:  # the total first: one pass over the tree, no data read
+        for dirpath, _, filenames in img.walk(top):
+            for name in filenames:
+                item = img.stat(posixpath.join(dirpath, name), follow_symlinks=False)
+                total += item.size if item.type == "file" else 0
+    copied = _Copied(total, progress)
     for dirpath, dirnames, filenames in img.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         for name in dirnames + filenames:
@@ -99,7 +128,7 @@ def extract(
                 _set_mtime(dst, item.mtime, follow_symlinks=False)
             elif item.type == "file":
                 try:
-                    _write_file(img, src, dst, item, keep_special_bits)
+                    _write_file(img, src, dst, item, keep_special_bits, copied)
                 except FileNotFoundError:
                     warn(f"skipped {src}: hard link to {item.linkname}, which is not in the image")
             else:

@@ -9,10 +9,15 @@ class ProgressBar:
     """A ``progress(name, done, total)`` callable drawing one tqdm bar per layer on
     ``stream`` if it is a terminal, and nothing otherwise."""
 
-    def __init__(self, stream: TextIO, *, force: bool = False) -> None:
+    def __init__(self, stream: TextIO, *, force: bool = False, desc: str = "indexing") -> None:
         self._stream = stream
         self._bars: dict[str, Any] = {}
         self._enabled = force or stream.isatty()
+        self._desc = desc
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
 
     def __call__(self, name: str, done: int, total: int) -> None:
         if not self._enabled:
@@ -26,7 +31,7 @@ class ProgressBar:
                 unit="B",
                 unit_scale=True,
                 unit_divisor=1024,
-                desc=f"indexing {name[:19]}",
+                desc=f"{self._desc} {name[:19]}",
                 file=self._stream,
                 leave=False,
             )
