@@ -150,6 +150,13 @@ class WindowStore:
         self._locations.append((self._end, len(packed)))
         self._end += len(packed)
 
+    def replace(self, index: int, packed: bytes) -> None:
+        """Store a (shorter) window in place of span ``index``'s."""
+        self._locations[index] = (self._end, len(packed))
+        if packed:
+            os.pwrite(self._file.fileno(), packed, self._end)
+        self._end += len(packed)
+
     def drop(self, index: int) -> None:
         """Forget a window that turned out to be unneeded (its bytes stay, unreferenced)."""
         self._locations[index] = (0, 0)
