@@ -208,6 +208,7 @@ class Layer:
         self._compression = formats.compression_of(media_type) if media_type else None
         self._index: LayerIndex | None = None
         self._index_source = "none"  # none | cache | built | partial
+        self._format: str | None = None
         self._build: _IndexBuild | None = None
         self._lock = threading.RLock()
         self._lru = _SpanLRU(SPAN_LRU_BYTES)
@@ -247,10 +248,28 @@ class Layer:
 
     @property
     def format(self) -> str:
+        """``tar``, ``estargz`` or ``zstd:chunked``: from the manifest's annotations, else
+        from the blob's footer (one small range read, once)."""
         keys = self.annotations
         if "containerd.io/snapshot/stargz/toc.digest" in keys:
             return "estargz"
         if any(k.endswith("zstd-chunked.manifest-checksum") for k in keys):
+            return "zstd:chunked"
+        if self._format is None:
+            self._format = self._format_from_footer()
+        return self._format
+
+    def _format_from_footer(self) -> str:
+        # eStargz ends with a 51-byte empty gzip member whose extra field is "SG", 22 bytes:
+        # 16 hex digits of the TOC offset + "STARGZ" (47 bytes and no subfield header in
+        # legacy stargz); zstd:chunked with a skippable frame whose footer ends in
+        # "GNUlInUx" (current) or "GnUlInUx" (older producers).
+        if self.compression not in ("gzip", "zstd") or self.size < 51:
+            return "tar"
+        tail = self.source.read_range(self.size - 64 if self.size >= 64 else 0, 64)
+        if self.compression == "gzip" and tail[-51:][:2] == b"\x1f\x8b" and b"STARGZ" in tail:
+            return "estargz"
+        if self.compression == "zstd" and tail[-8:] in (b"GNUlInUx", b"GnUlInUx"):
             return "zstd:chunked"
         return "tar"
 
