@@ -70,7 +70,7 @@ def open_image(
 
     resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
     cache = open_cache(cache_dir)
-    remote = _remote_indexes(resolved)
+    remote = _remote_indexes(resolved, cache)
     layers = [
         Layer(
             resolved.blob_source(desc),
@@ -97,12 +97,12 @@ def open_image(
     return image
 
 
-def _remote_indexes(resolved: Any) -> Any:
+def _remote_indexes(resolved: Any, cache: Any) -> Any:
     """Published indexes can only live next to an image in a registry (not a layout)."""
     from .registry.resolve import RegistryStore
     from .remote import RemoteIndexes
 
-    return RemoteIndexes(resolved) if isinstance(resolved.store, RegistryStore) else None
+    return RemoteIndexes(resolved, cache) if isinstance(resolved.store, RegistryStore) else None
 
 
 def open_layer(

@@ -6,6 +6,9 @@ Layout under ``cache_dir``::
                                (index format version N); only indexes built from bytes that
                                verified against the layer digest are ever written
     spans/sha256/<hex>         compressed bytes of one span, named by their own sha256
+                               (also the metadata of published indexes, by its digest)
+    published/<alg>/<hex>.json where a published index of that layer was found: registry,
+                               repository and the index blob's descriptor
 
 Every file is written to a temporary name in the same directory and renamed into place, so
 processes sharing the directory never see half a file. Whatever is read back is checked
@@ -18,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .formats.index import INDEX_VERSION
 
@@ -70,6 +74,7 @@ class MemoryCache:
 
     def __init__(self, max_span_bytes: int = 256 << 20) -> None:
         self._indexes: dict[str, bytes] = {}
+        self._published: dict[str, dict[str, Any]] = {}
         self._spans: OrderedDict[str, bytes] = OrderedDict()
         self._span_bytes = 0
         self._max = max_span_bytes
@@ -96,6 +101,14 @@ class MemoryCache:
         out = io.BytesIO()
         write(out)
         self.save_index(layer_digest, out.getvalue())
+
+    def load_published(self, layer_digest: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._published.get(layer_digest)
+
+    def save_published(self, layer_digest: str, doc: dict[str, Any]) -> None:
+        with self._lock:
+            self._published[layer_digest] = doc
 
     def load_span(self, digest_hex: str) -> bytes | None:
         with self._lock:
@@ -170,6 +183,24 @@ class DiskCache:
     def write_index(self, layer_digest: str, write: Callable[[BinaryIO], None]) -> None:
         """Like :meth:`save_index`, with the bytes written by ``write(file)`` (streamed)."""
         self._atomic_write(self.index_path(layer_digest), write)
+
+    def _published_path(self, layer_digest: str) -> Path:
+        alg, hexpart = _split(layer_digest)
+        return self.root / "published" / alg / f"{hexpart}.json"
+
+    def load_published(self, layer_digest: str) -> dict[str, Any] | None:
+        """Where a published index of this layer was found last time (see remote.py)."""
+        try:
+            doc = json.loads(self._published_path(layer_digest).read_bytes())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def save_published(self, layer_digest: str, doc: dict[str, Any]) -> None:
+        try:
+            self._atomic_write(self._published_path(layer_digest), json.dumps(doc).encode())
+        except OSError:
+            pass
 
     def _span_path(self, digest_hex: str) -> Path:
         return self.root / "spans" / "sha256" / digest_hex

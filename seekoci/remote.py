@@ -33,6 +33,7 @@ from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header
 from .source import RangeSource
 
 if TYPE_CHECKING:
+    from .cache import Cache
     from .registry.client import RegistryClient
     from .registry.manifest import Descriptor
     from .registry.resolve import ResolvedImage
@@ -70,8 +71,9 @@ class _Published:
 class RemoteIndexes:
     """The published indexes of one image in its registry repository."""
 
-    def __init__(self, resolved: ResolvedImage) -> None:
+    def __init__(self, resolved: ResolvedImage, cache: Cache | None = None) -> None:
         self._resolved = resolved
+        self._cache = cache
         self._lock = threading.Lock()
         self._found: dict[str, list[_Published]] | None = None
         self._soci_pending: list[str] = []
@@ -174,6 +176,9 @@ class RemoteIndexes:
         self, layer_digest: str, *, media_type: str, blob_size: int
     ) -> tuple[LayerIndex, str] | None:
         """The best published index of a layer and its kind, or None."""
+        remembered = self._remembered(layer_digest, blob_size)
+        if remembered is not None:
+            return remembered, "native"
         found = self._discover()
         if not any(p.kind == "native" for p in found.get(layer_digest, [])):
             self._load_soci_manifests()
@@ -192,8 +197,35 @@ class RemoteIndexes:
             if index.blob_size != blob_size:
                 log.warning("seekoci: published index of %s is for another size", layer_digest)
                 continue
+            if published.kind == "native" and self._cache is not None:
+                self._cache.save_published(
+                    layer_digest, {**self._where(), "blob": published.blob.to_json()}
+                )
             return index, published.kind
         return None
+
+    def _where(self) -> dict[str, str]:
+        store = self._resolved.store
+        return {
+            "registry": str(store.reference.registry),  # type: ignore[attr-defined]
+            "repository": self._repository,
+        }
+
+    def _remembered(self, layer_digest: str, blob_size: int) -> LayerIndex | None:
+        """A native index this cache saw published for the layer in this same repository:
+        no discovery, and its metadata from the span cache (checked against its digest)."""
+        from .registry.manifest import Descriptor
+
+        doc = self._cache.load_published(layer_digest) if self._cache is not None else None
+        if not doc or {k: doc.get(k) for k in ("registry", "repository")} != self._where():
+            return None
+        try:
+            blob = Descriptor.from_json(doc.get("blob"), where="remembered index")
+            index = self._load_native(_Published("native", blob, ""), layer_digest)
+        except SeekociError as exc:
+            log.info("seekoci: remembered index of %s unusable: %s", layer_digest, exc)
+            return None
+        return index if index.blob_size == blob_size else None
 
     def _source(self, blob: Descriptor) -> RangeSource:
         return self._resolved.blob_source(blob)
@@ -209,11 +241,17 @@ class RemoteIndexes:
         if not HEADER_SIZE <= size <= blob.size:
             raise FormatError(f"{where}: metadata size {size} out of range")
         # the annotation gives the metadata's size: one request for header, TOC and spans
+        # (or none: the span cache keeps it by its digest)
         source = self._source(blob)
-        metadata = source.read_range(0, size)
+        wanted = digest.partition(":")[2]
+        metadata = self._cache.load_span(wanted) if self._cache is not None and wanted else None
+        if metadata is None:
+            metadata = source.read_range(0, size)
         parse_header(metadata, where=where)
         if "sha256:" + hashlib.sha256(metadata).hexdigest() != digest:
             raise IntegrityError(f"{where}: header/TOC/span table do not match their digest")
+        if self._cache is not None:
+            self._cache.save_span(wanted, metadata)
         return parse(
             metadata,
             read_windows=source.read_range,

@@ -101,6 +101,20 @@ class Descriptor:
             urls=list(urls),
         )
 
+    def to_json(self) -> dict[str, Any]:
+        """The descriptor as a manifest writes it (what :meth:`from_json` reads back)."""
+        doc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest,
+                               "size": self.size}  # fmt: skip
+        if self.annotations:
+            doc["annotations"] = dict(self.annotations)
+        if self.platform is not None:
+            doc["platform"] = dict(self.platform)
+        if self.artifact_type is not None:
+            doc["artifactType"] = self.artifact_type
+        if self.urls:
+            doc["urls"] = list(self.urls)
+        return doc
+
 
 @dataclass(frozen=True)
 class ManifestDocument:

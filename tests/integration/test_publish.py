@@ -229,3 +229,26 @@ def test_soci_push_refuses_an_image_without_qualifying_layers(
     )
     assert pushed.returncode == 1
     assert "no layer qualifies" in pushed.stderr and "Traceback" not in pushed.stderr
+
+
+def test_a_second_reader_remembers_where_the_published_index_is(
+    published_image: Any, registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    ref = registry.ref("publish/native", "v1")
+    assert seekoci_cli("index", ref, "--push", cache=tmp_path / "publisher").returncode == 0
+    cache = tmp_path / "reader"
+    proxy = counting_proxy(registry)  # one registry address for both readers
+    first = seekoci.open_image(proxy.ref("publish/native", "v1"), cache_dir=cache)
+    assert first.read_bytes("/needle/needle.txt") == NEEDLE
+    assert first.layers[1].index_status == "native"
+    assert any("sha256-" in r.path for r in proxy.records)  # the first one had to look
+
+    proxy.reset()
+    second = seekoci.open_image(proxy.ref("publish/native", "v1"), cache_dir=cache)
+    assert second.read_bytes("/needle/needle.txt") == NEEDLE
+    assert second.layers[1].index_status == "native"
+    paths = [r.path for r in proxy.records]
+    assert not any("sha256-" in p or "/referrers/" in p for p in paths), paths  # no discovery
+    # no metadata re-read either: the needle's span is in the span cache, so only the
+    # manifest and config travel (and a window, if the index could not be read locally)
+    assert proxy.bytes("blob") < 64 << 10, proxy.summary()
