@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -276,6 +275,3 @@ class RemoteIndexes:
             blob_size=blob_size,
             raw_checkpoints=ztoc.checkpoints,
         )
-
-
-RemoteLoader = Callable[[str, str, int], "tuple[LayerIndex, str] | None"]

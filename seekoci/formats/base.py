@@ -116,10 +116,6 @@ class IndexerBase:
     def uncompressed_size(self) -> int:
         return self._out
 
-    @property
-    def compressed_position(self) -> int:
-        return self._fed
-
     def window(self, span_index: int) -> bytes | None:
         return None
 
