@@ -110,12 +110,30 @@ class MemoryCache:
         with self._lock:
             self._published[layer_digest] = doc
 
-    def load_span(self, digest_hex: str) -> bytes | None:
+    def load_span(
+        self, digest_hex: str, check: Callable[[bytes], bool] | None = None
+    ) -> bytes | None:
         with self._lock:
             data = self._spans.get(digest_hex)
             if data is not None:
                 self._spans.move_to_end(digest_hex)
             return data
+
+    def has_span(self, digest_hex: str) -> bool:
+        with self._lock:
+            return digest_hex in self._spans
+
+    def load_prefix(self, digest_hex: str) -> bytes | None:
+        return self.load_span(digest_hex + ".prefix")
+
+    def save_prefix(self, digest_hex: str, data: bytes) -> None:
+        key = digest_hex + ".prefix"
+        with self._lock:
+            old = self._spans.pop(key, None)
+            if old is not None:
+                self._span_bytes -= len(old)
+                data = max(old, data, key=len)
+        self.save_span(key, data)
 
     def save_span(self, digest_hex: str, data: bytes) -> None:
         with self._lock:
@@ -205,14 +223,42 @@ class DiskCache:
     def _span_path(self, digest_hex: str) -> Path:
         return self.root / "spans" / "sha256" / digest_hex
 
-    def load_span(self, digest_hex: str) -> bytes | None:
+    def load_span(
+        self, digest_hex: str, check: Callable[[bytes], bool] | None = None
+    ) -> bytes | None:
+        """The bytes saved under ``digest_hex`` if they still match it: their sha256, or
+        ``check(data)`` for a digest of another kind (a chunked span's)."""
         try:
             data = self._span_path(digest_hex).read_bytes()
         except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != digest_hex:
+        ok = check(data) if check is not None else hashlib.sha256(data).hexdigest() == digest_hex
+        if not ok:
             return None  # damaged on disk: refetch (and overwrite)
         return data
+
+    def has_span(self, digest_hex: str) -> bool:
+        return self._span_path(digest_hex).is_file()
+
+    def load_prefix(self, digest_hex: str) -> bytes | None:
+        """The start of a chunked span saved by a read that needed only that much (the
+        caller checks its chunks)."""
+        try:
+            return self._span_path(digest_hex + ".prefix").read_bytes()
+        except OSError:
+            return None
+
+    def save_prefix(self, digest_hex: str, data: bytes) -> None:
+        path = self._span_path(digest_hex + ".prefix")
+        try:
+            if path.stat().st_size >= len(data):
+                return
+        except OSError:
+            pass
+        try:
+            self._atomic_write(path, data)
+        except OSError:
+            pass
 
     def save_span(self, digest_hex: str, data: bytes) -> None:
         path = self._span_path(digest_hex)

@@ -16,7 +16,9 @@ zstd:chunked plug in the same way.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import struct
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,6 +49,17 @@ class Span:
     digest: str
     #: gzip: bits of the byte at ``compressed_start`` that belong to this span (0-7).
     bits: int = 0
+    #: When non-zero the span is verified in *chunks* of this many compressed bytes (the
+    #: last one shorter), so that a read can fetch and check only the chunks it needs, and
+    #: ``digest`` is the sha256 of the chunks' sha256 digests in order
+    #: (:func:`chunked_digest`). Zero: ``digest`` is the sha256 of the bytes themselves.
+    chunk_size: int = 0
+
+    @property
+    def chunk_count(self) -> int:
+        if not self.chunk_size:
+            return 0
+        return max(1, -(-self.compressed_size // self.chunk_size))
 
     @property
     def compressed_size(self) -> int:
@@ -55,6 +68,97 @@ class Span:
     @property
     def uncompressed_size(self) -> int:
         return self.uncompressed_end - self.uncompressed_start
+
+
+def chunk_digests(data: bytes, chunk_size: int) -> list[bytes]:
+    """sha256 of each ``chunk_size`` slice of ``data`` (at least one, for empty data)."""
+    view = memoryview(data)
+    return [
+        hashlib.sha256(view[i : i + chunk_size]).digest()
+        for i in range(0, max(len(data), 1), chunk_size)
+    ]
+
+
+def chunked_digest(digests: list[bytes]) -> str:
+    """A chunked span's ``digest``: sha256 of its chunk digests, concatenated."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def span_matches(span: Span, data: bytes) -> bool:
+    """Whether ``data`` are exactly the span's compressed bytes."""
+    if len(data) != span.compressed_size:
+        return False
+    if span.chunk_size:
+        return chunked_digest(chunk_digests(data, span.chunk_size)) == span.digest
+    return hashlib.sha256(data).hexdigest() == span.digest
+
+
+class SpanVerifier:
+    """Checks a span's compressed bytes fed in pieces, whole or chunked."""
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+        self._hash = hashlib.sha256()
+        self._in_chunk = 0
+        self._chunks: list[bytes] = []
+
+    def update(self, data: bytes) -> None:
+        size = self._span.chunk_size
+        if not size:
+            self._hash.update(data)
+            return
+        view = memoryview(data)
+        while view:
+            take = min(len(view), size - self._in_chunk)
+            self._hash.update(view[:take])
+            self._in_chunk += take
+            view = view[take:]
+            if self._in_chunk == size:
+                self._chunks.append(self._hash.digest())
+                self._hash = hashlib.sha256()
+                self._in_chunk = 0
+
+    def matches(self) -> bool:
+        if not self._span.chunk_size:
+            return self._hash.hexdigest() == self._span.digest
+        chunks = list(self._chunks)
+        if self._in_chunk or not chunks:
+            chunks.append(self._hash.digest())
+        return chunked_digest(chunks) == self._span.digest
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """What a read needs to fetch and check only the start of a chunked span.
+
+    ``digests[k]``: sha256 of chunk k. ``marks[k]``: uncompressed bytes (from the span's
+    start) that chunks 0..k are known to decode to -- a lower bound measured at build time,
+    so fetching through chunk k always yields at least that much.
+    """
+
+    digests: list[bytes]
+    marks: list[int]
+
+    def encode(self) -> bytes:
+        return b"".join(self.digests) + struct.pack(f"<{len(self.marks)}I", *self.marks)
+
+    @classmethod
+    def decode(cls, data: bytes, count: int, *, where: str) -> ChunkTable:
+        if len(data) != 36 * count:
+            raise FormatError(f"{where}: chunk table has the wrong size")
+        digests = [data[32 * i : 32 * i + 32] for i in range(count)]
+        base = 32 * count
+        marks = list(struct.unpack_from(f"<{count}I", data, base))
+        if any(b < a for a, b in itertools.pairwise(marks)):
+            raise FormatError(f"{where}: chunk marks go backwards")
+        return cls(digests, marks)
+
+    def chunks_for(self, upto: int) -> int:
+        """How many chunks to fetch for the span's first ``upto`` uncompressed bytes."""
+        for k, mark in enumerate(self.marks):
+            if mark >= upto:
+                return k + 1
+        return len(self.marks)
 
 
 class SpanIndexer(Protocol):
@@ -83,6 +187,10 @@ class SpanIndexer(Protocol):
         """Length of :meth:`packed_window` without reading it."""
         ...
 
+    def chunk_table(self, span_index: int) -> ChunkTable | None:
+        """The chunk digests and marks of a chunked span (None when spans are not chunked)."""
+        ...
+
     @property
     def uncompressed_size(self) -> int:
         """Uncompressed bytes produced so far."""
@@ -102,11 +210,16 @@ class IndexerBase:
         name: str,
         check_crc: bool = True,
         elide_windows: bool = False,
+        chunk_size: int = 0,
     ) -> None:
         if span_size <= 0:
             raise ValueError("span_size must be positive")
+        if chunk_size < 0 or chunk_size >= 1 << 31:
+            raise ValueError("chunk_size out of range")
         self.span_size = span_size
+        self.chunk_size = chunk_size
         self.spans: list[Span] = []
+        self._chunk_tables: list[ChunkTable] = []
         self._name = name
         self._fed = 0  # compressed bytes received
         self._out = 0  # uncompressed bytes produced
@@ -124,6 +237,9 @@ class IndexerBase:
 
     def packed_length(self, span_index: int) -> int:
         return 0
+
+    def chunk_table(self, span_index: int) -> ChunkTable | None:
+        return self._chunk_tables[span_index] if self.chunk_size else None
 
 
 class WindowStore:
@@ -179,8 +295,12 @@ class SpanHasher:
     ever kept.
     """
 
-    def __init__(self, start: int) -> None:
+    def __init__(self, start: int, chunk_size: int = 0) -> None:
         self._hash = hashlib.sha256()
+        self._chunk_size = chunk_size
+        self._chunk_digests: list[bytes] = []
+        #: chunk digests of the range :meth:`cut` closed last (chunked hashers)
+        self.last_chunks: list[bytes] = []
         self._span_start = start
         self._hashed_to = start  # next stream offset to hash
         self._chunk = b""
@@ -204,18 +324,40 @@ class SpanHasher:
 
     def _hash_to(self, end: int) -> None:
         start = max(self._hashed_to, self._span_start)
-        if end > start:
+        if end <= start:
+            return
+        if not self._chunk_size:
             self._hash.update(self._slice(start, end))
-            self._hashed_to = end
+        else:  # close a chunk at every chunk_size bytes from the range's start
+            size = self._chunk_size
+            while start < end:
+                boundary = start + size - (start - self._span_start) % size
+                stop = min(end, boundary)
+                self._hash.update(self._slice(start, stop))
+                if stop == boundary:
+                    self._chunk_digests.append(self._hash.digest())
+                    self._hash = hashlib.sha256()
+                start = stop
+        self._hashed_to = end
 
     def cut(self, end: int, next_start: int) -> str:
-        """Close the range at ``end`` (exclusive); return its hex digest; start the next."""
+        """Close the range at ``end`` (exclusive); return its hex digest; start the next.
+
+        A chunked hasher's digest is :func:`chunked_digest` of the range's chunks (also
+        left in :attr:`last_chunks`)."""
         self._hash_to(end)
-        digest = self._hash.hexdigest()
+        if self._chunk_size:
+            if (end - self._span_start) % self._chunk_size or end == self._span_start:
+                self._chunk_digests.append(self._hash.digest())  # the short last chunk
+            self.last_chunks, self._chunk_digests = self._chunk_digests, []
+            digest = chunked_digest(self.last_chunks)
+        else:
+            digest = self._hash.hexdigest()
         self._hash = hashlib.sha256()
         self._span_start = next_start
+        self._hashed_to = next_start
         if next_start < end:
-            self._hash.update(self._slice(next_start, end))
+            self._hash_to(end)
         self._hashed_to = max(end, next_start)
         return digest
 

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
-from .base import IndexerBase, Span, SpanHasher, WindowPacker, WindowStore, unpack_window
+from .base import (
+    ChunkTable,
+    IndexerBase,
+    Span,
+    SpanHasher,
+    WindowPacker,
+    WindowStore,
+    unpack_window,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -40,6 +48,8 @@ _PROBE_SIZE = 32768 + 258
 #: Window suffixes tried for a span that needs some of its window.
 _TRIM_LARGE = 16 << 10
 _TRIM_SMALL = 4 << 10
+#: Output between two looks at the input position while a span fills (chunk marks).
+_MARK_STEP = 32 << 10
 #: Compressed bytes kept for the probe: enough for _PROBE_SIZE of output even from stored
 #: blocks; if not, the decode comes up short and the window is kept.
 _PROBE_INPUT = 48 << 10
@@ -103,8 +113,9 @@ class GzipIndexer(IndexerBase):
         name: str = "gzip blob",
         check_crc: bool = True,
         elide_windows: bool = False,
+        chunk_size: int = 0,
     ) -> None:
-        super().__init__(span_size, name=name)
+        super().__init__(span_size, name=name, chunk_size=chunk_size)
         # member CRCs; off only where something else checks the bytes (~5% of a build)
         self._check_crc = check_crc
         self._inflater = BlockInflater()
@@ -130,6 +141,10 @@ class GzipIndexer(IndexerBase):
         self._chunk = b""
         self._chunk_offset = 0
         self._prev_last = b""
+        # chunk marks of the open span, and the last (compressed, uncompressed) position
+        # seen: every chunk boundary at or past it decodes to at least that much
+        self._marks: list[int] = []
+        self._seen = (0, 0)
 
     def window(self, span_index: int) -> bytes | None:
         packed = self._windows.read(span_index)
@@ -188,7 +203,8 @@ class GzipIndexer(IndexerBase):
 
     def _start_member(self, deflate_start: int, data: bytes, offset: int) -> None:
         if self._member == 0:
-            self._hasher = SpanHasher(deflate_start)
+            self._hasher = SpanHasher(deflate_start, self.chunk_size)
+            self._seen = (deflate_start, 0)
             self._hasher.add(data, offset)
             self._span_cstart = deflate_start
             self._windows.append(b"")
@@ -210,7 +226,11 @@ class GzipIndexer(IndexerBase):
             short = self.span_size - (self._out - self._span_ustart)
             try:
                 if short > 0:
-                    out = inflater.step(Z_NO_FLUSH, short)
+                    # chunked spans: stop every 32 KiB of output to see where the input is
+                    # (chunk marks); ~1% of a pass
+                    out = inflater.step(
+                        Z_NO_FLUSH, min(short, _MARK_STEP) if self.chunk_size else short
+                    )
                 else:
                     out = inflater.step(Z_BLOCK)
             except FormatError as exc:
@@ -224,6 +244,8 @@ class GzipIndexer(IndexerBase):
                 if self._check_crc:
                     self._member_crc = zlib.crc32(out, self._member_crc)
                 yield out
+            if self.chunk_size:
+                self._observe(self._member_deflate_start + inflater.total_in)
             if inflater.finished:
                 self._state = "trailer"
                 self._buf.clear()
@@ -236,6 +258,17 @@ class GzipIndexer(IndexerBase):
                 self._checkpoint()
             if not out and inflater.avail_in == 0:
                 return
+
+    def _observe(self, cin: int) -> None:
+        """Input consumed up to ``cin`` produced ``self._out``: mark the chunk boundaries the
+        previous observation had not reached with what it had produced."""
+        _, seen_out = self._seen
+        size = self.chunk_size
+        boundary = self._span_cstart + (len(self._marks) + 1) * size
+        while boundary < cin:
+            self._marks.append(max(0, seen_out - self._span_ustart))
+            boundary += size
+        self._seen = (cin, self._out)
 
     def _checkpoint(self) -> None:
         inflater = self._inflater
@@ -298,17 +331,27 @@ class GzipIndexer(IndexerBase):
             self._windows.replace(probe.span, self._packer.pack(probe.window[-keep:]))
 
     def _close_span(self, cend: int, digest: str) -> None:
-        self.spans.append(
-            Span(
-                index=len(self.spans),
-                compressed_start=self._span_cstart,
-                compressed_end=cend,
-                uncompressed_start=self._span_ustart,
-                uncompressed_end=self._out,
-                digest=digest,
-                bits=self._span_bits,
-            )
+        span = Span(
+            index=len(self.spans),
+            compressed_start=self._span_cstart,
+            compressed_end=cend,
+            uncompressed_start=self._span_ustart,
+            uncompressed_end=self._out,
+            digest=digest,
+            bits=self._span_bits,
+            chunk_size=self.chunk_size,
         )
+        self.spans.append(span)
+        if self.chunk_size:
+            assert self._hasher is not None
+            self._observe(cend)
+            chunks = self._hasher.last_chunks
+            marks = [*self._marks[: len(chunks) - 1], span.uncompressed_size]
+            if len(marks) != len(chunks):
+                raise AssertionError("chunk marks out of step with chunk digests")
+            self._chunk_tables.append(ChunkTable(chunks, marks))
+            self._marks = []
+            self._seen = (cend, self._out)
 
     def _check_trailer(self, at: int) -> None:
         crc, isize = struct.unpack("<II", self._buf)
@@ -411,11 +454,19 @@ def splice_prefix(bits: int, byte: int) -> bytes:
     return w.getvalue()
 
 
-def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "gzip blob") -> bytes:
+def decode_span(
+    span: Span,
+    data: bytes,
+    window: bytes | None,
+    *,
+    name: str = "gzip blob",
+    partial: bool = False,
+) -> bytes:
     """Uncompressed bytes of ``span`` from its compressed bytes ``data`` (already verified).
 
     Crosses gzip member boundaries inside the span. Produces at most the span's size
-    (a decompression bomb cannot make it allocate more).
+    (a decompression bomb cannot make it allocate more). ``partial``: ``data`` is only the
+    start of the span's bytes; return what it decodes to.
     """
     where = f"{name}: span {span.index} (compressed {span.compressed_start}-{span.compressed_end})"
     if span.bits:
@@ -437,8 +488,12 @@ def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "g
                 rest = decomp.unused_data[_TRAILER_SIZE:]
                 if produced >= want:
                     break
+                if partial and len(decomp.unused_data) <= _TRAILER_SIZE:
+                    break
                 header_len = parse_gzip_header(rest, where=f" ({where})")
                 if header_len is None:
+                    if partial:
+                        break
                     raise FormatError(f"{where}: data ends inside a gzip member header")
                 pending = rest[header_len:]
                 decomp = zlib.decompressobj(-15)
@@ -447,6 +502,6 @@ def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "g
     except zlib.error as exc:
         raise FormatError(f"{where}: corrupt deflate data ({exc})") from exc
     result = b"".join(out)
-    if len(result) != want:
+    if len(result) != want and not partial:
         raise FormatError(f"{where}: produced {len(result)} bytes, index says {want}")
     return result

@@ -19,12 +19,19 @@ Span record (120 bytes)::
      0  8  u64 compressed start     8  8  u64 compressed end (exclusive)
     16  8  u64 uncompressed start  24  8  u64 uncompressed end (exclusive)
     32  1  u8  bits                33  7  padding
-    40  8  u64 window offset (from the windows offset)   48  4  u32 window length (0 = none)
-    52  4  padding                 56 32  sha256 of the span's compressed bytes
-    88 32  sha256 of the packed window (zeros when there is none)
+    40  8  u64 record offset (from the records offset)   48  4 u32 record length (0 = none)
+    52  4  u32 window length (the packed window at the end of the record)
+    56 32  the span's digest: sha256 of its compressed bytes, or of its chunk digests
+    88 32  sha256 of the record (zeros when there is none)
+
+A span's *record* is what a read of it needs besides its bytes: for a chunked span (the TOC's
+``chunk_size`` is not 0) its chunk table -- the sha256 of every ``chunk_size`` piece of its
+compressed bytes, then a u32 mark per chunk: uncompressed bytes from the span's start that
+the chunks up to it decode to -- followed by its packed window (b"" when it needs none).
+A read of a few KB fetches the record, then only the chunks up to the marked one.
 
 A reader that ranges into a published index checks header + TOC + span table against a
-digest it got from a verified manifest, and each window against its record, so a byte
+digest it got from a verified manifest, and each record against its span record, so a byte
 damaged on the way is an error, never a wrong decode.
 
 The TOC JSON holds the layer's identity (digest, media type, compression, sizes, span size,
@@ -45,22 +52,24 @@ from typing import BinaryIO
 import zstandard
 
 from ..errors import FormatError
-from .base import Span, unpack_window
+from .base import ChunkTable, Span, unpack_window
 from .entries import EntryTable
 from .entries import encode as encode_entries
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
-INDEX_VERSION = 4
+INDEX_VERSION = 5
 _HEADER = struct.Struct("<8sHHIQQQQQQ")
-_SPAN = struct.Struct("<QQQQB7xQI4x32s32s")
+_SPAN = struct.Struct("<QQQQB7xQII32s32s")
 HEADER_SIZE = _HEADER.size
 SPAN_RECORD_SIZE = _SPAN.size
 #: A TOC that inflates past this is refused (hostile index).
 MAX_TOC_SIZE = 1 << 30
 
-#: Reads ``length`` bytes at ``offset`` of the window area.
+#: Reads ``length`` bytes at ``offset`` of the record area.
 WindowReader = Callable[[int, int], bytes]
+#: Records kept per index once read (a record is at most ~40 KB).
+_RECORDS_KEPT = 64
 
 
 @dataclass
@@ -75,49 +84,93 @@ class LayerIndex:
     span_size: int
     spans: list[Span]
     entries: Sequence[TarEntry]
-    #: compressed window of each span, fetched lazily: (offset, length) per span
+    #: each span's record (chunk table + packed window; a SOCI zTOC's raw window), fetched
+    #: lazily: (offset, length) per span for ``read_windows``
     window_locations: list[tuple[int, int]] = field(default_factory=list)
     read_windows: WindowReader | None = None
     tool: str = ""
-    #: sha256 of each packed window, checked on every load (empty: not checked, for
-    #: windows that never left this process)
+    #: sha256 of each record, checked on every load (empty: not checked, for records that
+    #: never left this process)
     window_digests: list[bytes] = field(default_factory=list)
     #: False when ``read_windows`` returns raw 32 KiB windows (a SOCI zTOC's checkpoints)
     windows_packed: bool = True
+    #: compressed bytes per chunk of a chunked span (0: spans are verified whole)
+    chunk_size: int = 0
+    _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
 
-    def window(self, span_index: int) -> bytes | None:
+    def _where(self, span_index: int) -> str:
+        return f"index of {self.layer_digest}: span {span_index}"
+
+    def record(self, span_index: int) -> bytes:
+        """Span ``span_index``'s record, checked against its digest (b"" for none)."""
+        kept = self._records.get(span_index)
+        if kept is not None:
+            return kept
         offset, length = self.window_locations[span_index]
         if not length:
-            return None
-        where = f"index of {self.layer_digest}: span {span_index}"
+            return b""
+        where = self._where(span_index)
         if self.read_windows is None:
             raise FormatError(f"{where}: windows are not available")
-        packed = self.read_windows(offset, length)
-        if len(packed) != length:
-            raise FormatError(f"{where}: window is cut")
+        data = self.read_windows(offset, length)
+        if len(data) != length:
+            raise FormatError(f"{where}: record is cut")
         if (
             self.window_digests
-            and hashlib.sha256(packed).digest() != (self.window_digests[span_index])
+            and hashlib.sha256(data).digest() != (self.window_digests[span_index])
         ):
-            raise FormatError(f"{where}: window does not match its digest")
+            raise FormatError(f"{where}: record does not match its digest")
+        if len(self._records) >= _RECORDS_KEPT:
+            try:  # other threads may be doing the same: any one old record will do
+                self._records.pop(next(iter(self._records)), None)
+            except (StopIteration, RuntimeError):
+                pass
+        self._records[span_index] = data
+        return data
+
+    def chunk_table(self, span_index: int) -> ChunkTable | None:
+        """The chunk digests and marks of a chunked span (None for whole spans)."""
+        span = self.spans[span_index]
+        if not span.chunk_size:
+            return None
+        n = span.chunk_count
+        where = self._where(span_index)
+        table = ChunkTable.decode(self.record(span_index)[: 36 * n], n, where=where)
+        from .base import chunked_digest
+
+        if chunked_digest(table.digests) != span.digest:
+            raise FormatError(f"{where}: chunk table does not match the span's digest")
+        return table
+
+    def window(self, span_index: int) -> bytes | None:
+        span = self.spans[span_index] if self.spans else None
+        skip = 36 * span.chunk_count if span is not None else 0
+        packed = self.record(span_index)[skip:]
+        if not packed:
+            return None
         if not self.windows_packed:
             return packed
-        return unpack_window(packed, where=where)
+        return unpack_window(packed, where=self._where(span_index))
 
 
-def serialize(index: LayerIndex, packed_windows: Sequence[bytes]) -> bytes:
-    """The index file bytes. ``packed_windows[i]``: span i's packed window or b""."""
-    if len(packed_windows) != len(index.spans):
-        raise ValueError("one window (or b'') per span")
+def record_of(chunks: ChunkTable | None, packed_window: bytes) -> bytes:
+    """A span's record from its chunk table and packed window."""
+    return (chunks.encode() if chunks is not None else b"") + packed_window
+
+
+def serialize(index: LayerIndex, records: Sequence[bytes]) -> bytes:
+    """The index file bytes. ``records[i]``: span i's record (:func:`record_of`) or b""."""
+    if len(records) != len(index.spans):
+        raise ValueError("one record (or b'') per span")
     out = io.BytesIO()
-    write_index(out, index, packed_windows.__getitem__)
+    write_index(out, index, records.__getitem__)
     return out.getvalue()
 
 
-def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int], bytes]) -> None:
-    """Write the index file to ``out``; ``packed_window(i)`` gives span i's packed window
-    (b"" for none). Windows are read twice (sizes and digests first, as the span records
-    come before them) and never all held at once."""
+def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]) -> None:
+    """Write the index file to ``out``; ``record(i)`` gives span i's record (chunk table +
+    packed window, :func:`record_of`; b"" for none). Records are read twice (sizes and
+    digests first, as the span records come before them) and never all held at once."""
     toc = {
         "layer_digest": index.layer_digest,
         "media_type": index.media_type,
@@ -125,6 +178,7 @@ def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int],
         "blob_size": index.blob_size,
         "uncompressed_size": index.uncompressed_size,
         "span_size": index.span_size,
+        "chunk_size": index.chunk_size,
         "tool": index.tool,
         "entries": encode_entries(index.entries),
     }
@@ -143,7 +197,12 @@ def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int],
     records = []
     woff = 0
     for span in index.spans:
-        packed = packed_window(span.index)
+        if span.chunk_size != index.chunk_size:
+            raise ValueError(f"span {span.index} is chunked unlike its index")
+        packed = record(span.index)
+        window_length = len(packed) - 36 * span.chunk_count
+        if window_length < 0:
+            raise ValueError(f"record of span {span.index} has no room for its chunk table")
         records.append(
             _SPAN.pack(
                 span.compressed_start,
@@ -153,6 +212,7 @@ def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int],
                 span.bits,
                 woff,
                 len(packed),
+                window_length,
                 bytes.fromhex(span.digest),
                 hashlib.sha256(packed).digest() if packed else bytes(32),
             )
@@ -175,7 +235,7 @@ def write_index(out: BinaryIO, index: LayerIndex, packed_window: Callable[[int],
     out.write(toc_bytes)
     out.write(b"".join(records))
     for span in index.spans:
-        out.write(packed_window(span.index))
+        out.write(record(span.index))
 
 
 def _json_pieces(value: object) -> Iterator[str]:
@@ -272,14 +332,18 @@ def parse(
     spans: list[Span] = []
     locations: list[tuple[int, int]] = []
     window_digests: list[bytes] = []
+    chunk = index.chunk_size
     for i in range(header.span_count):
-        cs, ce, us, ue, bits, woff, wlen, digest, wdigest = _SPAN.unpack_from(
+        cs, ce, us, ue, bits, woff, rlen, wlen, digest, wdigest = _SPAN.unpack_from(
             metadata, header.span_offset + i * SPAN_RECORD_SIZE
         )
-        spans.append(Span(i, cs, ce, us, ue, digest.hex(), bits))
-        if woff + wlen > header.windows_length:
-            raise FormatError(f"{where}: window of span {i} lies outside the index")
-        locations.append((header.windows_offset + woff, wlen))
+        span = Span(i, cs, ce, us, ue, digest.hex(), bits, chunk)
+        spans.append(span)
+        if woff + rlen > header.windows_length:
+            raise FormatError(f"{where}: record of span {i} lies outside the index")
+        if cs <= ce and rlen - wlen != 36 * span.chunk_count:
+            raise FormatError(f"{where}: record of span {i} does not hold its chunk table")
+        locations.append((header.windows_offset + woff, rlen))
         window_digests.append(wdigest)
     _check_spans(spans, index, where)
     index.spans = spans
@@ -303,7 +367,15 @@ def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
         spans=[],
         entries=EntryTable(entries, where=where),
         tool=str(toc.get("tool", "")),
+        chunk_size=_chunk_size(toc.get("chunk_size", 0)),
     )
+
+
+def _chunk_size(value: object) -> int:
+    size = _nonneg(value)
+    if size and not 512 <= size < 1 << 31:
+        raise ValueError(f"chunk size {size} out of range")
+    return size
 
 
 def _nonneg(value: object) -> int:
@@ -335,30 +407,24 @@ def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
 
 
 def index_file(index: LayerIndex) -> bytes:
-    """The index file of any loaded or built index (windows gathered and packed)."""
+    """The index file of any loaded or built index (records gathered, windows packed)."""
     from .base import WindowPacker
 
     packer = WindowPacker()
 
-    done: dict[int, bytes] = {}  # write_index asks for each window twice
+    done: dict[int, bytes] = {}  # write_index asks for each record twice
 
-    def packed(i: int) -> bytes:
+    def record(i: int) -> bytes:
         if i not in done:
             done[i] = gather(i)
         return done[i]
 
     def gather(i: int) -> bytes:
-        offset, length = index.window_locations[i] if index.window_locations else (0, 0)
-        if not length:
-            return b""
-        if not index.windows_packed:
-            window = index.window(i)
+        if not index.windows_packed:  # a zTOC's raw window: pack it (never chunked)
+            window = index.window(i) if index.window_locations else None
             return packer.pack(window) if window else b""
-        raw = index.read_windows(offset, length) if index.read_windows else b""
-        if len(raw) != length:
-            raise FormatError(f"index of {index.layer_digest}: window of span {i} is cut")
-        return raw
+        return index.record(i) if index.window_locations else b""
 
     out = io.BytesIO()
-    write_index(out, index, packed)
+    write_index(out, index, record)
     return out.getvalue()

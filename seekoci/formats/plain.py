@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..errors import FormatError
-from .base import IndexerBase, Span, SpanHasher
+from .base import ChunkTable, IndexerBase, Span, SpanHasher
 
 
 class PlainIndexer(IndexerBase):
@@ -20,9 +20,10 @@ class PlainIndexer(IndexerBase):
         name: str = "tar blob",
         check_crc: bool = True,
         elide_windows: bool = False,
+        chunk_size: int = 0,
     ) -> None:
-        super().__init__(span_size, name=name)
-        self._hasher = SpanHasher(0)
+        super().__init__(span_size, name=name, chunk_size=chunk_size)
+        self._hasher = SpanHasher(0, chunk_size)
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         if self._finished:
@@ -40,7 +41,13 @@ class PlainIndexer(IndexerBase):
     def _close(self, end: int) -> None:
         start = self._hasher.span_start
         digest = self._hasher.cut(end, end)
-        self.spans.append(Span(len(self.spans), start, end, start, end, digest))
+        self.spans.append(
+            Span(len(self.spans), start, end, start, end, digest, chunk_size=self.chunk_size)
+        )
+        if self.chunk_size:  # nothing to decode: chunk k holds bytes up to its end
+            n = len(self._hasher.last_chunks)
+            marks = [min((k + 1) * self.chunk_size, end - start) for k in range(n)]
+            self._chunk_tables.append(ChunkTable(self._hasher.last_chunks, marks))
 
     def finish(self) -> None:
         if self._finished:
@@ -50,7 +57,17 @@ class PlainIndexer(IndexerBase):
         self._finished = True
 
 
-def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "tar blob") -> bytes:
+def decode_span(
+    span: Span,
+    data: bytes,
+    window: bytes | None,
+    *,
+    name: str = "tar blob",
+    partial: bool = False,
+) -> bytes:
+    """The span's bytes; ``partial``: ``data`` is a prefix of them."""
+    if partial and len(data) <= span.uncompressed_size:
+        return data
     if len(data) != span.uncompressed_size:
         raise FormatError(
             f"{name}: span {span.index} has {len(data)} bytes, index says {span.uncompressed_size}"

@@ -36,7 +36,9 @@ class ZstdIndexer(IndexerBase):
         name: str = "zstd blob",
         check_crc: bool = True,
         elide_windows: bool = False,
+        chunk_size: int = 0,
     ) -> None:
+        # frames are read whole (a span is decoded from its first frame): no chunks
         super().__init__(span_size, name=name)
         self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._frame: zstandard.ZstdDecompressionObj | None = None
@@ -91,7 +93,14 @@ class ZstdIndexer(IndexerBase):
         self._finished = True
 
 
-def decode_span(span: Span, data: bytes, window: bytes | None, *, name: str = "zstd blob") -> bytes:
+def decode_span(
+    span: Span,
+    data: bytes,
+    window: bytes | None,
+    *,
+    name: str = "zstd blob",
+    partial: bool = False,  # zstd spans are never chunked: always whole
+) -> bytes:
     """The uncompressed bytes of a run of whole frames."""
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     want = span.uncompressed_size

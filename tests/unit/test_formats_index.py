@@ -29,7 +29,7 @@ from seekoci.formats.tar import TarEntry
 
 # The layout as the module docstring documents it (written out here, not imported).
 HEADER = struct.Struct("<8sHHIQQQQQQ")
-SPAN = struct.Struct("<QQQQB7xQI4x32s32s")
+SPAN = struct.Struct("<QQQQB7xQII32s32s")
 DIGEST = "sha256:" + "ab" * 32
 # The TarEntry fields the index keeps (raw_name comes back as the name).
 STORED_FIELDS = ("name", "type", "size", "mode", "uid", "gid", "mtime", "linkname", "uname",
@@ -149,7 +149,10 @@ def test_the_documented_layout() -> None:
     assert toc["entries"] == DOCUMENTED_ENTRIES
     offset = 0
     for i, span in enumerate(index.spans):
-        cs, ce, us, ue, bits, woff, wlen, digest, _wd = SPAN.unpack_from(data, span_off + 120 * i)
+        cs, ce, us, ue, bits, woff, rlen, wlen, digest, _wd = SPAN.unpack_from(
+            data, span_off + 120 * i
+        )
+        assert rlen == wlen  # not chunked: a record is its packed window
         assert (cs, ce, us, ue, bits) == (
             span.compressed_start,
             span.compressed_end,
@@ -254,7 +257,8 @@ def raw_index(
     version: int = INDEX_VERSION,
     magic: bytes = b"SEEKOCIX",
 ) -> bytes:
-    """An index file with any TOC and span records (cs, ce, us, ue, bits, woff, wlen)."""
+    """An index file with any TOC and span records (cs, ce, us, ue, bits, woff, wlen) of
+    spans that are not chunked (a record is the packed window)."""
     if toc_bytes is None:
         text = json.dumps(toc)  # the writer's encoding: ASCII JSON, \udcXX for non-UTF-8 names
         toc_bytes = zstandard.ZstdCompressor().compress(text.encode("ascii"))
@@ -264,7 +268,7 @@ def raw_index(
         magic, version, 0, len(spans), 64, len(toc_bytes), span_off, win_off, len(windows), 0
     )
     records = b"".join(
-        SPAN.pack(*s, bytes(32), hashlib.sha256(windows[s[5] : s[5] + s[6]]).digest())
+        SPAN.pack(*s, s[6], bytes(32), hashlib.sha256(windows[s[5] : s[5] + s[6]]).digest())
         for s in spans
     )
     return header + toc_bytes + records + windows

@@ -32,10 +32,15 @@ from layers import (
 )
 
 import seekoci
+from seekoci import formats
+from seekoci.formats.base import span_matches
 from seekoci.source import BytesSource
 
 SOURCES = ("path", "bytes", "cached")
 SPAN_SIZES = (4096, 65536)
+#: Spans of 64 KiB are verified (and fetched) in chunks this small, so that reads of a part
+#: of a span go through chunk tables; 4 KiB spans keep the default (one chunk per span).
+SMALL_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -93,8 +98,10 @@ class Case:
     params=[(p, s, n) for p in PRODUCERS for s in SOURCES for n in SPAN_SIZES],
     ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}",
 )
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> Case:
+def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     producer, source, span_size = request.param
+    if span_size == 65536:
+        monkeypatch.setattr(seekoci.layer, "CHUNK_SIZE", SMALL_CHUNK)
     data = corpus(producer)
     return Case(producer, data, open_case(data.blob, source, span_size, tmp_path), span_size)
 
@@ -146,9 +153,34 @@ def test_spans_tile_the_blob_and_the_tar(case: Case) -> None:
         assert cur.compressed_start in (prev.compressed_end, prev.compressed_end - 1)
         # a checkpoint is taken once more than span_size bytes came out
         assert prev.uncompressed_size > span_size or case.producer == "none"
+    index = layer.index()
+    codec = formats.codec_for(layer.compression, where="test")
     for span in spans:
-        chunk = data.blob[span.compressed_start : span.compressed_end]
-        assert hashlib.sha256(chunk).hexdigest() == span.digest
+        compressed = data.blob[span.compressed_start : span.compressed_end]
+        assert span_matches(span, compressed)
+        table = index.chunk_table(span.index)
+        if case.producer.startswith("zstd"):  # frames are decoded whole: never chunked
+            assert span.chunk_size == 0 and table is None
+            assert hashlib.sha256(compressed).hexdigest() == span.digest
+            continue
+        assert span.chunk_size == seekoci.layer.CHUNK_SIZE and table is not None
+        size = span.chunk_size
+        assert table.digests == [
+            hashlib.sha256(compressed[i : i + size]).digest()
+            for i in range(0, max(1, len(compressed)), size)
+        ]
+        assert table.marks[-1] == span.uncompressed_size
+        if len(table.marks) > 3:  # marks are measured, not just the floor
+            assert table.marks[-3] > 0
+        # the chunks up to each mark decode to at least that many bytes of the tar
+        window = index.window(span.index)
+        for k, mark in enumerate(table.marks):
+            prefix = codec.decode_span(
+                span, compressed[: (k + 1) * size], window, name="test", partial=True
+            )
+            assert len(prefix) >= mark
+            start = span.uncompressed_start
+            assert prefix == data.tar[start : start + len(prefix)]
     assert layer.compression == {"none": "none", "zstd": "zstd", "zstd-frames": "zstd"}.get(
         case.producer, "gzip"
     )

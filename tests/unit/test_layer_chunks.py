@@ -1,0 +1,115 @@
+"""Reads that fetch only the start of a span: chunk tables, prefixes, and damage.
+
+A span of ~1 MiB is verified in 64 KiB chunks; a small file near a span's start costs its
+record and the chunks up to it, not the whole span.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from layers import build_tar, compress, file, sha256_digest, text_bytes
+
+import seekoci
+from seekoci.errors import IntegrityError
+from seekoci.source import FileSource
+
+SPAN = 1 << 20
+
+
+def make_layer(tmp_path: Path, producer: str = "gzip") -> tuple[Path, str, dict[str, bytes]]:
+    """~4 MB of text in 64 KB files: several spans, each many chunks long."""
+    files = {f"data/{i:03d}.txt": text_bytes(f"chunks-{i}", 64_000) for i in range(64)}
+    blob = compress(build_tar([file(name, data) for name, data in files.items()]), producer)
+    path = tmp_path / "layer.blob"
+    path.write_bytes(blob)
+    return path, sha256_digest(blob), files
+
+
+def reader(path: Path, digest: str, cache: Path) -> seekoci.Layer:
+    return seekoci.open_layer(FileSource(path), digest=digest, cache_dir=cache, span_size=SPAN)
+
+
+@pytest.mark.parametrize("producer", ["gzip", "none"])
+def test_a_small_read_fetches_the_start_of_its_span_only(tmp_path: Path, producer: str) -> None:
+    path, digest, files = make_layer(tmp_path, producer)
+    cache = tmp_path / "cache"
+    reader(path, digest, cache).index()
+    layer = reader(path, digest, cache)
+    index = layer.index()
+    assert layer.index_status == "cached"
+    # the file whose data starts closest after the start of a span (not the first span)
+    entries = {e.name: e for e in index.entries}
+    span = index.spans[2]
+    name = min(
+        (n for n in files if entries[n].data_offset >= span.uncompressed_start),
+        key=lambda n: entries[n].data_offset,
+    )
+    assert layer.open(name).read() == files[name]
+    source = layer.source
+    assert isinstance(source, FileSource)
+    first = source.bytes_read
+    assert 0 < first < span.compressed_size / 2, (first, span.compressed_size)
+    assert first % span.chunk_size == 0  # whole chunks
+
+    # the rest of the span: only the chunks not fetched before
+    last = max(
+        (n for n in files if entries[n].data_offset + len(files[n]) <= span.uncompressed_end),
+        key=lambda n: entries[n].data_offset,
+    )
+    assert layer.open(last).read() == files[last]
+    assert source.bytes_read == span.compressed_size
+
+
+def test_another_process_reuses_the_saved_start_of_a_span(tmp_path: Path) -> None:
+    path, digest, files = make_layer(tmp_path)
+    cache = tmp_path / "cache"
+    reader(path, digest, cache).index()
+    name = "data/020.txt"
+    first = reader(path, digest, cache)
+    assert first.open(name).read() == files[name]
+    assert isinstance(first.source, FileSource) and first.source.bytes_read > 0
+    again = reader(path, digest, cache)
+    assert again.open(name).read() == files[name]
+    assert isinstance(again.source, FileSource) and again.source.bytes_read == 0
+
+
+class Tampering(FileSource):
+    """A source that flips one byte of every read that covers ``at``."""
+
+    def __init__(self, path: Path, at: int) -> None:
+        super().__init__(path)
+        self.at = at
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        data = super().read_range(offset, length)
+        if offset <= self.at < offset + len(data):
+            damaged = bytearray(data)
+            damaged[self.at - offset] ^= 0x40
+            return bytes(damaged)
+        return data
+
+
+def test_a_damaged_chunk_is_an_integrity_error_not_wrong_bytes(tmp_path: Path) -> None:
+    path, digest, files = make_layer(tmp_path)
+    cache = tmp_path / "cache"
+    index = reader(path, digest, cache).index()
+    span = index.spans[1]
+    layer = seekoci.open_layer(
+        Tampering(path, span.compressed_start + 10), digest=digest, cache_dir=cache, span_size=SPAN
+    )
+    entry = next(e for e in index.entries if e.data_offset >= span.uncompressed_start)
+    with pytest.raises(IntegrityError, match="chunks"):
+        layer.open(entry.name).read()
+    # a damaged prefix saved in the cache is not trusted either
+    saved = cache / "spans" / "sha256" / (span.digest + ".prefix")
+    assert not saved.exists()
+    good = reader(path, digest, cache)
+    assert good.open(entry.name).read() == files[entry.name]
+    data = bytearray(saved.read_bytes())
+    data[5] ^= 1
+    saved.write_bytes(bytes(data))
+    fresh = reader(path, digest, cache)
+    assert fresh.open(entry.name).read() == files[entry.name]
+    assert isinstance(fresh.source, FileSource) and fresh.source.bytes_read > 0  # refetched
