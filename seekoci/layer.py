@@ -28,7 +28,15 @@ from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.base import ChunkTable, Span, SpanVerifier, span_matches
 from .formats.entries import EntryTable
-from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header, record_of, write_index
+from .formats.index import (
+    HEADER_SIZE,
+    LayerIndex,
+    parse,
+    parse_header,
+    record_of,
+    write_index,
+)
+from .formats.pages import PagedEntries, PagedSpans
 from .formats.tar import TarEntry, TarScanner, normalize_name
 from .source import RangeSource
 from .tree import Tree
@@ -341,6 +349,8 @@ class Layer:
             header = parse_header(read(0, HEADER_SIZE), where=where)
             if header.windows_offset + header.windows_length > size:
                 raise FormatError(f"{where}: truncated")
+            # every page parsed and checked now: a damaged file is rebuilt here rather than
+            # failing a read later (published indexes load their pages lazily instead)
             index = parse(
                 read(0, header.metadata_end),
                 read_windows=read,
@@ -452,7 +462,7 @@ class Layer:
             self._by_name.clear()
             self._named_upto = 0
         start = self._named_upto
-        if isinstance(entries, EntryTable):  # from the name column: no entry objects made
+        if isinstance(entries, EntryTable | PagedEntries):  # from the names: no entry objects
             self._by_name.update(entries.name_map(start))
         else:
             for i in range(start, len(entries)):
@@ -472,6 +482,10 @@ class Layer:
         """
         name = normalize_name(name)
         with self._lock:
+            if self._index is not None or self._try_cache():
+                entries = self._entries()
+                if isinstance(entries, PagedEntries):  # only the pages that may hold it
+                    return entries.lookup(name)
             if self._index is None and not self._try_cache():
 
                 def seen() -> bool:
@@ -503,7 +517,7 @@ class Layer:
             return self._tree
 
     # -- bytes ------------------------------------------------------------------------------
-    def _spans(self) -> list[Span]:
+    def _spans(self) -> Sequence[Span]:
         if self._index is not None:
             return self._index.spans
         if self._build is not None:
@@ -526,9 +540,12 @@ class Layer:
             if offset >= end:
                 return b""
             starts = [s.uncompressed_start for s in spans] if self._index is None else None
-        if starts is None:
-            starts = self._span_starts()
-        first = bisect.bisect_right(starts, offset) - 1
+        if starts is None and isinstance(spans, PagedSpans):
+            first = spans.locate(offset)
+        else:
+            if starts is None:
+                starts = self._span_starts()
+            first = bisect.bisect_right(starts, offset) - 1
         parts: list[bytes] = []
         i = first
         while i < len(spans) and spans[i].uncompressed_start < end:
@@ -744,7 +761,7 @@ class Layer:
         self.find(name)  # index at least that far
         with self._lock:
             entries = self._entries()
-            names = entries.names if isinstance(entries, EntryTable) else None
+            names = entries.names if isinstance(entries, EntryTable | PagedEntries) else None
             for i in range(self._position(entries, link) - 1, -1, -1):
                 if (names[i] if names is not None else entries[i].name) == name:
                     candidate = entries[i]

@@ -116,8 +116,9 @@ def publish_native(
                     ANN_LAYER_DIGEST: str(layer.digest),
                     ANN_LAYER_MEDIA_TYPE: layer.media_type,
                     ANN_SPAN_SIZE: str(index.span_size),
-                    ANN_METADATA_SIZE: str(header.metadata_end),
-                    ANN_METADATA_DIGEST: _digest(data[: header.metadata_end]),
+                    # what a reader fetches first: header and directory
+                    ANN_METADATA_SIZE: str(header.head_end),
+                    ANN_METADATA_DIGEST: _digest(data[: header.head_end]),
                 },
             }
         )

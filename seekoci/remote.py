@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, IntegrityError, SeekociError
-from .formats.index import HEADER_SIZE, LayerIndex, parse, parse_header
+from .formats.index import HEADER_SIZE, LayerIndex, parse_header, parse_lazy
+from .formats.pages import ReadMany
 from .source import RangeSource
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("seekoci")
 
 NATIVE_ARTIFACT_TYPE = "application/vnd.seekoci.index.v1"
-NATIVE_BLOB_MEDIA_TYPE = "application/vnd.seekoci.index.layer.v3"
+NATIVE_BLOB_MEDIA_TYPE = "application/vnd.seekoci.index.layer.v5"
 ANN_LAYER_DIGEST = "dev.seekoci.layer.digest"
 ANN_LAYER_MEDIA_TYPE = "dev.seekoci.layer.media-type"
 ANN_SPAN_SIZE = "dev.seekoci.span-size"
@@ -58,6 +59,21 @@ SOCI_ANN_BUILD_TOOL = "com.amazon.soci.build-tool-identifier"
 
 #: A published zTOC larger than this is refused (SOCI's are ~0.8% of a layer).
 MAX_ZTOC_SIZE = 1 << 30
+
+
+def _parallel(source: RangeSource) -> ReadMany:
+    """Several ranges of an index blob at once (pages a lookup needs, on separate
+    connections), not one round trip after another."""
+
+    def read_many(ranges: list[tuple[int, int]]) -> list[bytes]:
+        if len(ranges) == 1:
+            return [source.read_range(*ranges[0])]
+        from .layer import _background
+
+        futures = [_background().submit(source.read_range, *r) for r in ranges]
+        return [f.result() for f in futures]
+
+    return read_many
 
 
 @dataclass
@@ -239,21 +255,23 @@ class RemoteIndexes:
             raise FormatError(f"{where}: no metadata size/digest annotations") from None
         if not HEADER_SIZE <= size <= blob.size:
             raise FormatError(f"{where}: metadata size {size} out of range")
-        # the annotation gives the metadata's size: one request for header, TOC and spans
-        # (or none: the span cache keeps it by its digest)
+        # the annotation gives the size of the index's header and directory: one request
+        # (or none: the span cache keeps it by its digest); entry pages, span pages and
+        # records come later, by range, each checked against the directory
         source = self._source(blob)
         wanted = digest.partition(":")[2]
-        metadata = self._cache.load_span(wanted) if self._cache is not None and wanted else None
-        if metadata is None:
-            metadata = source.read_range(0, size)
-        parse_header(metadata, where=where)
-        if "sha256:" + hashlib.sha256(metadata).hexdigest() != digest:
-            raise IntegrityError(f"{where}: header/TOC/span table do not match their digest")
+        head = self._cache.load_span(wanted) if self._cache is not None and wanted else None
+        if head is None:
+            head = source.read_range(0, size)
+        parse_header(head, where=where)
+        if "sha256:" + hashlib.sha256(head).hexdigest() != digest:
+            raise IntegrityError(f"{where}: header and directory do not match their digest")
         if self._cache is not None:
-            self._cache.save_span(wanted, metadata)
-        return parse(
-            metadata,
-            read_windows=source.read_range,
+            self._cache.save_span(wanted, head)
+        return parse_lazy(
+            head,
+            source.read_range,
+            read_many=_parallel(source),
             expected_digest=layer_digest,
             where=where,
         )

@@ -45,9 +45,9 @@ import io
 import itertools
 import json
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -55,6 +55,18 @@ from ..errors import FormatError
 from .base import ChunkTable, Span, unpack_window
 from .entries import EntryTable
 from .entries import encode as encode_entries
+from .pages import (
+    PAGE_ENTRIES,
+    SPANS_PER_PAGE,
+    LazyColumn,
+    PagedEntries,
+    PagedSpans,
+    PageInfo,
+    ReadMany,
+    SpanPage,
+    sequential,
+    walk_key,
+)
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
@@ -82,16 +94,16 @@ class LayerIndex:
     blob_size: int
     uncompressed_size: int
     span_size: int
-    spans: list[Span]
+    spans: Sequence[Span]
     entries: Sequence[TarEntry]
     #: each span's record (chunk table + packed window; a SOCI zTOC's raw window), fetched
     #: lazily: (offset, length) per span for ``read_windows``
-    window_locations: list[tuple[int, int]] = field(default_factory=list)
+    window_locations: Sequence[tuple[int, int]] = field(default_factory=list)
     read_windows: WindowReader | None = None
     tool: str = ""
     #: sha256 of each record, checked on every load (empty: not checked, for records that
     #: never left this process)
-    window_digests: list[bytes] = field(default_factory=list)
+    window_digests: Sequence[bytes] = field(default_factory=list)
     #: False when ``read_windows`` returns raw 32 KiB windows (a SOCI zTOC's checkpoints)
     windows_packed: bool = True
     #: compressed bytes per chunk of a chunked span (0: spans are verified whole)
@@ -171,29 +183,31 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     """Write the index file to ``out``; ``record(i)`` gives span i's record (chunk table +
     packed window, :func:`record_of`; b"" for none). Records are read twice (sizes and
     digests first, as the span records come before them) and never all held at once."""
-    toc = {
-        "layer_digest": index.layer_digest,
-        "media_type": index.media_type,
-        "compression": index.compression,
-        "blob_size": index.blob_size,
-        "uncompressed_size": index.uncompressed_size,
-        "span_size": index.span_size,
-        "chunk_size": index.chunk_size,
-        "tool": index.tool,
-        "entries": encode_entries(index.entries),
-    }
-    # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so the TOC is valid
-    # JSON text for any reader and round-trips to the same str. zstd level 9: a quarter of
-    # zlib's size on real tables (it is what a reader of a published index downloads).
-    compressor = zstandard.ZstdCompressor(level=9, write_checksum=True).compressobj()
-    toc_bytes = b"".join(
-        [*(compressor.compress(piece.encode("ascii")) for piece in _json_pieces(toc)),
-         compressor.flush()]
-    )  # fmt: skip
-    del toc
-    toc_offset = HEADER_SIZE
-    span_offset = toc_offset + len(toc_bytes)
-    windows_offset = span_offset + SPAN_RECORD_SIZE * len(index.spans)
+    # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so every page is valid
+    # JSON text for any reader and round-trips to the same str. zstd level 9 (what a reader
+    # of a published index downloads).
+    compressor = zstandard.ZstdCompressor(level=9, write_checksum=True)
+    entries = index.entries
+    paged = entries if isinstance(entries, PagedEntries) else None
+    reuse = paged is not None and all(
+        p.count == PAGE_ENTRIES or i == len(paged.page_infos) - 1
+        for i, p in enumerate(paged.page_infos)
+    )
+    pages: list[bytes] = []
+    page_meta: dict[str, list[Any]] = {k: [] for k in ("count", "low", "high", "length", "sha256")}
+    for p, start in enumerate(range(0, len(entries), PAGE_ENTRIES)):
+        if reuse and paged is not None:
+            doc = paged.page_doc(p)
+        else:
+            doc = encode_entries(list(entries[start : start + PAGE_ENTRIES]))
+        names = doc["dense"]["name"]
+        data = compressor.compress(json.dumps(doc, separators=(",", ":")).encode("ascii"))
+        pages.append(data)
+        page_meta["count"].append(len(names))
+        page_meta["low"].append(min(names, key=walk_key))
+        page_meta["high"].append(max(names, key=walk_key))
+        page_meta["length"].append(len(data))
+        page_meta["sha256"].append(hashlib.sha256(data).hexdigest())
     records = []
     woff = 0
     for span in index.spans:
@@ -218,6 +232,32 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
             )
         )
         woff += len(packed)
+    span_pages: dict[str, list[Any]] = {"start": [], "sha256": []}
+    for first in range(0, len(records), SPANS_PER_PAGE):
+        span_pages["start"].append(index.spans[first].uncompressed_start)
+        span_pages["sha256"].append(
+            hashlib.sha256(b"".join(records[first : first + SPANS_PER_PAGE])).hexdigest()
+        )
+    directory = {
+        "layer_digest": index.layer_digest,
+        "media_type": index.media_type,
+        "compression": index.compression,
+        "blob_size": index.blob_size,
+        "uncompressed_size": index.uncompressed_size,
+        "span_size": index.span_size,
+        "chunk_size": index.chunk_size,
+        "tool": index.tool,
+        "page_entries": PAGE_ENTRIES,
+        "pages": page_meta,
+        "span_pages": span_pages,
+    }
+    directory_bytes = compressor.compress(
+        json.dumps(directory, separators=(",", ":")).encode("ascii")
+    )
+    toc_offset = HEADER_SIZE
+    toc_length = len(directory_bytes) + sum(map(len, pages))
+    span_offset = toc_offset + toc_length
+    windows_offset = span_offset + SPAN_RECORD_SIZE * len(index.spans)
     out.write(
         _HEADER.pack(
             MAGIC,
@@ -225,30 +265,19 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
             0,
             len(index.spans),
             toc_offset,
-            len(toc_bytes),
+            toc_length,
             span_offset,
             windows_offset,
             woff,
-            0,
+            len(directory_bytes),
         )
     )
-    out.write(toc_bytes)
+    out.write(directory_bytes)
+    for page in pages:
+        out.write(page)
     out.write(b"".join(records))
     for span in index.spans:
         out.write(record(span.index))
-
-
-def _json_pieces(value: object) -> Iterator[str]:
-    """Compact JSON of ``value`` in pieces (objects opened up, everything else whole): the
-    TOC of a 160k-entry layer is tens of MB of text, never held at once this way."""
-    if isinstance(value, dict):
-        yield "{"
-        for i, (key, item) in enumerate(value.items()):
-            yield ("," if i else "") + json.dumps(str(key)) + ":"
-            yield from _json_pieces(item)
-        yield "}"
-    else:
-        yield json.dumps(value, separators=(",", ":"), allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -259,26 +288,35 @@ class IndexHeader:
     span_offset: int
     windows_offset: int
     windows_length: int
+    directory_length: int
+
+    @property
+    def head_end(self) -> int:
+        """End of header + directory: all a reader needs up front."""
+        return self.toc_offset + self.directory_length
 
     @property
     def metadata_end(self) -> int:
-        """End of header + TOC + span table: what a reader needs before any window."""
+        """End of header + TOC + span table: everything but the records."""
         return self.span_offset + self.span_count * SPAN_RECORD_SIZE
 
 
 def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
     if len(data) < HEADER_SIZE:
         raise FormatError(f"{where}: shorter than its header")
-    magic, version, _flags, count, toc_off, toc_len, span_off, win_off, win_len, _r = (
+    magic, version, _flags, count, toc_off, toc_len, span_off, win_off, win_len, dir_len = (
         _HEADER.unpack_from(data)
     )
     if magic != MAGIC:
         raise FormatError(f"{where}: not a seekoci index (bad magic)")
     if version != INDEX_VERSION:
         raise FormatError(f"{where}: index format version {version}, expected {INDEX_VERSION}")
-    header = IndexHeader(count, toc_off, toc_len, span_off, win_off, win_len)
+    header = IndexHeader(count, toc_off, toc_len, span_off, win_off, win_len, dir_len)
     if not (
-        toc_off == HEADER_SIZE and span_off == toc_off + toc_len and win_off == header.metadata_end
+        toc_off == HEADER_SIZE
+        and span_off == toc_off + toc_len
+        and win_off == header.metadata_end
+        and 0 < dir_len <= toc_len
     ):
         raise FormatError(f"{where}: inconsistent section offsets")
     return header
@@ -298,6 +336,162 @@ def _decompress_toc(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex, dict[str, Any]]:
+    """The layer's identity (a LayerIndex without entries or spans yet) and the directory."""
+    try:
+        raw = _decompress_toc(head[header.toc_offset : header.head_end])
+        doc = json.loads(raw.decode("utf-8"))
+    except (zstandard.ZstdError, ValueError) as exc:
+        raise FormatError(f"{where}: directory is corrupt ({exc})") from exc
+    try:
+        if not isinstance(doc, dict):
+            raise ValueError("not an object")
+        index = LayerIndex(
+            layer_digest=str(doc["layer_digest"]),
+            media_type=str(doc["media_type"]),
+            compression=str(doc["compression"]),
+            blob_size=_nonneg(doc["blob_size"]),
+            uncompressed_size=_nonneg(doc["uncompressed_size"]),
+            span_size=_nonneg(doc["span_size"]),
+            spans=[],
+            entries=[],
+            tool=str(doc.get("tool", "")),
+            chunk_size=_chunk_size(doc.get("chunk_size", 0)),
+        )
+    except FormatError:
+        raise
+    except Exception as exc:  # any shape of garbage JSON: never a bare exception
+        raise FormatError(f"{where}: directory is malformed ({exc!r})") from exc
+    return index, doc
+
+
+def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[PageInfo]:
+    try:
+        meta = doc["pages"]
+        columns = [meta[k] for k in ("count", "low", "high", "length", "sha256")]
+        if not all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
+            raise ValueError("page columns of different lengths")
+        infos = []
+        first = 0
+        offset = header.head_end
+        for count, low, high, length, digest in zip(*columns, strict=True):
+            if not isinstance(low, str) or not isinstance(high, str):
+                raise ValueError("page names are not text")
+            infos.append(
+                PageInfo(
+                    first,
+                    _nonneg(count),
+                    walk_key(low),
+                    walk_key(high),
+                    offset,
+                    _nonneg(length),
+                    bytes.fromhex(digest),
+                )
+            )
+            first += count
+            offset += length
+    except Exception as exc:
+        raise FormatError(f"{where}: page directory is malformed ({exc!r})") from None
+    if offset != header.toc_offset + header.toc_length:
+        raise FormatError(f"{where}: pages do not fill the table of contents")
+    return infos
+
+
+def _span_pages(doc: dict[str, Any], header: IndexHeader, where: str) -> list[SpanPage]:
+    try:
+        meta = doc["span_pages"]
+        starts, digests = meta["start"], meta["sha256"]
+        pages = [
+            SpanPage(_nonneg(a), bytes.fromhex(d)) for a, d in zip(starts, digests, strict=True)
+        ]
+    except Exception as exc:
+        raise FormatError(f"{where}: span page directory is malformed ({exc!r})") from None
+    if len(pages) != -(-header.span_count // SPANS_PER_PAGE) or any(
+        len(p.digest) != 32 for p in pages
+    ):
+        raise FormatError(f"{where}: span page directory does not match the span count")
+    if pages and pages[0].start != 0:
+        raise FormatError(f"{where}: spans do not cover the layer")
+    return pages
+
+
+def _span_page_parser(
+    index: LayerIndex, header: IndexHeader, pages: list[SpanPage], where: str
+) -> Callable[[int, bytes], list[tuple[Span, tuple[int, int], bytes]]]:
+    chunk = index.chunk_size
+
+    def parse_page(p: int, data: bytes) -> list[tuple[Span, tuple[int, int], bytes]]:
+        out: list[tuple[Span, tuple[int, int], bytes]] = []
+        first = p * SPANS_PER_PAGE
+        for j in range(len(data) // SPAN_RECORD_SIZE):
+            i = first + j
+            cs, ce, us, ue, bits, woff, rlen, wlen, digest, wdigest = _SPAN.unpack_from(
+                data, j * SPAN_RECORD_SIZE
+            )
+            span = Span(i, cs, ce, us, ue, digest.hex(), bits, chunk)
+            if bits > 7 or cs > ce or ce > index.blob_size or us > ue:
+                raise FormatError(f"{where}: span {i} is out of range")
+            if out and us != out[-1][0].uncompressed_end:
+                raise FormatError(f"{where}: span {i} does not follow span {i - 1}")
+            if woff + rlen > header.windows_length:
+                raise FormatError(f"{where}: record of span {i} lies outside the index")
+            if rlen < wlen or rlen - wlen != 36 * span.chunk_count:
+                raise FormatError(f"{where}: record of span {i} does not hold its chunk table")
+            out.append((span, (header.windows_offset + woff, rlen), wdigest))
+        if out:
+            last = out[-1][0].uncompressed_end
+            end = pages[p + 1].start if p + 1 < len(pages) else index.uncompressed_size
+            if last != end:
+                raise FormatError(f"{where}: spans do not cover the layer")
+        return out
+
+    return parse_page
+
+
+def parse_lazy(
+    head: bytes,
+    read_at: Callable[[int, int], bytes],
+    *,
+    read_many: ReadMany | None = None,
+    expected_digest: str | None = None,
+    where: str = "index",
+) -> LayerIndex:
+    """An index from its header and directory (``head``, :attr:`IndexHeader.head_end`
+    bytes) whose entry pages, span pages and records are read on demand through
+    ``read_at(offset, length)`` (offsets in the index file) and checked against the
+    directory as they arrive."""
+    header = parse_header(head, where=where)
+    if len(head) < header.head_end:
+        raise FormatError(f"{where}: truncated")
+    index, doc = _directory(head, header, where)
+    if expected_digest is not None and index.layer_digest != expected_digest:
+        raise FormatError(
+            f"{where}: index is for layer {index.layer_digest}, not {expected_digest}"
+        )
+    many = read_many or sequential(read_at)
+    pages = _page_infos(doc, header, where)
+    span_pages = _span_pages(doc, header, where)
+    if header.span_count == 0:
+        raise FormatError(f"{where}: no spans")
+    index.entries = PagedEntries(
+        pages, many, uncompressed_size=index.uncompressed_size, where=where
+    )
+    spans = PagedSpans(
+        header.span_count,
+        span_pages,
+        header.span_offset,
+        SPAN_RECORD_SIZE,
+        many,
+        _span_page_parser(index, header, span_pages, where),
+        where=where,
+    )
+    index.spans = spans
+    index.window_locations = LazyColumn(spans, spans.location)
+    index.window_digests = LazyColumn(spans, spans.record_digest)
+    index.read_windows = read_at
+    return index
+
+
 def parse(
     metadata: bytes,
     *,
@@ -305,70 +499,35 @@ def parse(
     expected_digest: str | None = None,
     where: str = "index",
 ) -> LayerIndex:
-    """Parse an index from its first ``metadata_end`` bytes (header, TOC, span table).
-
-    ``read_windows(offset, length)`` reads from the window area later, on demand. Every
-    structural property a reader relies on is checked here, so a corrupt or hostile index is
-    a FormatError, never a wrong read.
-    """
+    """Parse an index from its first ``metadata_end`` bytes (header, directory, every entry
+    page and the span table), all checked now: a corrupt or hostile index is a
+    FormatError here, never a wrong read later. ``read_windows(offset, length)`` reads
+    records (offsets in the index file) on demand."""
     header = parse_header(metadata, where=where)
     if len(metadata) < header.metadata_end:
         raise FormatError(f"{where}: truncated")
-    try:
-        toc_raw = _decompress_toc(metadata[header.toc_offset : header.span_offset])
-        toc = json.loads(toc_raw.decode("utf-8"))
-    except (zstandard.ZstdError, ValueError) as exc:
-        raise FormatError(f"{where}: table of contents is corrupt ({exc})") from exc
-    try:
-        index = _from_toc(toc, where)
-    except FormatError:
-        raise
-    except Exception as exc:  # any shape of garbage JSON: never a bare exception
-        raise FormatError(f"{where}: table of contents is malformed ({exc!r})") from exc
-    if expected_digest is not None and index.layer_digest != expected_digest:
-        raise FormatError(
-            f"{where}: index is for layer {index.layer_digest}, not {expected_digest}"
-        )
-    spans: list[Span] = []
-    locations: list[tuple[int, int]] = []
-    window_digests: list[bytes] = []
-    chunk = index.chunk_size
-    for i in range(header.span_count):
-        cs, ce, us, ue, bits, woff, rlen, wlen, digest, wdigest = _SPAN.unpack_from(
-            metadata, header.span_offset + i * SPAN_RECORD_SIZE
-        )
-        span = Span(i, cs, ce, us, ue, digest.hex(), bits, chunk)
-        spans.append(span)
-        if woff + rlen > header.windows_length:
-            raise FormatError(f"{where}: record of span {i} lies outside the index")
-        if cs <= ce and rlen - wlen != 36 * span.chunk_count:
-            raise FormatError(f"{where}: record of span {i} does not hold its chunk table")
-        locations.append((header.windows_offset + woff, rlen))
-        window_digests.append(wdigest)
-    _check_spans(spans, index, where)
-    index.spans = spans
-    index.window_locations = locations
-    index.window_digests = window_digests
-    index.read_windows = read_windows
-    return index
 
+    def read_at(offset: int, length: int) -> bytes:
+        if offset + length <= header.metadata_end:
+            return metadata[offset : offset + length]
+        if read_windows is None:
+            raise FormatError(f"{where}: windows are not available")
+        return read_windows(offset, length)
 
-def _from_toc(toc: dict[str, object], where: str) -> LayerIndex:
-    entries = toc["entries"]
-    if not isinstance(entries, dict):
-        raise FormatError(f"{where}: entries are not an object")
-    return LayerIndex(
-        layer_digest=str(toc["layer_digest"]),
-        media_type=str(toc["media_type"]),
-        compression=str(toc["compression"]),
-        blob_size=_nonneg(toc["blob_size"]),
-        uncompressed_size=_nonneg(toc["uncompressed_size"]),
-        span_size=_nonneg(toc["span_size"]),
-        spans=[],
-        entries=EntryTable(entries, where=where),
-        tool=str(toc.get("tool", "")),
-        chunk_size=_chunk_size(toc.get("chunk_size", 0)),
+    index = parse_lazy(
+        metadata[: header.head_end], read_at, expected_digest=expected_digest, where=where
     )
+    entries, spans = index.entries, index.spans
+    assert isinstance(entries, PagedEntries) and isinstance(spans, PagedSpans)
+    entries.load_all()
+    every = list(spans)
+    index.spans = every
+    index.window_locations = [spans.location(i) for i in range(len(every))]
+    index.window_digests = [spans.record_digest(i) for i in range(len(every))]
+    _check_spans(every, index, where)
+    if read_windows is None:
+        index.read_windows = None
+    return index
 
 
 def _chunk_size(value: object) -> int:
@@ -384,7 +543,7 @@ def _nonneg(value: object) -> int:
     return value
 
 
-def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
+def _check_spans(spans: Sequence[Span], index: LayerIndex, where: str) -> None:
     if not spans:
         raise FormatError(f"{where}: no spans")
     if spans[0].uncompressed_start != 0 or spans[-1].uncompressed_end != index.uncompressed_size:
@@ -401,7 +560,7 @@ def _check_spans(spans: list[Span], index: LayerIndex, where: str) -> None:
         ):
             raise FormatError(f"{where}: span {s.index} is out of range")
     entries = index.entries
-    end = entries.data_end() if isinstance(entries, EntryTable) else 0
+    end = entries.data_end() if isinstance(entries, EntryTable | PagedEntries) else 0
     if end > index.uncompressed_size:
         raise FormatError(f"{where}: an entry lies past the end of the layer")
 

@@ -158,26 +158,35 @@ def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
 
 
 def toc_of(index_bytes: bytes) -> dict[str, Any]:
+    """The index's directory with its one entry page as ``entries``."""
     header = parse_header(index_bytes)
-    raw = (
-        zstandard.ZstdDecompressor()
-        .decompressobj()
-        .decompress(index_bytes[header.toc_offset : header.span_offset])
-    )
-    return json.loads(raw.decode("ascii"))
+    dctx = zstandard.ZstdDecompressor()
+    toc = json.loads(dctx.decompressobj().decompress(index_bytes[64 : header.head_end]))
+    assert len(toc["pages"]["count"]) == 1
+    page = dctx.decompressobj().decompress(index_bytes[header.head_end : header.span_offset])
+    toc["entries"] = json.loads(page.decode("ascii"))
+    return dict(toc)
 
 
 def hostile_copy(good: bytes, toc_change: dict[str, object]) -> bytes:
-    """``good`` with its TOC JSON changed (keys replaced), offsets fixed up."""
+    """``good`` with its directory or entries changed (keys replaced), digests and offsets
+    fixed up: damage a writer made, not the disk."""
     header = parse_header(good)
     toc = toc_of(good)
     toc.update(toc_change)
-    new_toc = zstandard.ZstdCompressor().compress(json.dumps(toc).encode("ascii"))
-    delta = len(new_toc) - header.toc_length
+    entries = toc.pop("entries", None)
+    page = zstandard.ZstdCompressor().compress(json.dumps(entries).encode("ascii"))
+    if isinstance(toc.get("pages"), dict):
+        toc["pages"]["length"] = [len(page)]
+        toc["pages"]["sha256"] = [hashlib.sha256(page).hexdigest()]
+    directory = zstandard.ZstdCompressor().compress(json.dumps(toc).encode("ascii"))
+    toc_length = len(directory) + len(page)
+    delta = toc_length - header.toc_length
     head = bytearray(good[:64])
-    struct.pack_into("<QQQ", head, 24, len(new_toc), header.span_offset + delta,
+    struct.pack_into("<QQQ", head, 24, toc_length, header.span_offset + delta,
                      header.windows_offset + delta)  # fmt: skip
-    return bytes(head) + new_toc + good[header.span_offset :]
+    struct.pack_into("<Q", head, 56, len(directory))
+    return bytes(head) + directory + page + good[header.span_offset :]
 
 
 def entries_changed(good: bytes, change: Callable[[dict[str, Any]], object]) -> bytes:

@@ -25,6 +25,7 @@ from seekoci.formats.index import (
     parse_header,
     serialize,
 )
+from seekoci.formats.pages import walk_key
 from seekoci.formats.tar import TarEntry
 
 # The layout as the module docstring documents it (written out here, not imported).
@@ -135,21 +136,37 @@ def test_round_trip() -> None:
 def test_the_documented_layout() -> None:
     index, _, packed = sample_index()
     data = serialize(index, packed)
-    magic, version, flags, count, toc_off, toc_len, span_off, win_off, win_len, reserved = (
+    magic, version, flags, count, toc_off, toc_len, span_off, win_off, win_len, dir_len = (
         HEADER.unpack_from(data)
     )
-    assert (magic, version, flags, count, reserved) == (b"SEEKOCIX", INDEX_VERSION, 0, 3, 0)
+    assert (magic, version, flags, count) == (b"SEEKOCIX", INDEX_VERSION, 0, 3)
     assert (toc_off, span_off) == (64, 64 + toc_len)
+    assert 0 < dir_len < toc_len
     assert win_off == span_off + 3 * 120
     assert win_len == sum(map(len, packed)) and len(data) == win_off + win_len
-    toc_text = zstandard.ZstdDecompressor().decompressobj().decompress(data[toc_off:span_off])
-    assert toc_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape
-    toc = json.loads(toc_text)
-    assert toc["layer_digest"] == DIGEST
-    assert toc["entries"] == DOCUMENTED_ENTRIES
+    dctx = zstandard.ZstdDecompressor()
+    directory_text = dctx.decompressobj().decompress(data[64 : 64 + dir_len])
+    assert directory_text.isascii()
+    directory = json.loads(directory_text)
+    assert directory["layer_digest"] == DIGEST and directory["page_entries"] == 512
+    page = data[64 + dir_len : span_off]  # four entries: one page
+    assert directory["pages"] == {
+        "count": [4],
+        "low": ["abs"],
+        "high": ["etc/caf\udce9"],
+        "length": [len(page)],
+        "sha256": [hashlib.sha256(page).hexdigest()],
+    }
+    page_text = dctx.decompressobj().decompress(page)
+    assert page_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape
+    assert json.loads(page_text) == DOCUMENTED_ENTRIES
+    assert directory["span_pages"] == {
+        "start": [0],
+        "sha256": [hashlib.sha256(data[span_off:win_off]).hexdigest()],
+    }
     offset = 0
     for i, span in enumerate(index.spans):
-        cs, ce, us, ue, bits, woff, rlen, wlen, digest, _wd = SPAN.unpack_from(
+        cs, ce, us, ue, bits, woff, rlen, wlen, digest, wdigest = SPAN.unpack_from(
             data, span_off + 120 * i
         )
         assert rlen == wlen  # not chunked: a record is its packed window
@@ -162,6 +179,7 @@ def test_the_documented_layout() -> None:
         )
         assert (woff, wlen, digest.hex()) == (offset, len(packed[i]), span.digest)
         assert data[win_off + woff : win_off + woff + wlen] == packed[i]
+        assert wdigest == (hashlib.sha256(packed[i]).digest() if packed[i] else bytes(32))
         offset += wlen
 
 
@@ -257,33 +275,72 @@ def raw_index(
     version: int = INDEX_VERSION,
     magic: bytes = b"SEEKOCIX",
 ) -> bytes:
-    """An index file with any TOC and span records (cs, ce, us, ue, bits, woff, wlen) of
-    spans that are not chunked (a record is the packed window)."""
-    if toc_bytes is None:
-        text = json.dumps(toc)  # the writer's encoding: ASCII JSON, \udcXX for non-UTF-8 names
-        toc_bytes = zstandard.ZstdCompressor().compress(text.encode("ascii"))
-    span_off = 64 + len(toc_bytes)
-    win_off = span_off + 120 * len(spans)
-    header = HEADER.pack(
-        magic, version, 0, len(spans), 64, len(toc_bytes), span_off, win_off, len(windows), 0
-    )
-    records = b"".join(
+    """An index file with any table of contents and span records (cs, ce, us, ue, bits,
+    woff, wlen) of spans that are not chunked (a record is the packed window).
+
+    ``toc`` is the layer's identity plus ``entries``, the column-wise entries: they become
+    the one entry page, the rest the directory (``toc_bytes``: the directory's bytes)."""
+    records = [
         SPAN.pack(*s, s[6], bytes(32), hashlib.sha256(windows[s[5] : s[5] + s[6]]).digest())
         for s in spans
-    )
-    return header + toc_bytes + records + windows
+    ]
+    pages = b""
+    directory: object = toc
+    if isinstance(toc, dict) and "entries" in toc:
+        entries = toc["entries"]
+        pages = zstandard.ZstdCompressor().compress(json.dumps(entries).encode("ascii"))
+        count = entries.get("count") if isinstance(entries, dict) else 0
+        try:
+            names = entries["dense"]["name"]
+            low = min(names, key=walk_key)
+            high = max(names, key=walk_key)
+        except Exception:
+            low = high = ""
+        directory = {k: v for k, v in toc.items() if k != "entries"}
+        directory["page_entries"] = 512
+        directory["pages"] = {
+            "count": [count if type(count) is int and count >= 0 else 0],
+            "low": [low],
+            "high": [high],
+            "length": [len(pages)],
+            "sha256": [hashlib.sha256(pages).hexdigest()],
+        }
+        directory["span_pages"] = {
+            "start": [spans[i][2] for i in range(0, len(spans), 64)],
+            "sha256": [
+                hashlib.sha256(b"".join(records[i : i + 64])).hexdigest()
+                for i in range(0, len(spans), 64)
+            ],
+        }
+    if toc_bytes is None:
+        text = json.dumps(directory)  # ASCII JSON, \\udcXX for names that were not UTF-8
+        toc_bytes = zstandard.ZstdCompressor().compress(text.encode("ascii"))
+    toc_len = len(toc_bytes) + len(pages)
+    span_off = 64 + toc_len
+    win_off = span_off + 120 * len(spans)
+    header = HEADER.pack(
+        magic, version, 0, len(spans), 64, toc_len, span_off, win_off, len(windows),
+        len(toc_bytes),
+    )  # fmt: skip
+    return header + toc_bytes + pages + b"".join(records) + windows
 
 
 def good_toc() -> dict[str, Any]:
+    """The sample's directory with its one entry page as ``entries``."""
     index, _, packed = sample_index()
     data = serialize(index, packed)
     header = parse_header(data)
-    raw = (
+    directory = json.loads(
+        zstandard.ZstdDecompressor().decompressobj().decompress(data[64 : header.head_end])
+    )
+    page = (
         zstandard.ZstdDecompressor()
         .decompressobj()
-        .decompress(data[header.toc_offset : header.span_offset])
+        .decompress(data[header.head_end : header.span_offset])
     )
-    return json.loads(raw.decode("utf-8", "surrogateescape"))
+    toc = {k: v for k, v in directory.items() if k not in ("pages", "span_pages", "page_entries")}
+    toc["entries"] = json.loads(page.decode("ascii"))
+    return toc
 
 
 GOOD_SPANS = [(10, 400, 0, 1000, 0, 0, 0), (400, 800, 1000, 2000, 0, 0, 0),

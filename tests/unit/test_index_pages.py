@@ -1,0 +1,187 @@
+"""Entry pages and span pages: a lookup in a lazily read index loads only what it needs,
+finds what a full parse finds, and a page that does not match its directory is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+
+import pytest
+
+from seekoci.errors import FormatError
+from seekoci.formats.base import Span
+from seekoci.formats.index import LayerIndex, parse, parse_header, parse_lazy, serialize
+from seekoci.formats.pages import PAGE_ENTRIES, SPANS_PER_PAGE, PagedEntries, PagedSpans
+from seekoci.formats.tar import TarEntry
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def walk_ordered_names(count: int) -> list[str]:
+    """Directories with files, in walk order (parent first, siblings sorted)."""
+    names: list[str] = []
+    d = 0
+    while len(names) < count:
+        top = f"usr/lib/pkg{d:04d}"
+        names.append(top)
+        names.extend(f"{top}/mod{f:02d}.py" for f in range(40))
+        d += 1
+    return ["usr", "usr/lib", *names][:count]
+
+
+def sample(names: list[str], spans: int = 150) -> tuple[LayerIndex, bytes]:
+    entries = []
+    offset = 0
+    for name in names:
+        kind = "dir" if "." not in name.rsplit("/", 1)[-1] else "file"
+        size = 0 if kind == "dir" else 700
+        entries.append(
+            TarEntry(
+                name, kind, size, 0o644, 0, 0, 0.0, header_offset=offset, data_offset=offset + 512
+            )
+        )
+        offset += 512 + -(-size // 512) * 512
+    total = offset + 1024
+    cuts = [total * i // spans for i in range(spans + 1)]
+    span_list = [
+        Span(
+            i,
+            10 + cuts[i],
+            10 + cuts[i + 1],
+            cuts[i],
+            cuts[i + 1],
+            hashlib.sha256(bytes([i % 256])).hexdigest(),
+        )
+        for i in range(spans)
+    ]
+    index = LayerIndex(DIGEST, "application/vnd.oci.image.layer.v1.tar", "none",
+                       total + 20, total, 4096, span_list, entries, tool="tests")  # fmt: skip
+    return index, serialize(index, [b""] * spans)
+
+
+class Reads:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.ranges: list[tuple[int, int]] = []
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        self.ranges.append((offset, length))
+        return self.data[offset : offset + length]
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.ranges)
+
+
+def lazy(data: bytes) -> tuple[LayerIndex, Reads]:
+    header = parse_header(data)
+    reads = Reads(data)
+    return parse_lazy(data[: header.head_end], reads, expected_digest=DIGEST), reads
+
+
+def test_a_lookup_reads_a_few_pages_and_finds_what_a_full_parse_finds() -> None:
+    names = walk_ordered_names(20_000)
+    _, data = sample(names)
+    full = parse(data[: parse_header(data).metadata_end], read_windows=None)
+    paged, _ = lazy(data)
+    entries = paged.entries
+    assert isinstance(entries, PagedEntries) and len(entries) == len(names)
+    pages = len(entries.page_infos)
+    assert pages == -(-len(names) // PAGE_ENTRIES)
+    rnd = random.Random(5)
+    for name in rnd.sample(names, 30):
+        fresh, _ = lazy(data)
+        found = fresh.entries.lookup(name)  # type: ignore[attr-defined]
+        assert found is not None and found == full.entries[names.index(name)]
+        # its page, and its ancestors' (the first page): not the other ~40
+        assert fresh.entries.loaded_pages() <= 3  # type: ignore[attr-defined]
+    for name in rnd.sample(names, 30):
+        assert entries.lookup(name) == full.entries[names.index(name)]
+    assert 0 < entries.loaded_pages() < pages
+    assert entries.lookup("usr/lib/nothing-here") is None
+    assert entries.lookup("usr/lib/pkg0000/.wh.mod01.py") is None
+    # everything, page by page, equals the full parse
+    assert list(entries) == list(full.entries)
+
+
+def test_spans_load_one_page_at_a_time() -> None:
+    index, data = sample(walk_ordered_names(600), spans=300)
+    paged, reads = lazy(data)
+    spans = paged.spans
+    assert isinstance(spans, PagedSpans) and len(spans) == 300
+    before = len(reads.ranges)
+    middle = index.spans[200]
+    i = spans.locate(middle.uncompressed_start + 1)
+    assert i == 200 and spans[i] == middle
+    assert len(reads.ranges) == before + 1  # one span page
+    assert reads.ranges[-1][1] == SPANS_PER_PAGE * 120
+    assert list(spans) == list(index.spans)
+    assert [spans.locate(s.uncompressed_start) for s in index.spans] == list(range(300))
+
+
+def test_names_out_of_walk_order_are_still_found() -> None:
+    names = walk_ordered_names(3000)
+    shuffled = names[:]
+    random.Random(1).shuffle(shuffled)
+    _, data = sample(shuffled)
+    paged, _ = lazy(data)
+    for name in random.Random(2).sample(names, 40):
+        found = paged.entries.lookup(name)  # type: ignore[attr-defined]
+        assert found is not None and found.name == name
+
+
+def test_the_last_of_a_name_stored_twice_wins_across_pages() -> None:
+    names = walk_ordered_names(1500)
+    names.append(names[10])  # stored again, in the last page
+    _, data = sample(names)
+    paged, _ = lazy(data)
+    found = paged.entries.lookup(names[10])  # type: ignore[attr-defined]
+    assert found is not None and found.header_offset == paged.entries[len(names) - 1].header_offset
+
+
+def damaged(data: bytes, at: int) -> bytes:
+    out = bytearray(data)
+    out[at] ^= 0x20
+    return bytes(out)
+
+
+def test_a_damaged_entry_page_or_span_page_is_a_format_error() -> None:
+    names = walk_ordered_names(2000)
+    _, data = sample(names, spans=130)
+    header = parse_header(data)
+    paged, _ = lazy(damaged(data, header.head_end + 5))  # inside the first page
+    with pytest.raises(FormatError, match="page 0"):
+        paged.entries.lookup("usr")  # type: ignore[attr-defined]
+    paged, _ = lazy(damaged(data, header.span_offset + 70 * 120 + 3))  # span page 1
+    assert paged.spans[3].index == 3
+    with pytest.raises(FormatError, match="span page 1"):
+        paged.spans[70]
+
+
+def test_a_directory_that_lies_about_a_page_is_refused() -> None:
+    """A page whose digest matches but whose names fall outside the directory's range
+    (a writer's lie, not a damaged byte)."""
+    import json
+
+    import zstandard
+
+    names = walk_ordered_names(700)
+    _, data = sample(names)
+    header = parse_header(data)
+    dctx = zstandard.ZstdDecompressor()
+    directory = json.loads(dctx.decompressobj().decompress(data[64 : header.head_end]))
+    directory["pages"]["low"][1] = "zzz"
+    directory["pages"]["high"][1] = "zzzz"
+    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
+    delta = len(new_dir) - header.directory_length
+    head = bytearray(data[:64])
+    struct.pack_into("<QQQ", head, 24, header.toc_length + delta, header.span_offset + delta,
+                     header.windows_offset + delta)  # fmt: skip
+    struct.pack_into("<Q", head, 56, len(new_dir))
+    lying = bytes(head) + new_dir + data[header.head_end :]
+    paged, _ = lazy(lying)
+    with pytest.raises(FormatError, match="outside the range"):
+        paged.entries.lookup("zzz")  # type: ignore[attr-defined]
+    with pytest.raises(FormatError):
+        parse(lying[: parse_header(lying).metadata_end], read_windows=None)
