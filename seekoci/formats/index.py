@@ -519,6 +519,7 @@ def parse(
     )
     entries, spans = index.entries, index.spans
     assert isinstance(entries, PagedEntries) and isinstance(spans, PagedSpans)
+    entries.check_ranges = False
     entries.load_all()
     every = list(spans)
     index.spans = every
