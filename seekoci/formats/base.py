@@ -20,6 +20,7 @@ import itertools
 import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -245,33 +246,43 @@ class IndexerBase:
 class WindowStore:
     """Packed windows kept in an anonymous temporary file, not in memory: a 3 GB layer has
     ~3000 windows (~57 MB), a 15 GB one five times that, and the build's memory should not
-    grow with the layer. ``pread``/``pwrite``, so reads from other threads are safe."""
+    grow with the layer. ``pread``/``pwrite`` under a lock for the locations, so windows can
+    be replaced from another thread while others are read."""
 
     def __init__(self) -> None:
         # lives as long as the index that reads from it; closed (and gone) when collected
         self._file = tempfile.TemporaryFile(prefix="seekoci-windows-")  # noqa: SIM115
         self._end = 0
         self._locations: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._locations)
 
-    def append(self, packed: bytes) -> None:
+    def _put(self, packed: bytes) -> tuple[int, int]:
+        with self._lock:
+            at = self._end
+            self._end += len(packed)
         if packed:
-            os.pwrite(self._file.fileno(), packed, self._end)
-        self._locations.append((self._end, len(packed)))
-        self._end += len(packed)
+            os.pwrite(self._file.fileno(), packed, at)
+        return at, len(packed)
+
+    def append(self, packed: bytes) -> None:
+        location = self._put(packed)
+        with self._lock:
+            self._locations.append(location)
 
     def replace(self, index: int, packed: bytes) -> None:
-        """Store a (shorter) window in place of span ``index``'s."""
-        self._locations[index] = (self._end, len(packed))
-        if packed:
-            os.pwrite(self._file.fileno(), packed, self._end)
-        self._end += len(packed)
+        """Store a (smaller) window in place of span ``index``'s (written before it is
+        pointed at: a reader sees the old window or the new one)."""
+        location = self._put(packed)
+        with self._lock:
+            self._locations[index] = location
 
     def drop(self, index: int) -> None:
         """Forget a window that turned out to be unneeded (its bytes stay, unreferenced)."""
-        self._locations[index] = (0, 0)
+        with self._lock:
+            self._locations[index] = (0, 0)
 
     def length(self, index: int) -> int:
         return self._locations[index][1]

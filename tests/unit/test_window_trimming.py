@@ -1,11 +1,12 @@
-"""Windows kept only as far back as a span's data reaches (seekoci's own index, not zTOCs)."""
+"""Windows kept only where a span's data copies from them (seekoci's own index, not zTOCs)."""
 
 from __future__ import annotations
 
 import gzip
 import random
+import zlib
 
-from seekoci.formats.gzip import GzipIndexer, decode_span
+from seekoci.formats.gzip import GzipIndexer, decode_span, window_uses
 
 
 def indexed(data: bytes, elide: bool) -> tuple[bytes, GzipIndexer]:
@@ -34,15 +35,51 @@ def mixed_data() -> bytes:
     return b"".join(parts)
 
 
-def test_trimmed_and_dropped_windows_still_decode_every_span_exactly() -> None:
+def test_sparse_and_dropped_windows_still_decode_every_span_exactly() -> None:
     data = mixed_data()
     blob, indexer = indexed(data, elide=True)
-    sizes = {len(indexer.window(s.index) or b"") for s in indexer.spans}
-    assert 0 in sizes and sizes & {4096, 16384}, sizes  # some dropped, some trimmed
+    _, full = indexed(data, elide=False)
+    dropped = zeroed = 0
+    for span in indexer.spans:
+        window = indexer.window(span.index)
+        whole = full.window(span.index) or b""
+        if window is None:
+            dropped += whole != b""
+            continue
+        assert len(window) == len(whole)
+        for at in range(0, len(whole), 128):  # each block kept as it was, or zeroed
+            block = window[at : at + 128]
+            assert block in (whole[at : at + 128], bytes(len(block)))
+            zeroed += block != whole[at : at + 128]
+    assert dropped and zeroed  # some windows dropped, some kept only in part
     for span in indexer.spans:
         raw = blob[span.compressed_start : span.compressed_end]
         got = decode_span(span, raw, indexer.window(span.index))
         assert got == data[span.uncompressed_start : span.uncompressed_end]
+
+
+def test_window_uses_keeps_exactly_the_blocks_copied_from() -> None:
+    rnd = random.Random(3)
+    window = rnd.randbytes(32768)
+    data = window[5000:5300] + rnd.randbytes(200) + window[30000:30100] + rnd.randbytes(40_000)
+    comp = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=window)
+    stream = comp.compress(data) + comp.flush()
+    want = 32768 + 258
+
+    def decode(w: bytes) -> bytes:
+        d = zlib.decompressobj(-15, zdict=w) if w else zlib.decompressobj(-15)
+        return d.decompress(stream, want)
+
+    sparse = window_uses(window, decode, want)
+    assert sparse is not None and decode(sparse) == decode(window)
+    kept = {at // 128 for at in range(0, 32768, 128) if sparse[at : at + 128] != bytes(128)}
+    copied = set(range(5000 // 128, 5299 // 128 + 1)) | set(range(30000 // 128, 30099 // 128 + 1))
+    assert kept == copied
+    # nothing copied: nothing kept; a decode that stops short: cannot tell
+    plain = zlib.compressobj(6, zlib.DEFLATED, -15)
+    stream = plain.compress(rnd.randbytes(40_000)) + plain.flush()
+    assert window_uses(window, decode, want) == b""
+    assert window_uses(window, lambda w: decode(w)[:100], want) is None
 
 
 def test_the_ztoc_builder_keeps_full_windows() -> None:
