@@ -1,6 +1,6 @@
 """A realistic, deterministic layer for the benchmarks: tar stream written straight into ``gzip``.
 
-What a big ML/Python image layer looks like, in tar order::
+What a big ML/Python image layer looks like, in walk order (as image builders write it)::
 
     etc/...                                      a few small config files
     opt/model/model.safetensors                  float16 weights (~35% of the layer)
@@ -8,7 +8,7 @@ What a big ML/Python image layer looks like, in tar order::
                                                  (~25%), with six extension modules of tens
                                                  of MB each (~40%) spread among the packages
 
-Everything comes from one seeded :class:`random.Random`, so the same size gives the same tar
+Everything comes from seeded :class:`random.Random` objects, so the same size gives the same tar
 (and, with the same ``gzip`` program, the same blob and digest) on every run. The tar is
 written by hand (``TarInfo.tobuf`` + data + padding) so each file's data offset is known
 without reading the archive back; it streams through ``gzip -6 -n`` into the blob file, so
@@ -342,6 +342,10 @@ def generate_layer(workdir: Path, size_mb: int, *, seed: int = 20240611) -> Gene
     )
 
 
+def _walk_key(name: str) -> tuple[str, ...]:
+    return tuple(name.split("/"))
+
+
 def _write_members(
     tar: _TarWriter,
     rnd: random.Random,
@@ -349,54 +353,72 @@ def _write_members(
     lib_sizes: list[int],
     weights_budget: int,
 ) -> dict[str, object]:
+    """Plan the tree with ``rnd``, then write it in walk order -- parent before children,
+    siblings by name, as ``filepath.Walk``, BuildKit and docker write layers -- making each
+    file's bytes from its own seed so the order of writing does not change them."""
     pool = _code_lines(rnd, 60_000)
     symbols = _symbols(rnd, 20_000)
     package_names = _identifiers(rnd, 20_000)
     rnd.shuffle(package_names)
     module_names = package_names[-3000:]
-    dirs = 0
-    other: list[FileRecord] = []
-
+    # name -> ("dir",) | (kind, size, seed)
+    plan: dict[str, tuple[object, ...]] = {}
     for name in ("etc", "opt", "opt/model", "usr", "usr/lib", "usr/lib/python3.11", SITE):
-        tar.directory(name)
-        dirs += 1
-        if name == "etc":
-            other += [tar.file(n, data) for n, data in _ETC.items()]
-        elif name == "opt/model":
-            weights = tar.file(f"{name}/model.safetensors", safetensors_file(rnd, weights_budget))
+        plan[name] = ("dir",)
+    for name in _ETC:
+        plan[name] = ("etc", 0, 0)
+    plan["opt/model/model.safetensors"] = ("weights", weights_budget, rnd.getrandbits(64))
 
-    text: list[FileRecord] = []
-    libs: list[FileRecord] = []
     written = 0
     package = 0
-    while written < text_budget or len(libs) < len(lib_sizes):
+    libs = 0
+    while written < text_budget or libs < len(lib_sizes):
         pkg = f"{SITE}/{package_names[package]}"
         package += 1
-        tar.directory(pkg)
-        dirs += 1
+        plan[pkg] = ("dir",)
         subdirs = [pkg] + [f"{pkg}/{s}" for s in rnd.sample(package_names, rnd.randint(0, 4))]
         for sub in subdirs[1:]:
-            tar.directory(sub)
-            dirs += 1
-        used: set[str] = set()
+            plan[sub] = ("dir",)
         for _ in range(rnd.randint(4, 60)):
             path = f"{rnd.choice(subdirs)}/{rnd.choice(module_names)}.py"
-            if path in used:
+            if path in plan:
                 continue
-            used.add(path)
             size = int(min(80_000, max(60, rnd.lognormvariate(8.0, 1.1))))
-            record = tar.file(path, python_module(rnd, pool, size))
-            text.append(record)
-            written += record.size
-        # An extension module once the text written so far passes its share of the layer.
-        due = (len(libs) + 0.5) / len(lib_sizes) * text_budget
-        if len(libs) < len(lib_sizes) and written >= due:
-            size = lib_sizes[len(libs)]
+            plan[path] = ("text", size, rnd.getrandbits(64))
+            written += size
+        # An extension module once the text planned so far passes its share of the layer.
+        due = (libs + 0.5) / len(lib_sizes) * text_budget
+        if libs < len(lib_sizes) and written >= due:
             name = f"{pkg}/_C.cpython-311-x86_64-linux-gnu.so"
-            libs.append(tar.file(name, shared_library(rnd, size, symbols), mode=0o755))
+            plan[name] = ("lib", lib_sizes[libs], rnd.getrandbits(64))
+            libs += 1
+
+    text: list[FileRecord] = []
+    lib_records: list[FileRecord] = []
+    other: list[FileRecord] = []
+    weights: FileRecord | None = None
+    dirs = 0
+    for name in sorted(plan, key=_walk_key):
+        kind, *rest = plan[name]
+        if kind == "dir":
+            tar.directory(name)
+            dirs += 1
+            continue
+        size, seed = rest
+        assert isinstance(size, int) and isinstance(seed, int)
+        own = random.Random(seed)
+        if kind == "etc":
+            other.append(tar.file(name, _ETC[name]))
+        elif kind == "weights":
+            weights = tar.file(name, safetensors_file(own, size))
+        elif kind == "text":
+            text.append(tar.file(name, python_module(own, pool, size)))
+        else:
+            lib_records.append(tar.file(name, shared_library(own, size, symbols), mode=0o755))
+    assert weights is not None
     return {
         "text_files": text,
-        "libraries": libs,
+        "libraries": lib_records,
         "weights": weights,
         "other_files": other,
         "directories": dirs,

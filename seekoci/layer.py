@@ -29,10 +29,8 @@ from .fileobj import RangeFile
 from .formats.base import ChunkTable, Span, SpanVerifier, span_matches
 from .formats.entries import EntryTable
 from .formats.index import (
-    HEADER_SIZE,
     LayerIndex,
-    parse,
-    parse_header,
+    parse_cached,
     record_of,
     write_index,
 )
@@ -243,6 +241,7 @@ class Layer:
         #: indexes published in the registry (set by open_image for registry images)
         self.remote: RemoteIndexes | None = None
         self._remote_tried = False
+        self._cache_refused = False  # the cached index was malformed: build instead
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -340,23 +339,17 @@ class Layer:
 
     def _try_cache_dir(self) -> bool:
         assert self.digest is not None
+        if self._cache_refused:
+            return False
         found = self._cache.index_reader(self.digest)
         if found is None:
             return False
         size, read = found
         where = f"cached index of layer {self.digest}"
         try:
-            header = parse_header(read(0, HEADER_SIZE), where=where)
-            if header.windows_offset + header.windows_length > size:
-                raise FormatError(f"{where}: truncated")
-            # every page parsed and checked now: a damaged file is rebuilt here rather than
-            # failing a read later (published indexes load their pages lazily instead)
-            index = parse(
-                read(0, header.metadata_end),
-                read_windows=read,
-                expected_digest=self.digest,
-                where=where,
-            )
+            # pages checked now, parsed when a lookup needs them: a damaged file is
+            # rebuilt here, a malformed page later (see _cached_index_failed)
+            index = parse_cached(read, size, expected_digest=self.digest, where=where)
         except (FormatError, OSError):
             return False  # damaged or from another version: rebuild and overwrite
         if index.blob_size != self.size:
@@ -485,7 +478,11 @@ class Layer:
             if self._index is not None or self._try_cache():
                 entries = self._entries()
                 if isinstance(entries, PagedEntries):  # only the pages that may hold it
-                    return entries.lookup(name)
+                    try:
+                        return entries.lookup(name)
+                    except FormatError:
+                        if not self._cached_index_failed():
+                            raise
             if self._index is None and not self._try_cache():
 
                 def seen() -> bool:
@@ -508,7 +505,29 @@ class Layer:
 
     def entries(self) -> Sequence[TarEntry]:
         """Every entry of the layer (builds the whole index)."""
-        return self.index().entries
+        entries = self.index().entries
+        if isinstance(entries, PagedEntries):
+            try:
+                entries.load_all()
+            except FormatError:
+                with self._lock:
+                    if not self._cached_index_failed():
+                        raise
+                return self.index().entries
+        return entries
+
+    def _cached_index_failed(self) -> bool:
+        """A page of the index loaded from the cache directory turned out malformed: forget
+        that index (a build replaces the file). False when the index came from elsewhere."""
+        if self._index_source != "cached":
+            return False
+        self._index = None
+        self._index_source = "none"
+        self._tree = None
+        self._by_name.clear()
+        self._named_upto = 0
+        self._cache_refused = True
+        return True
 
     def tree(self) -> Tree:
         with self._lock:

@@ -230,12 +230,19 @@ class EntryTable(Sequence[TarEntry]):
         return self._count
 
     def data_end(self) -> int:
-        """The largest ``data_offset + size`` (0 when empty)."""
+        """The largest ``data_offset + size`` (0 when empty): the last entry's, as gaps are
+        never negative (each entry starts after the one before has ended)."""
+        if not self._count:
+            return 0
         d = self._dense
-        return max(map(int.__add__, d["data_offset"], d["size"]), default=0)
+        return int(d["data_offset"][-1] + d["size"][-1])
 
     def _get(self, column: str, i: int) -> Any:
         return self._sparse[column].get(i, self._defaults[column])
+
+    def unsafe_positions(self) -> list[int]:
+        """Positions of the entries whose names are unsafe (absolute, ``..``)."""
+        return sorted(i for i, v in self._sparse["unsafe"].items() if v)
 
     def unsafe(self, i: int) -> bool:
         return bool(self._sparse["unsafe"].get(i, False))

@@ -264,10 +264,20 @@ class PagedEntries(Sequence[TarEntry]):
         """name -> position of the last safe entry of that name (as EntryTable's)."""
         if self._map is None:
             self.load_all()
-            merged: dict[str, int] = {}
-            for p, info in enumerate(self._pages):
-                table = self._tables[p]
-                merged.update((n, info.first + j) for n, j in table.name_map().items())
+            merged = dict(zip(self.names, range(self._count), strict=True))
+            unsafe = [
+                info.first + j
+                for p, info in enumerate(self._pages)
+                for j in self._tables[p].unsafe_positions()
+            ]
+            names = self.names
+            for i in sorted(unsafe, reverse=True):  # as EntryTable.name_map
+                if merged.get(names[i]) == i:
+                    del merged[names[i]]
+                    for k in range(i - 1, -1, -1):
+                        if names[k] == names[i] and not self.unsafe(k):
+                            merged[names[i]] = k
+                            break
             self._map = merged
         if not start:
             return self._map
@@ -327,9 +337,12 @@ class PagedSpans(Sequence[Span]):
             return loaded
         first = p * SPANS_PER_PAGE
         n = min(SPANS_PER_PAGE, self._count - first)
-        (data,) = self._read_many(
-            [(self._offset + first * self._record_size, n * self._record_size)]
-        )
+        size = self._record_size
+        (data,) = self._read_many([(self._offset + first * size, n * size)])
+        return self._accept(p, data)
+
+    def _accept(self, p: int, data: bytes) -> list[tuple[Span, tuple[int, int], bytes]]:
+        n = min(SPANS_PER_PAGE, self._count - p * SPANS_PER_PAGE)
         where = f"{self._where}: span page {p}"
         if len(data) != n * self._record_size:
             raise FormatError(f"{where}: cut short")
@@ -341,6 +354,13 @@ class PagedSpans(Sequence[Span]):
         with self._lock:
             self._loaded[p] = parsed
         return parsed
+
+    def preload(self, table: bytes) -> None:
+        """Load (and check) every page from the whole span table's bytes."""
+        step = SPANS_PER_PAGE * self._record_size
+        for p in range(len(self._pages)):
+            if p not in self._loaded:
+                self._accept(p, table[p * step : (p + 1) * step])
 
     def _item(self, i: int) -> tuple[Span, tuple[int, int], bytes]:
         if i < 0:
