@@ -554,7 +554,10 @@ class Layer:
                     lambda: bool(self._spans()) and self._spans()[-1].uncompressed_end >= end
                 )
             spans = self._spans()
-            total = spans[-1].uncompressed_end if spans else 0
+            if isinstance(spans, PagedSpans):  # its last page may not be loaded
+                total = self._index.uncompressed_size if self._index is not None else 0
+            else:
+                total = spans[-1].uncompressed_end if spans else 0
             end = min(end, total)
             if offset >= end:
                 return b""

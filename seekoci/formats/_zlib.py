@@ -118,20 +118,28 @@ class BlockInflater:
         self._out = ctypes.create_string_buffer(out_buffer_size)
         self._out_size = out_buffer_size
         self._in: bytes = b""
+        self._in_addr = 0
         self._in_pos = 0
+        self._in_stop = 0
         self._dict = ctypes.create_string_buffer(WINDOW_SIZE)
         self._dict_len = ctypes.c_uint(0)
         self.finished = False
         self._open = True
 
     # -- input -----------------------------------------------------------------------------
-    def feed(self, data: bytes) -> None:
-        """Give the next compressed bytes (replacing whatever input was left unused)."""
-        self._in = data
-        self._in_pos = 0
-        buf = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-        self._strm.next_in = buf
-        self._strm.avail_in = len(data)
+    def feed(self, data: bytes, start: int = 0, stop: int | None = None) -> None:
+        """Give the next compressed bytes, ``data[start:stop]`` (replacing whatever input was
+        left unused) without copying them."""
+        stop = len(data) if stop is None else stop
+        if not 0 <= start <= stop <= len(data):
+            raise ValueError("bad input range")
+        if data is not self._in:
+            self._in = data
+            self._in_addr = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+        self._in_pos = start
+        self._in_stop = stop
+        self._strm.next_in = self._in_addr + start
+        self._strm.avail_in = stop - start
 
     @property
     def avail_in(self) -> int:
@@ -140,7 +148,7 @@ class BlockInflater:
     def unused_input(self) -> bytes:
         """Input bytes not consumed (after the end of the deflate stream)."""
         n = self.avail_in
-        return self._in[len(self._in) - n :] if n else b""
+        return self._in[self._in_stop - n : self._in_stop] if n else b""
 
     # -- output ----------------------------------------------------------------------------
     def step(self, flush: int = Z_BLOCK, max_out: int | None = None) -> bytes:

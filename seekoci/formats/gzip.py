@@ -268,7 +268,7 @@ class GzipIndexer(IndexerBase):
                 at = offset + pos
                 boundary = at + self.chunk_size - (at - self._span_cstart) % self.chunk_size
                 stop = min(stop, boundary - offset)
-            inflater.feed(data[pos:stop] if pos or stop != len(data) else data)
+            inflater.feed(data, pos, stop)
             yield from self._inflate_fed()
             if self._state != "deflate":  # the member ended inside this piece
                 self._member_end = offset + stop - inflater.avail_in
@@ -379,6 +379,12 @@ class GzipIndexer(IndexerBase):
             return decode_span(trial, comp, window, name=self._name, partial=True)[:want]
 
         keep = probe.window
+        try:
+            if decode(None) == probe.out:  # one decode settles incompressible data
+                self._windows.drop(probe.span)
+                return
+        except FormatError:
+            pass  # it copies from the window
         try:
             sparse = window_uses(probe.window, decode, want)
             if sparse is not None and decode(sparse or None) == probe.out:
