@@ -89,7 +89,7 @@ class PublishedImages:
     soci_repo: str
     native_digest: str  # the native index blob of the layer
     native_size: int
-    native_metadata_size: int  # its header + table of contents + span table
+    native_metadata_size: int  # its header + directory (what a reader fetches first)
     native_spans: int
     ztoc_digest: str  # the SOCI zTOC of the layer
     ztoc_size: int

@@ -245,8 +245,8 @@ def published(
         f"{native_size:,} B ({native_size / share:.2%} of the layer blob), {native_spans} spans "
         f"of ~{native_span_size / (1 << 20):g} MiB"
     )
-    facts["native index metadata (header + TOC + span table, read up front)"] = (
-        f"{metadata_size:,} B ({metadata_size / share:.2%} of the layer blob)"
+    facts["native index header + directory (read up front; pages and records follow by range)"] = (
+        f"{metadata_size:,} B ({metadata_size / share:.4%} of the layer blob)"
     )
     facts["SOCI zTOC (fetched whole by a reader)"] = (
         f"{ztoc_size:,} B ({ztoc_size / share:.2%} of the layer blob), {ztoc_spans} spans of 4 MiB"

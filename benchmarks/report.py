@@ -90,8 +90,9 @@ Notes:
 - *empty cache*: a new `python` process, an empty cache directory every round, every request
   through a counting proxy in front of the registry. Its time is in the figures (a few ms:
   the proxy sets TCP_NODELAY, see `TimingProxy` in benchmarks/benchkit.py). Bytes are
-  response bodies of the index blob (native: range reads of its metadata and windows; SOCI:
-  the whole zTOC) plus the layer blob (spans); requests are those blob requests. Discovery
+  response bodies of the index blob (native: range reads of its header and directory, entry
+  pages, a span page and a record; SOCI: the whole zTOC) plus the layer blob (chunks of a
+  span, or whole spans); requests are those blob requests. Discovery
   (referrers, artifact manifests), the image manifest and config are in the notes, and every
   request of one round is listed in the table above.
 - Time against the *local cache* is the cold read above: a fresh process with the index
@@ -419,8 +420,8 @@ class Report:
             if meta is not None:
                 rows.append(
                     _target(
-                        "native index metadata (read up front) / layer blob",
-                        f"{meta / layer_size:.2%}",
+                        "native index header + directory (read up front) / layer blob",
+                        f"{meta / layer_size:.4%}",
                         "(info)",
                         True,
                     )
