@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import hashlib
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -64,17 +65,19 @@ Progress = Callable[[str, int, int], None]
 TOOL = "seekoci 0.1.0"
 
 
-_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
 _POOL_LOCK = threading.Lock()
 
 
 def _background() -> concurrent.futures.ThreadPoolExecutor:
-    """A small shared pool for fetches that overlap (a window next to its span)."""
+    """A small shared pool for fetches that overlap (a window next to its span, index pages
+    together); a new one after a fork (the parent's threads do not exist in the child)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="seekoci")
-        return _POOL
+        if _POOL is None or _POOL[0] != os.getpid():
+            pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="seekoci")
+            _POOL = (os.getpid(), pool)
+        return _POOL[1]
 
 
 class _SpanLRU:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import random
 import zlib
+from collections.abc import Callable
 
+import pytest
+
+from seekoci.formats import gzip as gzip_format
 from seekoci.formats.gzip import GzipIndexer, decode_span, window_uses
 
 
@@ -70,7 +75,7 @@ def test_window_uses_keeps_exactly_the_blocks_copied_from() -> None:
         d = zlib.decompressobj(-15, zdict=w) if w else zlib.decompressobj(-15)
         return d.decompress(stream, want)
 
-    sparse = window_uses(window, decode, want)
+    sparse = window_uses(window, decode, decode(window))
     assert sparse is not None and decode(sparse) == decode(window)
     kept = {at // 128 for at in range(0, 32768, 128) if sparse[at : at + 128] != bytes(128)}
     copied = set(range(5000 // 128, 5299 // 128 + 1)) | set(range(30000 // 128, 30099 // 128 + 1))
@@ -78,8 +83,8 @@ def test_window_uses_keeps_exactly_the_blocks_copied_from() -> None:
     # nothing copied: nothing kept; a decode that stops short: cannot tell
     plain = zlib.compressobj(6, zlib.DEFLATED, -15)
     stream = plain.compress(rnd.randbytes(40_000)) + plain.flush()
-    assert window_uses(window, decode, want) == b""
-    assert window_uses(window, lambda w: decode(w)[:100], want) is None
+    assert window_uses(window, decode, decode(window)) == b""
+    assert window_uses(window, lambda w: decode(w)[:100], decode(window)) is None
 
 
 def test_the_ztoc_builder_keeps_full_windows() -> None:
@@ -92,3 +97,61 @@ def test_the_ztoc_builder_keeps_full_windows() -> None:
     assert trimmed_bytes < full_bytes
     late = [s for s in full.spans if s.uncompressed_start >= 32768]
     assert late and all(len(full.window(s.index) or b"") == 32768 for s in late)
+
+
+def test_a_failing_window_analysis_keeps_whole_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object) -> bytes:
+        raise RuntimeError("analysis bug")
+
+    monkeypatch.setattr(gzip_format, "window_uses", broken)
+    data = mixed_data()
+    blob, indexer = indexed(data, elide=True)
+    _, full = indexed(data, elide=False)
+    for span in indexer.spans:
+        window = indexer.window(span.index)
+        assert window is None or window == full.window(span.index)
+        raw = blob[span.compressed_start : span.compressed_end]
+        got = decode_span(span, raw, window)
+        assert got == data[span.uncompressed_start : span.uncompressed_end]
+
+
+class _Later(concurrent.futures.Future):  # type: ignore[type-arg]
+    """A future whose work runs only when its result is asked for."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        super().__init__()
+        self._work = work
+
+    def result(self, timeout: float | None = None) -> object:
+        if not self.done():
+            self.set_result(self._work())
+        return super().result(timeout)
+
+
+class _Idle:
+    """An executor that leaves every analysis pending until the pass asks for it."""
+
+    def submit(self, fn: Callable[..., object], *args: object) -> _Later:
+        return _Later(lambda: fn(*args))
+
+
+def test_windows_are_served_while_their_analysis_is_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gzip_format, "_analysis", lambda: _Idle())
+    data = mixed_data()
+    blob = gzip.compress(data, 6)
+    indexer = GzipIndexer(64 << 10, elide_windows=True)
+    pending_seen = 0
+    for i in range(0, len(blob), 20_000):
+        for _ in indexer.feed(blob[i : i + 20_000]):
+            pass
+        pending_seen += bool(indexer._probing)
+        for span in indexer.spans:  # a read in the middle of the pass
+            raw = blob[span.compressed_start : span.compressed_end]
+            assert (
+                decode_span(span, raw, indexer.window(span.index))
+                == data[span.uncompressed_start : span.uncompressed_end]
+            )
+    indexer.finish()
+    assert pending_seen and not indexer._probing
