@@ -38,11 +38,12 @@ a wrong read or a loop over a length that the bytes cannot hold.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import flatbuffers  # type: ignore[import-untyped, unused-ignore]
 
@@ -117,6 +118,10 @@ class Ztoc:
     span_digests: list[str]
     checkpoints: bytes
     files: list[ZtocFile]
+    #: header offsets found by the last check (kept while ``files`` is the same list)
+    _checked: tuple[int, int, list[tuple[int, ZtocFile]]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
 
 @dataclass(frozen=True)
@@ -284,6 +289,7 @@ def format_mod_time(mtime_ns: int) -> str:
     return text + "Z"
 
 
+@functools.lru_cache(maxsize=4096)  # a layer's entries share a handful of times
 def parse_mod_time(text: str) -> int | None:
     """Nanoseconds since the epoch of an RFC 3339 time; None when it is not one."""
     m = _RFC3339.match(text)
@@ -499,23 +505,92 @@ class _Table:
         return out
 
 
-def _decode_file(t: _Table) -> ZtocFile:
-    return ZtocFile(
-        name=_text(t.string(0)),
-        type=_text(t.string(1)),
-        uncompressed_offset=t.scalar(2, _I64, 0),
-        uncompressed_size=t.scalar(3, _I64, 0),
-        linkname=_text(t.string(4)),
-        mode=t.scalar(5, _I64, 0),
-        uid=t.scalar(6, _U32, 0),
-        gid=t.scalar(7, _U32, 0),
-        uname=_text(t.string(8)),
-        gname=_text(t.string(9)),
-        mod_time=_text(t.string(10)),
-        devmajor=t.scalar(11, _I64, 0),
-        devminor=t.scalar(12, _I64, 0),
-        xattrs={_text(x.string(0)): x.string(1) for x in t.tables(13, "Xattr")},
-    )
+#: FileMetadata slots: strings, then 64-bit and 32-bit scalars (the schema's field order)
+_FILE_STRINGS = (0, 1, 4, 8, 9, 10)
+_FILE_I64 = (2, 3, 5, 11, 12)
+_FILE_U32 = (6, 7)
+_VTABLE_FIELDS = [struct.Struct(f"<{n}H") for n in range(64)]
+
+
+def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
+    """Every FileMetadata of the TOC: the same checks as :class:`_Table` does field by
+    field, written out in one loop (a zTOC has one table per tar entry; ~5x faster)."""
+    data, size = buf.data, buf.size
+    start, count = toc.vector(0, 4)
+    u32, i32, i64 = _U32.unpack_from, _I32.unpack_from, _I64.unpack_from
+    files = []
+    for i in range(count):
+        at = start + 4 * i
+        pos = at + u32(data, at)[0]
+        if pos > size - 4:
+            raise buf.fail(f"FileMetadata table at {pos} out of range")
+        vtable = pos - i32(data, pos)[0]
+        if not 0 <= vtable <= size - 4:
+            raise buf.fail("FileMetadata vtable out of range")
+        vt_size, obj_size = struct.unpack_from("<HH", data, vtable)
+        if vt_size < 4 or vt_size % 2 or vtable + vt_size > size:
+            raise buf.fail(f"FileMetadata vtable of {vt_size} bytes")
+        if obj_size < 4 or pos + obj_size > size:
+            raise buf.fail(f"FileMetadata table of {obj_size} bytes")
+        n = (vt_size - 4) // 2
+        layout = _VTABLE_FIELDS[n] if n < len(_VTABLE_FIELDS) else struct.Struct(f"<{n}H")
+        fields = layout.unpack_from(data, vtable + 4)
+        nfields = len(fields)
+        values: list[Any] = [""] * 13
+        for slot in _FILE_STRINGS:
+            off = fields[slot] if slot < nfields else 0
+            if not off:
+                continue
+            if off < 4 or off + 4 > obj_size:
+                raise buf.fail(f"FileMetadata field {slot} lies outside its table")
+            field_at = pos + off
+            target = field_at + u32(data, field_at)[0]
+            if target > size - 4:
+                raise buf.fail(f"offset {target} out of range")
+            length = u32(data, target)[0]
+            end = target + 4 + length
+            if end >= size or data[end]:  # past the buffer, or no NUL terminator
+                raise buf.fail(f"FileMetadata field {slot}: string does not fit or is not ended")
+            values[slot] = data[target + 4 : end].decode("utf-8", "surrogateescape")
+        for slots, unpack, width in ((_FILE_I64, i64, 8), (_FILE_U32, u32, 4)):
+            for slot in slots:
+                off = fields[slot] if slot < nfields else 0
+                if not off:
+                    values[slot] = 0
+                    continue
+                if off < 4 or off + width > obj_size:
+                    raise buf.fail(f"FileMetadata field {slot} lies outside its table")
+                values[slot] = unpack(data, pos + off)[0]
+        xattrs: dict[str, bytes] = {}
+        off = fields[13] if nfields > 13 else 0
+        if off and off + 4 <= obj_size and pos + off + u32(data, pos + off)[0] <= size - 4:
+            vector = pos + off + u32(data, pos + off)[0]
+            if u32(data, vector)[0]:  # most entries carry an empty vector: skip the table
+                table = _Table(buf, pos, "FileMetadata")
+                xattrs = {_text(x.string(0)): x.string(1) for x in table.tables(13, "Xattr")}
+        elif off:  # malformed: let the careful reader say what is wrong
+            table = _Table(buf, pos, "FileMetadata")
+            xattrs = {_text(x.string(0)): x.string(1) for x in table.tables(13, "Xattr")}
+        name, kind, offset, size_, link, mode, uid, gid, uname, gname, mtime, major, minor = values
+        files.append(
+            ZtocFile(
+                name,
+                kind,
+                offset,
+                size_,
+                link,
+                mode,
+                uid,
+                gid,
+                uname,
+                gname,
+                mtime,
+                major,
+                minor,
+                xattrs,
+            )
+        )
+    return files
 
 
 def decode_ztoc(data: bytes, *, where: str = "zTOC") -> Ztoc:
@@ -553,7 +628,7 @@ def _decode(buf: _Buffer) -> Ztoc:
         max_span_id=info.scalar(1, _I32, 0),
         span_digests=[_text(d) for d in info.strings(2)],
         checkpoints=buf.data[start : start + count],
-        files=[] if toc is None else [_decode_file(t) for t in toc.tables(0, "FileMetadata")],
+        files=[] if toc is None else _decode_files(buf, toc),
     )
 
 
@@ -613,7 +688,17 @@ def check_ztoc(z: Ztoc, *, where: str = "zTOC") -> None:
             raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
         if f.uncompressed_offset + f.uncompressed_size > z.uncompressed_size:
             raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
-    _header_offsets(z.files, where)
+    z._checked = (id(z.files), len(z.files), _header_offsets(z.files, where))
+
+
+def _checked_offsets(z: Ztoc, where: str) -> list[tuple[int, ZtocFile]]:
+    """(header offset, file) of a checked zTOC, checking it unless that was just done."""
+    done = z._checked
+    if done is None or done[:2] != (id(z.files), len(z.files)):
+        check_ztoc(z, where=where)
+        done = z._checked
+    assert done is not None
+    return done[2]
 
 
 # --------------------------------------------------------------------------- building
@@ -850,7 +935,7 @@ def ztoc_to_layer_index(
     ``ztoc.checkpoints``): ``read_windows`` slices them, raw (``windows_packed=False``).
     """
     where = f"zTOC of {layer_digest}"
-    check_ztoc(ztoc, where=where)
+    offsets = _checked_offsets(ztoc, where)
     if blob_size != ztoc.compressed_size:
         raise FormatError(f"{where}: for a blob of {ztoc.compressed_size} bytes, not {blob_size}")
     blob = ztoc.checkpoints if raw_checkpoints is None else bytes(raw_checkpoints)
@@ -888,7 +973,7 @@ def ztoc_to_layer_index(
             spans.append(Span(i, start, end, start, end, digest))
             locations.append((0, 0))
         compression = "none"
-    entries = [_tar_entry(f, h) for h, f in _header_offsets(ztoc.files, where)]
+    entries = [_tar_entry(f, h) for h, f in offsets]
 
     def read_windows(offset: int, length: int) -> bytes:
         return blob[offset : offset + length]

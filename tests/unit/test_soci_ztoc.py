@@ -693,3 +693,74 @@ def test_non_monotonic_checkpoints() -> None:
     for blob in (zinfo[:11], zinfo[:-1], struct.pack("<iq", 0, SPAN), struct.pack("<iq", -5, SPAN)):
         with pytest.raises(FormatError):
             parse_gzip_checkpoints(blob)
+
+
+def reference_files(data: bytes) -> list[ZtocFile] | None:
+    """The FileMetadata tables read field by field through the checked accessors (the way
+    decode_ztoc did before its loop was written out): what the fast loop must agree with."""
+    from seekoci.formats.ztoc import _I64, _U32, _Buffer, _text
+
+    try:
+        buf = _Buffer(data, "reference")
+        root = buf.table(buf.u32(0), "Ztoc")
+        toc = root.table(4, "TOC")
+        if toc is None:
+            return []
+        return [
+            ZtocFile(
+                _text(t.string(0)),
+                _text(t.string(1)),
+                t.scalar(2, _I64, 0),
+                t.scalar(3, _I64, 0),
+                _text(t.string(4)),
+                t.scalar(5, _I64, 0),
+                t.scalar(6, _U32, 0),
+                t.scalar(7, _U32, 0),
+                _text(t.string(8)),
+                _text(t.string(9)),
+                _text(t.string(10)),
+                t.scalar(11, _I64, 0),
+                t.scalar(12, _I64, 0),
+                {_text(x.string(0)): x.string(1) for x in t.tables(13, "Xattr")},
+            )
+            for t in toc.tables(0, "FileMetadata")
+        ]
+    except FormatError:
+        return None
+
+
+def test_the_file_loop_agrees_with_the_field_by_field_reader() -> None:
+    """Random damage to a zTOC with xattrs: the fast FileMetadata loop accepts exactly what
+    the checked accessors accept, and reads the same entries."""
+    import random
+
+    from seekoci.formats.ztoc import _Buffer, _decode_files
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for i in range(30):
+            info = tarfile.TarInfo(f"d/f{i}.txt")
+            info.size = i * 37
+            if i % 5 == 0:  # some entries with xattrs (a table vector of their own)
+                info.pax_headers = {"SCHILY.xattr.user.k": f"v{i}"}
+            tar.addfile(info, io.BytesIO(bytes([i]) * info.size))
+    data = soci.build_ztoc(io.BytesIO(compress_layer(out.getvalue(), "gzip")), span_size=4096)
+    files = decode_ztoc(data).files
+    assert reference_files(data) == files and sum(bool(f.xattrs) for f in files) == 6
+    rnd = random.Random(7)
+    agreed = decoded = 0
+    for _ in range(3000):
+        damaged = bytearray(data)
+        for _ in range(rnd.randint(1, 3)):
+            damaged[rnd.randrange(len(damaged))] ^= 1 << rnd.randrange(8)
+        expected = reference_files(bytes(damaged))
+        try:
+            buf = _Buffer(bytes(damaged), "fast")
+            toc = buf.table(buf.u32(0), "Ztoc").table(4, "TOC")
+            got = [] if toc is None else _decode_files(buf, toc)
+        except FormatError:
+            got = None
+        assert got == expected
+        agreed += 1
+        decoded += got is not None
+    assert agreed == 3000 and 500 < decoded < 3000
