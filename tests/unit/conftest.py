@@ -15,12 +15,13 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from httpfake import QuietHandler
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -49,16 +50,8 @@ class RecordedRequest:
     body: bytes = b""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10  # idle keep-alive connections end, so no thread lingers after a test
-    # Headers and body in one segment: otherwise Nagle + delayed ACK add 40 ms per request.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
+class _Handler(QuietHandler):
     server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
 
     def _dispatch(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -72,24 +65,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.owner.handle(self, request)
 
     do_GET = do_HEAD = do_POST = _dispatch
-
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        """Send a complete response (HEAD: headers only)."""
-        self.send_response(status)
-        headers = dict(headers or {})
-        headers.setdefault("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def reply_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        self.reply(
-            status,
-            json.dumps(doc).encode(),
-            {"Content-Type": "application/json", **(headers or {})},
-        )
 
     def serve_bytes(
         self,

@@ -16,11 +16,12 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from httpfake import QuietHandler
 
 from seekoci.errors import AuthenticationError, FormatError, IntegrityError, RegistryError
 from seekoci.registry import RegistryClient
@@ -297,15 +298,7 @@ def error(code: str, message: str = "") -> dict[str, Any]:
     return {"errors": [{"code": code, "message": message or code.lower()}]}
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class Handler(QuietHandler):
     def _dispatch(self) -> None:
         assert "chunked" not in self.headers.get("Transfer-Encoding", "")
         length = int(self.headers.get("Content-Length") or 0)
@@ -316,18 +309,8 @@ class Handler(BaseHTTPRequestHandler):
 
     do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
-    def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        headers = dict(headers or {})
-        headers.setdefault("Content-Length", str(len(body)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
     def json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
-        self.reply(status, compact(doc), {"Content-Type": "application/json", **(headers or {})})
+        self.reply_json(status, doc, headers, compact=True)
 
 
 @pytest.fixture
