@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import hashlib
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -43,6 +44,8 @@ from .tree import Tree
 if TYPE_CHECKING:
     from .formats.base import SpanIndexer
     from .remote import RemoteIndexes
+
+log = logging.getLogger("seekoci")
 
 #: Uncompressed bytes between checkpoints. 1 MiB keeps a small-file read near 0.5 MB of
 #: compressed transfer while the index stays ~1-2% of the layer (windows are compressed).
@@ -351,7 +354,7 @@ class Layer:
         where = f"cached index of layer {self.digest}"
         try:
             # pages checked now, parsed when a lookup needs them: a damaged file is
-            # rebuilt here, a malformed page later (see _cached_index_failed)
+            # rebuilt here, a malformed page later (see _loaded_index_failed)
             index = parse_cached(read, size, expected_digest=self.digest, where=where)
         except (FormatError, OSError):
             return False  # damaged or from another version: rebuild and overwrite
@@ -483,8 +486,8 @@ class Layer:
                 if isinstance(entries, PagedEntries):  # only the pages that may hold it
                     try:
                         return entries.lookup(name)
-                    except FormatError:
-                        if not self._cached_index_failed():
+                    except FormatError as exc:
+                        if not self._loaded_index_failed(exc):
                             raise
             if self._index is None and not self._try_cache():
 
@@ -512,24 +515,30 @@ class Layer:
         if isinstance(entries, PagedEntries):
             try:
                 entries.load_all()
-            except FormatError:
+            except FormatError as exc:
                 with self._lock:
-                    if not self._cached_index_failed():
+                    if not self._loaded_index_failed(exc):
                         raise
                 return self.index().entries
         return entries
 
-    def _cached_index_failed(self) -> bool:
-        """A page of the index loaded from the cache directory turned out malformed: forget
-        that index (a build replaces the file). False when the index came from elsewhere."""
-        if self._index_source != "cached":
+    def _loaded_index_failed(self, problem: FormatError) -> bool:
+        """A page of an index loaded lazily (from the cache directory or the registry)
+        turned out malformed: forget that index and build instead (a build replaces a cached
+        file). False when there is nothing to fall back from (a build of this process)."""
+        source = self._index_source
+        if source not in ("cached", "native", "soci"):
             return False
+        if source == "cached":
+            self._cache_refused = True
+        else:  # a published index the registry holds: say so, once
+            log.warning("seekoci: published index of layer %s unusable: %s", self.name, problem)
+            self._remote_tried = True
         self._index = None
         self._index_source = "none"
         self._tree = None
         self._by_name.clear()
         self._named_upto = 0
-        self._cache_refused = True
         return True
 
     def tree(self) -> Tree:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -187,3 +188,62 @@ def test_a_directory_that_lies_about_a_page_is_refused() -> None:
     whole = parse(lying[: parse_header(lying).metadata_end], read_windows=None)
     name = names[PAGE_ENTRIES + 3]  # in page 1
     assert whole.entries.lookup(name).name == name  # type: ignore[attr-defined]
+
+
+def test_a_malformed_page_of_a_published_index_falls_back_to_a_build(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A published index whose entry page matches its digest but does not parse (a writer's
+    fault): the read builds the layer's own index instead, and says so in the log."""
+    import json
+
+    import zstandard
+    from layers import build_tar, compress, file, sha256_digest
+
+    import seekoci
+
+    files = {f"data/{i:02d}.txt": b"content %d\n" % i * 50 for i in range(20)}
+    blob = compress(build_tar([file(n, d) for n, d in files.items()]), "gzip")
+    path = tmp_path / "layer.blob"
+    path.write_bytes(blob)
+    digest = sha256_digest(blob)
+    seekoci.open_layer(path, digest=digest, cache_dir=tmp_path / "publisher").index()
+    (good_file,) = (tmp_path / "publisher" / "indexes").rglob("*.v5")
+    good = good_file.read_bytes()
+    header = parse_header(good)
+    dctx = zstandard.ZstdDecompressor()
+    directory = json.loads(dctx.decompressobj().decompress(good[64 : header.head_end]))
+    page = json.loads(dctx.decompressobj().decompress(good[header.head_end : header.span_offset]))
+    page["dense"]["size"].pop()  # a column one short: the page no longer parses
+    new_page = zstandard.ZstdCompressor().compress(json.dumps(page).encode())
+    directory["pages"]["length"] = [len(new_page)]
+    directory["pages"]["sha256"] = [hashlib.sha256(new_page).hexdigest()]
+    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
+    toc_length = len(new_dir) + len(new_page)
+    delta = toc_length - header.toc_length
+    head = bytearray(good[:64])
+    struct.pack_into("<QQQ", head, 24, toc_length, header.span_offset + delta,
+                     header.windows_offset + delta)  # fmt: skip
+    struct.pack_into("<Q", head, 56, len(new_dir))
+    bad = bytes(head) + new_dir + new_page + good[header.span_offset :]
+    bad_header = parse_header(bad)
+
+    class Published:
+        def load(self, layer_digest: str, **_: object) -> tuple[LayerIndex, str]:
+            index = parse_lazy(
+                bad[: bad_header.head_end],
+                lambda off, n: bad[off : off + n],
+                expected_digest=layer_digest,
+            )
+            return index, "native"
+
+        def describe(self, layer_digest: str) -> list[str]:
+            return ["native"]
+
+    layer = seekoci.open_layer(path, digest=digest, cache_dir=tmp_path / "reader")
+    layer.remote = Published()  # type: ignore[assignment]
+    name = "data/07.txt"
+    with caplog.at_level("WARNING", logger="seekoci"):
+        assert layer.open(name).read() == files[name]
+    assert layer.index_status in ("built", "partial")
+    assert "published index" in caplog.text and "unusable" in caplog.text
