@@ -126,6 +126,9 @@ class MemoryCache:
     def load_prefix(self, digest_hex: str) -> bytes | None:
         return self.load_span(digest_hex + ".prefix")
 
+    def has_prefix(self, digest_hex: str) -> bool:
+        return self.has_span(digest_hex + ".prefix")
+
     def save_prefix(self, digest_hex: str, data: bytes) -> None:
         key = digest_hex + ".prefix"
         with self._lock:
@@ -247,6 +250,9 @@ class DiskCache:
             return self._span_path(digest_hex + ".prefix").read_bytes()
         except OSError:
             return None
+
+    def has_prefix(self, digest_hex: str) -> bool:
+        return self._span_path(digest_hex + ".prefix").is_file()
 
     def save_prefix(self, digest_hex: str, data: bytes) -> None:
         path = self._span_path(digest_hex + ".prefix")

@@ -634,7 +634,9 @@ class Layer:
         codec = formats.codec_for(self.compression, where=f"layer {self.name}")
         name = f"layer {self.name}"
         if span.chunk_size and want < span.uncompressed_size:
-            table = None if self._cache.has_span(span.digest) else self._chunk_table(span)
+            table = None
+            if not self._cache.has_span(span.digest):
+                table = self._chunk_table_and_guess(span, want)
             if table is not None and table.chunks_for(want) < span.chunk_count:
                 compressed = self._fetch_chunks(span, table, table.chunks_for(want))
                 data = codec.decode_span(
@@ -660,6 +662,41 @@ class Layer:
         data = codec.decode_span(span, compressed, window, name=name)
         self._lru.put(key, data)
         return data
+
+    def _chunk_table_and_guess(self, span: Span, want: int) -> ChunkTable | None:
+        """The span's chunk table. When its record must be fetched first (a published index
+        read by range), the chunks a read of ``want`` bytes probably needs -- estimated from
+        the span's compression ratio, one chunk to spare -- are fetched at the same time, not
+        one round trip later; they are checked once the table is in and kept as the span's
+        start for :meth:`_fetch_chunks`."""
+        index = self._index
+        key = (span.uncompressed_start, span.digest)
+        if (
+            index is None
+            or index.has_record(span.index)
+            or key in self._prefixes
+            or self._cache.has_prefix(span.digest)
+        ):
+            return self._chunk_table(span)
+        size = span.chunk_size
+        ratio = span.compressed_size / max(1, span.uncompressed_size)
+        guess = min(span.chunk_count - 1, int(want * ratio) // size + 2)
+        if guess < 1:
+            return self._chunk_table(span)
+        pending = _background().submit(self._chunk_table, span)
+        try:
+            early = self.source.read_range(span.compressed_start, guess * size)
+        finally:
+            table = pending.result()
+        if table is not None:
+            prefix = self._verified_prefix(early, table, size)
+            if prefix:
+                self._cache.save_prefix(span.digest, prefix)
+                with self._lock:
+                    self._prefixes[key] = prefix
+                    while len(self._prefixes) > _PREFIXES_KEPT:
+                        self._prefixes.popitem(last=False)
+        return table
 
     @staticmethod
     def _verified_prefix(data: bytes, table: ChunkTable, size: int) -> bytes:

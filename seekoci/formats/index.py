@@ -113,6 +113,10 @@ class LayerIndex:
     def _where(self, span_index: int) -> str:
         return f"index of {self.layer_digest}: span {span_index}"
 
+    def has_record(self, span_index: int) -> bool:
+        """Whether span ``span_index``'s record was read already (no fetch needed)."""
+        return span_index in self._records
+
     def record(self, span_index: int) -> bytes:
         """Span ``span_index``'s record, checked against its digest (b"" for none)."""
         kept = self._records.get(span_index)

@@ -113,3 +113,39 @@ def test_a_damaged_chunk_is_an_integrity_error_not_wrong_bytes(tmp_path: Path) -
     fresh = reader(path, digest, cache)
     assert fresh.open(entry.name).read() == files[entry.name]
     assert isinstance(fresh.source, FileSource) and fresh.source.bytes_read > 0  # refetched
+
+
+def test_a_short_guess_of_chunks_is_topped_up_without_fetching_twice(tmp_path: Path) -> None:
+    """The first chunks are fetched alongside the record, guessed from the span's average
+    compression ratio; a span whose start compresses worse than its average needs more:
+    fetched after, from where the guess ended."""
+    from layers import random_bytes
+
+    noise = random_bytes("chunks-noise", 400_000)  # incompressible: the span's first 400 KB
+    small = b"the file after the noise\n" * 40
+    text = text_bytes("chunks-text", 2_000_000)
+    entries = [file("a/noise.bin", noise), file("b/small.txt", small), file("c/text.txt", text)]
+    blob = compress(build_tar(entries), "gzip")
+    path = tmp_path / "layer.blob"
+    path.write_bytes(blob)
+    digest = sha256_digest(blob)
+    cache = tmp_path / "cache"
+    reader(path, digest, cache).index()
+    layer = reader(path, digest, cache)
+    index = layer.index()
+    entry = next(e for e in index.entries if e.name == "b/small.txt")
+    span = index.spans[
+        index.spans.index(next(s for s in index.spans if s.uncompressed_end > entry.data_offset))
+    ]
+    assert span.uncompressed_start == 0  # the noise and the small file share the first span
+    assert layer.open("b/small.txt").read() == small
+    source = layer.source
+    assert isinstance(source, FileSource)
+    table = index.chunk_table(span.index)
+    assert table is not None
+    needed = table.chunks_for(entry.data_offset + len(small) - span.uncompressed_start)
+    ratio = span.compressed_size / span.uncompressed_size
+    guessed = int((entry.data_offset + len(small)) * ratio) // span.chunk_size + 2
+    assert guessed < needed  # the case this test is about
+    assert source.requests == 2  # the guess, then the rest
+    assert source.bytes_read == needed * span.chunk_size  # nothing fetched twice
