@@ -198,7 +198,9 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
         for i, p in enumerate(paged.page_infos)
     )
     pages: list[bytes] = []
-    page_meta: dict[str, list[Any]] = {k: [] for k in ("count", "low", "high", "length", "sha256")}
+    page_meta: dict[str, list[Any]] = {
+        k: [] for k in ("count", "low", "high", "length", "sha256", "start")
+    }
     for p, start in enumerate(range(0, len(entries), PAGE_ENTRIES)):
         if reuse and paged is not None:
             doc = paged.page_doc(p)
@@ -212,6 +214,7 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
         page_meta["high"].append(max(names, key=walk_key))
         page_meta["length"].append(len(data))
         page_meta["sha256"].append(hashlib.sha256(data).hexdigest())
+        page_meta["start"].append(entries[start].header_offset)
     records = []
     woff = 0
     for span in index.spans:
@@ -373,14 +376,17 @@ def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Pa
     try:
         meta = doc["pages"]
         columns = [meta[k] for k in ("count", "low", "high", "length", "sha256")]
+        columns.append(meta.get("start", [-1] * len(columns[0])))
         if not all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
             raise ValueError("page columns of different lengths")
         infos = []
         first = 0
         offset = header.head_end
-        for count, low, high, length, digest in zip(*columns, strict=True):
+        for count, low, high, length, digest, start in zip(*columns, strict=True):
             if not isinstance(low, str) or not isinstance(high, str):
                 raise ValueError("page names are not text")
+            if type(start) is not int or start < -1:
+                raise ValueError("bad page start")
             infos.append(
                 PageInfo(
                     first,
@@ -390,6 +396,7 @@ def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Pa
                     offset,
                     _nonneg(length),
                     bytes.fromhex(digest),
+                    start,
                 )
             )
             first += count
@@ -452,6 +459,36 @@ def _span_page_parser(
     return parse_page
 
 
+#: Span pages fetched along with one entry page at most (a page of big files spans many).
+_COMPANION_PAGES = 2
+
+
+def _span_pages_for(
+    pages: list[PageInfo], spans: PagedSpans, size: int
+) -> Callable[[list[int]], tuple[list[tuple[int, int]], Callable[[list[bytes]], None]]]:
+    """The span pages the data of some entry pages lie in, to fetch with them: the read that
+    follows a lookup then needs no round trip for its span record."""
+
+    def companion(wanted: list[int]) -> tuple[list[tuple[int, int]], Callable[[list[bytes]], None]]:
+        chosen: list[int] = []
+        for i in wanted:
+            start = pages[i].start
+            end = pages[i + 1].start if i + 1 < len(pages) else size
+            if start < 0 or end < start:
+                continue
+            between = spans.pages_between(start, max(end, start + 1))
+            if len(between) <= _COMPANION_PAGES:
+                chosen += [p for p in between if p not in chosen]
+
+        def take(blobs: list[bytes]) -> None:
+            for p, data in zip(chosen, blobs, strict=True):
+                spans.offer(p, data)
+
+        return [spans.page_range(p) for p in chosen], take
+
+    return companion
+
+
 def parse_lazy(
     head: bytes,
     read_at: Callable[[int, int], bytes],
@@ -477,9 +514,8 @@ def parse_lazy(
     span_pages = _span_pages(doc, header, where)
     if header.span_count == 0:
         raise FormatError(f"{where}: no spans")
-    index.entries = PagedEntries(
-        pages, many, uncompressed_size=index.uncompressed_size, where=where
-    )
+    entries = PagedEntries(pages, many, uncompressed_size=index.uncompressed_size, where=where)
+    index.entries = entries
     spans = PagedSpans(
         header.span_count,
         span_pages,
@@ -489,6 +525,7 @@ def parse_lazy(
         _span_page_parser(index, header, span_pages, where),
         where=where,
     )
+    entries.companion = _span_pages_for(pages, spans, index.uncompressed_size)
     index.spans = spans
     index.window_locations = LazyColumn(spans, spans.location)
     index.window_digests = LazyColumn(spans, spans.record_digest)
@@ -558,6 +595,7 @@ def parse(
     entries, spans = index.entries, index.spans
     assert isinstance(entries, PagedEntries) and isinstance(spans, PagedSpans)
     entries.check_ranges = False
+    entries.companion = None  # every span page is read next anyway
     entries.load_all()
     _finish_spans(index, spans, where)
     if read_windows is None:

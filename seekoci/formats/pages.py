@@ -115,6 +115,11 @@ class PageInfo:
     offset: int  # in the index file
     length: int
     digest: bytes
+    start: int = -1  # tar offset of its first entry's header (-1: not recorded)
+
+
+#: extra(pages) -> ranges to fetch along with those entry pages, and what to do with them
+Companion = Callable[[list[int]], tuple[list[tuple[int, int]], Callable[[list[bytes]], None]]]
 
 
 class PagedEntries(Sequence[TarEntry]):
@@ -129,6 +134,7 @@ class PagedEntries(Sequence[TarEntry]):
         where: str,
         docs: dict[int, dict[str, Any]] | None = None,
         check_ranges: bool = True,
+        companion: Companion | None = None,
     ) -> None:
         self._pages = pages
         self._firsts = [p.first for p in pages]
@@ -143,6 +149,9 @@ class PagedEntries(Sequence[TarEntry]):
         # page name ranges matter to page-by-page lookups only; an index loaded whole
         # answers from one name map (and skips the ~0.4 us a name this check costs)
         self.check_ranges = check_ranges
+        #: other ranges worth fetching in the same round trip as some entry pages (the
+        #: span pages their entries' data lie in)
+        self.companion = companion
         for i, doc in (docs or {}).items():
             self._tables[i] = self._table(i, doc)
 
@@ -175,9 +184,15 @@ class PagedEntries(Sequence[TarEntry]):
         missing = sorted({i for i in wanted if i not in self._tables})
         if not missing:
             return
-        blobs = fetch_ranges(
-            self._read_many, [(self._pages[i].offset, self._pages[i].length) for i in missing]
-        )
+        ranges = [(self._pages[i].offset, self._pages[i].length) for i in missing]
+        extra: list[tuple[int, int]] = []
+        take: Callable[[list[bytes]], None] | None = None
+        if self.companion is not None:
+            extra, take = self.companion(missing)
+        blobs = fetch_ranges(self._read_many, ranges + extra)
+        if take is not None and extra:
+            take(blobs[len(ranges) :])
+        blobs = blobs[: len(ranges)]
         tables = {}
         for i, data in zip(missing, blobs, strict=True):
             where = f"{self._where}: page {i}"
@@ -354,6 +369,27 @@ class PagedSpans(Sequence[Span]):
         with self._lock:
             self._loaded[p] = parsed
         return parsed
+
+    def pages_between(self, start: int, end: int) -> list[int]:
+        """Span pages not loaded yet that hold uncompressed offsets ``[start, end)``."""
+        first = max(0, bisect.bisect_right(self._starts, start) - 1)
+        last = max(0, bisect.bisect_left(self._starts, end) - 1)
+        return [p for p in range(first, last + 1) if p not in self._loaded]
+
+    def page_range(self, p: int) -> tuple[int, int]:
+        """(offset, length) of span page ``p`` in the index file."""
+        first = p * SPANS_PER_PAGE
+        n = min(SPANS_PER_PAGE, self._count - first)
+        return self._offset + first * self._record_size, n * self._record_size
+
+    def offer(self, p: int, data: bytes) -> None:
+        """Span page ``p``'s bytes, fetched along with something else: kept if they check
+        out (else the page is fetched again when needed, and fails there)."""
+        if p not in self._loaded:
+            try:
+                self._accept(p, data)
+            except FormatError:
+                pass
 
     def preload(self, table: bytes) -> None:
         """Load (and check) every page from the whole span table's bytes."""

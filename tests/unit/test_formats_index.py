@@ -156,6 +156,7 @@ def test_the_documented_layout() -> None:
         "high": ["etc/caf\udce9"],
         "length": [len(page)],
         "sha256": [hashlib.sha256(page).hexdigest()],
+        "start": [0],  # tar offset of the page's first header
     }
     page_text = dctx.decompressobj().decompress(page)
     assert page_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape

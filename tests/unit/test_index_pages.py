@@ -247,3 +247,21 @@ def test_a_malformed_page_of_a_published_index_falls_back_to_a_build(
         assert layer.open(name).read() == files[name]
     assert layer.index_status in ("built", "partial")
     assert "published index" in caplog.text and "unusable" in caplog.text
+
+
+def test_a_lookup_brings_the_span_page_of_what_it_found() -> None:
+    """The entry pages a lookup fetches come with the span pages their data lie in (when a
+    page's entries cover at most two), in the same fetch: the read that follows needs no
+    round trip for its span record."""
+    names = walk_ordered_names(20_000)
+    _, data = sample(names, spans=1000)
+    paged, reads = lazy(data)
+    spans = paged.spans
+    assert isinstance(spans, PagedSpans)
+    name = names[12_345]
+    found = paged.entries.lookup(name)  # type: ignore[attr-defined]
+    assert found is not None
+    before = len(reads.ranges)
+    i = spans.locate(found.data_offset)
+    assert spans[i].uncompressed_start <= found.data_offset < spans[i].uncompressed_end
+    assert len(reads.ranges) == before  # no fetch: its span page came with the entry page
