@@ -17,13 +17,13 @@ import bisect
 import concurrent.futures
 import hashlib
 import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from . import formats
+from ._threads import shared_pool
 from .cache import Cache
 from .errors import FormatError, IntegrityError
 from .fileinfo import FileInfo, entry_info
@@ -68,19 +68,10 @@ Progress = Callable[[str, int, int], None]
 TOOL = "seekoci 0.1.0"
 
 
-_POOL: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
-_POOL_LOCK = threading.Lock()
-
-
 def _background() -> concurrent.futures.ThreadPoolExecutor:
     """A small shared pool for fetches that overlap (a window next to its span, index pages
-    together); a new one after a fork (the parent's threads do not exist in the child)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL[0] != os.getpid():
-            pool = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="seekoci")
-            _POOL = (os.getpid(), pool)
-        return _POOL[1]
+    together)."""
+    return shared_pool("seekoci", 4)
 
 
 class _SpanLRU:

@@ -388,19 +388,25 @@ class WindowPacker:
         return self._zstd.compress(window) if window else b""
 
 
-def unpack_window(packed: bytes, *, where: str) -> bytes:
+def decompress_bounded(data: bytes, limit: int, *, what: str) -> bytes:
+    """A zstd frame's bytes, refusing more than ``limit`` (FormatError naming ``what``).
+
+    zstandard allocates whatever size a frame header claims: the claim is checked first,
+    and a frame that does not say is read at most one byte past the limit."""
     try:
-        # zstandard allocates whatever size a frame header claims: check the claim first
-        claimed = zstandard.frame_content_size(packed)
-        if claimed > WINDOW_SIZE:
-            raise FormatError(f"{where}: checkpoint window claims {claimed} bytes")
+        claimed = zstandard.frame_content_size(data)
+        if claimed > limit:
+            raise FormatError(f"{what} claims {claimed} bytes")
         if claimed >= 0:
-            window = zstandard.ZstdDecompressor().decompress(packed)
-        else:  # size not in the header: read at most one byte too many
-            reader = zstandard.ZstdDecompressor().stream_reader(packed)
-            window = reader.read(WINDOW_SIZE + 1)
+            out = zstandard.ZstdDecompressor().decompress(data)
+        else:
+            out = zstandard.ZstdDecompressor().stream_reader(data).read(limit + 1)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"{where}: checkpoint window is corrupt ({exc})") from None
-    if len(window) > WINDOW_SIZE:
-        raise FormatError(f"{where}: checkpoint window is too big")
-    return window
+        raise FormatError(f"{what} is corrupt ({exc})") from None
+    if len(out) > limit:
+        raise FormatError(f"{what} is too big")
+    return bytes(out)
+
+
+def unpack_window(packed: bytes, *, where: str) -> bytes:
+    return decompress_bounded(packed, WINDOW_SIZE, what=f"{where}: checkpoint window")

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import os
 import struct
-import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .._threads import shared_pool
 from ..errors import FormatError
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
 from .base import (
@@ -64,21 +63,13 @@ class _WindowProbe:
     window: bytes  # the span's full window (up to 32 KiB)
 
 
-_ANALYSIS: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
-_ANALYSIS_LOCK = threading.Lock()
 #: Probed spans waiting for the analysis thread before the pass waits for it.
 _PENDING_PROBES = 8
 
 
 def _analysis() -> concurrent.futures.ThreadPoolExecutor:
-    """One thread shared by every pass for window analysis (a new one after a fork: the
-    parent's thread does not exist in the child)."""
-    global _ANALYSIS
-    with _ANALYSIS_LOCK:
-        if _ANALYSIS is None or _ANALYSIS[0] != os.getpid():
-            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="seekoci-window")
-            _ANALYSIS = (os.getpid(), pool)
-        return _ANALYSIS[1]
+    """One thread shared by every pass, for window analysis."""
+    return shared_pool("seekoci-window", 1)
 
 
 #: Window blocks told apart when finding what a span uses from its window.

@@ -52,7 +52,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from ..errors import FormatError
-from .base import ChunkTable, Span, unpack_window
+from .base import ChunkTable, Span, decompress_bounded, unpack_window
 from .entries import EntryTable
 from .entries import encode as encode_entries
 from .pages import (
@@ -329,26 +329,14 @@ def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
     return header
 
 
-def _decompress_toc(data: bytes) -> bytes:
-    # zstandard allocates what a frame header claims: refuse a claim past the limit first
-    claimed = zstandard.frame_content_size(data)
-    if claimed > MAX_TOC_SIZE:
-        raise ValueError(f"claims {claimed} bytes")
-    if claimed >= 0:
-        return bytes(zstandard.ZstdDecompressor().decompress(data))
-    reader = zstandard.ZstdDecompressor().stream_reader(data)
-    out = reader.read(MAX_TOC_SIZE + 1)
-    if len(out) > MAX_TOC_SIZE:
-        raise ValueError("larger than the limit")
-    return bytes(out)
-
-
 def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex, dict[str, Any]]:
     """The layer's identity (a LayerIndex without entries or spans yet) and the directory."""
+    raw = decompress_bounded(
+        head[header.toc_offset : header.head_end], MAX_TOC_SIZE, what=f"{where}: directory"
+    )
     try:
-        raw = _decompress_toc(head[header.toc_offset : header.head_end])
         doc = json.loads(raw.decode("utf-8"))
-    except (zstandard.ZstdError, ValueError) as exc:
+    except ValueError as exc:
         raise FormatError(f"{where}: directory is corrupt ({exc})") from exc
     try:
         if not isinstance(doc, dict):

@@ -25,10 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
-import zstandard
-
 from ..errors import FormatError
-from .base import Span
+from .base import Span, decompress_bounded
 from .entries import EntryTable
 from .tar import TarEntry
 
@@ -92,18 +90,7 @@ def sequential(read_at: Callable[[int, int], bytes]) -> ReadMany:
 
 
 def decompress_page(data: bytes, *, where: str) -> bytes:
-    try:
-        claimed = zstandard.frame_content_size(data)
-        if claimed > MAX_PAGE_SIZE:
-            raise FormatError(f"{where}: claims {claimed} bytes")
-        if claimed >= 0:
-            return bytes(zstandard.ZstdDecompressor().decompress(data))
-        out = zstandard.ZstdDecompressor().stream_reader(data).read(MAX_PAGE_SIZE + 1)
-    except zstandard.ZstdError as exc:
-        raise FormatError(f"{where}: corrupt ({exc})") from None
-    if len(out) > MAX_PAGE_SIZE:
-        raise FormatError(f"{where}: larger than the limit")
-    return bytes(out)
+    return decompress_bounded(data, MAX_PAGE_SIZE, what=where)
 
 
 @dataclass(frozen=True)
