@@ -21,9 +21,9 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar, overload
 
 import zstandard
 
@@ -160,6 +160,36 @@ class ChunkTable:
             if mark >= upto:
                 return k + 1
         return len(self.marks)
+
+
+T = TypeVar("T")
+
+
+class IndexedSequence(Sequence[T]):
+    """A Sequence whose items come from ``_at(i)`` (``0 <= i < len``): indexing from the
+    end, bounds and slices handled once, here."""
+
+    def _at(self, i: int) -> T:
+        raise NotImplementedError
+
+    def _index(self, i: int) -> int:
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"{type(self).__name__} index out of range")
+        return i
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[T]: ...
+
+    def __getitem__(self, i: int | slice) -> T | list[T]:
+        if isinstance(i, slice):
+            return [self._at(j) for j in range(*i.indices(len(self)))]
+        return self._at(self._index(i))
 
 
 class SpanIndexer(Protocol):

@@ -29,9 +29,10 @@ import collections
 import itertools
 import operator
 from collections.abc import Iterator, Sequence
-from typing import Any, overload
+from typing import Any
 
 from ..errors import FormatError
+from .base import IndexedSequence
 from .tar import TarEntry
 
 DENSE = ("name", "type", "size", "mode", "uid", "gid", "mtime", "header_offset", "data_offset")
@@ -167,7 +168,7 @@ def _absolute(
     return headers, datas
 
 
-class EntryTable(Sequence[TarEntry]):
+class EntryTable(IndexedSequence[TarEntry]):
     """Entries of one layer, column-wise; ``table[i]`` builds (and keeps) a TarEntry."""
 
     def __init__(self, doc: dict[str, Any], *, where: str = "index") -> None:
@@ -290,19 +291,7 @@ class EntryTable(Sequence[TarEntry]):
         self._made[i] = entry
         return entry
 
-    @overload
-    def __getitem__(self, i: int) -> TarEntry: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[TarEntry]: ...
-
-    def __getitem__(self, i: int | slice) -> TarEntry | list[TarEntry]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._count))]
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError("entry index out of range")
+    def _at(self, i: int) -> TarEntry:
         made = self._made[i]
         return made if made is not None else self._make(i)
 

@@ -23,10 +23,10 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
 from ..errors import FormatError
-from .base import Span, decompress_bounded
+from .base import IndexedSequence, Span, decompress_bounded
 from .entries import EntryTable
 from .tar import TarEntry
 
@@ -109,7 +109,7 @@ class PageInfo:
 Companion = Callable[[list[int]], tuple[list[tuple[int, int]], Callable[[list[bytes]], None]]]
 
 
-class PagedEntries(Sequence[TarEntry]):
+class PagedEntries(IndexedSequence[TarEntry]):
     """A layer's entries, page by page; pages load (and are checked) when first touched."""
 
     def __init__(
@@ -228,25 +228,14 @@ class PagedEntries(Sequence[TarEntry]):
         return self._count
 
     def _locate(self, i: int) -> tuple[int, int]:
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError("entry index out of range")
+        i = self._index(i)
         p = bisect.bisect_right(self._firsts, i) - 1
         while self._pages[p].count == 0:  # empty pages share their first index
             p -= 1
         self.load([p])
         return p, i - self._pages[p].first
 
-    @overload
-    def __getitem__(self, i: int) -> TarEntry: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[TarEntry]: ...
-
-    def __getitem__(self, i: int | slice) -> TarEntry | list[TarEntry]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._count))]
+    def _at(self, i: int) -> TarEntry:
         p, j = self._locate(i)
         return self._tables[p][j]
 
@@ -300,7 +289,7 @@ class SpanPage:
     digest: bytes
 
 
-class PagedSpans(Sequence[Span]):
+class PagedSpans(IndexedSequence[Span]):
     """Span records, page by page. ``parse_page(i, data)`` turns page ``i``'s bytes into its
     spans, their record locations and record digests (checking them)."""
 
@@ -386,21 +375,10 @@ class PagedSpans(Sequence[Span]):
                 self._accept(p, table[p * step : (p + 1) * step])
 
     def _item(self, i: int) -> tuple[Span, tuple[int, int], bytes]:
-        if i < 0:
-            i += self._count
-        if not 0 <= i < self._count:
-            raise IndexError("span index out of range")
+        i = self._index(i)
         return self._page(i // SPANS_PER_PAGE)[i % SPANS_PER_PAGE]
 
-    @overload
-    def __getitem__(self, i: int) -> Span: ...
-
-    @overload
-    def __getitem__(self, i: slice) -> list[Span]: ...
-
-    def __getitem__(self, i: int | slice) -> Span | list[Span]:
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._count))]
+    def _at(self, i: int) -> Span:
         return self._item(i)[0]
 
     def location(self, i: int) -> tuple[int, int]:
@@ -417,7 +395,7 @@ class PagedSpans(Sequence[Span]):
         return p * SPANS_PER_PAGE + max(0, bisect.bisect_right(starts, offset) - 1)
 
 
-class LazyColumn(Sequence[Any]):
+class LazyColumn(IndexedSequence[Any]):
     """``index.window_locations`` / ``window_digests`` over paged spans."""
 
     def __init__(self, spans: PagedSpans, get: Callable[[int], Any]) -> None:
@@ -427,7 +405,5 @@ class LazyColumn(Sequence[Any]):
     def __len__(self) -> int:
         return len(self._spans)
 
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self._get(j) for j in range(*i.indices(len(self)))]
+    def _at(self, i: int) -> Any:
         return self._get(i)
