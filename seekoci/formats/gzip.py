@@ -75,7 +75,7 @@ def _analysis() -> concurrent.futures.ThreadPoolExecutor:
 #: Window blocks told apart when finding what a span uses from its window.
 _BLOCK = 128
 #: A window whose every byte holds the number of its block (p // 128).
-_BLOCKS = bytes(p // _BLOCK for p in range(32768))
+_BLOCKS = b"".join(bytes([k]) * _BLOCK for k in range(32768 // _BLOCK))
 #: bytes.translate table: 0 stays 0, anything else becomes 0xFF
 _NONZERO = bytes([0] + [0xFF] * 255)
 
