@@ -9,6 +9,9 @@ import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from layers import CI
 
 from seekoci.errors import FormatError
 from seekoci.formats.base import Span
@@ -39,7 +42,16 @@ def sample(names: list[str], spans: int = 150) -> tuple[LayerIndex, bytes]:
         size = 0 if kind == "dir" else 700
         entries.append(
             TarEntry(
-                name, kind, size, 0o644, 0, 0, 0.0, header_offset=offset, data_offset=offset + 512
+                name,
+                kind,
+                size,
+                0o644,
+                0,
+                0,
+                0.0,
+                header_offset=offset,
+                data_offset=offset + 512,
+                unsafe=name.startswith("/") or ".." in name.split("/"),
             )
         )
         offset += 512 + -(-size // 512) * 512
@@ -265,3 +277,35 @@ def test_a_lookup_brings_the_span_page_of_what_it_found() -> None:
     i = spans.locate(found.data_offset)
     assert spans[i].uncompressed_start <= found.data_offset < spans[i].uncompressed_end
     assert len(reads.ranges) == before  # no fetch: its span page came with the entry page
+
+
+_NAME_PARTS = st.sampled_from(["a", "b", "a-b", "a.b", "ab", ".wh.a", "z", "b0", "a/"])
+
+
+@CI
+@given(
+    st.lists(
+        st.lists(_NAME_PARTS, min_size=1, max_size=4).map(lambda p: "/".join(p).strip("/")),
+        min_size=1,
+        max_size=1300,
+    ),
+    st.booleans(),
+)
+def test_every_lookup_in_pages_answers_like_the_whole_table(names: list[str], walk: bool) -> None:
+    """Any names, in walk order or not, repeated or not, unsafe or not: a lookup through the
+    pages finds what the whole table's name map finds."""
+    names = [n or "root" for n in names]
+    names += [f"pad/{i:04d}" for i in range(max(0, 700 - len(names)))]  # several pages
+    if walk:
+        names.sort(key=lambda n: tuple(n.split("/")))
+    names += ["../escape", names[0], names[-1]]  # an unsafe name; names stored twice
+    _, data = sample(names, spans=3)
+    whole = parse(data[: parse_header(data).metadata_end], read_windows=None)
+    expected = whole.entries.name_map()  # type: ignore[attr-defined]
+    paged, _ = lazy(data)
+    for name in {*names, "missing", "a/missing"}:
+        found = paged.entries.lookup(name)  # type: ignore[attr-defined]
+        want = expected.get(name)
+        assert (found is None) == (want is None), name
+        if found is not None:
+            assert found.header_offset == whole.entries[want].header_offset, name
