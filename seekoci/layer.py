@@ -59,6 +59,11 @@ LARGE_SPAN = 64 << 20
 #: (~500 KB saved on an average small-file read at 1 MiB spans; 36 bytes a chunk in the
 #: index).
 CHUNK_SIZE = 64 << 10
+#: Chunks fetched beyond the estimate when a span's start is guessed (see
+#: Layer._chunk_table_and_guess): more costs bytes, fewer costs round trips. Measured over
+#: 150 small files of the 1 GiB benchmark layer: 1.09 requests a read with 0, 1 or 2 spare
+#: chunks alike, and 227 / 272 / 303 KB a read.
+_GUESS_SPARE = 0
 #: Verified starts of spans (compressed) kept for reads that need more of the same span.
 _PREFIXES_KEPT = 16
 
@@ -657,7 +662,7 @@ class Layer:
     def _chunk_table_and_guess(self, span: Span, want: int) -> ChunkTable | None:
         """The span's chunk table. When its record must be fetched first (a published index
         read by range), the chunks a read of ``want`` bytes probably needs -- estimated from
-        the span's compression ratio, one chunk to spare -- are fetched at the same time, not
+        the span's compression ratio -- are fetched at the same time, not
         one round trip later; they are checked once the table is in and kept as the span's
         start for :meth:`_fetch_chunks`."""
         index = self._index
@@ -671,7 +676,7 @@ class Layer:
             return self._chunk_table(span)
         size = span.chunk_size
         ratio = span.compressed_size / max(1, span.uncompressed_size)
-        guess = min(span.chunk_count - 1, int(want * ratio) // size + 2)
+        guess = min(span.chunk_count - 1, int(want * ratio) // size + 1 + _GUESS_SPARE)
         if guess < 1:
             return self._chunk_table(span)
         pending = _background().submit(self._chunk_table, span)
