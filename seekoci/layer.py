@@ -685,25 +685,34 @@ class Layer:
         finally:
             table = pending.result()
         if table is not None:
-            prefix = self._verified_prefix(early, table, size)
-            if prefix:
-                self._cache.save_prefix(span.digest, prefix)
-                with self._lock:
-                    self._prefixes[key] = prefix
-                    while len(self._prefixes) > _PREFIXES_KEPT:
-                        self._prefixes.popitem(last=False)
+            good = self._good_chunks(early, table, size)
+            if good:
+                self._keep_prefix(span, early[: good * size])
         return table
 
     @staticmethod
-    def _verified_prefix(data: bytes, table: ChunkTable, size: int) -> bytes:
-        """The whole chunks at the start of ``data`` that match their digests."""
+    def _good_chunks(data: bytes, table: ChunkTable, size: int, first: int = 0) -> int:
+        """How many chunks at the start of ``data`` (chunk ``first`` on) match their digests,
+        in order; a piece shorter than a chunk counts only as the span's last chunk."""
         good = 0
-        while good < len(table.digests) and len(data) >= (good + 1) * size:
-            piece = data[good * size : (good + 1) * size]
-            if hashlib.sha256(piece).digest() != table.digests[good]:
+        for k in range(first, len(table.digests)):
+            piece = data[(k - first) * size : (k - first + 1) * size]
+            if not piece or (len(piece) < size and k != len(table.digests) - 1):
+                break
+            if hashlib.sha256(piece).digest() != table.digests[k]:
                 break
             good += 1
-        return data[: good * size]
+        return good
+
+    def _keep_prefix(self, span: Span, prefix: bytes) -> None:
+        """Keep the checked start of a span, in memory and in the cache directory."""
+        key = (span.uncompressed_start, span.digest)
+        self._cache.save_prefix(span.digest, prefix)
+        with self._lock:
+            self._prefixes[key] = prefix
+            self._prefixes.move_to_end(key)
+            while len(self._prefixes) > _PREFIXES_KEPT:
+                self._prefixes.popitem(last=False)
 
     def _fetch_chunks(self, span: Span, table: ChunkTable, count: int) -> bytes:
         """The span's first ``count`` chunks, checked; what an earlier read of the same span
@@ -712,17 +721,16 @@ class Layer:
         size = span.chunk_size
         have = self._prefixes.get(key)
         if have is None:  # a read in another process may have saved it
-            have = self._verified_prefix(self._cache.load_prefix(span.digest) or b"", table, size)
+            saved = self._cache.load_prefix(span.digest) or b""
+            have = saved[: self._good_chunks(saved, table, size) * size]
         start = len(have) // size
         if start >= count:
             return have[: min(count * size, span.compressed_size)]
         end = min(count * size, span.compressed_size)
         for _attempt in range(2):
             data = self.source.read_range(span.compressed_start + start * size, end - start * size)
-            if len(data) == end - start * size and all(
-                hashlib.sha256(data[(k - start) * size : (k - start + 1) * size]).digest()
-                == table.digests[k]
-                for k in range(start, count)
+            if len(data) == end - start * size and (
+                self._good_chunks(data, table, size, start) >= count - start
             ):
                 break
         else:
@@ -732,12 +740,7 @@ class Layer:
                 "not match their digests after a refetch"
             )
         prefix = have[: start * size] + data
-        self._cache.save_prefix(span.digest, prefix)
-        with self._lock:
-            self._prefixes[key] = prefix
-            self._prefixes.move_to_end(key)
-            while len(self._prefixes) > _PREFIXES_KEPT:
-                self._prefixes.popitem(last=False)
+        self._keep_prefix(span, prefix)
         return prefix
 
     def _stream_span(self, span: Span, start: int, end: int) -> bytes:
