@@ -197,10 +197,10 @@ class GzipIndexer(IndexerBase):
         self._chunk = b""
         self._chunk_offset = 0
         self._prev_last = b""
-        # chunk marks of the open span, and the last (compressed, uncompressed) position
-        # seen: every chunk boundary at or past it decodes to at least that much
+        # chunk marks of the open span, and the output when the input was last looked at:
+        # every chunk boundary at or past that input position decodes to at least that much
         self._marks: list[int] = []
-        self._seen = (0, 0)
+        self._seen_out = 0
         self._member_end = 0  # where the last member's deflate data ended
 
     def window(self, span_index: int) -> bytes | None:
@@ -266,7 +266,7 @@ class GzipIndexer(IndexerBase):
     def _start_member(self, deflate_start: int, data: bytes, offset: int) -> None:
         if self._member == 0:
             self._hasher = SpanHasher(deflate_start, self.chunk_size)
-            self._seen = (deflate_start, 0)
+            self._seen_out = 0
             self._hasher.add(data, offset)
             self._span_cstart = deflate_start
             self._windows.append(b"")
@@ -339,13 +339,13 @@ class GzipIndexer(IndexerBase):
     def _observe(self, cin: int) -> None:
         """Input consumed up to ``cin`` produced ``self._out``: mark the chunk boundaries the
         previous observation had not reached with what it had produced."""
-        _, seen_out = self._seen
+        seen_out = self._seen_out
         size = self.chunk_size
         boundary = self._span_cstart + (len(self._marks) + 1) * size
         while boundary < cin:
             self._marks.append(max(0, seen_out - self._span_ustart))
             boundary += size
-        self._seen = (cin, self._out)
+        self._seen_out = self._out
 
     def _checkpoint(self) -> None:
         inflater = self._inflater
@@ -453,7 +453,7 @@ class GzipIndexer(IndexerBase):
                 raise AssertionError("chunk marks out of step with chunk digests")
             self._chunk_tables.append(ChunkTable(chunks, marks))
             self._marks = []
-            self._seen = (cend, self._out)
+            self._seen_out = self._out
 
     def _check_trailer(self, at: int) -> None:
         crc, isize = struct.unpack("<II", self._buf)
