@@ -52,7 +52,7 @@ from .base import WINDOW_SIZE, Span
 from .gzip import GZIP_MAGIC, GzipIndexer
 from .index import LayerIndex
 from .plain import PlainIndexer
-from .tar import BLOCK, TarEntry, TarScanner, _number, normalize_name
+from .tar import _TYPES, BLOCK, TarEntry, TarScanner, _number, normalize_name
 
 ZTOC_VERSION = "0.9"
 GZIP = "gzip"
@@ -703,16 +703,10 @@ def _checked_offsets(z: Ztoc, where: str) -> list[tuple[int, ZtocFile]]:
 
 # --------------------------------------------------------------------------- building
 
-#: Go's archive/tar type flags and SOCI's names for them ("0" and "\0" are handled apart:
-#: Go turns "\0" with a trailing "/" into a directory, and "7", contiguous, is a file).
-_GO_TYPES = {
-    b"1": "hardlink",
-    b"2": "symlink",
-    b"3": "char",
-    b"4": "block",
-    b"5": "dir",
-    b"6": "fifo",
-}
+#: Go's archive/tar type flags whose SOCI names are the tar parser's ("0" and "\0" are
+#: handled apart: Go turns "\0" with a trailing "/" into a directory, and "7", contiguous,
+#: is a file).
+_GO_TYPES = {flag: _TYPES[flag] for flag in (b"1", b"2", b"3", b"4", b"5", b"6")}
 
 
 class _TocBuilder:
