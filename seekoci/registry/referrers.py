@@ -153,22 +153,15 @@ def _query_api(
     url: str | None = None
     for page in range(MAX_REFERRERS_PAGES):
         try:
-            if url is None:
-                response = client.request(
-                    "GET",
-                    path,
-                    scope=pull_scope(repository),
-                    what=where,
-                    headers={"Accept": MEDIA_TYPE_OCI_INDEX},
-                )
-            else:
-                response = client.request_url(
-                    "GET",
-                    url,
-                    scope=pull_scope(repository),
-                    what=where,
-                    headers={"Accept": MEDIA_TYPE_OCI_INDEX},
-                )
+            # the first page by API path, the next ones by the absolute URL of their Link
+            send = client.request if url is None else client.request_url
+            response = send(
+                "GET",
+                path if url is None else url,
+                scope=pull_scope(repository),
+                what=where,
+                headers={"Accept": MEDIA_TYPE_OCI_INDEX},
+            )
         except AuthenticationError:
             if page == 0:
                 return None
