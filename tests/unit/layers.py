@@ -108,8 +108,9 @@ PRODUCERS = (
     "none",
 )
 
-#: The shared, read-only interop vectors (next to the repository, same place on the CI).
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+#: The interop vectors made by the reference implementations, copied into the repository
+#: (tests/vectors/README.md says what made them) so that a clone tests on its own.
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
 # A fixed budget, no example database and the same examples on every run. No shrinking
 # either: a failure is reported as drawn, so a failing run costs no more than a passing one.

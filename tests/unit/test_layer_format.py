@@ -8,7 +8,7 @@ import pytest
 
 import seekoci
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 
 
 @pytest.mark.parametrize(
