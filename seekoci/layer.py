@@ -1,34 +1,30 @@
 """A layer: a range source + an index + caches -> entries and bytes.
 
-The index comes, in this order, from memory, the cache directory, or a build. A build is one
-forward pass over the blob (:class:`_IndexBuild`) that can stop early: looking up a path
-advances it only until the path's entry and data have been seen, and the rest of the pass
-resumes from there when more is needed. Only a build that went to the end *and* whose bytes
-matched the layer digest becomes a saved index.
+``Layer`` keeps the layer's identity, the lifecycle of its index and lookups by name. The
+index comes, in this order, from memory, the cache directory, a published index or a build
+(:class:`seekoci.build.IndexBuild`, one forward pass that can stop early and resume).
 
-Reads are served span by span: a span's compressed bytes come from the cache directory or
-one range request, are checked against the span's sha256 (one refetch on mismatch, then
-:class:`IntegrityError`), decoded, and kept in a small in-memory LRU of decoded spans.
+Bytes come from :class:`seekoci.spans.SpanReader` (fetched, verified, kept, decoded span by
+span) through the read pipeline (:mod:`seekoci.pipeline`), which fetches runs of spans with
+large range requests and decodes them in parallel, in order.
 """
 
 from __future__ import annotations
 
 import bisect
-import concurrent.futures
-import hashlib
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from . import formats
-from ._threads import shared_pool
+from . import spans as _spans
+from .build import CHUNK_SIZE, IndexBuild
 from .cache import Cache
-from .errors import FormatError, IntegrityError
+from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
-from .formats.base import ChunkTable, Span, SpanVerifier, span_matches
+from .formats.base import ChunkTable, Span
 from .formats.entries import EntryTable
 from .formats.index import (
     LayerIndex,
@@ -37,172 +33,26 @@ from .formats.index import (
     write_index,
 )
 from .formats.pages import PagedEntries, PagedSpans
-from .formats.tar import TarEntry, TarScanner, normalize_name
+from .formats.tar import TarEntry, normalize_name
 from .source import RangeSource
+from .spans import SpanReader
 from .tree import Tree
 
 if TYPE_CHECKING:
-    from .formats.base import SpanIndexer
     from .remote import RemoteIndexes
+
+__all__ = ["CHUNK_SIZE", "DEFAULT_SPAN_SIZE", "Layer", "Progress"]
 
 log = logging.getLogger("seekoci")
 
 #: Uncompressed bytes between checkpoints. 1 MiB keeps a small-file read near 0.5 MB of
 #: compressed transfer while the index stays ~1-2% of the layer (windows are compressed).
 DEFAULT_SPAN_SIZE = 1 << 20
-#: Decoded spans kept in memory per layer.
-SPAN_LRU_BYTES = 64 << 20
-#: Spans larger than this (uncompressed) are streamed, never held whole.
-LARGE_SPAN = 64 << 20
-#: gzip and tar spans are verified in chunks of this many compressed bytes, so a small read
-#: fetches the start of its span up to the chunk that covers it, not the whole span
-#: (~500 KB saved on an average small-file read at 1 MiB spans; 36 bytes a chunk in the
-#: index).
-CHUNK_SIZE = 64 << 10
-#: Chunks fetched beyond the estimate when a span's start is guessed (see
-#: Layer._chunk_table_and_guess): more costs bytes, fewer costs round trips. Measured over
-#: 150 small files of the 1 GiB benchmark layer: 1.09 requests a read with 0, 1 or 2 spare
-#: chunks alike, and 227 / 272 / 303 KB a read.
-_GUESS_SPARE = 0
-#: Verified starts of spans (compressed) kept for reads that need more of the same span.
-_PREFIXES_KEPT = 16
 
 #: progress(layer_digest_or_name, bytes_done, bytes_total)
 Progress = Callable[[str, int, int], None]
 
 TOOL = "seekoci 0.1.0"
-
-
-def _background() -> concurrent.futures.ThreadPoolExecutor:
-    """A small shared pool for fetches that overlap (a window next to its span, index pages
-    together)."""
-    return shared_pool("seekoci", 4)
-
-
-class _SpanLRU:
-    def __init__(self, max_bytes: int) -> None:
-        self._data: OrderedDict[tuple[int, str], bytes] = OrderedDict()
-        self._bytes = 0
-        self._max = max_bytes
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[int, str]) -> bytes | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: tuple[int, str], value: bytes) -> None:
-        """Keep ``value``; a longer value replaces the start of a span kept before."""
-        with self._lock:
-            if len(value) > self._max:
-                return
-            old = self._data.get(key)
-            if old is not None:
-                if len(old) >= len(value):
-                    return
-                self._bytes -= len(old)
-            self._data[key] = value
-            self._data.move_to_end(key)
-            self._bytes += len(value)
-            while self._bytes > self._max:
-                _, old = self._data.popitem(last=False)
-                self._bytes -= len(old)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-            self._bytes = 0
-
-
-class _IndexBuild:
-    """The (resumable) single pass over a layer blob."""
-
-    def __init__(self, layer: Layer, compression: str) -> None:
-        self.layer = layer
-        codec = formats.codec_for(compression, where=f"layer {layer.name}")
-        # CRCs are checked even when the digest matches: a member whose trailer contradicts
-        # its data is a corrupt layer that gzip -t and containerd refuse too.
-        self.indexer: SpanIndexer = codec.new_indexer(
-            layer.span_size, name=f"layer {layer.name}", elide_windows=True, chunk_size=CHUNK_SIZE
-        )
-        self.scanner = TarScanner(name=f"layer {layer.name}")
-        self.compression = compression
-        alg = (layer.digest or "sha256:").partition(":")[0]
-        if alg not in ("sha256", "sha384", "sha512"):
-            raise FormatError(f"layer {layer.name}: digest algorithm {alg!r} is not supported")
-        self.blob_hash = hashlib.new(alg)
-        self.stream: Iterator[bytes] | None = None
-        self.fed = 0
-        self.done = False
-        self.keep_spans = True
-        self._pending = bytearray()  # uncompressed bytes of the open span
-        self._pending_start = 0
-        self._spans_kept = 0
-
-    def step(self) -> None:
-        """Advance by one chunk of the blob (opens the stream on first use)."""
-        if self.stream is None:
-            self.stream = self.layer.source.iter_from(0)
-        chunk = next(self.stream, None)
-        if chunk is None:
-            self._finish()
-            return
-        self.blob_hash.update(chunk)
-        self.fed += len(chunk)
-        for out in self.indexer.feed(chunk):
-            self.scanner.feed(out)
-            if self.keep_spans:
-                self._pending += out
-                if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
-                    self.keep_spans = False
-        if self.keep_spans:
-            self._keep_spans()
-        elif self._pending:
-            self._pending.clear()
-            self._pending_start = self.indexer.uncompressed_size
-        if self.fed > self.layer.size:
-            raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
-
-    def _keep_spans(self) -> None:
-        """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
-        spans = self.indexer.spans
-        while self._spans_kept < len(spans):
-            span = spans[self._spans_kept]
-            if span.uncompressed_start >= self._pending_start:
-                a = span.uncompressed_start - self._pending_start
-                b = span.uncompressed_end - self._pending_start
-                self.layer._lru.put(
-                    (span.uncompressed_start, span.digest), bytes(self._pending[a:b])
-                )
-                del self._pending[:b]
-                self._pending_start = span.uncompressed_end
-            self._spans_kept += 1
-
-    def _finish(self) -> None:
-        self.indexer.finish()
-        self.scanner.finish()
-        if self.keep_spans:
-            self._keep_spans()
-        self._pending.clear()
-        self.done = True
-        self.stream = None
-        layer = self.layer
-        if self.fed != layer.size and layer.size_known:
-            raise IntegrityError(
-                f"layer {layer.name}: blob has {self.fed} bytes, the manifest says {layer.size}"
-            )
-        if layer.digest is not None:
-            actual = f"{self.blob_hash.name}:{self.blob_hash.hexdigest()}"
-            if actual != layer.digest:
-                layer._lru.clear()
-                raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
-
-    def close(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is not None and hasattr(stream, "close"):
-            stream.close()
 
 
 class Layer:
@@ -231,10 +81,11 @@ class Layer:
         self._index: LayerIndex | None = None
         self._index_source = "none"  # none | cache | built | partial
         self._format: str | None = None
-        self._build: _IndexBuild | None = None
+        self._build: IndexBuild | None = None
         self._lock = threading.RLock()
-        self._lru = _SpanLRU(SPAN_LRU_BYTES)
-        self._prefixes: OrderedDict[tuple[int, str], bytes] = OrderedDict()
+        self.spans = SpanReader(
+            source, cache, _Tables(self), name=self.name, compression=lambda: self.compression
+        )
         self._by_name: dict[str, int] = {}  # name -> position in the entries
         self._named_upto = 0
         self._tree: Tree | None = None
@@ -387,9 +238,9 @@ class Layer:
                 raise
             return self._complete(build)
 
-    def _builder(self) -> _IndexBuild:
+    def _builder(self) -> IndexBuild:
         if self._build is None:
-            self._build = _IndexBuild(self, self.compression)
+            self._build = IndexBuild(self, self.compression)
         return self._build
 
     def _abandon_build(self) -> None:
@@ -399,7 +250,7 @@ class Layer:
         self._by_name.clear()
         self._named_upto = 0
 
-    def _complete(self, build: _IndexBuild) -> LayerIndex:
+    def _complete(self, build: IndexBuild) -> LayerIndex:
         indexer = build.indexer
         index = LayerIndex(
             layer_digest=self.digest or "",
@@ -582,10 +433,10 @@ class Layer:
             span = spans[i]
             a = max(offset, span.uncompressed_start) - span.uncompressed_start
             b = min(end, span.uncompressed_end) - span.uncompressed_start
-            if span.uncompressed_size > LARGE_SPAN:
-                parts.append(self._stream_span(span, a, b))
+            if span.uncompressed_size > _spans.LARGE_SPAN:
+                parts.append(self.spans.stream(span, a, b))
             else:
-                parts.append(self._span_data(span, b)[a:b])
+                parts.append(self.spans.data(span, b)[a:b])
             i += 1
         return b"".join(parts)
 
@@ -597,220 +448,6 @@ class Layer:
             starts = [s.uncompressed_start for s in index.spans]
             index._starts = starts  # type: ignore[attr-defined]
         return starts
-
-    def _window(self, span: Span) -> bytes | None:
-        index, build = self._index, self._build
-        if index is not None:
-            return index.window(span.index)
-        if build is None:  # another thread's pass failed and was dropped meanwhile
-            raise FormatError(f"layer {self.name}: its index pass was abandoned; retry")
-        return build.indexer.window(span.index)
-
-    def _chunk_table(self, span: Span) -> ChunkTable | None:
-        index, build = self._index, self._build
-        if not span.chunk_size:
-            return None
-        if index is not None:
-            return index.chunk_table(span.index)
-        if build is None:
-            raise FormatError(f"layer {self.name}: its index pass was abandoned; retry")
-        return build.indexer.chunk_table(span.index)
-
-    def _span_data(self, span: Span, need: int | None = None) -> bytes:
-        """The span's uncompressed bytes, at least its first ``need`` (all by default).
-
-        A chunked span that is not cached is fetched only up to the chunk whose mark covers
-        ``need``: its record (chunk table and window) first, then those chunks, each checked
-        against its digest, then decoded as far as they go."""
-        key = (span.uncompressed_start, span.digest)
-        want = span.uncompressed_size if need is None else min(need, span.uncompressed_size)
-        data = self._lru.get(key)
-        if data is not None and len(data) >= want:
-            return data
-        codec = formats.codec_for(self.compression, where=f"layer {self.name}")
-        name = f"layer {self.name}"
-        if span.chunk_size and want < span.uncompressed_size:
-            table = None
-            if not self._cache.has_span(span.digest):
-                table = self._chunk_table_and_guess(span, want)
-            if table is not None and table.chunks_for(want) < span.chunk_count:
-                compressed = self._fetch_chunks(span, table, table.chunks_for(want))
-                data = codec.decode_span(
-                    span, compressed, self._window(span), name=name, partial=True
-                )
-                if len(data) >= want:
-                    self._lru.put(key, data)
-                    return data
-        index = self._index
-        if (
-            index is not None
-            and index.window_locations[span.index][1]
-            and (index.read_windows is not None)
-        ):
-            # the window may be a range request of its own (a published index): fetch it
-            # while the span's bytes come, not after
-            pending = _background().submit(self._window, span)
-            compressed = self._fetch_span(span)
-            window = pending.result()
-        else:
-            compressed = self._fetch_span(span)
-            window = self._window(span)
-        data = codec.decode_span(span, compressed, window, name=name)
-        self._lru.put(key, data)
-        return data
-
-    def _chunk_table_and_guess(self, span: Span, want: int) -> ChunkTable | None:
-        """The span's chunk table. When its record must be fetched first (a published index
-        read by range), the chunks a read of ``want`` bytes probably needs -- estimated from
-        the span's compression ratio -- are fetched at the same time, not
-        one round trip later; they are checked once the table is in and kept as the span's
-        start for :meth:`_fetch_chunks`."""
-        index = self._index
-        key = (span.uncompressed_start, span.digest)
-        if (
-            index is None
-            or index.has_record(span.index)
-            or key in self._prefixes
-            or self._cache.has_prefix(span.digest)
-        ):
-            return self._chunk_table(span)
-        size = span.chunk_size
-        ratio = span.compressed_size / max(1, span.uncompressed_size)
-        guess = min(span.chunk_count - 1, int(want * ratio) // size + 1 + _GUESS_SPARE)
-        if guess < 1:
-            return self._chunk_table(span)
-        pending = _background().submit(self._chunk_table, span)
-        try:
-            early = self.source.read_range(span.compressed_start, guess * size)
-        finally:
-            table = pending.result()
-        if table is not None:
-            good = self._good_chunks(early, table, size)
-            if good:
-                self._keep_prefix(span, early[: good * size])
-        return table
-
-    @staticmethod
-    def _good_chunks(data: bytes, table: ChunkTable, size: int, first: int = 0) -> int:
-        """How many chunks at the start of ``data`` (chunk ``first`` on) match their digests,
-        in order; a piece shorter than a chunk counts only as the span's last chunk."""
-        good = 0
-        for k in range(first, len(table.digests)):
-            piece = data[(k - first) * size : (k - first + 1) * size]
-            if not piece or (len(piece) < size and k != len(table.digests) - 1):
-                break
-            if hashlib.sha256(piece).digest() != table.digests[k]:
-                break
-            good += 1
-        return good
-
-    def _keep_prefix(self, span: Span, prefix: bytes) -> None:
-        """Keep the checked start of a span, in memory and in the cache directory."""
-        key = (span.uncompressed_start, span.digest)
-        self._cache.save_prefix(span.digest, prefix)
-        with self._lock:
-            self._prefixes[key] = prefix
-            self._prefixes.move_to_end(key)
-            while len(self._prefixes) > _PREFIXES_KEPT:
-                self._prefixes.popitem(last=False)
-
-    def _fetch_chunks(self, span: Span, table: ChunkTable, count: int) -> bytes:
-        """The span's first ``count`` chunks, checked; what an earlier read of the same span
-        fetched is kept and not fetched again."""
-        key = (span.uncompressed_start, span.digest)
-        size = span.chunk_size
-        have = self._prefixes.get(key)
-        if have is None:  # a read in another process may have saved it
-            saved = self._cache.load_prefix(span.digest) or b""
-            have = saved[: self._good_chunks(saved, table, size) * size]
-        start = len(have) // size
-        if start >= count:
-            return have[: min(count * size, span.compressed_size)]
-        end = min(count * size, span.compressed_size)
-        for _attempt in range(2):
-            data = self.source.read_range(span.compressed_start + start * size, end - start * size)
-            if len(data) == end - start * size and (
-                self._good_chunks(data, table, size, start) >= count - start
-            ):
-                break
-        else:
-            raise IntegrityError(
-                f"layer {self.name}: span {span.index} chunks {start}-{count - 1} (bytes "
-                f"{span.compressed_start + start * size}-{span.compressed_start + end - 1}) do "
-                "not match their digests after a refetch"
-            )
-        prefix = have[: start * size] + data
-        self._keep_prefix(span, prefix)
-        return prefix
-
-    def _stream_span(self, span: Span, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of a span too large to hold (a single-frame zstd layer is
-        one span): decode forward from the span's start, keep only what was asked for, and
-        return it only after the span's bytes matched their digest."""
-        codec = formats.codec_for(self.compression, where=f"layer {self.name}")
-        if codec.decode_stream is None:
-            raise FormatError(f"layer {self.name}: span {span.index} is too large to decode")
-        digest = SpanVerifier(span)
-        fetched = 0
-
-        def compressed() -> Generator[bytes, None, None]:
-            nonlocal fetched
-            stream = self.source.iter_from(span.compressed_start)
-            try:
-                for chunk in stream:
-                    chunk = chunk[: span.compressed_size - fetched]
-                    fetched += len(chunk)
-                    digest.update(chunk)
-                    yield chunk
-                    if fetched >= span.compressed_size:
-                        break
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-
-        chunks = compressed()
-        problem: FormatError | None = None
-        try:
-            try:
-                data = codec.decode_stream(chunks, start, end, name=f"layer {self.name}")
-            except FormatError as exc:  # damaged bytes or a bad index: the digest decides
-                problem, data = exc, b""
-            for _ in chunks:  # the rest of the span, so that the digest covers all of it
-                pass
-        finally:
-            chunks.close()
-        if problem is not None and fetched == span.compressed_size and digest.matches():
-            raise problem
-        if fetched != span.compressed_size or not digest.matches():
-            raise IntegrityError(
-                f"layer {self.name}: span {span.index} does not match its digest "
-                f"sha256:{span.digest}"
-            )
-        return data
-
-    def _fetch_span(self, span: Span) -> bytes:
-        cached = self._cache.load_span(span.digest, lambda data: span_matches(span, data))
-        if cached is not None and len(cached) == span.compressed_size:
-            return cached
-        key = (span.uncompressed_start, span.digest)
-        have = self._prefixes.get(key, b"") if span.chunk_size else b""
-        for _attempt in range(2):
-            # the start of the span an earlier read fetched (checked) is not fetched again
-            rest = self.source.read_range(
-                span.compressed_start + len(have), span.compressed_size - len(have)
-            )
-            data = have + rest
-            if span_matches(span, data):
-                self._cache.save_span(span.digest, data)
-                self._prefixes.pop(key, None)
-                return data
-            have = b""
-        raise IntegrityError(
-            f"layer {self.name}: span {span.index} (bytes {span.compressed_start}-"
-            f"{span.compressed_end - 1}) does not match its digest sha256:{span.digest} "
-            "after a refetch"
-        )
 
     # -- files ------------------------------------------------------------------------------
     def open_entry(self, entry: TarEntry, name: str | None = None) -> RangeFile:
@@ -887,3 +524,32 @@ class Layer:
         from .html import layers_table
 
         return layers_table([self])
+
+
+class _Tables:
+    """A layer's windows and chunk tables, for its span reader: from the complete index,
+    else from the build pass under way."""
+
+    def __init__(self, layer: Layer) -> None:
+        self._layer = layer
+
+    def loaded_index(self) -> LayerIndex | None:
+        return self._layer._index
+
+    def window(self, span: Span) -> bytes | None:
+        index, build = self._layer._index, self._layer._build
+        if index is not None:
+            return index.window(span.index)
+        if build is None:  # another thread's pass failed and was dropped meanwhile
+            raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
+        return build.indexer.window(span.index)
+
+    def chunk_table(self, span: Span) -> ChunkTable | None:
+        if not span.chunk_size:
+            return None
+        index, build = self._layer._index, self._layer._build
+        if index is not None:
+            return index.chunk_table(span.index)
+        if build is None:
+            raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
+        return build.indexer.chunk_table(span.index)

@@ -68,7 +68,7 @@ def _parallel(source: RangeSource) -> ReadMany:
     def read_many(ranges: list[tuple[int, int]]) -> list[bytes]:
         if len(ranges) == 1:
             return [source.read_range(*ranges[0])]
-        from .layer import _background
+        from .spans import _background
 
         futures = [_background().submit(source.read_range, *r) for r in ranges]
         return [f.result() for f in futures]

@@ -145,7 +145,7 @@ def test_a_short_guess_of_chunks_is_topped_up_without_fetching_twice(tmp_path: P
     assert table is not None
     needed = table.chunks_for(entry.data_offset + len(small) - span.uncompressed_start)
     ratio = span.compressed_size / span.uncompressed_size
-    spare = seekoci.layer._GUESS_SPARE
+    spare = seekoci.spans._GUESS_SPARE
     guessed = int((entry.data_offset + len(small)) * ratio) // span.chunk_size + 1 + spare
     assert guessed < needed  # the case this test is about
     assert source.requests == 2  # the guess, then the rest

@@ -101,7 +101,7 @@ class Case:
 def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     producer, source, span_size = request.param
     if span_size == 65536:
-        monkeypatch.setattr(seekoci.layer, "CHUNK_SIZE", SMALL_CHUNK)
+        monkeypatch.setattr(seekoci.build, "CHUNK_SIZE", SMALL_CHUNK)
     data = corpus(producer)
     return Case(producer, data, open_case(data.blob, source, span_size, tmp_path), span_size)
 
@@ -163,7 +163,7 @@ def test_spans_tile_the_blob_and_the_tar(case: Case) -> None:
             assert span.chunk_size == 0 and table is None
             assert hashlib.sha256(compressed).hexdigest() == span.digest
             continue
-        assert span.chunk_size == seekoci.layer.CHUNK_SIZE and table is not None
+        assert span.chunk_size == seekoci.build.CHUNK_SIZE and table is not None
         size = span.chunk_size
         assert table.digests == [
             hashlib.sha256(compressed[i : i + size]).digest()

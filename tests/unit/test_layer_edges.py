@@ -221,9 +221,9 @@ def test_read_range_over_every_span_boundary(chunks: int) -> None:
 
 
 def test_a_span_too_large_to_hold_is_streamed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import seekoci.layer
+    import seekoci.spans
 
-    monkeypatch.setattr(seekoci.layer, "LARGE_SPAN", 1000)
+    monkeypatch.setattr(seekoci.spans, "LARGE_SPAN", 1000)
     data = text_bytes("stream", 50_000)
     tar = build_tar([file("a", b"first"), file("b", data), file("c", b"last")])
     layer = open_blob(compress_layer(tar, "zstd"), span_size=4096)

@@ -146,9 +146,9 @@ def test_a_damaged_streamed_span_is_an_integrity_error(
     """A span too large to hold (one zstd frame) is decoded while it streams in; bytes that
     do not match the span digest are still an IntegrityError, whatever the decoder makes of
     them on the way (they are not a corrupt layer: the index was built from the real one)."""
-    import seekoci.layer
+    import seekoci.spans
 
-    monkeypatch.setattr(seekoci.layer, "LARGE_SPAN", 1000)
+    monkeypatch.setattr(seekoci.spans, "LARGE_SPAN", 1000)
     # compressible text: zstd's compressed blocks, which its decoder can find corrupt
     tar = build_tar([file("a", b"first"), file("b", text_bytes("s", 50_000)), file("c", b"end")])
     blob = compress_layer(tar, "zstd")
