@@ -34,6 +34,7 @@ from .formats.index import (
 )
 from .formats.pages import PagedEntries, PagedSpans
 from .formats.tar import TarEntry, normalize_name
+from .pipeline import MAX_WINDOW, SpanStream
 from .source import RangeSource
 from .spans import SpanReader
 from .tree import Tree
@@ -404,6 +405,33 @@ class Layer:
 
     def read_range(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the uncompressed tar stream."""
+        found = self._locate(offset, length)
+        if found is None:
+            return b""
+        spans, first, end = found
+        span = spans[first]
+        if span.uncompressed_end >= end and span.uncompressed_size <= _spans.LARGE_SPAN:
+            # one span: its reader fetches only the chunks up to ``end`` (a small read)
+            a = offset - span.uncompressed_start
+            return self.spans.data(span, end - span.uncompressed_start)[
+                a : end - span.uncompressed_start
+            ]
+        with SpanStream(self.spans, spans, first, offset, end) as stream:
+            return b"".join(stream)
+
+    def stream_range(self, offset: int, length: int, *, window: int = MAX_WINDOW) -> SpanStream:
+        """Bytes ``[offset, offset + length)`` as a stream of pieces, in order, fetched in
+        large requests and inflated in parallel at most ``window`` bytes ahead of the
+        reader (see :mod:`seekoci.pipeline`). Close it when done early."""
+        found = self._locate(offset, length)
+        if found is None:
+            return SpanStream(self.spans, [], 0, 0, 0)
+        spans, first, end = found
+        return SpanStream(self.spans, spans, first, offset, end, window=window)
+
+    def _locate(self, offset: int, length: int) -> tuple[Sequence[Span], int, int] | None:
+        """The spans of the layer (indexed at least as far as the range), the one that
+        holds ``offset``, and where the range ends; None for an empty range."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
         end = offset + length
@@ -419,26 +447,14 @@ class Layer:
                 total = spans[-1].uncompressed_end if spans else 0
             end = min(end, total)
             if offset >= end:
-                return b""
-            starts = [s.uncompressed_start for s in spans] if self._index is None else None
-        if starts is None and isinstance(spans, PagedSpans):
-            first = spans.locate(offset)
-        else:
-            if starts is None:
-                starts = self._span_starts()
-            first = bisect.bisect_right(starts, offset) - 1
-        parts: list[bytes] = []
-        i = first
-        while i < len(spans) and spans[i].uncompressed_start < end:
-            span = spans[i]
-            a = max(offset, span.uncompressed_start) - span.uncompressed_start
-            b = min(end, span.uncompressed_end) - span.uncompressed_start
-            if span.uncompressed_size > _spans.LARGE_SPAN:
-                parts.append(self.spans.stream(span, a, b))
-            else:
-                parts.append(self.spans.data(span, b)[a:b])
-            i += 1
-        return b"".join(parts)
+                return None
+            if self._index is None:  # a pass under way: what it has found so far
+                spans = list(spans)
+                starts = [s.uncompressed_start for s in spans]
+                return spans, bisect.bisect_right(starts, offset) - 1, end
+        if isinstance(spans, PagedSpans):
+            return spans, spans.locate(offset), end
+        return spans, bisect.bisect_right(self._span_starts(), offset) - 1, end
 
     def _span_starts(self) -> list[int]:
         index = self._index
@@ -459,7 +475,15 @@ class Layer:
                     f"{entry.linkname!r}"
                 )
             entry = target
-        return RangeFile(self.read_range, entry.data_offset, entry.size, name or "/" + entry.name)
+        return RangeFile(
+            self.read_range,
+            entry.data_offset,
+            entry.size,
+            name or "/" + entry.name,
+            open_stream=lambda offset, length, window: self.stream_range(
+                offset, length, window=window
+            ),
+        )
 
     def _link_target(self, link: TarEntry) -> TarEntry | None:
         """The entry a hard link names, as it stood when the link was extracted: the last

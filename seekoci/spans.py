@@ -197,6 +197,29 @@ class SpanReader:
         self.lru.put(span_key(span), data)
         return data
 
+    def decode_span(self, span: Span, compressed: bytes, *, keep: bool = True) -> bytes:
+        """Decode checked compressed bytes of a whole span, from its window; ``keep``: in
+        the LRU of decoded spans (a streaming read passes its spans on instead)."""
+        window = self._tables.window(span)
+        if keep:
+            return self.decode(span, compressed, window)
+        return self.codec().decode_span(span, compressed, window, name=self.where)
+
+    def has_local(self, span: Span) -> bool:
+        """Whether the span's compressed bytes are in the cache directory."""
+        return self._cache.has_span(span.digest)
+
+    def save(self, span: Span, compressed: bytes) -> None:
+        """Keep a span's checked compressed bytes in the cache directory."""
+        self._cache.save_span(span.digest, compressed)
+
+    def prefetch_windows(self, spans: Sequence[Span]) -> None:
+        """Read the records (windows, chunk tables) of these spans together, where they
+        come from a published index read by range."""
+        index = self._tables.loaded_index()
+        if index is not None:
+            index.prefetch_records([span.index for span in spans])
+
     def data(self, span: Span, need: int | None = None) -> bytes:
         """The span's uncompressed bytes, at least its first ``need`` (all by default).
 
@@ -249,8 +272,9 @@ class SpanReader:
             return cached
         return None
 
-    def fetch(self, span: Span) -> bytes:
-        """The span's compressed bytes, checked: from the cache directory or one request."""
+    def fetch(self, span: Span, *, keep: bool = True) -> bytes:
+        """The span's compressed bytes, checked: from the cache directory or one request
+        (``keep``: then saved in the cache directory)."""
         cached = self.load(span)
         if cached is not None:
             return cached
@@ -263,7 +287,8 @@ class SpanReader:
             )
             data = have + rest
             if span_matches(span, data):
-                self._cache.save_span(span.digest, data)
+                if keep:
+                    self._cache.save_span(span.digest, data)
                 self._prefixes.pop(key)
                 return data
             have = b""
@@ -275,31 +300,6 @@ class SpanReader:
             f"{span.compressed_end - 1}) does not match its digest sha256:{span.digest} "
             "after a refetch"
         )
-
-    def fetch_run(self, spans: Sequence[Span], *, keep: bool = True) -> list[bytes]:
-        """Compressed bytes of consecutive spans with one range request, each checked
-        against its digest; a span that does not match is fetched again alone (then
-        :class:`IntegrityError`). ``keep``: save them in the cache directory."""
-        if len(spans) == 1:
-            return [self.fetch(spans[0])]
-        start, end = spans[0].compressed_start, spans[-1].compressed_end
-        blob = self.source.read_range(start, end - start)
-        view = memoryview(blob)
-        out: list[bytes] = []
-        for span in spans:
-            piece = view[span.compressed_start - start : span.compressed_end - start]
-            if span_matches(span, piece):  # type: ignore[arg-type]
-                data = bytes(piece)
-                if keep:
-                    self._cache.save_span(span.digest, data)
-            else:  # damaged in transit, or a short body: this span alone, once more
-                data = self.source.read_range(span.compressed_start, span.compressed_size)
-                if not span_matches(span, data):
-                    raise self._mismatch(span)
-                if keep:
-                    self._cache.save_span(span.digest, data)
-            out.append(data)
-        return out
 
     # -- the start of a chunked span ----------------------------------------------------
     def _chunk_table_and_guess(self, span: Span, want: int) -> ChunkTable | None:

@@ -71,7 +71,7 @@ class Span:
         return self.uncompressed_end - self.uncompressed_start
 
 
-def chunk_digests(data: bytes, chunk_size: int) -> list[bytes]:
+def chunk_digests(data: bytes | memoryview, chunk_size: int) -> list[bytes]:
     """sha256 of each ``chunk_size`` slice of ``data`` (at least one, for empty data)."""
     view = memoryview(data)
     return [
@@ -85,7 +85,7 @@ def chunked_digest(digests: list[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
-def span_matches(span: Span, data: bytes) -> bool:
+def span_matches(span: Span, data: bytes | memoryview) -> bool:
     """Whether ``data`` are exactly the span's compressed bytes."""
     if len(data) != span.compressed_size:
         return False

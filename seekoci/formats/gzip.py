@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from .._threads import shared_pool
 from ..errors import FormatError
+from ._inflate import INFLATE_ERRORS, raw_inflater
 from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
 from .base import (
     ChunkTable,
@@ -581,7 +582,7 @@ def decode_span(
     out: list[bytes] = []
     produced = 0
     pending = data
-    decomp = zlib.decompressobj(-15, zdict=window) if window else zlib.decompressobj(-15)
+    decomp = raw_inflater(window, whole=not partial)
     try:
         while produced < want:
             chunk = decomp.decompress(pending, want - produced)
@@ -600,10 +601,10 @@ def decode_span(
                         break
                     raise FormatError(f"{where}: data ends inside a gzip member header")
                 pending = rest[header_len:]
-                decomp = zlib.decompressobj(-15)
+                decomp = raw_inflater(None, whole=not partial)
             elif not chunk and not pending:
                 break
-    except zlib.error as exc:
+    except INFLATE_ERRORS as exc:
         raise FormatError(f"{where}: corrupt deflate data ({exc})") from exc
     result = b"".join(out)
     if len(result) != want and not partial:

@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -106,18 +107,24 @@ class LayerIndex:
     windows_packed: bool = True
     #: compressed bytes per chunk of a chunked span (0: spans are verified whole)
     chunk_size: int = 0
+    #: ``window_locations`` are byte ranges of one blob (an index file), so that the records
+    #: of neighbouring spans can be read with one request (:meth:`prefetch_records`)
+    records_by_offset: bool = False
     _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def _where(self, span_index: int) -> str:
         return f"index of {self.layer_digest}: span {span_index}"
 
     def has_record(self, span_index: int) -> bool:
         """Whether span ``span_index``'s record was read already (no fetch needed)."""
-        return span_index in self._records
+        with self._records_lock:
+            return span_index in self._records
 
     def record(self, span_index: int) -> bytes:
         """Span ``span_index``'s record, checked against its digest (b"" for none)."""
-        kept = self._records.get(span_index)
+        with self._records_lock:
+            kept = self._records.get(span_index)
         if kept is not None:
             return kept
         offset, length = self.window_locations[span_index]
@@ -126,20 +133,48 @@ class LayerIndex:
         where = self._where(span_index)
         if self.read_windows is None:
             raise FormatError(f"{where}: windows are not available")
-        data = self.read_windows(offset, length)
-        if len(data) != length:
+        return self._keep_record(span_index, self.read_windows(offset, length))
+
+    def prefetch_records(self, span_indexes: Sequence[int]) -> None:
+        """Read the records of these spans that are not in yet, neighbours together (one
+        request for a run of spans of a published index instead of one each)."""
+        if not self.records_by_offset or self.read_windows is None:
+            return
+        wanted = sorted(
+            i for i in set(span_indexes) if self.window_locations[i][1] and not self.has_record(i)
+        )
+        groups: list[list[int]] = []
+        for i in wanted:
+            if groups:
+                offset, length = self.window_locations[groups[-1][-1]]
+                if offset + length == self.window_locations[i][0]:
+                    groups[-1].append(i)
+                    continue
+            groups.append([i])
+        for group in groups:
+            if len(group) == 1 or len(group) > _RECORDS_KEPT:
+                continue  # one alone is read when needed; more than are kept would be lost
+            start = self.window_locations[group[0]][0]
+            last_offset, last_length = self.window_locations[group[-1]]
+            data = self.read_windows(start, last_offset + last_length - start)
+            for i in group:
+                offset, length = self.window_locations[i]
+                self._keep_record(i, data[offset - start : offset - start + length])
+
+    def _keep_record(self, span_index: int, data: bytes) -> bytes:
+        """Check a record read from the index and keep it (the last few are kept)."""
+        where = self._where(span_index)
+        if len(data) != self.window_locations[span_index][1]:
             raise FormatError(f"{where}: record is cut")
         if (
             self.window_digests
             and hashlib.sha256(data).digest() != (self.window_digests[span_index])
         ):
             raise FormatError(f"{where}: record does not match its digest")
-        if len(self._records) >= _RECORDS_KEPT:
-            try:  # other threads may be doing the same: any one old record will do
-                self._records.pop(next(iter(self._records)), None)
-            except (StopIteration, RuntimeError):
-                pass
-        self._records[span_index] = data
+        with self._records_lock:
+            if span_index not in self._records and len(self._records) >= _RECORDS_KEPT:
+                del self._records[next(iter(self._records))]  # the oldest kept
+            self._records[span_index] = data
         return data
 
     def chunk_table(self, span_index: int) -> ChunkTable | None:
@@ -516,6 +551,7 @@ def parse_lazy(
     index.window_locations = LazyColumn(spans, spans.location)
     index.window_digests = LazyColumn(spans, spans.record_digest)
     index.read_windows = read_at
+    index.records_by_offset = True
     return index
 
 

@@ -1,0 +1,235 @@
+"""The read pipeline: many spans, large requests, parallel inflate, bytes in order.
+
+A read that covers several spans is planned as a list of *steps*, one per span, in order:
+
+* a span whose decoded bytes are in memory is ready at once;
+* a span kept in the cache directory is loaded, checked and decoded on the decode pool;
+* neighbouring spans that must come from the blob are coalesced into *runs* fetched with
+  one range request each (up to :data:`MAX_REQUEST` compressed bytes) on a bounded pool of
+  connections; each span of a run is then checked against its digest and inflated on the
+  decode pool (zlib, isal and zstd release the GIL, so both cores inflate at once).
+
+The consumer takes the spans' bytes in order while the steps after it are under way, at
+most ``window`` uncompressed bytes ahead of it, so memory stays bounded whatever the size
+of the read. An error inside a worker (:class:`IntegrityError`, :class:`FormatError`, a
+registry error) is raised on the reading thread when it reaches that span; closing the
+stream cancels what has not started.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+from . import spans as spans_module
+from ._threads import shared_pool
+from .formats.base import Span, span_matches
+from .spans import SpanReader
+
+#: Compressed bytes in one coalesced range request: large enough that a request's latency
+#: is small beside its transfer, small enough that several are in flight within a window.
+MAX_REQUEST = 16 << 20
+#: Uncompressed bytes decoded ahead of the reader at most (the memory a stream may hold).
+MAX_WINDOW = 64 << 20
+#: Connections fetching runs at once (for all readers of the process).
+FETCHERS = 4
+#: Reads of more uncompressed bytes than this are streaming reads: their spans are not
+#: written to the cache directory (a 10 GB file read once must not fill it with its spans).
+STREAMING_BYTES = 16 << 20
+
+
+def _fetch_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return shared_pool("seekoci-fetch", FETCHERS)
+
+
+def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return shared_pool("seekoci-inflate", max(2, os.cpu_count() or 2))
+
+
+@dataclass
+class _Step:
+    """One span of the read: its future decoded bytes, and the slice the reader wants."""
+
+    span: Span
+    start: int  # offset of the wanted bytes inside the span's uncompressed bytes
+    end: int
+    future: concurrent.futures.Future[bytes] | None = None
+    ready: bytes | None = None
+
+
+def _settle(target: concurrent.futures.Future[bytes], work: Callable[[], bytes]) -> None:
+    """Run ``work`` into ``target`` unless the reader gave the step up meanwhile."""
+    if not target.set_running_or_notify_cancel():
+        return
+    try:
+        target.set_result(work())
+    except BaseException as exc:
+        target.set_exception(exc)
+
+
+class SpanStream:
+    """Bytes ``[offset, end)`` of a layer's uncompressed stream, span by span, in order.
+
+    Iterate it for the pieces (``bytes``, one per span); ``window`` may be raised while it
+    runs (readahead that grows while a reader stays sequential). One consumer at a time.
+    """
+
+    def __init__(
+        self,
+        reader: SpanReader,
+        spans: Sequence[Span],
+        first: int,
+        offset: int,
+        end: int,
+        *,
+        window: int = MAX_WINDOW,
+        keep: bool | None = None,
+    ) -> None:
+        self._reader = reader
+        self._spans = spans
+        self._next = first  # index of the next span to plan
+        self._pos = offset  # first byte not yet planned
+        self._end = end
+        self.window = window
+        self._pending: deque[_Step] = deque()
+        self._ahead = 0  # uncompressed bytes planned and not yet taken
+        self._closed = False
+        #: whether fetched spans go to the cache directory: not for a streaming read
+        self._keep = end - offset <= STREAMING_BYTES if keep is None else keep
+
+    # -- planning ---------------------------------------------------------------------------
+    def _plan(self) -> None:
+        """Start steps until ``window`` bytes are ahead of the reader or the read is planned."""
+        run: list[_Step] = []
+        cap = max(1 << 20, min(MAX_REQUEST, self.window // 2))
+        while (
+            not self._closed
+            and self._pos < self._end
+            and self._next < len(self._spans)
+            and (self._ahead < self.window or not self._pending)
+        ):
+            span = self._spans[self._next]
+            if span.uncompressed_start >= self._end:
+                break
+            step = _Step(
+                span,
+                max(self._pos, span.uncompressed_start) - span.uncompressed_start,
+                min(self._end, span.uncompressed_end) - span.uncompressed_start,
+            )
+            self._next += 1
+            self._pos = span.uncompressed_start + step.end
+            self._ahead += span.uncompressed_size
+            self._pending.append(step)
+            if self._start_alone(step):
+                self._submit(run)
+                run = []
+                continue
+            if run and (
+                run[-1].span.compressed_end < span.compressed_start
+                or span.compressed_end - run[0].span.compressed_start > cap
+            ):
+                self._submit(run)
+                run = []
+            run.append(step)
+        self._submit(run)
+
+    def _start_alone(self, step: _Step) -> bool:
+        """Serve the step without a run: its decoded bytes in memory, its compressed bytes
+        in the cache directory, or a span too large to hold (streamed by itself)."""
+        reader, span = self._reader, step.span
+        data = reader.cached(span)
+        if data is not None and len(data) >= step.end:
+            step.ready = data
+            return True
+        if reader.has_local(span):
+            step.future = _decode_pool().submit(self._decode_local, span)
+            return True
+        if span.uncompressed_size > spans_module.LARGE_SPAN:
+            step.future = _fetch_pool().submit(reader.stream, span, step.start, step.end)
+            step.start, step.end = 0, step.end - step.start
+            return True
+        return False
+
+    def _decode_local(self, span: Span) -> bytes:
+        compressed = self._reader.fetch(span)  # the cache directory first, checked
+        return self._reader.decode_span(span, compressed, keep=False)
+
+    def _submit(self, run: list[_Step]) -> None:
+        """One request for the run's bytes; when they are in, one decode task per span."""
+        if not run:
+            return
+        for step in run:
+            step.future = concurrent.futures.Future()
+        base = run[0].span.compressed_start
+        fetched = _fetch_pool().submit(self._fetch, [step.span for step in run])
+
+        def decode_all(done: concurrent.futures.Future[bytes]) -> None:
+            for step in run:
+                assert step.future is not None
+                work = partial(self._decode, done, base, step.span)
+                _decode_pool().submit(_settle, step.future, work)
+
+        fetched.add_done_callback(decode_all)
+
+    def _fetch(self, spans: list[Span]) -> bytes:
+        if self._closed:
+            return b""
+        self._reader.prefetch_windows(spans)
+        start = spans[0].compressed_start
+        return self._reader.source.read_range(start, spans[-1].compressed_end - start)
+
+    def _decode(self, fetched: concurrent.futures.Future[bytes], base: int, span: Span) -> bytes:
+        blob = fetched.result()  # done: this runs from its callback (re-raises its error)
+        piece = memoryview(blob)[span.compressed_start - base : span.compressed_end - base]
+        if span_matches(span, piece):
+            compressed = bytes(piece)
+            if self._keep:
+                self._reader.save(span, compressed)
+        else:  # damaged in transit, or a short body: this span alone, once more
+            compressed = self._reader.fetch(span, keep=self._keep)
+        return self._reader.decode_span(span, compressed, keep=False)
+
+    # -- taking -----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        if self._closed:
+            raise StopIteration
+        if not self._pending:
+            self._plan()
+            if not self._pending:
+                raise StopIteration
+        step = self._pending.popleft()
+        try:
+            data = step.ready if step.ready is not None else step.future.result()  # type: ignore[union-attr]
+        except BaseException:
+            self.close()
+            raise
+        self._ahead -= step.span.uncompressed_size
+        self._plan()  # keep the window full while the reader uses this span
+        if step.start == 0 and step.end == len(data):
+            return data
+        return data[step.start : step.end]
+
+    def close(self) -> None:
+        """Stop: steps not started are cancelled, running ones finish unseen."""
+        self._closed = True
+        while self._pending:
+            step = self._pending.popleft()
+            if step.future is not None:
+                step.future.cancel()
+        self._ahead = 0
+
+    def __enter__(self) -> SpanStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
