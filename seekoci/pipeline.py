@@ -33,6 +33,9 @@ from .spans import SpanReader
 #: Compressed bytes in one coalesced range request: large enough that a request's latency
 #: is small beside its transfer, small enough that several are in flight within a window.
 MAX_REQUEST = 16 << 20
+#: The smallest run worth a request of its own while the window is small (readahead that
+#: has just started): runs are at most half the window, and at least this.
+MIN_REQUEST = 1 << 20
 #: Uncompressed bytes decoded ahead of the reader at most (the memory a stream may hold).
 MAX_WINDOW = 64 << 20
 #: Connections fetching runs at once (for all readers of the process).
@@ -105,7 +108,9 @@ class SpanStream:
     def _plan(self) -> None:
         """Start steps until ``window`` bytes are ahead of the reader or the read is planned."""
         run: list[_Step] = []
-        cap = max(1 << 20, min(MAX_REQUEST, self.window // 2))
+        cap = max(MIN_REQUEST, min(MAX_REQUEST, self.window // 2))
+        if self._pending and self.window - self._ahead < cap:
+            return  # no room for a whole run yet: wait, rather than fetch a span at a time
         while (
             not self._closed
             and self._pos < self._end

@@ -32,6 +32,8 @@ from layers import (
 )
 
 import seekoci
+import seekoci.fileobj
+import seekoci.pipeline
 from seekoci import formats
 from seekoci.formats.base import span_matches
 from seekoci.source import BytesSource
@@ -100,6 +102,10 @@ class Case:
 )
 def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     producer, source, span_size = request.param
+    # the read pipeline on at this size: runs of a few spans, readahead after a few KiB
+    monkeypatch.setattr(seekoci.pipeline, "MIN_REQUEST", 2 * span_size)
+    monkeypatch.setattr(seekoci.pipeline, "MAX_REQUEST", 8 * span_size)
+    monkeypatch.setattr(seekoci.fileobj, "READAHEAD_AFTER", span_size // 2)
     if span_size == 65536:
         monkeypatch.setattr(seekoci.build, "CHUNK_SIZE", SMALL_CHUNK)
     data = corpus(producer)
