@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .fileinfo import FileInfo, entry_info
@@ -13,6 +15,8 @@ from .fileobj import RangeFile
 from .formats.tar import TarEntry, normalize_name
 from .layer import Layer, Progress
 from .tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Node, Tree
+
+log = logging.getLogger("seekoci")
 
 
 def _abs(path: str) -> str:
@@ -184,6 +188,34 @@ class Image:
             progress = ProgressBar(sys.stderr, force=True)
         for layer in self.layers:
             layer.index(progress or None)
+
+    def extract(
+        self,
+        path: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        keep_special_bits: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> list[str]:
+        """Copy a file or directory tree of the merged view to ``dest`` with the rules of
+        ``seekoci get`` (a file to ``dest`` or its base name; a directory's contents into
+        ``dest``, default its base name or ``rootfs``; modes, mtimes and symlinks kept;
+        nothing written outside ``dest``; devices skipped; setuid/setgid dropped unless
+        ``keep_special_bits``). Returns the warnings, one per thing skipped (each also
+        logged). ``progress(bytes_done, bytes_total)`` is called as data is written."""
+        from .extract import extract
+
+        skipped: list[str] = []
+
+        def warn(message: str) -> None:
+            skipped.append(message)
+            log.warning("seekoci: %s", message)
+
+        target = None if dest is None else os.fspath(dest)
+        extract(
+            self, path, target, keep_special_bits=keep_special_bits, warn=warn, progress=progress
+        )
+        return skipped
 
     def __enter__(self) -> Image:
         return self
