@@ -6,13 +6,16 @@ import dataclasses
 import errno
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.tar import TarEntry, normalize_name
 from .layer import Layer, Progress
 from .tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Node, Tree
+
+if TYPE_CHECKING:
+    from ._reopen import ImageOrigin
 
 
 def _abs(path: str) -> str:
@@ -49,6 +52,8 @@ class Image:
         self._by_digest = {layer.digest or layer.name: layer for layer in layers}
         #: the resolved registry/layout image behind this view (set by open_image)
         self.resolved: Any = None
+        #: how another process opens this image again when it is unpickled (open_image)
+        self.origin: ImageOrigin | None = None
 
     def __repr__(self) -> str:
         return f"<seekoci.Image {self.reference} {self.platform} {len(self.layers)} layers>"
@@ -184,6 +189,12 @@ class Image:
             progress = ProgressBar(sys.stderr, force=True)
         for layer in self.layers:
             layer.index(progress or None)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as how to open it again, pinned to its manifest digest (docs/pickling.md)."""
+        from ._reopen import reduce_image
+
+        return reduce_image(self)
 
     def __enter__(self) -> Image:
         return self

@@ -42,6 +42,7 @@ from .source import RangeSource
 from .tree import Tree
 
 if TYPE_CHECKING:
+    from ._reopen import LayerOrigin
     from .formats.base import SpanIndexer
     from .remote import RemoteIndexes
 
@@ -887,3 +888,12 @@ class Layer:
         from .html import layers_table
 
         return layers_table([self])
+
+    # -- pickling: another process opens the layer again (seekoci/_reopen.py) --------------
+    #: how to open this layer again (set by open_image and open_layer); None: not picklable
+    origin: LayerOrigin | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        from ._reopen import reduce_layer
+
+        return reduce_layer(self)
