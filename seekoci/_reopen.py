@@ -48,6 +48,9 @@ class ImageOrigin:
     #: what ``img.reference`` said (the tag the user asked for), restored after the re-open
     reference: str
     digest: str
+    #: what ``img.platform`` said: the pinned manifest is opened as it is (no platform
+    #: asked for), since an index entry may name a variant its config does not repeat
+    platform: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     auth: Secret = field(default_factory=lambda: Secret(None))
 
@@ -80,13 +83,15 @@ def pinned_reference(resolved: Any) -> str:
 def image_origin(
     resolved: Any, *, auth: tuple[str, str] | None, options: dict[str, Any]
 ) -> ImageOrigin:
+    options = {**options, "platform": None}
     cache_dir = options.get("cache_dir")
     if isinstance(cache_dir, os.PathLike):
-        options = {**options, "cache_dir": os.fspath(cache_dir)}
+        options["cache_dir"] = os.fspath(cache_dir)
     return ImageOrigin(
         pinned=pinned_reference(resolved),
         reference=resolved.reference,
         digest=resolved.digest,
+        platform=resolved.platform,
         options=options,
         auth=Secret(auth),
     )
@@ -101,6 +106,7 @@ def reopen_image(origin: ImageOrigin) -> Image:
     if img.digest != origin.digest:  # a pinned reference is verified on the way: cannot happen
         raise IntegrityError(f"{origin.pinned}: re-opened as {img.digest}")
     img.reference = origin.reference
+    img.platform = origin.platform or img.platform
     return img
 
 

@@ -4,6 +4,7 @@ pinned to the manifest digest, with the same options, reading the same bytes."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import pickle
 import subprocess
@@ -12,7 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from imagebuilder import file, image, index, layer, random_bytes, text_bytes, write_oci_layout
+from imagebuilder import (
+    OCI_INDEX,
+    Index,
+    file,
+    image,
+    index,
+    layer,
+    random_bytes,
+    text_bytes,
+    write_oci_layout,
+)
 
 import seekoci
 from seekoci.source import BytesSource
@@ -112,6 +123,24 @@ def test_platform_and_options_travel(registry: Any, tmp_path: Path) -> None:
     assert copy.layers[0].span_size == 256 << 10
     assert copy.origin.options["cache_dir"] is False
     assert roundtrip(img.layers[0]).read_range(0, 3) == img.layers[0].read_range(0, 3)
+
+
+def test_a_variant_only_the_index_names_survives(registry: Any) -> None:
+    # arm64 images often say "v8" in the index entry only, not in their config
+    arm = image(layer(file("arch", b"arm64\n")), arch="arm64")
+    amd = image(layer(file("arch", b"amd64\n")), arch="amd64")
+    entries = [amd.descriptor(), arm.descriptor()]
+    entries[1]["platform"]["variant"] = "v8"
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}).encode()
+    registry.push("pickle/variant", "v1", Index(images=(amd, arm), manifest_bytes=body,
+                                                 media_type=OCI_INDEX))  # fmt: skip
+    img = seekoci.open_image(
+        registry.ref("pickle/variant", "v1"), platform="linux/arm64/v8", cache_dir=False
+    )
+    assert img.platform == "linux/arm64/v8"
+    copy = roundtrip(img)
+    assert (copy.platform, copy.digest) == ("linux/arm64/v8", arm.digest)
+    assert copy.read_bytes("/arch") == b"arm64\n"
 
 
 def test_layout_image_and_open_layer_round_trip(tmp_path: Path) -> None:
