@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, InvalidReferenceError, SeekociError
@@ -74,6 +75,9 @@ class IndexRepository:
         self.registry = registry
         self.repository = repository
         self.client = client
+        self._lock = threading.Lock()
+        #: why the repository could not be read (refused, unreachable): asked no more
+        self._unusable: str | None = None
 
     @classmethod
     def open(
@@ -121,10 +125,23 @@ class IndexRepository:
 
         tag = layer_tag(layer_digest)
         where = f"index repository {self.name}:{tag}"
+        with self._lock:
+            if self._unusable is not None:
+                return "", []
         try:
             fetched = get_manifest_optional(self.client, self.repository, tag, where=where)
-            if fetched is None:
-                return "", []
+        except SeekociError as exc:
+            # a refused login or an unreachable registry: say so once, then build as if
+            # nothing were published instead of waiting on it for every layer
+            with self._lock:
+                first = self._unusable is None
+                self._unusable = str(exc)
+            if first:
+                log.warning("seekoci: index repository %s unusable: %s", self.name, exc)
+            return "", []
+        if fetched is None:
+            return "", []
+        try:
             doc = parse_manifest(
                 fetched.body, media_type_hint=fetched.media_type, digest=fetched.digest, where=where
             ).data

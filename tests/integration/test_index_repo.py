@@ -231,6 +231,23 @@ def test_an_unusable_index_repository_costs_a_build_not_a_failure(
     assert img.layers[1].index_status in ("built", "partial")
 
 
+def test_an_unreachable_index_repository_is_asked_once(
+    upstream: Any, registry: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from integration.servers import free_port
+
+    closed = f"127.0.0.1:{free_port()}/indexes/gone"  # nothing listens there
+    img = seekoci.open_image(
+        registry.ref("upstream/base", "1.0"), cache_dir=tmp_path / "c", index_repo=closed
+    )
+    with caplog.at_level("WARNING", logger="seekoci"):
+        img.build_index()
+    assert img.read_bytes("/needle/needle.txt") == NEEDLE
+    assert [lay.index_status for lay in img.layers] == ["built", "built"]
+    warnings = [r for r in caplog.records if "index repository" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]  # once, not per layer
+
+
 @pytest.mark.parametrize("bad", ["127.0.0.1:1/indexes:tag", "127.0.0.1:1/x@sha256:" + "0" * 64])
 def test_index_repo_is_registry_and_repository_only(upstream: Any, registry: Any, bad: str) -> None:
     with pytest.raises(seekoci.InvalidReferenceError, match="REGISTRY/REPO"):
