@@ -14,7 +14,7 @@ from imagebuilder import file, image, layer, random_bytes
 from nbclient import NotebookClient
 
 import seekoci
-from seekoci.publish import publish_native
+from seekoci.publish import publish_layer_index
 
 pytestmark = pytest.mark.integration
 
@@ -55,10 +55,13 @@ def test_notebook_inspects_a_model_without_fetching_its_weights(
     )
     img_def = image(layer(file("etc/os-release", b"ID=notebook\n")), model_layer)
     registry.push("notebook/tiny-model", "1.0", img_def)
-    # someone published the image's index once; the notebook's reader has an empty cache
-    publish_native(seekoci.open_image(registry.ref("notebook/tiny-model", "1.0"), cache_dir=False))
+    # someone published the model layer's index in the team's index repository; the
+    # notebook's reader has an empty cache (and builds the small base layer's index itself)
+    publisher = seekoci.open_image(registry.ref("notebook/tiny-model", "1.0"), cache_dir=False)
+    publish_layer_index(publisher.layers[1], f"{registry.host}/indexes/notebook")
 
     proxy = counting_proxy(registry)
+    monkeypatch.setenv("SEEKOCI_INDEX_REPO", f"{proxy.host}/indexes/notebook")
     monkeypatch.setenv("SEEKOCI_NOTEBOOK_REF", proxy.ref("notebook/tiny-model", "1.0"))
     monkeypatch.setenv("SEEKOCI_NOTEBOOK_MODEL", MODEL)
     monkeypatch.setenv("SEEKOCI_CACHE_DIR", str(tmp_path / "empty-cache"))
@@ -70,6 +73,11 @@ def test_notebook_inspects_a_model_without_fetching_its_weights(
     outs = outputs(nb)
     assert not [o for o in outs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outs if o.output_type == "stream")
+    errors = "".join(o.text for o in outs if o.output_type == "stream" and o.name == "stderr")
+    # build_index(progress=True) drew a bar for the one layer it had to build, none for the
+    # one whose index came from the repository
+    assert f"indexing {img_def.layers[0].digest[:19]}" in errors
+    assert img_def.layers[1].digest[:19] not in errors
     assert "3 tensors, 1,573,376 parameters" in text
     assert "embed.weight             F16   [1024, 1024]" in text
     assert f"{MODEL}: {len(weights):,} bytes; read from its layer: " in text
