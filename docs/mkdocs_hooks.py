@@ -6,6 +6,8 @@
 * Links to files outside ``docs/`` (``../benchmarks/README.md``) become plain code names:
   the site cannot serve them, and a strict build would fail on them; ``docs/check_docs.py``
   checks that they resolve in the repository.
+* The docstrings' reST roles (``:class:`~seekoci.Layer```) are shown as the code they name
+  (``Layer``), not as role markup, in the API reference.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 MARKER = "<!-- seekoci-cli-help -->"
 _OUTSIDE = re.compile(r"\[([^\]]+)\]\((\.\./[^)#\s]+)\)")
+# what a docstring's :class:`~a.b.C` becomes once rendered: the role name before <code>
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj):<code>(~?)([^<]*)</code>")
 
 
 def _cli_help() -> str:
@@ -51,3 +55,12 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 def _plain(match: re.Match[str]) -> str:
     text, path = match.group(1), match.group(2).removeprefix("../")
     return f"`{path}`" if text.strip("`") == path else f"{text} (`{path}`)"
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    return _ROLE.sub(_code, html)
+
+
+def _code(match: re.Match[str]) -> str:
+    name = match.group(2)
+    return f"<code>{name.rsplit('.', 1)[-1] if match.group(1) else name}</code>"

@@ -67,3 +67,14 @@ def test_links_outside_the_docs_become_plain_names() -> None:
         "and [trust](trust.md)"
     )
     assert out == ("see `benchmarks/README.md` and the run (`.ci/run`), and [trust](trust.md)")
+
+
+def test_docstring_roles_render_as_code() -> None:
+    module = hooks()
+    html = (
+        "see :class:<code>~seekoci.errors.FormatError</code> and "
+        ":meth:<code>Layer.index</code>, not <code>:x:</code>"
+    )
+    assert module.on_page_content(html) == (
+        "see <code>FormatError</code> and <code>Layer.index</code>, not <code>:x:</code>"
+    )
