@@ -151,13 +151,17 @@ class Image:
         return self._layer_of(node).open_entry(entry, _abs(path))
 
     def read_bytes(self, path: str) -> bytes:
+        """The whole content of a regular file (symlinks followed)."""
         with self.open(path) as f:
             return f.read()
 
     def listdir(self, path: str = "/") -> list[str]:
+        """Sorted entry names of a directory of the merged view (indexes every layer)."""
         return self.tree().listdir(path)
 
     def stat(self, path: str, follow_symlinks: bool = True) -> FileInfo:
+        """What the merged view holds at ``path``: a :class:`FileInfo` (a hard link is its
+        target file, with ``linkname`` naming the path it links to)."""
         if follow_symlinks and self._tree is None:
             fast = self._fast_entry(path)
             if fast is not None and fast[1].type == "file":
@@ -167,6 +171,7 @@ class Image:
         return self._info(node, _abs(path))
 
     def exists(self, path: str) -> bool:
+        """True if ``path`` resolves (symlinks followed) in the merged view."""
         try:
             self._node(path)
         except OSError:
@@ -174,6 +179,8 @@ class Image:
         return True
 
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like :func:`os.walk`, top-down with sorted names: ``(dirpath, dirnames,
+        filenames)``; symlinks to directories are listed in ``dirnames``, not descended."""
         return self.tree().walk(top)
 
     def build_index(self, progress: Progress | bool | None = None) -> None:
