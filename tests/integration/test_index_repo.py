@@ -101,6 +101,15 @@ def test_cli_publishes_to_a_repository_and_a_fresh_process_reads_through_it(
         == 404
     )
 
+    # inspect names where each index comes from
+    shown = seekoci_cli(
+        "inspect", ref, "--json", "--index-repo", repo, "--cache-dir", str(tmp_path / "i"), env=env
+    )
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)
+    assert [lay["index"] for lay in doc["layers"]] == ["native", "native"]
+    assert all(lay["published_indexes"] == ["native"] for lay in doc["layers"])
+
     # a fresh process, empty cache, the index repository from the environment
     proxy = counting_proxy(registry)
     read = seekoci_cli(
