@@ -17,6 +17,8 @@ reads its own Docker config. They never appear in a ``repr`` (docs/pickling.md).
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -97,16 +99,37 @@ def image_origin(
     )
 
 
+#: Images re-opened from an origin object still alive, by the origin's id: within one
+#: unpickling, an image and its layers (or several layers of one image) share one origin
+#: object (pickle's memo), so they come back as one image opened once, not one per layer.
+#: Weak: an entry lives only as long as its image (which holds its origin, so the id
+#: cannot be reused meanwhile).
+_reopened: weakref.WeakValueDictionary[int, Image] = weakref.WeakValueDictionary()
+_reopened_lock = threading.Lock()
+
+
 def reopen_image(origin: ImageOrigin) -> Image:
     """Unpickling an Image: open it again from its pinned reference."""
     from . import open_image
     from .errors import IntegrityError
 
-    img = open_image(origin.pinned, auth=origin.auth.value, **origin.options)
+    with _reopened_lock:
+        known = _reopened.get(id(origin))
+    if known is not None and known.origin is origin:
+        return known
+    img = open_image(origin.pinned, auth=origin.auth.value, **origin.options)  # not locked
     if img.digest != origin.digest:  # a pinned reference is verified on the way: cannot happen
         raise IntegrityError(f"{origin.pinned}: re-opened as {img.digest}")
     img.reference = origin.reference
     img.platform = origin.platform or img.platform
+    img.origin = origin
+    for layer in img.layers:
+        layer.origin = LayerOrigin(digest=layer.digest, image=origin)
+    with _reopened_lock:
+        known = _reopened.get(id(origin))
+        if known is not None and known.origin is origin:
+            return known  # another thread re-opened it meanwhile: one image
+        _reopened[id(origin)] = img
     return img
 
 

@@ -206,3 +206,21 @@ def test_process_pools_read_through_pickled_images(
     with concurrent.futures.ProcessPoolExecutor(max_workers=2, mp_context=ctx) as pool:
         got = list(pool.map(top.read_range, [offset, offset + 1000], [1000, 1000]))
     assert got == [APP[:1000], APP[1000:2000]]
+
+
+def test_an_image_and_its_layers_pickled_together_come_back_as_one_image(
+    pushed: Any, registry: Any, counting_proxy: Any, cache_dir: Path
+) -> None:
+    proxy = counting_proxy(registry)
+    img = seekoci.open_image(proxy.ref("pickle/app", "v1"), cache_dir=cache_dir)
+    data = pickle.dumps((img, img.layers[1], img.layers[0]))
+    proxy.reset()
+    copy, top, base = pickle.loads(data)
+    assert top is copy.layers[1] and base is copy.layers[0]
+    assert proxy.requests("manifest") == 1, proxy.summary()  # opened once, not per layer
+    assert top.open("/app/config.toml").read() == CONFIG
+    # separate pickles are separate images (each opened again)
+    again = pickle.loads(pickle.dumps(img.layers[1]))
+    assert again is not top and again.digest == top.digest
+    # and a re-opened image pickles again
+    assert pickle.loads(pickle.dumps(copy)).read_bytes("/etc/base.txt") == BASE
