@@ -153,24 +153,30 @@ def _native_manifest(layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _index_repository(layer: Layer, index_repo: str | IndexRepository | None) -> IndexRepository:
-    from .indexrepo import IndexRepository, index_repo_from_env
+    from .indexrepo import IndexRepository, index_repo_from_env, parse_index_repo
 
     if isinstance(index_repo, IndexRepository):
         return index_repo
     remote = layer.remote
+    own = remote.index_repo if remote is not None else None
     if index_repo is None:
-        if remote is not None and remote.index_repo is not None:
-            return remote.index_repo
+        if own is not None:
+            return own
         index_repo = index_repo_from_env()
     if index_repo is None:
         raise ValueError(
             f"layer {layer.name}: no index repository (give one, or open the image with "
             "index_repo= or $SEEKOCI_INDEX_REPO)"
         )
+    if own is not None and parse_index_repo(index_repo) == (own.registry, own.repository):
+        return own  # the one the image reads from: what is pushed there is found there
+    # the image's transport choice (insecure=) applies to a new client too, as in open_image
+    origin = layer.origin.image if layer.origin is not None else None
+    insecure = origin.options.get("insecure") if origin is not None else None
     resolved = getattr(remote, "_resolved", None)
     if resolved is not None:
-        return IndexRepository.for_image(index_repo, resolved, insecure=None)
-    return IndexRepository.open(index_repo)
+        return IndexRepository.for_image(index_repo, resolved, insecure=insecure)
+    return IndexRepository.open(index_repo, insecure=insecure)
 
 
 def publish_layer_index(
