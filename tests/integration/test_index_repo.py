@@ -276,3 +276,26 @@ def test_cli_to_refuses_soci(upstream: Any, registry: Any) -> None:
     )
     assert run.returncode == 2
     assert "--to" in run.stderr
+
+
+def test_token_registry_index_repo_push_with_docker_config_read_anonymously(
+    upstream: Any,
+    registry: Any,
+    token_registry: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo = f"{token_registry.host}/indexes/tokens"
+    # the publisher's Docker config has a login for the token registry (push needs one)
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker_config(tmp_path / "docker", token_registry)))
+    img = seekoci.open_image(registry.ref("upstream/base", "1.0"), cache_dir=tmp_path / "pub")
+    publish_layer_index(img.layers[1], repo)
+    # a reader with no login at all: anonymous pull tokens
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "nobody"))
+    issued = token_registry.tokens_issued
+    reader = seekoci.open_image(
+        registry.ref("upstream/base", "1.0"), cache_dir=tmp_path / "empty", index_repo=repo
+    )
+    assert reader.layers[1].index_status == "native"
+    assert reader.read_bytes("/needle/needle.txt") == NEEDLE
+    assert token_registry.tokens_issued > issued
