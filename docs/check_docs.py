@@ -8,7 +8,22 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["usage.md", "index-format.md", "cache.md", "trust.md", "publishing.md", "performance.md"]
+PAGES = [
+    "index.md",
+    "concepts.md",
+    "usage.md",
+    "index-format.md",
+    "formats.md",
+    "cache.md",
+    "trust.md",
+    "publishing.md",
+    "pickling.md",
+    "notebooks.md",
+    "api.md",
+    "cli.md",
+    "comparison.md",
+    "performance.md",
+]
 
 
 def main() -> int:

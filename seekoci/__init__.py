@@ -62,15 +62,29 @@ def open_image(
     cache_dir: CacheDir = None,
     insecure: bool | None = None,
     span_size: int = DEFAULT_SPAN_SIZE,
+    index_repo: str | None = None,
 ) -> Image:
     """Open an image in a registry (``[REGISTRY/]REPO[:TAG][@DIGEST]``) or an OCI layout
     directory (``oci:PATH[:TAG|@DIGEST]``). Only the manifest and config are fetched now;
-    layers are indexed and read on demand."""
+    layers are indexed and read on demand.
+
+    ``index_repo``: a repository ``REGISTRY/REPO`` holding indexes of layers published with
+    ``seekoci index REF --push --to REGISTRY/REPO`` (for images you cannot push to), looked
+    up by layer digest after the image's own published indexes; default
+    ``$SEEKOCI_INDEX_REPO``, else none (docs/publishing.md)."""
+    from ._reopen import LayerOrigin, image_origin
     from .registry import resolve_image
 
+    options: dict[str, Any] = {
+        "platform": platform,
+        "cache_dir": cache_dir,
+        "insecure": insecure,
+        "span_size": span_size,
+        "index_repo": index_repo,
+    }
     resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
     cache = open_cache(cache_dir)
-    remote = _remote_indexes(resolved, cache)
+    remote = _remote_indexes(resolved, cache, index_repo, insecure=insecure)
     layers = [
         Layer(
             resolved.blob_source(desc),
@@ -94,15 +108,26 @@ def open_image(
         layers=layers,
     )
     image.resolved = resolved
+    image.origin = image_origin(resolved, auth=auth, options=options)
+    for layer in layers:
+        layer.origin = LayerOrigin(digest=layer.digest, image=image.origin)
     return image
 
 
-def _remote_indexes(resolved: Any, cache: Any) -> Any:
-    """Published indexes can only live next to an image in a registry (not a layout)."""
+def _remote_indexes(
+    resolved: Any, cache: Any, index_repo: str | None, *, insecure: bool | None
+) -> Any:
+    """Published indexes live next to an image in a registry (not a layout), or in an
+    index repository (for any image)."""
+    from .indexrepo import IndexRepository, index_repo_from_env
     from .registry.resolve import RegistryStore
     from .remote import RemoteIndexes
 
-    return RemoteIndexes(resolved, cache) if isinstance(resolved.store, RegistryStore) else None
+    name = index_repo if index_repo is not None else index_repo_from_env()
+    repo = IndexRepository.for_image(name, resolved, insecure=insecure) if name else None
+    if isinstance(resolved.store, RegistryStore) or repo is not None:
+        return RemoteIndexes(resolved, cache, index_repo=repo)
+    return None
 
 
 def open_layer(
@@ -130,10 +155,27 @@ def open_layer(
             raise FormatError(f"cannot read layer {os.fspath(source)!r}: {exc}") from exc
     else:
         src = source
-    return Layer(
+    layer = Layer(
         src,
         cache=open_cache(cache_dir),
         digest=digest,
         media_type=media_type,
         span_size=span_size,
     )
+    if isinstance(source, (str, os.PathLike)):  # a RangeSource object cannot be reopened
+        from ._reopen import LayerOrigin, Secret
+
+        text = os.fspath(source)
+        where = text if text.startswith(("http://", "https://")) else os.path.abspath(text)
+        layer.origin = LayerOrigin(
+            digest=digest,
+            source=Secret(where),
+            options={
+                "media_type": media_type,
+                "cache_dir": os.fspath(cache_dir)
+                if isinstance(cache_dir, os.PathLike)
+                else cache_dir,
+                "span_size": span_size,
+            },
+        )
+    return layer

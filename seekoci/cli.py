@@ -58,6 +58,7 @@ def _open(args: argparse.Namespace) -> Image:
         cache_dir=cache_dir,
         insecure=True if args.insecure else None,
         span_size=args.span_size or DEFAULT_SPAN_SIZE,
+        index_repo=args.index_repo or getattr(args, "to", None),
     )
     bar = ProgressBar(sys.stderr)  # draws only on a terminal
     for layer in img.layers:
@@ -205,9 +206,18 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
+    if args.to and args.format == "soci":
+        print(
+            "seekoci: error: --to publishes seekoci's own index; SOCI indexes go next to "
+            "the image (--push --format soci without --to)",
+            file=sys.stderr,
+        )
+        return 2
     img = _open(args)
     if args.format == "soci":
         return _index_soci(args, img, out)
+    if args.to:
+        return _index_to_repo(args, img, out)
     bar = ProgressBar(sys.stderr)
     try:
         for layer in img.layers:
@@ -226,6 +236,22 @@ def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
 
         digest = publish_native(img, progress=bar, report=lambda line: print(line, file=out))
         out.write(f"pushed native index artifact {digest} (subject {img.digest})\n")
+    return 0
+
+
+def _index_to_repo(args: argparse.Namespace, img: Image, out: TextIO) -> int:
+    from .indexrepo import layer_tag
+    from .publish import publish_to_index_repo
+
+    bar = ProgressBar(sys.stderr)
+    try:
+        publish_to_index_repo(
+            img, args.to, progress=bar, report=lambda line: print(line, file=out), force=args.force
+        )
+    finally:
+        bar.close()
+    tags = sorted({layer_tag(str(layer.digest)) for layer in img.layers})
+    out.write(f"published {len(tags)} layer index(es) to {args.to} (tags sha256-<hex>.seekoci)\n")
     return 0
 
 
@@ -275,6 +301,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help=f"bytes between checkpoints (default {DEFAULT_SPAN_SIZE}; SOCI: 4 MiB)",
     )
+    common.add_argument(
+        "--index-repo",
+        metavar="REGISTRY/REPO",
+        help="also look for layer indexes in this repository (default: $SEEKOCI_INDEX_REPO)",
+    )
 
     p = argparse.ArgumentParser(
         prog="seekoci", description="Read files out of container images without pulling them."
@@ -317,6 +348,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("ref")
     s.add_argument("--push", action="store_true", help="publish the index to the registry")
     s.add_argument("--format", choices=("native", "soci"), default="native")
+    s.add_argument(
+        "--to",
+        metavar="REGISTRY/REPO",
+        help="publish each layer's index into this repository you own, by layer digest "
+        "(for images you cannot push to; implies --push)",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="with --to: publish again layers the repository already has an index for",
+    )
     s.add_argument(
         "--min-layer-size",
         type=int,

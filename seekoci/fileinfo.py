@@ -51,6 +51,12 @@ class FileInfo:
     def is_symlink(self) -> bool:
         return self.type == "symlink"
 
+    def _repr_html_(self) -> str:
+        """A table of this path's metadata, for Jupyter."""
+        from .html import fileinfo_table
+
+        return fileinfo_table(self)
+
 
 def entry_info(
     entry: TarEntry, path: str, layer: str, *, type_: str | None = None, size: int | None = None

@@ -183,3 +183,8 @@ class RangeFile(io.BufferedIOBase):
     def __repr__(self) -> str:
         state = "closed " if self.closed else ""
         return f"<seekoci {state}file {self.name!r} size={self.size}>"
+
+    def __reduce_ex__(self, protocol: object) -> Any:
+        # an open file is a position in one process's view: open the path again over there
+        # (pickle the Image or Layer and the path instead)
+        raise TypeError(f"cannot pickle {self!r}: open it again from a pickled Image or Layer")

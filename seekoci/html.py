@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .fileinfo import FileInfo
     from .layer import Layer
 
 
@@ -42,3 +43,37 @@ def layers_table(layers: Sequence[Layer], *, title: str | None = None) -> str:
     )
     caption = f"<caption>{html.escape(title)}</caption>" if title else ""
     return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def fileinfo_table(info: FileInfo) -> str:
+    """One path's metadata as a two-column table (what ``stat`` says, readable)."""
+    import stat
+    import time
+
+    try:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(info.mtime))
+    except (OverflowError, ValueError, OSError):  # past what the platform's time_t holds
+        when = f"@{info.mtime:.0f}"
+    owner = f"{info.uid}:{info.gid}"
+    if info.uname or info.gname:
+        owner += f" ({info.uname or info.uid}:{info.gname or info.gid})"
+    rows: list[tuple[str, str]] = [
+        ("path", info.path),
+        ("type", info.type),
+        ("size", f"{human_size(info.size)} ({info.size} bytes)"),
+        ("mode", f"{stat.filemode(info.st_mode)} ({info.mode:04o})"),
+        ("mtime", when),
+        ("owner", owner),
+    ]
+    if info.linkname:
+        rows.append(("linkname", info.linkname))
+    if info.type in ("char", "block"):
+        rows.append(("device", f"{info.devmajor},{info.devminor}"))
+    if info.xattrs:
+        rows.append(("xattrs", ", ".join(sorted(info.xattrs))))
+    rows.append(("layer", info.layer))
+    body = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    return f"<table><tbody>{body}</tbody></table>"

@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
@@ -17,6 +17,9 @@ from .layer import Layer, Progress
 from .tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Node, Tree
 
 log = logging.getLogger("seekoci")
+
+if TYPE_CHECKING:
+    from ._reopen import ImageOrigin
 
 
 def _abs(path: str) -> str:
@@ -53,6 +56,8 @@ class Image:
         self._by_digest = {layer.digest or layer.name: layer for layer in layers}
         #: the resolved registry/layout image behind this view (set by open_image)
         self.resolved: Any = None
+        #: how another process opens this image again when it is unpickled (open_image)
+        self.origin: ImageOrigin | None = None
 
     def __repr__(self) -> str:
         return f"<seekoci.Image {self.reference} {self.platform} {len(self.layers)} layers>"
@@ -150,13 +155,17 @@ class Image:
         return self._layer_of(node).open_entry(entry, _abs(path))
 
     def read_bytes(self, path: str) -> bytes:
+        """The whole content of a regular file (symlinks followed)."""
         with self.open(path) as f:
             return f.read()
 
     def listdir(self, path: str = "/") -> list[str]:
+        """Sorted entry names of a directory of the merged view (indexes every layer)."""
         return self.tree().listdir(path)
 
     def stat(self, path: str, follow_symlinks: bool = True) -> FileInfo:
+        """What the merged view holds at ``path``: a :class:`FileInfo` (a hard link is its
+        target file, with ``linkname`` naming the path it links to)."""
         if follow_symlinks and self._tree is None:
             fast = self._fast_entry(path)
             if fast is not None and fast[1].type == "file":
@@ -166,6 +175,7 @@ class Image:
         return self._info(node, _abs(path))
 
     def exists(self, path: str) -> bool:
+        """True if ``path`` resolves (symlinks followed) in the merged view."""
         try:
             self._node(path)
         except OSError:
@@ -173,6 +183,8 @@ class Image:
         return True
 
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like :func:`os.walk`, top-down with sorted names: ``(dirpath, dirnames,
+        filenames)``; symlinks to directories are listed in ``dirnames``, not descended."""
         return self.tree().walk(top)
 
     def build_index(self, progress: Progress | bool | None = None) -> None:
@@ -216,6 +228,12 @@ class Image:
             self, path, target, keep_special_bits=keep_special_bits, warn=warn, progress=progress
         )
         return skipped
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickles as how to open it again, pinned to its manifest digest (docs/pickling.md)."""
+        from ._reopen import reduce_image
+
+        return reduce_image(self)
 
     def __enter__(self) -> Image:
         return self

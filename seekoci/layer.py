@@ -40,6 +40,7 @@ from .spans import SpanReader
 from .tree import Tree
 
 if TYPE_CHECKING:
+    from ._reopen import LayerOrigin
     from .remote import RemoteIndexes
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_SPAN_SIZE", "Layer", "Progress"]
@@ -548,6 +549,15 @@ class Layer:
         from .html import layers_table
 
         return layers_table([self])
+
+    # -- pickling: another process opens the layer again (seekoci/_reopen.py) --------------
+    #: how to open this layer again (set by open_image and open_layer); None: not picklable
+    origin: LayerOrigin | None = None
+
+    def __reduce__(self) -> tuple[object, ...]:
+        from ._reopen import reduce_layer
+
+        return reduce_layer(self)
 
 
 class _Tables:

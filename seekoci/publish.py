@@ -9,6 +9,10 @@ out to be read by range (docs/index-format.md).
 zstd support) and the index manifest the ``soci`` CLI would push, so SOCI-enabled runtimes
 use it too. Each layer is streamed once and checked against its digest before its zTOC is
 published.
+
+``--to REGISTRY/REPO``: seekoci's index of each layer into an index repository you own, by
+layer digest (:func:`publish_layer_index`; seekoci/indexrepo.py), for images you cannot
+push to.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import FormatError, IntegrityError
 from .formats.index import index_file, parse_header
 from .image import Image
-from .layer import TOOL, Progress
+from .layer import TOOL, Layer, Progress
 from .remote import (
     ANN_BUILD_TOOL,
     ANN_LAYER_DIGEST,
@@ -37,6 +41,9 @@ from .remote import (
     SOCI_ANN_SPAN_SIZE,
     SOCI_INDEX_V1,
 )
+
+if TYPE_CHECKING:
+    from .indexrepo import IndexRepository
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY_JSON = b"{}"
@@ -103,36 +110,137 @@ def publish_native(
     for layer in img.layers:
         index = layer.index(progress)
         data = index_file(index)
-        header = parse_header(data)
         digest = target.upload(data)
         if report:
             report(f"{layer.digest}  native index {digest} ({len(data)} bytes)")
-        layers.append(
-            {
-                "mediaType": NATIVE_BLOB_MEDIA_TYPE,
-                "digest": digest,
-                "size": len(data),
-                "annotations": {
-                    ANN_LAYER_DIGEST: str(layer.digest),
-                    ANN_LAYER_MEDIA_TYPE: layer.media_type,
-                    ANN_SPAN_SIZE: str(index.span_size),
-                    # what a reader fetches first: header and directory
-                    ANN_METADATA_SIZE: str(header.head_end),
-                    ANN_METADATA_DIGEST: _digest(data[: header.head_end]),
-                },
-            }
-        )
+        layers.append(_native_blob(layer, index.span_size, data, digest))
     target.upload(EMPTY_JSON)
-    manifest = {
+    manifest = _native_manifest(layers)
+    manifest["subject"] = target.subject
+    return target.push_referrer(manifest, NATIVE_ARTIFACT_TYPE)
+
+
+def _native_blob(layer: Layer, span_size: int, data: bytes, digest: str) -> dict[str, Any]:
+    """The descriptor of a layer's index blob in a native index artifact."""
+    header = parse_header(data)
+    return {
+        "mediaType": NATIVE_BLOB_MEDIA_TYPE,
+        "digest": digest,
+        "size": len(data),
+        "annotations": {
+            ANN_LAYER_DIGEST: str(layer.digest),
+            ANN_LAYER_MEDIA_TYPE: layer.media_type,
+            ANN_SPAN_SIZE: str(span_size),
+            # what a reader fetches first: header and directory
+            ANN_METADATA_SIZE: str(header.head_end),
+            ANN_METADATA_DIGEST: _digest(data[: header.head_end]),
+        },
+    }
+
+
+def _native_manifest(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "artifactType": NATIVE_ARTIFACT_TYPE,
         "config": {"mediaType": OCI_EMPTY, "digest": EMPTY_DIGEST, "size": len(EMPTY_JSON)},
         "layers": layers,
-        "subject": target.subject,
         "annotations": {ANN_BUILD_TOOL: TOOL},
     }
-    return target.push_referrer(manifest, NATIVE_ARTIFACT_TYPE)
+
+
+# -- index repositories (seekoci/indexrepo.py) -------------------------------------------------
+
+
+def _index_repository(layer: Layer, index_repo: str | IndexRepository | None) -> IndexRepository:
+    from .indexrepo import IndexRepository, index_repo_from_env, parse_index_repo
+
+    if isinstance(index_repo, IndexRepository):
+        return index_repo
+    remote = layer.remote
+    own = remote.index_repo if remote is not None else None
+    if index_repo is None:
+        if own is not None:
+            return own
+        index_repo = index_repo_from_env()
+    if index_repo is None:
+        raise ValueError(
+            f"layer {layer.name}: no index repository (give one, or open the image with "
+            "index_repo= or $SEEKOCI_INDEX_REPO)"
+        )
+    if own is not None and parse_index_repo(index_repo) == (own.registry, own.repository):
+        return own  # the one the image reads from: what is pushed there is found there
+    # the image's transport choice (insecure=) applies to a new client too, as in open_image
+    origin = layer.origin.image if layer.origin is not None else None
+    insecure = origin.options.get("insecure") if origin is not None else None
+    resolved = getattr(remote, "_resolved", None)
+    if resolved is not None:
+        return IndexRepository.for_image(index_repo, resolved, insecure=insecure)
+    return IndexRepository.open(index_repo, insecure=insecure)
+
+
+def publish_layer_index(
+    layer: Layer,
+    index_repo: str | IndexRepository | None = None,
+    *,
+    progress: Progress | None = None,
+    report: Report | None = None,
+    force: bool = False,
+) -> str:
+    """Publish one layer's index into an index repository (default: the one its image was
+    opened with); return the artifact manifest's digest.
+
+    A layer the repository already has an index for is left alone (its artifact's digest is
+    returned, nothing is built or pushed) unless ``force``. Otherwise the index is loaded or
+    built (:meth:`Layer.index`), its blob uploaded and the artifact pushed under the tag
+    ``sha256-<hex>.seekoci`` of the layer digest (docs/publishing.md).
+    """
+    from .indexrepo import layer_tag
+    from .registry.push import put_manifest, upload_blob
+
+    if layer.digest is None:
+        raise ValueError(f"layer {layer.name}: only a layer with a digest can be published")
+    repo = _index_repository(layer, index_repo)
+    if not force:
+        artifact, found = repo.find(layer.digest)
+        if found:
+            if report:
+                report(f"{layer.digest}  already in {repo.name} ({artifact})")
+            return artifact
+    index = layer.index(progress)
+    data = index_file(index)
+    digest = upload_blob(repo.client, repo.repository, data, digest=_digest(data))
+    upload_blob(repo.client, repo.repository, EMPTY_JSON, digest=EMPTY_DIGEST)
+    manifest = _native_manifest([_native_blob(layer, index.span_size, data, digest)])
+    body = _compact(manifest)
+    tag = layer_tag(layer.digest)
+    artifact = put_manifest(repo.client, repo.repository, tag, body, OCI_MANIFEST)
+    if layer.remote is not None and layer.remote.index_repo is repo:
+        layer.remote.forget_index_repo(layer.digest)
+    if report:
+        report(f"{layer.digest}  native index {digest} ({len(data)} bytes) -> {repo.name}:{tag}")
+    return artifact
+
+
+def publish_to_index_repo(
+    img: Image,
+    index_repo: str | IndexRepository | None = None,
+    *,
+    progress: Progress | None = None,
+    report: Report | None = None,
+    force: bool = False,
+) -> list[str]:
+    """:func:`publish_layer_index` for every layer of an image (each distinct layer once);
+    the artifact digests, one per layer."""
+    repo = _index_repository(img.layers[0], index_repo) if img.layers else None
+    done: dict[str, str] = {}
+    for layer in img.layers:
+        key = str(layer.digest)
+        if key not in done:
+            done[key] = publish_layer_index(
+                layer, repo, progress=progress, report=report, force=force
+            )
+    return [done[str(layer.digest)] for layer in img.layers]
 
 
 def publish_soci(

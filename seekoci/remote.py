@@ -1,9 +1,10 @@
 """Indexes published in the registry next to an image: seekoci's own, and AWS SOCI's.
 
 Lookup order for a layer (see :class:`seekoci.layer.Layer`): the local cache, then a
-seekoci index artifact, then a SOCI index, then a build. This module finds the published
-ones -- once per image, on the first layer that needs an index -- and turns them into
-:class:`~seekoci.formats.index.LayerIndex` objects:
+seekoci index artifact, then a SOCI index, then an index repository (``index_repo``:
+seekoci/indexrepo.py), then a build. This module finds the published ones -- once per
+image, on the first layer that needs an index; in an index repository once per layer -- and
+turns them into :class:`~seekoci.formats.index.LayerIndex` objects:
 
 * **native**: an OCI artifact (``artifactType`` :data:`NATIVE_ARTIFACT_TYPE`) whose
   ``subject`` is the image manifest, one index blob per layer. The blob is read by range:
@@ -24,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ from .source import RangeSource
 
 if TYPE_CHECKING:
     from .cache import Cache
+    from .indexrepo import IndexRepository
     from .registry.client import RegistryClient
     from .registry.manifest import Descriptor
     from .registry.resolve import ResolvedImage
@@ -81,17 +84,33 @@ class _Published:
     kind: str  # "native" or "soci"
     blob: Descriptor
     artifact: str  # digest of the manifest that listed it
+    #: the index repository that holds it (None: the image's own repository)
+    repo: IndexRepository | None = None
 
 
 class RemoteIndexes:
-    """The published indexes of one image in its registry repository."""
+    """The published indexes of one image: in its registry repository (when it is in a
+    registry), then in an index repository (``index_repo``, looked up by layer digest)."""
 
-    def __init__(self, resolved: ResolvedImage, cache: Cache | None = None) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedImage,
+        cache: Cache | None = None,
+        *,
+        index_repo: IndexRepository | None = None,
+    ) -> None:
+        from .registry.resolve import RegistryStore
+
         self._resolved = resolved
         self._cache = cache
         self._lock = threading.Lock()
         self._found: dict[str, list[_Published]] | None = None
         self._soci_pending: list[str] = []
+        #: an index repository looked in after the image's own referrers
+        self.index_repo = index_repo
+        self._in_registry = isinstance(resolved.store, RegistryStore)
+        self._repo_found: dict[str, list[_Published]] = {}
+        self._repo_lock = threading.Lock()
 
     @property
     def _client(self) -> RegistryClient:
@@ -111,14 +130,14 @@ class RemoteIndexes:
                 return self._found
             found: dict[str, list[_Published]] = {}
             try:
-                referrers = self._referrers()
+                referrers = self._referrers() if self._in_registry else []
             except SeekociError as exc:
                 log.info("seekoci: no published indexes for %s: %s", self._resolved.digest, exc)
                 referrers = []
             natives = [d for d in referrers if d.artifact_type == NATIVE_ARTIFACT_TYPE]
             socis = [d.digest for d in referrers if d.artifact_type == SOCI_INDEX_V1]
             v2 = self._resolved.manifest.get("annotations", {}).get(SOCI_ANN_INDEX_DIGEST)
-            if isinstance(v2, str):
+            if isinstance(v2, str) and self._in_registry:
                 socis.insert(0, v2)  # the snapshotter looks for v2 first
             for ref in natives:
                 try:
@@ -180,11 +199,32 @@ class RemoteIndexes:
                 except SeekociError as exc:
                     log.warning("seekoci: SOCI index %s unusable: %s", digest, exc)
 
+    def _in_index_repo(self, layer_digest: str) -> list[_Published]:
+        """What the index repository holds for a layer (asked once per layer)."""
+        repo = self.index_repo
+        if repo is None:
+            return []
+        with self._repo_lock:
+            known = self._repo_found.get(layer_digest)
+        if known is None:
+            artifact, blobs = repo.find(layer_digest)  # a network wait: not under the lock
+            known = [_Published("native", blob, artifact, repo) for blob in blobs]
+            with self._repo_lock:
+                self._repo_found[layer_digest] = known
+        return known
+
+    def forget_index_repo(self, layer_digest: str) -> None:
+        """Look in the index repository again next time (something was published there)."""
+        with self._repo_lock:
+            self._repo_found.pop(layer_digest, None)
+
     def describe(self, layer_digest: str) -> list[str]:
-        """What is published for a layer (``native``/``soci``), for ``inspect``."""
+        """What is published for a layer (``native``/``soci``), for ``inspect``; an index in
+        the index repository counts as ``native``."""
         self._discover()
         self._load_soci_manifests()
-        return [p.kind for p in self._discover().get(layer_digest, [])]
+        found = [p.kind for p in self._discover().get(layer_digest, [])]
+        return found + [p.kind for p in self._in_index_repo(layer_digest)]
 
     # -- loading ----------------------------------------------------------------------------
     def load(
@@ -197,7 +237,8 @@ class RemoteIndexes:
         found = self._discover()
         if not any(p.kind == "native" for p in found.get(layer_digest, [])):
             self._load_soci_manifests()
-        for published in sorted(found.get(layer_digest, []), key=lambda p: p.kind != "native"):
+        own = sorted(found.get(layer_digest, []), key=lambda p: p.kind != "native")
+        for published in self._candidates(own, layer_digest):
             try:
                 if published.kind == "native":
                     index = self._load_native(published, layer_digest)
@@ -213,13 +254,23 @@ class RemoteIndexes:
                 log.warning("seekoci: published index of %s is for another size", layer_digest)
                 continue
             if published.kind == "native" and self._cache is not None:
-                self._cache.save_published(
-                    layer_digest, {**self._where(), "blob": published.blob.to_json()}
-                )
+                where = published.repo.where() if published.repo is not None else self._where()
+                if where is not None:
+                    self._cache.save_published(
+                        layer_digest, {**where, "blob": published.blob.to_json()}
+                    )
             return index, published.kind
         return None
 
-    def _where(self) -> dict[str, str]:
+    def _candidates(self, own: list[_Published], layer_digest: str) -> Iterator[_Published]:
+        """The image's own published indexes, then (only if none of them served) the index
+        repository's."""
+        yield from own
+        yield from self._in_index_repo(layer_digest)
+
+    def _where(self) -> dict[str, str] | None:
+        if not self._in_registry:
+            return None
         store = self._resolved.store
         return {
             "registry": str(store.reference.registry),  # type: ignore[attr-defined]
@@ -232,22 +283,32 @@ class RemoteIndexes:
         from .registry.manifest import Descriptor
 
         doc = self._cache.load_published(layer_digest) if self._cache is not None else None
-        if not doc or {k: doc.get(k) for k in ("registry", "repository")} != self._where():
+        if not doc:
+            return None
+        seen_in = {k: doc.get(k) for k in ("registry", "repository")}
+        repo = self.index_repo
+        if seen_in == self._where():
+            repo = None
+        elif repo is None or seen_in != repo.where():
             return None
         try:
             blob = Descriptor.from_json(doc.get("blob"), where="remembered index")
-            index = self._load_native(_Published("native", blob, ""), layer_digest)
+            index = self._load_native(_Published("native", blob, "", repo), layer_digest)
         except SeekociError as exc:
             log.info("seekoci: remembered index of %s unusable: %s", layer_digest, exc)
             return None
         return index if index.blob_size == blob_size else None
 
-    def _source(self, blob: Descriptor) -> RangeSource:
-        return self._resolved.blob_source(blob)
+    def _source(self, published: _Published) -> RangeSource:
+        if published.repo is not None:
+            return published.repo.blob_source(published.blob)
+        return self._resolved.blob_source(published.blob)
 
     def _load_native(self, published: _Published, layer_digest: str) -> LayerIndex:
         blob = published.blob
         where = f"published index {blob.digest} of layer {layer_digest}"
+        if published.repo is not None:
+            where += f" in index repository {published.repo.name}"
         try:
             size = int(blob.annotations[ANN_METADATA_SIZE])
             digest = blob.annotations[ANN_METADATA_DIGEST]
@@ -258,7 +319,7 @@ class RemoteIndexes:
         # the annotation gives the size of the index's header and directory: one request
         # (or none: the span cache keeps it by its digest); entry pages, span pages and
         # records come later, by range, each checked against the directory
-        source = self._source(blob)
+        source = self._source(published)
         wanted = digest.partition(":")[2]
         head = self._cache.load_span(wanted) if self._cache is not None and wanted else None
         if head is None:
