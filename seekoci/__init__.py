@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .artifact import make_layer
 from .cache import open_cache
 from .errors import (
     AuthenticationError,
@@ -72,7 +73,7 @@ def open_image(
     cache = open_cache(cache_dir)
     remote = _remote_indexes(resolved, cache)
     layers = [
-        Layer(
+        make_layer(
             resolved.blob_source(desc),
             cache=cache,
             digest=desc.digest,
