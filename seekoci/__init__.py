@@ -138,3 +138,18 @@ def open_layer(
         media_type=media_type,
         span_size=span_size,
     )
+
+
+def __dir__() -> list[str]:
+    """``dir(seekoci)``: the public names and the submodules, not the helpers and imports
+    (``os``, ``Any``, ``annotations``) the module needs for itself."""
+    import sys
+
+    prefix = __name__ + "."
+    modules = {
+        name[len(prefix) :].split(".", 1)[0]
+        for name in list(sys.modules)
+        if name.startswith(prefix) and not name[len(prefix) :].startswith("_")
+    }
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted({*__all__, *modules, *dunders})

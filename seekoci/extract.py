@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Callable
@@ -72,12 +73,15 @@ def extract(
     dest: str | None,
     *,
     keep_special_bits: bool = False,
+    overwrite: bool = False,
     warn: Warn,
     progress: Progress | None = None,
 ) -> None:
     """Copy ``path`` (file or directory, symlinks followed) to ``dest``.
 
-    ``progress(bytes_done, bytes_total)`` is called as file data is written."""
+    Unless ``overwrite``, a file or symlink already at a destination path raises
+    ``FileExistsError`` before anything is written (directories may exist: a tree is copied
+    into them). ``progress(bytes_done, bytes_total)`` is called as file data is written."""
     info = img.stat(path)
     base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
     if info.type != "dir":
@@ -86,6 +90,8 @@ def extract(
         target = dest or base
         if os.path.isdir(target):
             target = os.path.join(target, base)
+        if not overwrite and os.path.lexists(target):
+            raise _exists(target, 1)
         _write_file(img, path, target, info, keep_special_bits, _Copied(info.size, progress))
         return
 
@@ -98,6 +104,8 @@ def extract(
     for layer, entry in img.tree().skipped:
         if ("/" + entry.name).startswith(prefix) or top == "/":
             warn(f"skipped {entry.raw_name!r} from layer {layer}: name leaves the image root")
+    if not overwrite and os.path.isdir(root):
+        _refuse_overwrites(img, top, root)
     dirs: list[tuple[str, FileInfo]] = []
     total = 0
     if progress is not None:  # the total first: one pass over the tree, no data read
@@ -140,3 +148,28 @@ def extract(
         except OSError as exc:
             warn(f"could not set the mode of {dst}: {exc.strerror}")
         _set_mtime(dst, item.mtime)
+
+
+def _exists(path: str, count: int) -> FileExistsError:
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return FileExistsError(
+        errno.EEXIST, f"already exists{more}; seekoci get --force overwrites", path
+    )
+
+
+def _refuse_overwrites(img: Image, top: str, root: str) -> None:
+    """Raise FileExistsError if copying ``top`` into ``root`` would replace a file or
+    symlink there, or put a directory where a file is (one walk of the tree, no data)."""
+    clashes: list[str] = []
+    for dirpath, dirnames, filenames in img.walk(top):
+        rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
+        here = os.path.join(root, *rel.split("/")) if rel else root
+        for name in dirnames + filenames:
+            dst = os.path.join(here, name)
+            if "/" in name or name in ("..", ".") or not os.path.lexists(dst):
+                continue
+            is_dir = name in dirnames and img.stat(posixpath.join(dirpath, name), False).is_dir()
+            if not (is_dir and os.path.isdir(dst) and not os.path.islink(dst)):
+                clashes.append(dst)
+    if clashes:
+        raise _exists(clashes[0], len(clashes))
