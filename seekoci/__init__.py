@@ -131,11 +131,13 @@ def open_layer(
             raise FormatError(f"cannot read layer {os.fspath(source)!r}: {exc}") from exc
     else:
         src = source
-    return Layer(
+    return make_layer(  # a media type that names no tar (a GGUF, a raw weight) is a plain file
         src,
         cache=open_cache(cache_dir),
         digest=digest,
         media_type=media_type,
+        size=None,
+        annotations=None,
         span_size=span_size,
     )
 

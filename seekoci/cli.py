@@ -171,7 +171,7 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
                 "media_type": layer.media_type,
                 "size": layer.size,
                 "uncompressed_size": layer.uncompressed_size
-                if status in ("cached", "built")
+                if status in ("cached", "built", "direct")
                 else None,
                 "compression": layer.compression,
                 "format": layer.format,
