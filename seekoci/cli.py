@@ -221,7 +221,7 @@ def cmd_models(args: argparse.Namespace, out: TextIO) -> int:
         return 0
     for m in models:
         dtypes = ", ".join(f"{name} x{count}" for name, count in m.dtypes.items())
-        shards = f" in {len(m.files)} shards" if m.format == "safetensors-sharded" else ""
+        shards = f" in {len(m.files)} shards" if m.sharded else ""
         out.write(
             f"{m.path}\n  {m.format}{shards}: {m.tensors} tensors, "
             f"{m.parameters:,} parameters ({_short_count(m.parameters)}), "

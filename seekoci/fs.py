@@ -17,6 +17,7 @@ every ``seekoci://REF//...`` URL of one reference shares one opened image.
 
 from __future__ import annotations
 
+import datetime
 import inspect
 from collections.abc import Iterator
 from typing import Any
@@ -130,6 +131,10 @@ class SeekociFileSystem(AbstractFileSystem):  # type: ignore[misc]
         base = path.rstrip("/")
         names = [f"{base}/{name}" for name in self.image.listdir(path)]
         return [self.info(name) for name in names] if detail else names
+
+    def modified(self, path: str) -> datetime.datetime:
+        """The entry's mtime (symlinks followed), as an aware UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.info(path)["mtime"], datetime.timezone.utc)
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         try:

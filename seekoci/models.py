@@ -417,20 +417,23 @@ def gguf_tensor_nbytes(dtype: str, shape: list[int]) -> int:
 @dataclass(frozen=True)
 class ModelFile:
     """What ``seekoci models`` prints for one model: a ``.safetensors`` or ``.gguf`` file,
-    or a sharded checkpoint (its ``*.safetensors.index.json``, ``files`` naming the shards)."""
+    or a sharded checkpoint (``sharded``: listed by its ``*.safetensors.index.json``,
+    ``files`` naming the shards)."""
 
     path: str
-    format: str  # "safetensors", "safetensors-sharded" or "gguf"
+    format: str  # "safetensors" or "gguf"
     tensors: int
     parameters: int
     dtypes: dict[str, int]  # dtype -> number of tensors
     bytes: int  # on-disk size of the file(s)
     files: list[str] = field(default_factory=list)
+    sharded: bool = False  # a checkpoint in shards, listed by its index
 
     def to_json(self) -> dict[str, Any]:
         return {
             "path": self.path,
             "format": self.format,
+            "sharded": self.sharded,
             "tensors": self.tensors,
             "parameters": self.parameters,
             "dtypes": dict(self.dtypes),
@@ -472,7 +475,7 @@ def describe_model(img: Any, path: str) -> ModelFile:
             entries += _safetensors_entries(img, shard)
             size += img.stat(shard).size
         n, params, dtypes = _count(entries)
-        return ModelFile(path, "safetensors-sharded", n, params, dtypes, size, shards)
+        return ModelFile(path, "safetensors", n, params, dtypes, size, shards, sharded=True)
     if path.endswith(".safetensors"):
         n, params, dtypes = _count(_safetensors_entries(img, path))
         return ModelFile(path, "safetensors", n, params, dtypes, img.stat(path).size, [path])

@@ -243,3 +243,27 @@ def test_a_tampered_file_blob_is_an_integrity_error(registry) -> None:
     with img.open(name) as f:  # a part of a large blob cannot be checked on its own
         f.seek(1 << 20)
         assert f.read(10) == big[1 << 20 : (1 << 20) + 10]
+
+
+def test_models_cli_on_an_artifact_reads_only_headers(
+    oras_artifact: str, model_artifacts: dict[str, str], registry, counting_proxy, gguf_file
+) -> None:
+    import io
+
+    from seekoci import cli
+
+    proxy = counting_proxy(registry)
+    out = io.StringIO()
+    assert cli.main(["models", proxy.ref("artifacts/modelpack", "v1"), "--json"], out=out) == 0
+    (found,) = json.loads(out.getvalue())
+    assert found["path"] == "/weights/model.safetensors" and found["format"] == "safetensors"
+    assert found["tensors"] == 4 and found["dtypes"] == {"BF16": 1, "F16": 1, "F32": 2}
+    assert found["parameters"] == SMALL.size + BF.size + F32.size + WEIGHTS.size
+    assert found["bytes"] == len(SAFETENSORS)
+    header_len = 8 + int.from_bytes(SAFETENSORS[:8], "little")
+    weights = sha256_digest(SAFETENSORS)
+    from_weights = sum(r.body_bytes for r in proxy.records if r.path.endswith(weights))
+    assert from_weights == header_len, proxy.summary()
+    out = io.StringIO()
+    assert cli.main(["models", oras_artifact], out=out) == 0
+    assert out.getvalue().startswith("/model.gguf\n  gguf: 2 tensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 
 import fsspec
 import pandas as pd
@@ -123,6 +124,11 @@ def test_info_ls_find_walk(data_image: str) -> None:
     assert link["size"] == len(CSV)
     assert fs.info("/srv/dangling")["type"] == "link"
     assert fs.info("/srv")["type"] == "directory"
+    assert fs.modified("/srv/latest.csv").timestamp() == 1_700_000_000
+    assert fs.isfile("/srv/latest.csv") and fs.isdir("/srv/here") and not fs.isdir("/nope")
+    assert fs.size("/srv/blob.bin") == len(BIG) and fs.head("/srv/blob.bin", 5) == BIG[:5]
+    assert fs.tail("/srv/blob.bin", 5) == BIG[-5:]
+    assert pickle.loads(pickle.dumps(fs)).cat_file("/srv/data/cities.csv") == CSV
     assert fs.ls("/srv/data", detail=False) == ["/srv/data/cities.csv", "/srv/data/extra.csv"]
     assert [e["name"] for e in fs.ls("/srv/table")] == [
         "/srv/table/part-0.parquet",

@@ -142,11 +142,8 @@ def test_models_lists_every_model_file(tmp_path: Path) -> None:
     assert (one["format"], one["tensors"], one["parameters"]) == ("safetensors", 2, 35)
     assert one["dtypes"] == {"BF16": 1, "F16": 1} and one["bytes"] == len(st)
     sharded = doc["/m/sharded/model.safetensors.index.json"]
-    assert (sharded["format"], sharded["tensors"], sharded["parameters"]) == (
-        "safetensors-sharded",
-        3,
-        45,
-    )
+    assert (sharded["format"], sharded["sharded"], sharded["tensors"]) == ("safetensors", True, 3)
+    assert sharded["parameters"] == 45 and not one["sharded"]
     assert sharded["files"] == ["/m/sharded/s1.safetensors", "/m/sharded/s2.safetensors"]
     assert doc["/m/tiny.gguf"]["dtypes"] == {"F32": 1} and doc["/m/tiny.gguf"]["parameters"] == 42
     code, text = run(["models", ref, "--no-cache"])
