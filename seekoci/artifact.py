@@ -21,8 +21,9 @@ Which layers are files (:func:`is_file_layer`), decided from the manifest alone:
 Verification: the layer digest covers the whole blob, so a read of the whole file (and every
 read of a blob up to :data:`WHOLE_BLOB_LIMIT`, fetched whole once) is checked against it; a
 range read of part of a larger blob cannot be checked on its own and is served as the
-registry sent it (over TLS for remote registries). That is what makes "read the 2 KB header of
-a 10 GB GGUF" cost 64 KiB.
+registry sent it (over TLS for remote registries); a file object read from start to end in
+pieces is checked when its last piece arrives (that piece raises instead). That is what
+makes "read the 2 KB header of a 10 GB GGUF" cost 64 KiB.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import hashlib
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 from .cache import Cache
 from .errors import IntegrityError
@@ -180,7 +182,7 @@ class FileLayer(Layer):
             return self._tree
 
     def open_entry(self, entry: TarEntry, name: str | None = None) -> RangeFile:
-        return RangeFile(self.read_range, 0, self.size, name or "/" + self.file_name)
+        return _SequentiallyVerifiedFile(self, name or "/" + self.file_name)
 
     def open(self, path: str) -> RangeFile:
         if normalize_name(path) != self.file_name:
@@ -249,6 +251,43 @@ class FileLayer(Layer):
 
     def __repr__(self) -> str:
         return f"<seekoci.FileLayer {self.name} /{self.file_name} size={self.size}>"
+
+
+class _SequentiallyVerifiedFile(RangeFile):
+    """A plain-file layer's file object that also checks a read from start to end in pieces
+    (``seekoci get``, ``shutil.copyfileobj``) against the layer digest: the piece that
+    completes the file raises :class:`IntegrityError` instead of being returned if the whole
+    does not match. A seek elsewhere ends the check (that reader reads ranges)."""
+
+    def __init__(self, layer: FileLayer, name: str) -> None:
+        super().__init__(layer.read_range, 0, layer.size, name)
+        self._layer = layer
+        algo, _, self._want = (layer.digest or "").partition(":")
+        self._hasher: Any = None
+        if layer.size > WHOLE_BLOB_LIMIT and algo in hashlib.algorithms_available:
+            self._hasher = hashlib.new(algo)
+        self._hashed = 0
+        # one reader at a time per file object, as RangeFile's own lock already makes it
+        self._check_lock = threading.Lock()
+
+    def read(self, size: int | None = -1) -> bytes:
+        with self._check_lock:
+            start = self.tell()
+            data = super().read(size)
+            if self._hasher is None or not data:
+                return data
+            if start != self._hashed:
+                self._hasher = None  # not a sequential read: nothing to check
+                return data
+            self._hasher.update(data)
+            self._hashed += len(data)
+            if self._hashed == self.size and self._hasher.hexdigest() != self._want:
+                self._hasher = None
+                raise IntegrityError(
+                    f"layer {self._layer.digest} (file {self._layer.file_name!r}): the bytes "
+                    "read do not match the layer digest"
+                )
+            return data
 
 
 def make_layer(

@@ -243,6 +243,12 @@ def test_a_tampered_file_blob_is_an_integrity_error(registry) -> None:
     with img.open(name) as f:  # a part of a large blob cannot be checked on its own
         f.seek(1 << 20)
         assert f.read(10) == big[1 << 20 : (1 << 20) + 10]
+    with img.open(name) as f, pytest.raises(seekoci.IntegrityError):  # read in pieces
+        while f.read(300_000):
+            pass
+    with img.open(name) as f:  # once seeking, reads are ranges, not a check of the whole
+        f.seek(5)
+        assert len(f.read()) == len(big) - 5
 
 
 def test_models_cli_on_an_artifact_reads_only_headers(
