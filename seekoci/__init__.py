@@ -142,16 +142,28 @@ def open_layer(
     )
 
 
-def __dir__() -> list[str]:
-    """``dir(seekoci)``: the public names and the submodules, not the helpers and imports
-    (``os``, ``Any``, ``annotations``) the module needs for itself."""
-    import sys
+#: Submodules that are part of the interface (imported on first use: ``seekoci.models``).
+_PUBLIC_MODULES = ("insight", "models", "soci")
 
-    prefix = __name__ + "."
-    modules = {
-        name[len(prefix) :].split(".", 1)[0]
-        for name in list(sys.modules)
-        if name.startswith(prefix) and not name[len(prefix) :].startswith("_")
-    }
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC_MODULES:
+        import importlib
+
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """``dir(seekoci)``: the public names, the public submodules and the module's dunders,
+    not the imports and helpers it needs for itself (``os``, ``Any``, ``annotations``, its
+    private modules)."""
+    from importlib.util import find_spec
+
+    modules = {m for m in _PUBLIC_MODULES if find_spec(f"{__name__}.{m}") is not None}
     dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
     return sorted({*__all__, *modules, *dunders})

@@ -217,9 +217,14 @@ def test_all_is_pinned() -> None:
 
 def test_dir_shows_no_stray_public_names() -> None:
     names = dir(seekoci)
-    for stray in ("os", "Any", "annotations", "CacheDir", "open_cache", "make_layer"):
+    for stray in ("os", "Any", "annotations", "CacheDir", "open_cache", "make_layer", "cache"):
         assert stray not in names
     public = [n for n in names if not n.startswith("_")]
-    for name in public:
-        assert name in seekoci.__all__ or isinstance(getattr(seekoci, name), types.ModuleType), name
+    modules = [n for n in public if n not in seekoci.__all__]
+    assert {"models", "soci"} <= set(modules) <= {"insight", "models", "soci"}
+    for name in names:  # everything listed is there
+        assert getattr(seekoci, name) is not None or name == "__spec__", name
+    assert isinstance(seekoci.models, types.ModuleType)
     assert set(seekoci.__all__) <= set(names)
+    with pytest.raises(AttributeError):
+        seekoci.no_such_name  # noqa: B018
