@@ -365,8 +365,8 @@ def gguf_metadata(img: Opener, path: str) -> dict[str, Any]:
             raise FormatError(f"{path}: GGUF version {raw_version} is not supported (1-3)")
         p = _GGUFParser(r, order, raw_version, path)
         width = "Q" if raw_version >= 2 else "I"
-        # a tensor info takes at least 8+4+8+4+8 bytes, a key-value at least 8+4+1
-        n_tensors = r.count(order + width, "tensor", each=32)
+        # a tensor info takes at least 4+4+4+8 bytes (v1, empty name, no dims), a key-value 8+4+1
+        n_tensors = r.count(order + width, "tensor", each=20)
         n_kv = r.count(order + width, "metadata", each=13)
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):

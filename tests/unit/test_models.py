@@ -326,3 +326,36 @@ def test_describe_model_counts_parameters_and_dtypes(tmp_path: Path) -> None:
     g = describe_model(img, "/m.gguf")
     assert (g.format, g.tensors, g.parameters, g.dtypes) == ("gguf", 1, 32, {"F16": 1})
     assert g.bytes == len(files.files["/m.gguf"])
+
+
+def test_every_cut_of_a_gguf_header_is_a_format_error_or_the_same_header(tmp_path: Path) -> None:
+    data = gguf_bytes(
+        tmp_path,
+        {"a": np.zeros((3, 2), dtype=np.float16), "b": np.zeros(4, dtype=np.float32)},
+        {"k.s": "text", "k.arr": ["x", "yy"], "k.nest": [[1], [2, 3]], "k.f": 1.5},
+    )
+    whole = gguf_metadata(Files({"/m": data}), "/m")
+    header_end = whole["tensors"][0]["offset"]
+    for cut in range(header_end + 1):
+        try:
+            got = gguf_metadata(Files({"/m": data[:cut]}), "/m")
+        except FormatError as exc:
+            assert "/m" in str(exc)
+        else:
+            assert got == whole, cut
+
+
+def test_corrupted_gguf_headers_fail_cleanly(tmp_path: Path) -> None:
+    data = gguf_bytes(tmp_path, {"a": np.zeros(8, dtype=np.float32)}, {"k": ["x", "y"], "n": 7})
+    rng = np.random.default_rng(3)
+    header_end = gguf_metadata(Files({"/m": data}), "/m")["tensors"][0]["offset"]
+    for _ in range(300):
+        bad = bytearray(data)
+        for pos in rng.integers(4, header_end, size=3):
+            bad[pos] = int(rng.integers(0, 256))
+        files = Files({"/m": bytes(bad)})
+        try:
+            gguf_metadata(files, "/m")
+        except FormatError:
+            pass
+        assert files.bytes_read <= max(len(data), 64 << 10)
