@@ -191,7 +191,7 @@ def test_read_tensor_from_an_artifact_fetches_header_and_that_tensor(
 
 
 def test_tensors_from_a_tar_layer_fetch_spans_not_weights(
-    registry, counting_proxy, tmp_path: Path
+    registry, counting_proxy, tmp_path: Path, gguf_file: bytes
 ) -> None:
     shard2 = safetensors_bytes({"extra": ("F32", F32)})
     index = {
@@ -206,6 +206,7 @@ def test_tensors_from_a_tar_layer_fetch_spans_not_weights(
         file("models/m/filler.bin", random_bytes("models-filler", 4 << 20)),
         file("models/m/model-00002-of-00002.safetensors", shard2),
         file("models/m/model.safetensors.index.json", json.dumps(index).encode()),
+        file("models/q/model.gguf", gguf_file),
     )
     registry.push("models/tar", "v1", image(lay))
     cache = tmp_path / "cache"
@@ -221,6 +222,10 @@ def test_tensors_from_a_tar_layer_fetch_spans_not_weights(
         read_tensor(img, "/models/m/model.safetensors.index.json", "extra"), F32
     )
     assert safetensors_metadata(img, "/models/m/model-00001-of-00002.safetensors")["f"]["shape"]
+    proxy.reset()
+    meta = gguf_metadata(img, "/models/q/model.gguf")  # 5 MB of GGUF in the same layer
+    assert meta["metadata"]["general.name"] == "tiny" and len(meta["tensors"]) == 2
+    assert proxy.bytes("blob") < 2 << 20, proxy.summary()
 
 
 def test_a_tampered_file_blob_is_an_integrity_error(registry) -> None:
