@@ -6,6 +6,8 @@ import io
 import pickle
 
 import fsspec
+import h5py
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -34,6 +36,19 @@ PARQUET = _parquet(TABLE)
 PART2 = _parquet(pa.table({"id": [1000, 1001], "name": ["x", "y"]}))
 
 
+def _hdf5() -> bytes:
+    out = io.BytesIO()
+    with h5py.File(out, "w") as h5:
+        h5.create_dataset(
+            "grid/temperature", data=np.arange(200_000, dtype="<f8").reshape(400, 500)
+        )
+        h5["grid"].attrs["units"] = "K"
+    return out.getvalue()
+
+
+HDF5 = _hdf5()
+
+
 @pytest.fixture(scope="module")
 def data_image(registry) -> str:
     base = layer(
@@ -43,6 +58,7 @@ def data_image(registry) -> str:
         file("srv/table/part-0.parquet", PARQUET),
         file("srv/table/part-1.parquet", PART2),
         file("srv/blob.bin", BIG),
+        file("srv/grid.h5", HDF5),
         symlink("srv/latest.csv", "data/cities.csv"),
         symlink("srv/here", "."),
         symlink("srv/dangling", "nowhere"),
@@ -143,7 +159,11 @@ def test_info_ls_find_walk(data_image: str) -> None:
     assert not any(name.startswith("/srv/here/") for name in with_dirs)
     assert fs.find("/srv/data/cities.csv") == ["/srv/data/cities.csv"]
     walked = list(fs.walk("/srv"))
-    assert walked[0] == ("/srv", ["data", "here", "table"], ["blob.bin", "dangling", "latest.csv"])
+    assert walked[0] == (
+        "/srv",
+        ["data", "here", "table"],
+        ["blob.bin", "dangling", "grid.h5", "latest.csv"],
+    )
     assert [w[0] for w in fs.walk("/srv", maxdepth=1)] == ["/srv"]
     assert fs.exists("/srv/data/cities.csv") and not fs.exists("/srv/data/old.csv")
     with pytest.raises(FileNotFoundError):
@@ -185,3 +205,13 @@ def test_read_only_and_wrapping_an_open_image(data_image: str) -> None:
         fs.open("/srv/x", "wb")
     with pytest.raises(ValueError, match="ref="):
         SeekociFileSystem(skip_instance_cache=True)
+
+
+def test_h5py_reads_a_dataset_through_the_file_object(data_image: str) -> None:
+    fs = fsspec.filesystem("seekoci", ref=data_image)
+    with fs.open("/srv/grid.h5", "rb") as f, h5py.File(f, "r") as h5:
+        assert h5["grid"].attrs["units"] == "K"
+        temperature = h5["grid/temperature"]
+        assert temperature.shape == (400, 500)
+        assert temperature[123, 456] == 123 * 500 + 456
+        assert float(temperature[-1].sum()) == float(np.arange(199_500, 200_000).sum())
