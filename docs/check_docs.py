@@ -19,6 +19,7 @@ PAGES = [
     "publishing.md",
     "pickling.md",
     "notebooks.md",
+    "models.md",
     "api.md",
     "cli.md",
     "comparison.md",

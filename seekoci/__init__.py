@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .artifact import make_layer
 from .cache import open_cache
 from .errors import (
     AuthenticationError,
@@ -86,7 +87,7 @@ def open_image(
     cache = open_cache(cache_dir)
     remote = _remote_indexes(resolved, cache, index_repo, insecure=insecure)
     layers = [
-        Layer(
+        make_layer(
             resolved.blob_source(desc),
             cache=cache,
             digest=desc.digest,
@@ -155,11 +156,13 @@ def open_layer(
             raise FormatError(f"cannot read layer {os.fspath(source)!r}: {exc}") from exc
     else:
         src = source
-    layer = Layer(
+    layer = make_layer(  # a media type that names no tar (a GGUF, a raw weight) is a plain file
         src,
         cache=open_cache(cache_dir),
         digest=digest,
         media_type=media_type,
+        size=None,
+        annotations=None,
         span_size=span_size,
     )
     if isinstance(source, (str, os.PathLike)):  # a RangeSource object cannot be reopened
@@ -179,3 +182,30 @@ def open_layer(
             },
         )
     return layer
+
+
+#: Submodules that are part of the interface (imported on first use: ``seekoci.models``).
+_PUBLIC_MODULES = ("insight", "models", "soci")
+
+
+def __getattr__(name: str) -> object:
+    if name in _PUBLIC_MODULES:
+        import importlib
+
+        try:
+            return importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """``dir(seekoci)``: the public names, the public submodules and the module's dunders,
+    not the imports and helpers it needs for itself (``os``, ``Any``, ``annotations``, its
+    private modules)."""
+    from importlib.util import find_spec
+
+    modules = {m for m in _PUBLIC_MODULES if find_spec(f"{__name__}.{m}") is not None}
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted({*__all__, *modules, *dunders})

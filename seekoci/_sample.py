@@ -13,6 +13,8 @@ import io
 import json
 import os
 import random
+import shlex
+import shutil
 import tarfile
 import tempfile
 import time
@@ -119,10 +121,49 @@ def _bytes_read(img: Image) -> int:
     return sum(int(getattr(layer.source, "bytes_read", 0)) for layer in img.layers)
 
 
+#: Marks a directory the demo wrote, so that a later run may replace what is in it.
+DEMO_MARKER = ".seekoci-demo"
+
+
+def _demo_root(workdir: str | None) -> tuple[str, bool]:
+    """(directory, temporary?): ``workdir``, else demo/ under the cache directory, else (a
+    read-only home) a temporary directory removed when the demo ends."""
+    if workdir:
+        return workdir, False
+    from .cache import default_cache_dir
+
+    root = os.path.join(default_cache_dir(), "demo")
+    try:
+        os.makedirs(root, exist_ok=True)
+        return root, False
+    except OSError:
+        return tempfile.mkdtemp(prefix="seekoci-demo-"), True
+
+
+def _prepare(root: str) -> None:
+    """Empty what a previous run left (only in a directory the demo marked as its own)."""
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, DEMO_MARKER)
+    if os.path.exists(marker):
+        for sub in ("image", "cache"):
+            shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+    with open(marker, "w") as f:
+        f.write("written by `seekoci demo`; every run replaces image/ and cache/\n")
+
+
 def run_demo(out: TextIO, *, workdir: str | None = None) -> int:
+    root, temporary = _demo_root(workdir)
+    try:
+        return _run_demo(out, root, keep=not temporary)
+    finally:
+        if temporary:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _run_demo(out: TextIO, root: str, *, keep: bool) -> int:
     from . import open_image
 
-    root = workdir or tempfile.mkdtemp(prefix="seekoci-demo-")
+    _prepare(root)
     ref = make_sample_image(os.path.join(root, "image"))
     cache = os.path.join(root, "cache")
     out.write(f"sample image: {ref}\n")
@@ -143,4 +184,22 @@ def run_demo(out: TextIO, *, workdir: str | None = None) -> int:
     out.write(data.decode())
     out.write(f"layers: {', '.join(layer.digest or '' for layer in img.layers)}\n")
     out.write(f"files in the image: {sum(len(f) for _, _, f in img.walk('/'))}\n")
+    if not keep:
+        out.write(
+            "\n(the sample was written to a temporary directory, now removed: "
+            "`seekoci demo --dir DIR` keeps it)\n"
+        )
+        return 0
+    r = shlex.quote(ref)
+    out.write(
+        f"\nnext, try (the sample stays in {root}; the next demo run replaces it):\n"
+        f"  seekoci ls {r} /etc -l\n"
+        f"  seekoci cat {r} /etc/os-release\n"
+        f"  seekoci stat {r} /usr/lib/libsample.so --json\n"
+        f"  seekoci inspect {r}\n"
+        f"  seekoci models {r}\n"
+        f"  seekoci get {r} /etc/app -o app-config\n"
+        f"  python -c \"import seekoci; print(seekoci.open_image('{ref}').listdir('/'))\"\n"
+        "and on a registry: seekoci ls python:3.12-slim /usr/lib -l\n"
+    )
     return 0

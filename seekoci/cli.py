@@ -118,6 +118,7 @@ def cmd_get(args: argparse.Namespace, out: TextIO) -> int:
             args.path,
             args.output,
             keep_special_bits=args.keep_special_bits,
+            overwrite=args.force,
             warn=lambda msg: print(f"seekoci: warning: {msg}", file=sys.stderr),
             progress=(lambda done, total: bar(args.path, done, total)) if bar.enabled else None,
         )
@@ -171,7 +172,7 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
                 "media_type": layer.media_type,
                 "size": layer.size,
                 "uncompressed_size": layer.uncompressed_size
-                if status in ("cached", "built")
+                if status in ("cached", "built", "direct")
                 else None,
                 "compression": layer.compression,
                 "format": layer.format,
@@ -203,6 +204,38 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
             f"format {row['format']}, index {row['index']}{extra}\n"
         )
     return 0
+
+
+def cmd_models(args: argparse.Namespace, out: TextIO) -> int:
+    """Every model file of the image (found by name in the merged tree), headers only."""
+    from .html import human_size
+    from .models import describe_model, find_models
+
+    img = _open(args)
+    models = [describe_model(img, path) for path in find_models(img, args.path)]
+    if args.json:
+        json.dump([m.to_json() for m in models], out, indent=2)
+        out.write("\n")
+        return 0
+    if not models:
+        out.write(f"no model files (.safetensors, .gguf) under {args.path}\n")
+        return 0
+    for m in models:
+        dtypes = ", ".join(f"{name} x{count}" for name, count in m.dtypes.items())
+        shards = f" in {len(m.files)} shards" if m.sharded else ""
+        out.write(
+            f"{m.path}\n  {m.format}{shards}: {m.tensors} tensors, "
+            f"{m.parameters:,} parameters ({_short_count(m.parameters)}), "
+            f"{human_size(m.bytes)}; dtypes {dtypes or '-'}\n"
+        )
+    return 0
+
+
+def _short_count(n: int) -> str:
+    for unit, size in (("T", 10**12), ("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
 
 
 def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
@@ -287,19 +320,69 @@ def _positive_int(text: str) -> int:
     return value
 
 
+REF_HELP = (
+    "image reference: [REGISTRY/]REPOSITORY[:TAG][@DIGEST] (no registry: docker.io, "
+    "library/ added to one-word names; no tag: latest; a leading docker:// is accepted) "
+    "or oci:PATH[:TAG|@DIGEST] for an OCI image layout directory"
+)
+
+_EPILOG = """\
+references (REF):
+  python:3.12-slim                      docker.io/library/python:3.12-slim
+  ghcr.io/org/app:1.0                   a tag in another registry
+  registry.example.com:5000/team/app@sha256:<64 hex>   pinned by digest
+  docker://quay.io/org/app:2            Docker's transport prefix is accepted
+  oci:./layout:latest, oci:/srv/layout@sha256:<64 hex>  an OCI image layout on disk
+
+environment:
+  SEEKOCI_CACHE_DIR                     where indexes and fetched spans are kept
+  SEEKOCI_INSECURE_REGISTRIES           host[:port],... spoken to without TLS checks
+  DOCKER_CONFIG                         Docker's client config (credentials)
+
+exit status: 0 success, 1 error (one line on stderr), 2 usage error.
+Run 'seekoci demo' for a sample image and the commands to try on it.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--platform", help="os/arch[/variant] (default: linux/<host arch>)")
-    common.add_argument("--cache-dir", help="index and span cache (default: $SEEKOCI_CACHE_DIR)")
-    common.add_argument("--no-cache", action="store_true", help="keep nothing on disk")
-    common.add_argument("--insecure", action="store_true", help="HTTPS without verification")
-    common.add_argument("--username", help="registry user name (password: --password-stdin)")
-    common.add_argument("--password-stdin", action="store_true", help="read password from stdin")
+    common.add_argument(
+        "--platform",
+        metavar="OS/ARCH[/VARIANT]",
+        help="platform to pick from a multi-platform image (default: linux/<host arch>)",
+    )
+    common.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where indexes and spans are kept (default: $SEEKOCI_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/seekoci, else ~/.cache/seekoci)",
+    )
+    common.add_argument(
+        "--no-cache", action="store_true", help="keep nothing on disk (indexes in memory only)"
+    )
+    common.add_argument(
+        "--insecure",
+        action="store_true",
+        help="HTTPS without certificate verification, falling back to plain HTTP",
+    )
+    common.add_argument(
+        "--username",
+        metavar="NAME",
+        help="registry user name; the password is read from stdin with --password-stdin "
+        "(default: Docker's credentials, else anonymous)",
+    )
+    common.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password (or token) for --username from the first line of stdin",
+    )
     common.add_argument(
         "--span-size",
         type=_positive_int,
         default=None,
-        help=f"bytes between checkpoints (default {DEFAULT_SPAN_SIZE}; SOCI: 4 MiB)",
+        metavar="BYTES",
+        help=f"uncompressed bytes between checkpoints of a new index (default "
+        f"{DEFAULT_SPAN_SIZE}; SOCI: 4194304)",
     )
     common.add_argument(
         "--index-repo",
@@ -307,47 +390,82 @@ def _parser() -> argparse.ArgumentParser:
         help="also look for layer indexes in this repository (default: $SEEKOCI_INDEX_REPO)",
     )
 
+    def command(name: str, summary: str, *, image: bool = True) -> argparse.ArgumentParser:
+        s = sub.add_parser(
+            name,
+            parents=[common] if image else [],
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=_EPILOG if image else None,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        if image:
+            s.add_argument("ref", metavar="REF", help=REF_HELP)
+        return s
+
     p = argparse.ArgumentParser(
-        prog="seekoci", description="Read files out of container images without pulling them."
+        prog="seekoci",
+        description="Read files out of container images in a registry without pulling them: "
+        "only the compressed bytes around a file travel.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"seekoci {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("ls", parents=[common], help="list a directory")
-    s.add_argument("ref")
-    s.add_argument("path", nargs="?", default="/")
-    s.add_argument("-l", dest="long", action="store_true", help="long format")
-    s.add_argument("-R", dest="recursive", action="store_true", help="recursive")
+    s = command("ls", "list a directory of the image")
+    s.add_argument("path", nargs="?", default="/", metavar="PATH", help="directory (default: /)")
+    s.add_argument(
+        "-l", dest="long", action="store_true", help="long format: mode, owner, size, mtime"
+    )
+    s.add_argument("-R", dest="recursive", action="store_true", help="list subdirectories too")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("cat", parents=[common], help="write files to stdout")
-    s.add_argument("ref")
-    s.add_argument("paths", nargs="+")
+    s = command("cat", "write files of the image to stdout")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="absolute path inside the image")
     s.set_defaults(func=cmd_cat)
 
-    s = sub.add_parser("get", parents=[common], help="copy a file or directory out")
-    s.add_argument("ref")
-    s.add_argument("path")
-    s.add_argument("-o", "--output", help="destination (default: the base name)")
-    s.add_argument("--keep-special-bits", action="store_true", help="keep setuid/setgid")
+    s = command("get", "copy a file or directory tree out of the image")
+    s.add_argument("path", metavar="PATH", help="file or directory inside the image")
+    s.add_argument(
+        "-o",
+        "--output",
+        metavar="DEST",
+        help="where to write (default: the base name in the current directory; rootfs for /)",
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite files that already exist at the destination (default: refuse, "
+        "before writing anything)",
+    )
+    s.add_argument(
+        "--keep-special-bits",
+        action="store_true",
+        help="keep setuid/setgid bits (default: dropped)",
+    )
     s.set_defaults(func=cmd_get)
 
-    s = sub.add_parser("stat", parents=[common], help="metadata of a path")
-    s.add_argument("ref")
-    s.add_argument("path")
-    s.add_argument("--json", action="store_true")
+    s = command("stat", "metadata of a path in the image")
+    s.add_argument("path", metavar="PATH", help="absolute path inside the image")
+    s.add_argument("--json", action="store_true", help="print a JSON object")
     s.add_argument("--no-follow", action="store_true", help="do not follow a final symlink")
     s.set_defaults(func=cmd_stat)
 
-    s = sub.add_parser("inspect", parents=[common], help="platform and layers")
-    s.add_argument("ref")
-    s.add_argument("--json", action="store_true")
+    s = command("inspect", "platform and layers: digests, media types, sizes, index status")
+    s.add_argument("--json", action="store_true", help="print a JSON object")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("index", parents=[common], help="build (or load) every layer's index")
-    s.add_argument("ref")
-    s.add_argument("--push", action="store_true", help="publish the index to the registry")
-    s.add_argument("--format", choices=("native", "soci"), default="native")
+    s = command("index", "build (or load) every layer's index; --push publishes it")
+    s.add_argument(
+        "--push", action="store_true", help="publish the index to the image's repository"
+    )
+    s.add_argument(
+        "--format",
+        choices=("native", "soci"),
+        default="native",
+        help="index to publish: seekoci's own (default) or a SOCI v1 index",
+    )
     s.add_argument(
         "--to",
         metavar="REGISTRY/REPO",
@@ -363,12 +481,25 @@ def _parser() -> argparse.ArgumentParser:
         "--min-layer-size",
         type=int,
         default=None,
+        metavar="BYTES",
         help="SOCI: skip layers smaller than this (default 10 MiB, as the soci CLI)",
     )
     s.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("demo", help="build a sample image and read files out of it")
-    s.add_argument("--dir", help="where to write the sample image (default: a temp dir)")
+    s = command("models", "model files of the image: format, tensors, parameters, dtypes")
+    s.add_argument(
+        "path", nargs="?", default="/", metavar="PATH", help="where to look (default: /)"
+    )
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_models)
+
+    s = command("demo", "build a sample image on disk and read files out of it", image=False)
+    s.add_argument(
+        "--dir",
+        metavar="DIR",
+        help="where to write the sample (default: demo/ under the cache directory; every "
+        "run replaces what the previous one left there)",
+    )
     s.set_defaults(func=cmd_demo)
     return p
 

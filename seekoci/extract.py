@@ -19,6 +19,7 @@ one warning each; a symlink already at a file's place is replaced, never written
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import os
 import posixpath
 import threading
@@ -167,12 +168,15 @@ def extract(
     dest: str | None,
     *,
     keep_special_bits: bool = False,
+    overwrite: bool = False,
     warn: Warn,
     progress: Progress | None = None,
 ) -> None:
     """Copy ``path`` (file or directory, symlinks followed) to ``dest``.
 
-    ``progress(bytes_done, bytes_total)`` is called as file data is written."""
+    Unless ``overwrite``, a file or symlink already at a destination path raises
+    ``FileExistsError`` before anything is written (directories may exist: a tree is copied
+    into them). ``progress(bytes_done, bytes_total)`` is called as file data is written."""
     info = img.stat(path)
     base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
     if info.type != "dir":
@@ -181,6 +185,8 @@ def extract(
         target = dest or base
         if os.path.isdir(target):
             target = os.path.join(target, base)
+        if not overwrite and os.path.lexists(target):
+            raise _exists(target, 1)
         _write_file(img, path, target, info, keep_special_bits, _Copied(info.size, progress))
         return
 
@@ -193,6 +199,8 @@ def extract(
     for layer, entry in tree.skipped:
         if ("/" + entry.name).startswith(prefix) or top == "/":
             warn(f"skipped {entry.raw_name!r} from layer {layer}: name leaves the image root")
+    if not overwrite and os.path.isdir(root):
+        _refuse_overwrites(img, top, root)
     inside = _Inside(root)
     dirs: list[tuple[str, FileInfo]] = []
     files: list[_File] = []
@@ -234,6 +242,31 @@ def extract(
         except OSError as exc:
             warn(f"could not set the mode of {dst}: {exc.strerror}")
         _set_mtime(dst, item.mtime)
+
+
+def _exists(path: str, count: int) -> FileExistsError:
+    more = f" (and {count - 1} more)" if count > 1 else ""
+    return FileExistsError(
+        errno.EEXIST, f"already exists{more}; seekoci get --force overwrites", path
+    )
+
+
+def _refuse_overwrites(img: Image, top: str, root: str) -> None:
+    """Raise FileExistsError if copying ``top`` into ``root`` would replace a file or
+    symlink there, or put a directory where a file is (one walk of the tree, no data)."""
+    clashes: list[str] = []
+    for dirpath, dirnames, filenames in img.walk(top):
+        rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
+        here = os.path.join(root, *rel.split("/")) if rel else root
+        for name in dirnames + filenames:
+            dst = os.path.join(here, name)
+            if "/" in name or name in ("..", ".") or not os.path.lexists(dst):
+                continue
+            is_dir = name in dirnames and img.stat(posixpath.join(dirpath, name), False).is_dir()
+            if not (is_dir and os.path.isdir(dst) and not os.path.islink(dst)):
+                clashes.append(dst)
+    if clashes:
+        raise _exists(clashes[0], len(clashes))
 
 
 def _holder(img: Image, node: Node) -> tuple[Layer, TarEntry] | None:

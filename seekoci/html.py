@@ -27,7 +27,7 @@ def layers_table(layers: Sequence[Layer], *, title: str | None = None) -> str:
     rows = []
     for layer in layers:
         status = layer.index_status
-        usize = layer.uncompressed_size if status in ("cached", "built") else None
+        usize = layer.uncompressed_size if status in ("cached", "built", "direct") else None
         cells = [
             layer.digest or layer.name,
             layer.media_type,

@@ -108,6 +108,8 @@ def publish_native(
     target = _Target(img)
     layers = []
     for layer in img.layers:
+        if layer.format == "file":  # a plain-file layer is read directly: no index
+            continue
         index = layer.index(progress)
         data = index_file(index)
         digest = target.upload(data)
@@ -256,6 +258,10 @@ def publish_soci(
     target = _Target(img)
     layers = []
     for layer in img.layers:
+        if layer.format == "file":
+            if report:
+                report(f"{layer.digest}  skipped: a plain file, read directly")
+            continue
         if layer.compression not in ("gzip", "none"):
             if report:
                 report(f"{layer.digest}  skipped: {layer.compression} (SOCI has no support)")

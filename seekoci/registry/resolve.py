@@ -16,12 +16,23 @@ from ..source import RangeSource
 from .blobs import RegistryBlobSource, fetch_blob
 from .client import RegistryClient
 from .layout import LayoutStore
-from .manifest import MANIFEST_MEDIA_TYPES, Descriptor, ManifestDocument, parse_manifest
+from .manifest import (
+    MANIFEST_MEDIA_TYPES,
+    MEDIA_TYPE_DOCKER_CONFIG,
+    MEDIA_TYPE_OCI_CONFIG,
+    Descriptor,
+    ManifestDocument,
+    parse_manifest,
+)
 from .platform import Platform, host_platform, matches, select_entry
 from .reference import LayoutReference, Reference, parse_reference
 
 #: Indexes pointing at indexes: real images use one level, layouts sometimes two.
 MAX_INDEX_DEPTH = 4
+
+
+#: Config media types that must hold an image config (a JSON object); "" for old manifests
+_IMAGE_CONFIG_MEDIA_TYPES = ("", MEDIA_TYPE_OCI_CONFIG, MEDIA_TYPE_DOCKER_CONFIG)
 
 
 class ImageStore(Protocol):
@@ -188,7 +199,13 @@ def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedIma
     assert doc.digest is not None  # only a layout's synthetic top-level index lacks one
     config_descriptor = doc.config(where=where)
     layers = doc.layers(where=where)
-    config = _parse_config(store.fetch_blob(config_descriptor), where=where)
+    config = _parse_config(
+        store.fetch_blob(config_descriptor),
+        where=where,
+        # an artifact's config (ORAS, model artifacts) may be anything; only an image's must
+        # be a JSON object
+        strict=config_descriptor.media_type in _IMAGE_CONFIG_MEDIA_TYPES,
+    )
     found = Platform.from_json(config)
     if chosen is None:
         # A single-platform image is used as it is, unless a platform was asked for and the
@@ -217,11 +234,16 @@ def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedIma
     )
 
 
-def _parse_config(body: bytes, *, where: str) -> dict[str, Any]:
+def _parse_config(body: bytes, *, where: str, strict: bool = True) -> dict[str, Any]:
+    """The config as a dict; an artifact's config that is not a JSON object is ``{}``."""
     try:
         data = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
+        if not strict:
+            return {}
         raise FormatError(f"{where}: image config is not valid JSON") from exc
     if not isinstance(data, dict):
+        if not strict:
+            return {}
         raise FormatError(f"{where}: image config is not a JSON object")
     return data
