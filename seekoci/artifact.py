@@ -36,6 +36,7 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from .build import Tee
 from .cache import Cache
 from .errors import IntegrityError
 from .fileinfo import FileInfo, entry_info
@@ -149,7 +150,7 @@ class FileLayer(Layer):
     def random_access(self) -> bool:
         return True
 
-    def index(self, progress: Progress | None = None) -> LayerIndex:
+    def index(self, progress: Progress | None = None, *, tee: Tee | None = None) -> LayerIndex:
         """A trivial index (one entry, no spans): the blob is its own file."""
         return LayerIndex(
             layer_digest=self.digest or self.name,

@@ -11,12 +11,12 @@ becomes a saved index (the layer decides, see :meth:`seekoci.layer.Layer._comple
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from . import formats
 from .errors import FormatError, IntegrityError
-from .formats.tar import TarScanner
+from .formats.tar import TarEntry, TarScanner
 from .spans import SPAN_LRU_BYTES
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: (~500 KB saved on an average small-file read at 1 MiB spans; 36 bytes a chunk in the
 #: index).
 CHUNK_SIZE = 64 << 10
+
+Tee = Callable[[int, bytes, Sequence[TarEntry]], None]
 
 
 class IndexBuild:
@@ -51,6 +53,9 @@ class IndexBuild:
         self.fed = 0
         self.done = False
         self.keep_spans = True
+        #: tee(tar_offset, data, entries_so_far): sees the whole uncompressed stream as it
+        #: passes, after the scanner (extraction without an index: seekoci/extract.py)
+        self.tee: Tee | None = None
         self._pending = bytearray()  # uncompressed bytes of the open span
         self._pending_start = 0
         self._spans_kept = 0
@@ -66,7 +71,10 @@ class IndexBuild:
         self.blob_hash.update(chunk)
         self.fed += len(chunk)
         for out in self.indexer.feed(chunk):
+            at = self.scanner.position
             self.scanner.feed(out)
+            if self.tee is not None:  # after the scanner: entries whose data start here are in
+                self.tee(at, out, self.scanner.entries)
             if self.keep_spans:
                 self._pending += out
                 if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)

@@ -22,8 +22,10 @@ import concurrent.futures
 import errno
 import os
 import posixpath
+import shutil
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .errors import FormatError
@@ -45,6 +47,9 @@ SEGMENT_GAP = 1 << 20
 PARALLEL_SEGMENTS = 3
 #: Readahead of one segment's stream (uncompressed bytes in flight).
 SEGMENT_WINDOW = 32 << 20
+#: Layers streamed and indexed at once when none has an index (each pass keeps about a
+#: core busy inflating).
+STAGING_PASSES = 2
 
 
 class _Inside:
@@ -152,6 +157,8 @@ class _File:
     src: str
     dst: str
     info: FileInfo
+    #: the file's bytes, written already while its layer was indexed (see _Stager)
+    staged: str | None = None
 
     @property
     def start(self) -> int:
@@ -176,7 +183,36 @@ def extract(
 
     Unless ``overwrite``, a file or symlink already at a destination path raises
     ``FileExistsError`` before anything is written (directories may exist: a tree is copied
-    into them). ``progress(bytes_done, bytes_total)`` is called as file data is written."""
+    into them). ``progress(bytes_done, bytes_total)`` is called as file data is written.
+
+    Layers with no index anywhere are streamed once each, several at once, and indexed on
+    the way (the index is saved as usual); the regular files under ``path`` are written to
+    a staging directory inside ``dest`` as they pass and moved into place once the merged
+    view says which ones it shows."""
+    top = posixpath.normpath("/" + "/".join(p for p in path.split("/") if p not in ("", ".")))
+    # the whole image with layers not indexed anywhere: stream each layer once, writing its
+    # files while it is indexed (any other path may be a file: a lookup stops early there)
+    staging = _Staging(img, dest or "rootfs") if top == "/" and _unindexed(img) else None
+    try:
+        _extract(img, path, top, dest, staging, keep_special_bits, overwrite, warn, progress)
+    finally:
+        if staging is not None:
+            staging.remove()
+
+
+def _extract(
+    img: Image,
+    path: str,
+    top: str,
+    dest: str | None,
+    staging: _Staging | None,
+    keep_special_bits: bool,
+    overwrite: bool,
+    warn: Warn,
+    progress: Progress | None,
+) -> None:
+    if staging is not None:
+        staging.run()
     info = img.stat(path)
     base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
     if info.type != "dir":
@@ -193,7 +229,6 @@ def extract(
     root_dest = dest or base
     os.makedirs(root_dest, exist_ok=True)
     root = os.path.realpath(root_dest)
-    top = posixpath.normpath("/" + "/".join(p for p in path.split("/") if p not in ("", ".")))
     prefix = top.rstrip("/") + "/"
     tree = img.tree()
     for layer, entry in tree.skipped:
@@ -230,11 +265,15 @@ def extract(
                 if holder is None:
                     warn(f"skipped {src}: hard link to {item.linkname}, which is not in the image")
                     continue
-                files.append(_File(holder[0], holder[1], src, dst, item))
+                staged = None if staging is None else staging.take(holder[1])
+                files.append(_File(holder[0], holder[1], src, dst, item, staged))
             else:
                 warn(f"skipped {src}: {item.type} device or fifo")
     copied = _Copied(sum(f.entry.size for f in files), progress)
-    _write_files(files, keep_special_bits, copied)
+    _place_staged([f for f in files if f.staged is not None], keep_special_bits, copied)
+    _write_files([f for f in files if f.staged is None], keep_special_bits, copied)
+    if staging is not None:  # what is left there the merged view does not show
+        staging.remove()
     # directory modes and times last (children would change their mtime); deepest first
     for dst, item in [*reversed(dirs), (root, info)]:
         try:
@@ -267,6 +306,126 @@ def _refuse_overwrites(img: Image, top: str, root: str) -> None:
                 clashes.append(dst)
     if clashes:
         raise _exists(clashes[0], len(clashes))
+
+
+def _unindexed(img: Image) -> bool:
+    """Whether some layer has no index anywhere yet (cache directory, registry)."""
+    return any(not layer.complete() and not layer.pass_started() for layer in img.layers)
+
+
+class _Stager:
+    """The tee of one layer's index build: writes its regular files to ``directory/N``
+    (N: the entry's position in the layer) as their bytes pass."""
+
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        self.staged: dict[int, str] = {}  # id(entry) -> staged path
+        self._seen = 0  # entries looked at so far
+        self._open: list[tuple[int, int, int]] = []  # (data start, data end, fd)
+
+    def __call__(self, at: int, data: bytes, entries: Sequence[TarEntry]) -> None:
+        while self._seen < len(entries):
+            entry = entries[self._seen]
+            if entry.type == "file" and not entry.unsafe:
+                path = os.path.join(self.directory, str(self._seen))
+                fd = os.open(path, _CREATE | os.O_EXCL, 0o600)
+                self.staged[id(entry)] = path
+                if entry.size:
+                    self._open.append((entry.data_offset, entry.data_offset + entry.size, fd))
+                else:
+                    os.close(fd)
+            self._seen += 1
+        end = at + len(data)
+        view = memoryview(data)
+        for item in list(self._open):
+            start, stop, fd = item
+            a, b = max(at, start), min(end, stop)
+            if a < b:
+                _write_all(fd, view[a - at : b - at])
+            if stop <= end:
+                os.close(fd)
+                self._open.remove(item)
+
+    def close(self) -> None:
+        for _, _, fd in self._open:
+            os.close(fd)
+        self._open.clear()
+
+
+class _Staging:
+    """Layers with no index, streamed once each (a few at once) and indexed on the way,
+    their files staged inside the destination (the same filesystem) for
+    :func:`_place_staged`; what the merged view does not show is removed with it."""
+
+    def __init__(self, img: Image, root_dest: str) -> None:
+        self._img = img
+        os.makedirs(root_dest, exist_ok=True)
+        self.directory = tempfile.mkdtemp(prefix=".seekoci-staging-", dir=root_dest)
+        self._staged: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Index every layer that needs it, staging what those passes carry."""
+        todo = [layer for layer in self._img.layers if not layer.complete()]
+        with concurrent.futures.ThreadPoolExecutor(
+            STAGING_PASSES, thread_name_prefix="seekoci-stage"
+        ) as pool:
+            for future in [pool.submit(self._index, n, layer) for n, layer in enumerate(todo)]:
+                future.result()
+
+    def _index(self, n: int, layer: Layer) -> None:
+        if layer.pass_started():  # a lookup began it: its start has gone by, index only
+            layer.index()
+            return
+        directory = os.path.join(self.directory, str(n))
+        os.mkdir(directory)
+        stager = _Stager(directory)
+        try:
+            layer.index(tee=stager)
+        finally:
+            stager.close()
+        with self._lock:
+            self._staged.update(stager.staged)
+
+    def take(self, entry: TarEntry) -> str | None:
+        """The staged bytes of ``entry`` if a pass wrote them (a hard link's target may be
+        asked for again: the first asker gets the file, the next ones copy it)."""
+        with self._lock:
+            return self._staged.get(id(entry))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _place_staged(files: list[_File], keep: bool, copied: _Copied) -> None:
+    """Move staged files into place (a rename: same filesystem); a second file of the same
+    staged bytes (hard links to one entry) is copied from the first."""
+    placed: dict[str, str] = {}
+    for f in files:
+        assert f.staged is not None
+        first = placed.get(f.staged)
+        if first is None:
+            if os.path.isdir(f.dst) and not os.path.islink(f.dst):
+                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", f.dst)
+            os.replace(f.staged, f.dst)  # replaces a link there, never follows it
+            placed[f.staged] = f.dst
+            source = f.dst
+        else:
+            source = first
+        if first is not None:
+            with open(source, "rb") as src:
+                fd = _create(f.dst)
+                try:
+                    while chunk := src.read(1 << 20):
+                        _write_all(fd, chunk)
+                finally:
+                    os.close(fd)
+        fd = os.open(f.dst, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            _finish_file(fd, f.info, keep)
+        finally:
+            os.close(fd)
+        copied.add(f.entry.size)
 
 
 def _holder(img: Image, node: Node) -> tuple[Layer, TarEntry] | None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import formats
 from . import spans as _spans
-from .build import CHUNK_SIZE, IndexBuild
+from .build import CHUNK_SIZE, IndexBuild, Tee
 from .cache import Cache
 from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
@@ -221,15 +221,21 @@ class Layer:
             self._build.close()
             self._build = None
 
-    def index(self, progress: Progress | None = None) -> LayerIndex:
-        """The complete index: loaded from the cache or built (and then saved)."""
+    def index(self, progress: Progress | None = None, *, tee: Tee | None = None) -> LayerIndex:
+        """The complete index: loaded from the cache or built (and then saved).
+
+        ``tee(tar_offset, data, entries)`` sees every uncompressed byte of a build that
+        starts here (not one that an earlier lookup had started: see :meth:`pass_started`)."""
         with self._lock:
             if self._index is not None or self._try_cache():
                 assert self._index is not None
                 return self._index
             progress = progress or self.progress
+            started = self._build is not None
             build = self._builder()
             build.keep_spans = False
+            if tee is not None and not started:
+                build.tee = tee
             try:
                 while not build.done:
                     build.step()
@@ -239,6 +245,11 @@ class Layer:
                 self._abandon_build()
                 raise
             return self._complete(build)
+
+    def pass_started(self) -> bool:
+        """Whether a build pass stopped part way (a lookup indexed only as far as it needed)."""
+        with self._lock:
+            return self._build is not None
 
     def _builder(self) -> IndexBuild:
         if self._build is None:
