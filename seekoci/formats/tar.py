@@ -82,6 +82,14 @@ class TarEntry:
     #: the entry's own PAX records, raw (what SOCI's zTOC lists as "xattrs"); set by the
     #: scanner, not kept in seekoci's index
     pax_records: dict[str, bytes] | None = None
+    #: sha256 of a regular file's bytes (32 raw bytes): recorded by the scanner, kept in
+    #: index format 6 and later; None when not known (older indexes, SOCI zTOCs)
+    sha256: bytes | None = None
+
+    @property
+    def digest(self) -> str | None:
+        """``"sha256:<hex>"`` of a regular file's content, or None when not known."""
+        return None if self.sha256 is None else "sha256:" + self.sha256.hex()
 
 
 def normalize_name(name: str) -> str:
