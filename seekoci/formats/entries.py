@@ -14,6 +14,11 @@ Encoding (inside the index's JSON table of contents)::
                 "devminor": ..., "xattrs": [[i, {k: base64}], ...], "pax": [[i, {k: v}]],
                 "unsafe": [[i, true], ...]}}
 
+Index format 6 adds ``"sha256"``: the base64 of the 32-byte sha256 digests of the page's
+regular files' contents, concatenated in entry order (one per entry of type ``file``;
+about 33 bytes a file once the page is compressed). It is left out when any file's digest
+is unknown (an index made from a SOCI zTOC, or read from format 5).
+
 Sparse columns list only entries whose value is not the default ("", 0, {}, false), or
 name a default of their own (``{"default": v, "pairs": [...]}``). Repetitive dense
 columns (types, modes, owners, times, offset gaps) may be ``{"runs": [[value, n], ...]}``.
@@ -90,7 +95,7 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             sparse["xattrs"].append(
                 [i, {k: base64.b64encode(v).decode("ascii") for k, v in e.xattrs.items()}]
             )
-    return {
+    doc: dict[str, Any] = {
         "count": len(entries),
         "offsets": "gaps",
         "dense": {
@@ -101,6 +106,10 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             for name, pairs in sparse.items()
         },
     }
+    digests = [e.sha256 for e in entries if e.type == "file"]
+    if digests and all(d is not None and len(d) == 32 for d in digests):
+        doc["sha256"] = base64.b64encode(b"".join(digests)).decode("ascii")  # type: ignore[arg-type]
+    return doc
 
 
 def _runs(values: list[Any]) -> list[Any] | dict[str, Any]:
@@ -168,6 +177,21 @@ def _absolute(
     return headers, datas
 
 
+def _digests(column: Any, kinds: list[str], where: str) -> bytes | None:
+    """The page's file digests (None when it has none), checked to be one per file."""
+    if column is None:
+        return None
+    if not isinstance(column, str):
+        raise FormatError(f"{where}: column sha256 is not text")
+    try:
+        raw = base64.b64decode(column, validate=True)
+    except ValueError:
+        raise FormatError(f"{where}: column sha256 is not base64") from None
+    if len(raw) != 32 * kinds.count("file"):
+        raise FormatError(f"{where}: column sha256 does not hold one digest per file")
+    return raw
+
+
 class EntryTable(IndexedSequence[TarEntry]):
     """Entries of one layer, column-wise; ``table[i]`` builds (and keeps) a TarEntry."""
 
@@ -207,6 +231,7 @@ class EntryTable(IndexedSequence[TarEntry]):
             _check_ints(dense["header_offset"], "header_offset", where)
             _check_ints(dense["data_offset"], "data_offset", where)
             headers, datas = _absolute(dense["header_offset"], dense["data_offset"], dense["size"])
+            digests = _digests(doc.get("sha256"), kinds, where)
         except FormatError:
             raise
         except Exception as exc:  # any other shape: a corrupt index, never a crash
@@ -217,6 +242,8 @@ class EntryTable(IndexedSequence[TarEntry]):
         self._made: list[TarEntry | None] = [None] * count
         self.names: list[str] = names
         self._where = where
+        self._digests = digests
+        self._digest_rank: list[int] | None = None
 
     @classmethod
     def from_entries(cls, entries: Sequence[TarEntry]) -> EntryTable:
@@ -262,6 +289,23 @@ class EntryTable(IndexedSequence[TarEntry]):
                         break
         return positions
 
+    def has_digests(self) -> bool:
+        """Whether the table holds the content digests of its regular files."""
+        return self._digests is not None or not any(t == "file" for t in self._dense["type"])
+
+    def _digest(self, i: int) -> bytes | None:
+        if self._digests is None or self._dense["type"][i] != "file":
+            return None
+        if self._digest_rank is None:  # position of each file among the table's files
+            rank = 0
+            ranks = []
+            for kind in self._dense["type"]:
+                ranks.append(rank)
+                rank += kind == "file"
+            self._digest_rank = ranks
+        at = 32 * self._digest_rank[i]
+        return self._digests[at : at + 32]
+
     def _make(self, i: int) -> TarEntry:
         d, s = self._dense, self._sparse
         try:
@@ -285,6 +329,7 @@ class EntryTable(IndexedSequence[TarEntry]):
                 pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
                 raw_name=d["name"][i],
                 unsafe=bool(self._get("unsafe", i)),
+                sha256=self._digest(i),
             )
         except Exception as exc:
             raise FormatError(f"{self._where}: entry {i} is malformed ({exc!r})") from None

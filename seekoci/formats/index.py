@@ -68,7 +68,10 @@ from .pages import (
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
-INDEX_VERSION = 5
+#: The version written. 6 added the sha256 of every regular file to the entry pages.
+INDEX_VERSION = 6
+#: Versions read: a version-5 index is the same file without file digests.
+READABLE_VERSIONS = (5, 6)
 _HEADER = struct.Struct("<8sHHIQQQQQQ")
 _SPAN = struct.Struct("<QQQQB7xQII32s32s")
 HEADER_SIZE = _HEADER.size
@@ -314,8 +317,11 @@ def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
     )
     if magic != MAGIC:
         raise FormatError(f"{where}: not a seekoci index (bad magic)")
-    if version != INDEX_VERSION:
-        raise FormatError(f"{where}: index format version {version}, expected {INDEX_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(
+            f"{where}: index format version {version}, expected one of "
+            + ", ".join(map(str, READABLE_VERSIONS))
+        )
     header = IndexHeader(count, toc_off, toc_len, span_off, win_off, win_len, dir_len)
     if not (
         toc_off == HEADER_SIZE

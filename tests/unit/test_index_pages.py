@@ -15,7 +15,14 @@ from layers import CI
 
 from seekoci.errors import FormatError
 from seekoci.formats.base import Span
-from seekoci.formats.index import LayerIndex, parse, parse_header, parse_lazy, serialize
+from seekoci.formats.index import (
+    INDEX_VERSION,
+    LayerIndex,
+    parse,
+    parse_header,
+    parse_lazy,
+    serialize,
+)
 from seekoci.formats.pages import PAGE_ENTRIES, SPANS_PER_PAGE, PagedEntries, PagedSpans
 from seekoci.formats.tar import TarEntry
 
@@ -220,7 +227,7 @@ def test_a_malformed_page_of_a_published_index_falls_back_to_a_build(
     path.write_bytes(blob)
     digest = sha256_digest(blob)
     seekoci.open_layer(path, digest=digest, cache_dir=tmp_path / "publisher").index()
-    (good_file,) = (tmp_path / "publisher" / "indexes").rglob("*.v5")
+    (good_file,) = (tmp_path / "publisher" / "indexes").rglob(f"*.v{INDEX_VERSION}")
     good = good_file.read_bytes()
     header = parse_header(good)
     dctx = zstandard.ZstdDecompressor()

@@ -1,0 +1,174 @@
+"""Per-file content digests: recorded by the tar scanner, kept in index format 6, absent (not
+wrong) in format 5 indexes and in indexes without them."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from layers import build_tar, compress, dir, file, hardlink, random_bytes, sha256_digest
+from layers import symlink as symlink_entry
+
+import seekoci
+from seekoci.errors import FormatError
+from seekoci.formats.entries import EntryTable, encode
+from seekoci.formats.index import INDEX_VERSION, LayerIndex, parse, serialize
+from seekoci.formats.tar import TarScanner
+
+FILES = {
+    "etc/empty": b"",
+    "etc/small": b"hello\n",
+    "data/exact-block": random_bytes("block", 512),
+    "data/big": random_bytes("big", 300_000),
+}
+
+
+def sample_tar(tar_format: str = "pax") -> bytes:
+    return build_tar(
+        [
+            dir("etc"),
+            *(file(name, data) for name, data in FILES.items() if name.startswith("etc")),
+            dir("data"),
+            *(file(name, data) for name, data in FILES.items() if name.startswith("data")),
+            hardlink("data/link", "data/big"),
+            symlink_entry("etc/sym", "small"),
+        ],
+        tar_format,
+    )
+
+
+def scan(tar: bytes, cuts: list[int], **kwargs: bool) -> TarScanner:
+    scanner = TarScanner(name="digest test", **kwargs)
+    points = sorted({0, len(tar), *(c % (len(tar) + 1) for c in cuts)})
+    for a, b in itertools.pairwise(points):
+        scanner.feed(tar[a:b])
+    scanner.finish()
+    return scanner
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12),
+    tar_format=st.sampled_from(["pax", "gnu", "ustar"]),
+)
+def test_every_regular_file_gets_the_sha256_of_its_bytes_however_the_stream_is_cut(
+    cuts: list[int], tar_format: str
+) -> None:
+    entries = scan(sample_tar(tar_format), cuts).entries
+    digests = {e.name: e.sha256 for e in entries}
+    for name, data in FILES.items():
+        assert digests[name] == hashlib.sha256(data).digest(), name
+    by_name = {e.name: e for e in entries}
+    assert by_name["data/big"].digest == sha256_digest(FILES["data/big"])
+    for other in ("etc", "data", "data/link", "etc/sym"):
+        assert by_name[other].sha256 is None and by_name[other].digest is None
+
+
+def test_hashing_can_be_turned_off() -> None:
+    entries = scan(sample_tar(), [], hash_files=False).entries
+    assert all(e.sha256 is None for e in entries)
+
+
+def test_an_entry_table_keeps_the_digests_compactly() -> None:
+    entries = scan(sample_tar(), []).entries
+    doc = encode(entries)
+    raw = base64.b64decode(doc["sha256"])
+    assert raw == b"".join(hashlib.sha256(d).digest() for d in FILES.values())
+    table = EntryTable(json.loads(json.dumps(doc)))
+    assert [e.sha256 for e in table] == [e.sha256 for e in entries]
+    assert table.has_digests()
+
+
+def test_a_table_with_an_unknown_digest_keeps_none() -> None:
+    entries = scan(sample_tar(), []).entries
+    entries[1].sha256 = None
+    doc = encode(entries)
+    assert "sha256" not in doc
+    table = EntryTable(doc)
+    assert all(e.sha256 is None for e in table)
+    assert not table.has_digests()
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [42, "not base64!", base64.b64encode(b"\x00" * 31).decode(), base64.b64encode(b"").decode()],
+)
+def test_a_malformed_digest_column_is_a_format_error(bad: object) -> None:
+    doc = encode(scan(sample_tar(), []).entries)
+    doc["sha256"] = bad
+    with pytest.raises(FormatError, match="sha256"):
+        EntryTable(doc)
+
+
+def _index(entries: list) -> LayerIndex:  # type: ignore[type-arg]
+    from seekoci.formats.base import Span
+
+    end = max(e.data_offset + e.size for e in entries)
+    span = Span(0, 0, end, 0, end, hashlib.sha256(b"x").hexdigest())
+    return LayerIndex(
+        layer_digest="sha256:" + "ab" * 32,
+        media_type="application/vnd.oci.image.layer.v1.tar",
+        compression="none",
+        blob_size=end,
+        uncompressed_size=end,
+        span_size=1 << 20,
+        spans=[span],
+        entries=entries,
+    )
+
+
+def test_the_index_file_round_trips_the_digests_and_says_version_6() -> None:
+    entries = scan(sample_tar(), []).entries
+    data = serialize(_index(entries), [b""])
+    assert struct.unpack_from("<H", data, 8)[0] == INDEX_VERSION == 6
+    loaded = parse(data, read_windows=None)
+    assert [e.sha256 for e in loaded.entries] == [e.sha256 for e in entries]
+
+
+def test_a_version_5_index_still_reads_its_files_just_have_no_digest() -> None:
+    entries = scan(sample_tar(), [], hash_files=False).entries
+    data = bytearray(serialize(_index(entries), [b""]))
+    struct.pack_into("<H", data, 8, 5)  # what seekoci before format 6 wrote: no sha256 column
+    loaded = parse(bytes(data), read_windows=None)
+    assert [e.name for e in loaded.entries] == [e.name for e in entries]
+    assert all(e.sha256 is None for e in loaded.entries)
+
+
+def test_a_version_5_file_in_the_cache_is_still_used(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blob = compress(sample_tar(), "python")
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(blob)
+    digest = sha256_digest(blob)
+    cache = tmp_path / "cache"
+    seekoci.open_layer(path, digest=digest, cache_dir=cache).index()
+    (current,) = (cache / "indexes").rglob(f"*.v{INDEX_VERSION}")
+    older = current.with_suffix(".v5")
+    data = bytearray(current.read_bytes())
+    struct.pack_into("<H", data, 8, 5)
+    older.write_bytes(bytes(data))
+    current.unlink()
+    reopened = seekoci.open_layer(path, digest=digest, cache_dir=cache)
+    assert reopened.index_status == "cached"
+    assert reopened.stat("/etc/small").size == len(FILES["etc/small"])
+    assert not current.exists(), "a readable older index was rebuilt"
+
+
+def test_a_built_layer_exposes_the_digests(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    blob = compress(sample_tar(), "zstd")
+    path = tmp_path / "layer.tar.zst"
+    path.write_bytes(blob)
+    layer = seekoci.open_layer(path, digest=sha256_digest(blob), cache_dir=tmp_path / "c")
+    by_name = {e.name: e for e in layer.entries()}
+    assert by_name["data/big"].sha256 == hashlib.sha256(FILES["data/big"]).digest()
+    # and again from the cache directory (the index file, paged)
+    again = seekoci.open_layer(path, digest=sha256_digest(blob), cache_dir=tmp_path / "c")
+    assert again.index_status == "cached"
+    cached = {e.name: e for e in again.entries()}
+    assert cached["data/big"].sha256 == by_name["data/big"].sha256
+    assert cached["etc/empty"].sha256 == hashlib.sha256(b"").digest()
