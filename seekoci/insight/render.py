@@ -33,6 +33,8 @@ def _bar(fraction: float, css: str = "bar") -> str:
 def _worst(row: list[float], short: float) -> float:
     """The worst aspect ratio of a row of areas laid along a side of length ``short``."""
     s = sum(row)
+    if min(row) <= 0 or short <= 0:
+        return float("inf")
     return max(max(row) * short * short / (s * s), s * s / (short * short * min(row)))
 
 

@@ -409,3 +409,109 @@ def test_du_of_a_big_image_with_published_indexes_fetches_under_2_percent(
     assert proxy.bytes() < total * 0.02, proxy.summary()
     layer_digests = {lay.digest for lay in img.layers}
     assert not any(d in r.path for d in layer_digests for r in proxy.records), proxy.summary()
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
+
+
+def png_pixels(data: bytes) -> tuple[int, int, list[tuple[int, ...]]]:
+    """Width, height and RGB(A) pixels of an 8-bit RGB or RGBA PNG (what Chromium writes),
+    decoded here with zlib: chunks, then the five scanline filters of the PNG spec."""
+    import struct
+    import zlib
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", b""
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, color = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and color in (2, 6), (depth, color)
+    bpp = 3 if color == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows: list[bytearray] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1 : (y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 0xFF
+            elif f == 2:
+                line[i] = (line[i] + b) & 0xFF
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 0xFF
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 0xFF
+        rows.append(line)
+        prev = line
+    pixels = [tuple(row[i : i + 3]) for row in rows for i in range(0, stride, bpp)]
+    return width, height, pixels
+
+
+def test_the_du_page_renders_in_headless_chromium(
+    known: Any, registry: Any, tmp_path: Path
+) -> None:
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "chromium is needed (apt-get install -y chromium; .ci/run installs it)"
+    page = tmp_path / "du.html"
+    written = seekoci_cli(
+        "du", registry.ref(REPO, "v1"), "-d", "2", "--html", str(page), cache=tmp_path / "c"
+    )
+    assert written.returncode == 0, written.stderr
+    shot = tmp_path / "du.png"
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=480,360",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    width, height, pixels = png_pixels(shot.read_bytes())
+    assert (width, height) == (480, 360)
+    background = max(set(pixels), key=pixels.count)
+    drawn = sum(1 for p in pixels if p != background)
+    assert drawn > len(pixels) // 5, "the page rendered (nearly) blank"
+    # the treemap's largest box (/data, first colour) fills a good part of the picture
+    assert pixels.count((0x4C, 0x78, 0xA8)) > len(pixels) // 20
+
+
+def test_results_render_for_notebooks(known: Any, registry: Any) -> None:
+    img = open_ref(registry, "v1")
+    page = insight.du(img, "/", depth=2)._repr_html_()
+    assert page.count("<svg") == 1 and "<script" not in page
+    assert "/usr/share" in page and "<table" in page
+    layers = insight.layer_usage(img)._repr_html_()
+    assert "imagebuilder layer 1" in layers and layers.count("<tr>") == 1 + 2
+    assert "<table" in insight.diff(open_ref(registry, "base"), img)._repr_html_()
+    assert "debug-info" in insight.bloat(img)._repr_html_()
