@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["usage.md", "index-format.md", "cache.md", "trust.md", "publishing.md", "performance.md"]
+PAGES = [
+    "usage.md",
+    "index-format.md",
+    "cache.md",
+    "trust.md",
+    "publishing.md",
+    "performance.md",
+    "insight.md",
+]
 
 
 def main() -> int:
@@ -22,7 +30,12 @@ def main() -> int:
             base = ROOT if target[0] else md.parent
             if not (base / rel).exists():
                 problems.append(f"{md.relative_to(ROOT)} links to missing {rel}")
-    for args in (["--help"], ["ls", "--help"], ["get", "--help"], ["index", "--help"]):
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md.read_text()):
+            if not (md.parent / image).is_file():
+                problems.append(f"{md.relative_to(ROOT)} shows missing picture {image}")
+    helps = (["--help"], ["ls", "--help"], ["get", "--help"], ["index", "--help"], ["du", "--help"])
+    for args in helps:
         run = subprocess.run([sys.executable, "-m", "seekoci", *args], capture_output=True)
         if run.returncode != 0:
             problems.append(f"seekoci {' '.join(args)} exited {run.returncode}")

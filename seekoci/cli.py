@@ -282,7 +282,7 @@ def cmd_du(args: argparse.Namespace, out: TextIO) -> int:
     rows = insight.du(img, args.path, depth=args.depth)
     largest = sorted(rows, key=lambda u: (-u.size, u.path))
     if args.html:
-        title = f"seekoci du {img.reference} {rows.top}"
+        title = f"seekoci du {args.ref} {rows.top}"  # the reference as the user wrote it
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(page(usage_page(rows, top=rows.top, title=title), title))
     if args.json:

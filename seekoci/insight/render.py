@@ -122,6 +122,12 @@ def treemap(rows: Sequence[Usage], top: str, width: int = 640, height: int = 360
                     f'fill="#ffffff" fill-opacity="0.25" stroke="#fff" stroke-width="1">'
                     f"<title>{_e(v.path)}: {_e(human_size(v.size))}</title></rect>"
                 )
+                if sw > 50 and sh > 26:
+                    label = f"{v.path.rsplit('/', 1)[-1]} {human_size(v.size)}"
+                    parts.append(
+                        f'<text x="{sx + 4:.1f}" y="{sy + 13:.1f}" font-size="10" fill="#fff" '
+                        f'font-family="sans-serif">{_e(label[: max(3, int(sw / 6))])}</text>'
+                    )
         if w > 40 and h > 14:
             name = u.path.rsplit("/", 1)[-1] or u.path
             label = f"{name} {human_size(u.size)}"
