@@ -18,6 +18,7 @@ from imagebuilder import (
     hardlink,
     image,
     layer,
+    opaque,
     random_bytes,
     symlink,
     text_bytes,
@@ -69,6 +70,8 @@ class Known:
     image: object
     elf: bytes
     elf_stripped: bytes
+    upper3: object = None
+    image3: object = None
 
 
 SHARED = text_bytes("insight-shared", 7000)
@@ -122,7 +125,18 @@ def known_layers(workdir: Path) -> Known:
         file("app/bin/hello-stripped", stripped, mode=0o755),
         producer="pigz",
     )
+    # an opaque directory over the base's /usr/share: a.txt stored again unchanged, c.txt new
+    upper3 = layer(
+        dir("usr"),
+        dir("usr/share"),
+        opaque("usr/share"),
+        file("usr/share/a.txt", SHARED),
+        file("usr/share/c.txt", b"c\n"),
+        producer="zstd",
+    )
     return Known(
+        upper3=upper3,
+        image3=image(base, upper3),
         base=base,
         upper=upper,
         base_image=image(base),
@@ -139,8 +153,12 @@ def model(*layers: object) -> dict[str, Entry]:
         entries: tuple[Entry, ...] = lay.entries  # type: ignore[attr-defined]
         for e in entries:
             base = e.name.rpartition("/")[2]
-            if base.startswith(".wh."):
-                parent = e.name.rpartition("/")[0]
+            parent = e.name.rpartition("/")[0]
+            if base == ".wh..wh..opq":  # everything below the directory, not itself
+                below = "/" + parent + "/" if parent else "/"
+                for path in [p for p in seen if p.startswith(below)]:
+                    del seen[path]
+            elif base.startswith(".wh."):
                 gone = "/" + (parent + "/" if parent else "") + base[4:]
                 for path in [p for p in seen if p == gone or p.startswith(gone + "/")]:
                     del seen[path]

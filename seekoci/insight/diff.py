@@ -122,30 +122,26 @@ class _Side:
 
     def apply(self, layer: Layer) -> None:
         entries = [e for e in layer.entries() if not e.unsafe and ".." not in e.name.split("/")]
+        deleted: set[str] = set()
+        opaque: set[str] = set()
         for entry in entries:  # whiteouts hide what is below, before this layer adds
             if not is_whiteout(entry.name):
                 continue
             parent, _, base = entry.name.rpartition("/")
-            prefix = parent + "/" if parent else ""
             if base == OPAQUE_MARKER:
-                self.opaque.add(parent)
-                self._drop(prefix, inclusive=None)
+                opaque.add(parent)
             else:
-                target = prefix + base[len(WHITEOUT_PREFIX) :]
-                self.deleted.add(target)
-                self._drop(target + "/", inclusive=target)
+                deleted.add((parent + "/" if parent else "") + base[len(WHITEOUT_PREFIX) :])
+        if deleted or opaque:
+            self.deleted |= deleted
+            self.opaque |= opaque
+            # one pass over what the layers below put here (not one per whiteout)
+            for name in [n for n in self.entries if _under(n, deleted, opaque)]:
+                del self.entries[name]
         for entry in entries:
+            # (a file replacing a directory hides its contents: state() looks at ancestors)
             if entry.name and not is_whiteout(entry.name):
-                if entry.type != "dir":  # a file replacing a directory drops its contents
-                    self._drop(entry.name + "/", inclusive=None)
                 self.entries[entry.name] = (entry, layer)
-
-    def _drop(self, prefix: str, *, inclusive: str | None) -> None:
-        doomed = [n for n in self.entries if n.startswith(prefix) or n == inclusive]
-        if prefix == "":
-            doomed = list(self.entries)
-        for n in doomed:
-            del self.entries[n]
 
     def hides_base(self, name: str) -> bool:
         parts = name.split("/")
@@ -192,6 +188,18 @@ class _Side:
 
     def base_regions(self) -> list[str]:
         return sorted(self.deleted | self.opaque)
+
+
+def _under(name: str, deleted: set[str], opaque: set[str]) -> bool:
+    """Whether ``name`` is a deleted path, below one, or below an opaque directory."""
+    if "" in opaque or name in deleted:
+        return True
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        ancestor = "/".join(parts[:i])
+        if ancestor in deleted or ancestor in opaque:
+            return True
+    return False
 
 
 def _size(found: Found | None) -> int | None:

@@ -42,6 +42,7 @@ def known(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
     k.upper2 = upper2
     k.image2 = image(k.base, upper2)
     registry.push(REPO, "v2", k.image2)
+    registry.push(REPO, "v3", k.image3)
     return k
 
 
@@ -152,6 +153,50 @@ def test_layer_usage_is_what_the_declarations_say(known: Any, registry: Any) -> 
     assert [r.created_by for r in rows] == ["imagebuilder layer 0", "imagebuilder layer 1"]
 
 
+def expected_layer_counts(lower: dict[str, Entry], lay: Any) -> tuple[int, int, int, int]:
+    """(files, added, modified, deleted) of layer ``lay`` over the model ``lower``."""
+    names = set(lower)
+    for p in list(lower):  # implied parents
+        parts = p.strip("/").split("/")
+        names |= {"/" + "/".join(parts[:i]) for i in range(1, len(parts))}
+    real = {e.path: e for e in lay.entries if not e.name.rpartition("/")[2].startswith(".wh.")}
+    marks = [e for e in lay.entries if e.name.rpartition("/")[2].startswith(".wh.")]
+    added = sum(1 for p in real if p not in names)
+    modified = sum(
+        1
+        for p, e in real.items()
+        if p in names
+        and not (e.type == "dir" and lower.get(p) is not None and lower[p].type == "dir"
+                 and lower[p].mode == e.mode)
+    )  # fmt: skip
+    deleted = 0
+    for m in marks:
+        parent, _, base = m.path.rpartition("/")
+        if base == ".wh..wh..opq":
+            children = {n for n in names if n.rpartition("/")[0] == parent}
+            deleted += len(children - set(real))
+        elif parent + "/" + base[4:] in names and parent + "/" + base[4:] not in real:
+            deleted += 1
+    files = sum(1 for e in real.values() if e.type == "file")
+    return files, added, modified, deleted
+
+
+def test_layer_usage_of_an_opaque_directory(known: Any, registry: Any) -> None:
+    rows = insight.layer_usage(open_ref(registry, "v3"))
+    got = (rows[1].files, rows[1].added, rows[1].modified, rows[1].deleted)
+    assert got == expected_layer_counts(model(known.base), known.upper3)
+    assert got == (2, 1, 1, 2)  # c.txt added; a.txt stored again; b.txt and link hidden
+    seen = model(known.base, known.upper3)
+    hidden = sum(
+        e.size for e in known.base.entries if e.type == "file" and seen.get(e.path) is not e
+    )
+    assert rows[0].hidden_bytes == hidden == 2 * len(known.base.entry("usr/share/a.txt").data)
+    # the copy stored again is a duplicate of the hidden one, and hidden itself
+    findings = {f.category: f for f in insight.bloat(open_ref(registry, "v3"))}
+    assert "/usr/share/a.txt" in findings["duplicate-files"].paths
+    assert findings["hidden-by-upper-layers"].bytes == hidden
+
+
 # -- diff -----------------------------------------------------------------------------------
 
 
@@ -179,7 +224,10 @@ def expected_diff(a: dict[str, Entry], b: dict[str, Entry]) -> list[tuple[str, s
     return out
 
 
-@pytest.mark.parametrize(("tag_a", "tag_b"), [("base", "v1"), ("v1", "base"), ("v1", "v2")])
+@pytest.mark.parametrize(
+    ("tag_a", "tag_b"),
+    [("base", "v1"), ("v1", "base"), ("v1", "v2"), ("base", "v3"), ("v3", "v1")],
+)
 def test_diff_is_what_the_declarations_say(
     known: Any, registry: Any, tag_a: str, tag_b: str
 ) -> None:
@@ -187,6 +235,7 @@ def test_diff_is_what_the_declarations_say(
         "base": [known.base],
         "v1": [known.base, known.upper],
         "v2": [known.base, known.upper2],
+        "v3": [known.base, known.upper3],
     }
     got = insight.diff(open_ref(registry, tag_a), open_ref(registry, tag_b))
     want = expected_diff(model(*layers[tag_a]), model(*layers[tag_b]))
