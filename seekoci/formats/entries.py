@@ -14,10 +14,9 @@ Encoding (inside the index's JSON table of contents)::
                 "devminor": ..., "xattrs": [[i, {k: base64}], ...], "pax": [[i, {k: v}]],
                 "unsafe": [[i, true], ...]}}
 
-Index format 6 adds ``"sha256"``: the base64 of the 32-byte sha256 digests of the page's
-regular files' contents, concatenated in entry order (one per entry of type ``file``;
-about 33 bytes a file once the page is compressed). It is left out when any file's digest
-is unknown (an index made from a SOCI zTOC, or read from format 5).
+The content digests of the regular files (index format 6) are not in this JSON: they are
+raw bytes beside it (:func:`encode_digests`, :meth:`EntryTable.set_digests`), so that a
+lookup does not download 32 bytes per file it does not need.
 
 Sparse columns list only entries whose value is not the default ("", 0, {}, false), or
 name a default of their own (``{"default": v, "pairs": [...]}``). Repetitive dense
@@ -106,10 +105,17 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             for name, pairs in sparse.items()
         },
     }
-    digests = [e.sha256 for e in entries if e.type == "file"]
-    if digests and all(d is not None and len(d) == 32 for d in digests):
-        doc["sha256"] = base64.b64encode(b"".join(digests)).decode("ascii")  # type: ignore[arg-type]
     return doc
+
+
+def encode_digests(entries: Sequence[TarEntry]) -> bytes:
+    """The sha256 of each regular file's content, 32 raw bytes each, concatenated in entry
+    order; b"" when any of them is unknown (an index made from a SOCI zTOC or read from
+    format 5) or there are no files."""
+    digests = [e.sha256 for e in entries if e.type == "file"]
+    if not digests or not all(d is not None and len(d) == 32 for d in digests):
+        return b""
+    return b"".join(digests)  # type: ignore[arg-type]
 
 
 def _runs(values: list[Any]) -> list[Any] | dict[str, Any]:
@@ -177,21 +183,6 @@ def _absolute(
     return headers, datas
 
 
-def _digests(column: Any, kinds: list[str], where: str) -> bytes | None:
-    """The page's file digests (None when it has none), checked to be one per file."""
-    if column is None:
-        return None
-    if not isinstance(column, str):
-        raise FormatError(f"{where}: column sha256 is not text")
-    try:
-        raw = base64.b64decode(column, validate=True)
-    except ValueError:
-        raise FormatError(f"{where}: column sha256 is not base64") from None
-    if len(raw) != 32 * kinds.count("file"):
-        raise FormatError(f"{where}: column sha256 does not hold one digest per file")
-    return raw
-
-
 class EntryTable(IndexedSequence[TarEntry]):
     """Entries of one layer, column-wise; ``table[i]`` builds (and keeps) a TarEntry."""
 
@@ -231,7 +222,6 @@ class EntryTable(IndexedSequence[TarEntry]):
             _check_ints(dense["header_offset"], "header_offset", where)
             _check_ints(dense["data_offset"], "data_offset", where)
             headers, datas = _absolute(dense["header_offset"], dense["data_offset"], dense["size"])
-            digests = _digests(doc.get("sha256"), kinds, where)
         except FormatError:
             raise
         except Exception as exc:  # any other shape: a corrupt index, never a crash
@@ -242,7 +232,7 @@ class EntryTable(IndexedSequence[TarEntry]):
         self._made: list[TarEntry | None] = [None] * count
         self.names: list[str] = names
         self._where = where
-        self._digests = digests
+        self._digests: bytes | None = None
         self._digest_rank: list[int] | None = None
 
     @classmethod
@@ -289,9 +279,32 @@ class EntryTable(IndexedSequence[TarEntry]):
                         break
         return positions
 
+    def file_count(self) -> int:
+        return self._dense["type"].count("file")
+
     def has_digests(self) -> bool:
         """Whether the table holds the content digests of its regular files."""
-        return self._digests is not None or not any(t == "file" for t in self._dense["type"])
+        return self._digests is not None or not self.file_count()
+
+    def set_digests(self, raw: bytes) -> None:
+        """Give the table its files' digests (:func:`encode_digests`); entries already made
+        get theirs too."""
+        if len(raw) != 32 * self.file_count():
+            raise FormatError(f"{self._where}: file digests do not number one per file")
+        self._digests = raw
+        for i, made in enumerate(self._made):
+            if made is not None and made.type == "file":
+                made.sha256 = self._digest(i)
+
+    def digests(self) -> bytes:
+        """The files' digests as :func:`encode_digests` gives them (b"" when unknown)."""
+        if self._digests is not None:
+            return self._digests
+        return (
+            encode_digests([e for e in self._made if e is not None])
+            if all(e is not None for e in self._made)
+            else b""
+        )
 
     def _digest(self, i: int) -> bytes | None:
         if self._digests is None or self._dense["type"][i] != "file":

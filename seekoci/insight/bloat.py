@@ -122,7 +122,7 @@ def debug_info(files: list[tuple[str, Layer, TarEntry]], threads: int = ELF_THRE
 
 
 def bloat(img: Image) -> FindingList:
-    passed = layer_pass(img)
+    passed = layer_pass(img, digests=True)
     by_key = {layer.digest or layer.name: layer for layer in img.layers}
     visible: list[tuple[str, Layer, TarEntry]] = []
     seen: set[int] = set()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from ..formats.tar import TarEntry, normalize_name
 from ..tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Tree
 from .results import Change, ChangeList
-from .usage import is_whiteout, walk_nodes
+from .usage import ensure_digest, entries_of, is_whiteout, walk_nodes
 
 if TYPE_CHECKING:
     from ..image import Image
@@ -121,7 +121,11 @@ class _Side:
     opaque: set[str] = field(default_factory=set)  # base content under these hidden
 
     def apply(self, layer: Layer) -> None:
-        entries = [e for e in layer.entries() if not e.unsafe and ".." not in e.name.split("/")]
+        entries = [
+            e
+            for e in entries_of(layer, digests=True)
+            if not e.unsafe and ".." not in e.name.split("/")
+        ]
         deleted: set[str] = set()
         opaque: set[str] = set()
         for entry in entries:  # whiteouts hide what is below, before this layer adds
@@ -210,6 +214,8 @@ def _size(found: Found | None) -> int | None:
 
 def _same_bytes(a: Found, b: Found) -> bool:
     assert a.entry is not None and b.entry is not None and a.layer and b.layer
+    ensure_digest(a.layer, a.entry)  # found by a lookup in a shared layer: its page's digests
+    ensure_digest(b.layer, b.entry)
     if a.entry.sha256 is not None and b.entry.sha256 is not None:
         return a.entry.sha256 == b.entry.sha256
     with a.layer.open_entry(a.entry) as fa, b.layer.open_entry(b.entry) as fb:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..errors import FormatError
+from ..formats.pages import PagedEntries
 from ..formats.tar import TarEntry
 from ..tree import OPAQUE_MARKER, WHITEOUT_PREFIX, Node, Tree
 from .results import LayerUsage, LayerUsageList, Usage, UsageList
@@ -19,6 +21,33 @@ from .results import LayerUsage, LayerUsageList, Usage, UsageList
 if TYPE_CHECKING:
     from ..image import Image
     from ..layer import Layer
+
+
+def entries_of(layer: Layer, *, digests: bool = False) -> Sequence[TarEntry]:
+    """Every entry of a layer; with ``digests``, its files' content digests loaded too, in
+    the same fetch as the entry pages of an index read by range (they are stored beside the
+    pages, and only comparisons of content need them)."""
+    if digests:
+        try:
+            entries = layer.index().entries
+            if isinstance(entries, PagedEntries):
+                entries.load_all(digests=True)
+        except FormatError:
+            pass  # no digests then (compared by bytes); layer.entries() decides about the rest
+    return layer.entries()
+
+
+def ensure_digest(layer: Layer, entry: TarEntry) -> None:
+    """Load the digest of one file found by a lookup (its page's digests), if the index
+    has it."""
+    if entry.sha256 is not None or entry.type != "file":
+        return
+    try:
+        entries = layer.index().entries
+        if isinstance(entries, PagedEntries):
+            entries.load_digests_for(entry)
+    except FormatError:
+        pass  # compared by bytes instead
 
 
 def norm_path(path: str) -> str:
@@ -160,14 +189,14 @@ def _same_meta(a: TarEntry, b: TarEntry) -> bool:
     return (a.mode & 0o7777, a.uid, a.gid) == (b.mode & 0o7777, b.uid, b.gid)
 
 
-def layer_pass(img: Image) -> LayerPass:
+def layer_pass(img: Image, *, digests: bool = False) -> LayerPass:
     tree = Tree()
     history = history_lines(img.config, len(img.layers))
     rows = []
     stored: list[StoredFile] = []
     for layer, created_by in zip(img.layers, history, strict=True):
         key = layer.digest or layer.name
-        entries = layer.entries()
+        entries = entries_of(layer, digests=digests)
         last: dict[str, TarEntry] = {}
         whiteouts: list[str] = []
         for entry in entries:

@@ -3,7 +3,6 @@ wrong) in format 5 indexes and in indexes without them."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import itertools
 import json
@@ -17,8 +16,16 @@ from layers import symlink as symlink_entry
 
 import seekoci
 from seekoci.errors import FormatError
-from seekoci.formats.entries import EntryTable, encode
-from seekoci.formats.index import INDEX_VERSION, LayerIndex, parse, serialize
+from seekoci.formats.entries import EntryTable, encode, encode_digests
+from seekoci.formats.index import (
+    INDEX_VERSION,
+    LayerIndex,
+    parse,
+    parse_header,
+    parse_lazy,
+    serialize,
+)
+from seekoci.formats.pages import PagedEntries
 from seekoci.formats.tar import TarScanner
 
 FILES = {
@@ -75,35 +82,33 @@ def test_hashing_can_be_turned_off() -> None:
     assert all(e.sha256 is None for e in entries)
 
 
-def test_an_entry_table_keeps_the_digests_compactly() -> None:
+def test_the_digests_are_raw_bytes_beside_the_entry_table() -> None:
     entries = scan(sample_tar(), []).entries
     doc = encode(entries)
-    raw = base64.b64decode(doc["sha256"])
+    assert "sha256" not in json.dumps(doc)  # not in the JSON a lookup parses
+    raw = encode_digests(entries)
     assert raw == b"".join(hashlib.sha256(d).digest() for d in FILES.values())
     table = EntryTable(json.loads(json.dumps(doc)))
+    first = table[1]  # made before the digests arrive: gets its digest too
+    assert first.sha256 is None and not table.has_digests()
+    table.set_digests(raw)
+    assert table.has_digests() and first.sha256 == hashlib.sha256(b"").digest()
     assert [e.sha256 for e in table] == [e.sha256 for e in entries]
-    assert table.has_digests()
+    assert table.digests() == raw
 
 
-def test_a_table_with_an_unknown_digest_keeps_none() -> None:
+def test_a_table_with_an_unknown_digest_has_none() -> None:
     entries = scan(sample_tar(), []).entries
     entries[1].sha256 = None
-    doc = encode(entries)
-    assert "sha256" not in doc
-    table = EntryTable(doc)
-    assert all(e.sha256 is None for e in table)
-    assert not table.has_digests()
+    assert encode_digests(entries) == b""
+    assert encode_digests([e for e in entries if e.type != "file"]) == b""
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [42, "not base64!", base64.b64encode(b"\x00" * 31).decode(), base64.b64encode(b"").decode()],
-)
-def test_a_malformed_digest_column_is_a_format_error(bad: object) -> None:
-    doc = encode(scan(sample_tar(), []).entries)
-    doc["sha256"] = bad
-    with pytest.raises(FormatError, match="sha256"):
-        EntryTable(doc)
+@pytest.mark.parametrize("length", [0, 31, 32 * 3, 32 * 5])
+def test_digests_that_do_not_number_one_per_file_are_a_format_error(length: int) -> None:
+    table = EntryTable(encode(scan(sample_tar(), []).entries))
+    with pytest.raises(FormatError, match="one per file"):
+        table.set_digests(b"\x00" * length)
 
 
 def _index(entries: list) -> LayerIndex:  # type: ignore[type-arg]
@@ -172,3 +177,73 @@ def test_a_built_layer_exposes_the_digests(tmp_path) -> None:  # type: ignore[no
     cached = {e.name: e for e in again.entries()}
     assert cached["data/big"].sha256 == by_name["data/big"].sha256
     assert cached["etc/empty"].sha256 == hashlib.sha256(b"").digest()
+
+
+def _many_files_index() -> tuple[bytes, list]:  # type: ignore[type-arg]
+    tar = build_tar([dir("d"), *(file(f"d/f{i:04d}", b"%d" % i) for i in range(1500))], "ustar")
+    entries = scan(tar, []).entries
+    return serialize(_index(entries), [b""]), entries
+
+
+def test_a_lookup_in_a_ranged_index_does_not_fetch_the_digests() -> None:
+    data, entries = _many_files_index()
+    fetched: list[tuple[int, int]] = []
+
+    def read_at(offset: int, length: int) -> bytes:
+        fetched.append((offset, length))
+        return data[offset : offset + length]
+
+    header = parse_header(data)
+    index = parse_lazy(data[: header.head_end], read_at)
+    paged = index.entries
+    assert isinstance(paged, PagedEntries) and len(paged.page_infos) == 3
+    digest_areas = [(p.digests_offset, p.digests_length) for p in paged.page_infos]
+    assert all(
+        n == 32 * p.count - 32 * (i == 0)
+        for i, ((_, n), p) in enumerate(zip(digest_areas, paged.page_infos, strict=True))
+    )  # fmt: skip (page 0 holds "d")
+    found = paged.lookup("d/f0700")
+    assert found is not None and found.sha256 is None
+
+    def overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+        return a[0] < b[0] + b[1] and b[0] < a[0] + a[1]
+
+    assert not any(overlaps(r, area) for r in fetched for area in digest_areas)
+    paged.load_digests_for(found)
+    assert found.sha256 == hashlib.sha256(b"700").digest()
+    paged.load_all(digests=True)
+    assert [e.sha256 for e in paged] == [e.sha256 for e in entries]
+
+
+def test_damaged_digests_are_a_format_error_and_leave_the_entries_usable() -> None:
+    data, _ = _many_files_index()
+    header = parse_header(data)
+    index = parse_lazy(data[: header.head_end], lambda o, n: data[o : o + n])
+    paged = index.entries
+    assert isinstance(paged, PagedEntries)
+    area = paged.page_infos[1]
+    bad = bytearray(data)
+    bad[area.digests_offset + 5] ^= 1
+    damaged = parse_lazy(bytes(bad[: header.head_end]), lambda o, n: bytes(bad[o : o + n]))
+    assert isinstance(damaged.entries, PagedEntries)
+    with pytest.raises(FormatError, match="file digests of page 1"):
+        damaged.entries.load_all(digests=True)
+    assert damaged.entries.lookup("d/f0700") is not None
+    with pytest.raises(FormatError, match="digests"):
+        parse(bytes(bad[: header.metadata_end]), read_windows=None)
+
+
+def test_the_digests_lie_after_every_entry_page_as_documented() -> None:
+    data, entries = _many_files_index()
+    header = parse_header(data)
+    index = parse_lazy(data[: header.head_end], lambda o, n: data[o : o + n])
+    paged = index.entries
+    assert isinstance(paged, PagedEntries)
+    infos = paged.page_infos
+    pages_end = infos[-1].offset + infos[-1].length
+    assert infos[0].digests_offset == pages_end  # all entry pages, then all digests
+    files = [e for e in entries if e.type == "file"]
+    area = data[pages_end : header.toc_offset + header.toc_length]
+    assert area == b"".join(e.sha256 for e in files)  # type: ignore[misc]
+    for a, b in itertools.pairwise(infos):
+        assert b.digests_offset == a.digests_offset + a.digests_length
