@@ -203,6 +203,9 @@ _HASH_BATCHES_PENDING = 16
 
 
 def _hash_batch(batch: list[tuple[Any, bytes | memoryview, TarEntry | None]]) -> None:
+    # Runs on the scanner's hashing thread, which alone touches the hashers once their
+    # pieces are handed over; each digest is written once, and read by the scanner's owner
+    # only after wait_digests() joined this job (Future.result takes the future's lock).
     for hasher, piece, done in batch:
         hasher.update(piece)
         if done is not None:

@@ -93,26 +93,24 @@ def du(img: Image, top: str = "/", depth: int = 1) -> UsageList:
     paths: list[str] = []
     sizes: list[int] = []
     counts: list[int] = []
-    chains: dict[int, tuple[int, ...]] = {}  # id(directory node) -> result rows it counts in
     first: dict[int, tuple[int, tuple[int, ...]]] = {}  # inode -> (size, rows) seen once
     shared: dict[int, tuple[int, set[int]]] = {}  # inode seen at several paths
+    # id(node) -> the result rows (directories within `depth`) that count what it holds;
+    # set by its parent, which the walk visits first
     parent_rows: dict[int, tuple[int, ...]] = {id(start): ()}
     for path, node, level in walk_nodes(start, top_path):
-        rows = parent_rows.pop(id(node), None)
+        rows = parent_rows.pop(id(node))
         if node.children is not None:
-            if rows is None:
-                rows = chains[id(node)]
             if level <= depth:
                 paths.append(path)
                 sizes.append(0)
                 counts.append(0)
                 rows = (*rows, len(paths) - 1)
-            chains[id(node)] = rows
             for child in node.children.values():
                 parent_rows[id(child)] = rows
             continue
         inode = inode_of(node)
-        if inode is None or rows is None:
+        if inode is None:
             continue
         assert inode.entry is not None
         key = id(inode)
