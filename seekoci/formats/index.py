@@ -217,6 +217,8 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
         )
     }
     digest_blocks: list[bytes] = []
+    if reuse and paged is not None:
+        paged.load_all(digests=True)  # one coalesced fetch, not one per page
     for p, start in enumerate(range(0, len(entries), PAGE_ENTRIES)):
         if reuse and paged is not None:
             doc = paged.page_doc(p)

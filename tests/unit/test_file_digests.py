@@ -247,3 +247,23 @@ def test_the_digests_lie_after_every_entry_page_as_documented() -> None:
     assert area == b"".join(e.sha256 for e in files)  # type: ignore[misc]
     for a, b in itertools.pairwise(infos):
         assert b.digests_offset == a.digests_offset + a.digests_length
+
+
+def test_an_index_read_by_range_writes_back_the_same_bytes_digests_and_all() -> None:
+    from seekoci.formats.index import index_file
+
+    data, _ = _many_files_index()
+    header = parse_header(data)
+    reads: list[tuple[int, int]] = []
+
+    def read_at(offset: int, length: int) -> bytes:
+        reads.append((offset, length))
+        return data[offset : offset + length]
+
+    index = parse_lazy(data[: header.head_end], read_at)
+    assert index_file(index) == data
+    paged = index.entries
+    assert isinstance(paged, PagedEntries) and len(paged.page_infos) == 3
+    area = (paged.page_infos[0].digests_offset, header.toc_offset + header.toc_length)
+    digest_reads = [r for r in reads if r[0] < area[1] and area[0] < r[0] + r[1]]
+    assert len(digest_reads) == 1  # the digests came in one coalesced fetch, not one per page
