@@ -94,7 +94,7 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             sparse["xattrs"].append(
                 [i, {k: base64.b64encode(v).decode("ascii") for k, v in e.xattrs.items()}]
             )
-    doc: dict[str, Any] = {
+    return {
         "count": len(entries),
         "offsets": "gaps",
         "dense": {
@@ -105,7 +105,6 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             for name, pairs in sparse.items()
         },
     }
-    return doc
 
 
 def encode_digests(entries: Sequence[TarEntry]) -> bytes:
