@@ -14,6 +14,7 @@ _STYLE = (
     ".seekoci-insight table{border-collapse:collapse}"
     ".seekoci-insight td,.seekoci-insight th{padding:2px 8px;text-align:left}"
     ".seekoci-insight td.n{text-align:right;font-variant-numeric:tabular-nums}"
+    ".seekoci-insight td{white-space:nowrap}"
     ".seekoci-insight .bar{background:#4c78a8;height:10px}"
     ".seekoci-insight .hid{background:#e45756;height:10px}</style>"
 )
