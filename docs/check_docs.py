@@ -24,6 +24,7 @@ PAGES = [
     "cli.md",
     "comparison.md",
     "performance.md",
+    "insight.md",
 ]
 
 
@@ -38,7 +39,12 @@ def main() -> int:
             base = ROOT if target[0] else md.parent
             if not (base / rel).exists():
                 problems.append(f"{md.relative_to(ROOT)} links to missing {rel}")
-    for args in (["--help"], ["ls", "--help"], ["get", "--help"], ["index", "--help"]):
+    for md in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for image in re.findall(r"!\[[^]]*\]\(([^)]+)\)", md.read_text()):
+            if not (md.parent / image).is_file():
+                problems.append(f"{md.relative_to(ROOT)} shows missing picture {image}")
+    helps = (["--help"], ["ls", "--help"], ["get", "--help"], ["index", "--help"], ["du", "--help"])
+    for args in helps:
         run = subprocess.run([sys.executable, "-m", "seekoci", *args], capture_output=True)
         if run.returncode != 0:
             problems.append(f"seekoci {' '.join(args)} exited {run.returncode}")

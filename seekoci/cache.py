@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .formats.index import INDEX_VERSION
+from .formats.index import INDEX_VERSION, READABLE_VERSIONS
 
 
 def _current_umask() -> int:
@@ -179,14 +179,25 @@ class DiskCache:
 
     def load_index(self, layer_digest: str) -> bytes | None:
         try:
-            return self.index_path(layer_digest).read_bytes()
+            return self._readable_path(layer_digest).read_bytes()
         except OSError:
             return None
+
+    def _readable_path(self, layer_digest: str) -> Path:
+        """The cached index of the current version, else one of an older version this
+        seekoci still reads (written before an upgrade), else the current path."""
+        path = self.index_path(layer_digest)
+        if not path.exists():
+            for version in sorted(READABLE_VERSIONS, reverse=True):
+                older = path.with_suffix(f".v{version}")
+                if older.exists():
+                    return older
+        return path
 
     def index_reader(self, layer_digest: str) -> tuple[int, ReadAt] | None:
         """Size and a range reader of a cached index, without reading it whole: a cold read
         needs the header, the table of contents and one window, not every window."""
-        path = self.index_path(layer_digest)
+        path = self._readable_path(layer_digest)
         try:
             size = path.stat().st_size
         except OSError:

@@ -304,6 +304,156 @@ def _index_soci(args: argparse.Namespace, img: Image, out: TextIO) -> int:
     return 0
 
 
+# -- image insight (seekoci du / layers / diff / bloat) -----------------------------------------
+
+
+def _open_ref(args: argparse.Namespace, ref: str) -> Image:
+    return _open(argparse.Namespace(**{**vars(args), "ref": ref}))
+
+
+def _dump_json(doc: Any, out: TextIO) -> None:
+    json.dump(doc, out, indent=2)
+    out.write("\n")
+
+
+def _bar_text(fraction: float, width: int = 24) -> str:
+    """A bar of ``width`` cells, eighths of a cell drawn with the block elements."""
+    eighths = round(max(0.0, min(1.0, fraction)) * width * 8)
+    full, part = divmod(eighths, 8)
+    return (
+        "\u2588" * full + (" \u258f\u258e\u258d\u258c\u258b\u258a\u2589"[part] if part else "")
+    ).ljust(width)
+
+
+def _isatty(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def cmd_du(args: argparse.Namespace, out: TextIO) -> int:
+    from . import insight
+    from .html import human_size
+    from .insight.render import page, usage_page
+
+    img = _open(args)
+    rows = insight.du(img, args.path, depth=args.depth)
+    largest = sorted(rows, key=lambda u: (-u.size, u.path))
+    if args.html:
+        title = f"seekoci du {args.ref} {rows.top}"  # the reference as the user wrote it
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(page(usage_page(rows, top=rows.top, title=title), title))
+    if args.json:
+        _dump_json([{"path": u.path, "size": u.size, "files": u.files} for u in largest], out)
+        return 0
+    bars = _isatty(out)
+    biggest = max((u.size for u in rows), default=0) or 1
+    for u in largest:
+        bar = f"{_bar_text(u.size / biggest)} " if bars else ""
+        out.write(f"{human_size(u.size):>10} {u.files:>8}  {bar}{u.path}\n")
+    return 0
+
+
+def cmd_layers(args: argparse.Namespace, out: TextIO) -> int:
+    from dataclasses import asdict
+
+    from . import insight
+    from .html import human_size
+
+    img = _open(args)
+    rows = insight.layer_usage(img)
+    if args.json:
+        _dump_json([asdict(r) for r in rows], out)
+        return 0
+    out.write(
+        f"{'#':>2} {'LAYER':<19} {'COMPRESSED':>10} {'UNPACKED':>10} {'FILES':>7} "
+        f"{'ADDED':>6} {'MODIFIED':>8} {'DELETED':>7} {'HIDDEN':>10}  CREATED BY\n"
+    )
+    for i, r in enumerate(rows):
+        created = " ".join(r.created_by.split())
+        if len(created) > 60 and _isatty(out):
+            created = created[:59] + "\u2026"
+        out.write(
+            f"{i:>2} {r.digest[:19]:<19} {human_size(r.size):>10} "
+            f"{human_size(r.uncompressed_size):>10} {r.files:>7} {r.added:>6} "
+            f"{r.modified:>8} {r.deleted:>7} {human_size(r.hidden_bytes):>10}  {created}\n"
+        )
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace, out: TextIO) -> int:
+    from dataclasses import asdict
+
+    from . import insight
+    from .html import human_size
+
+    changes = insight.diff(_open_ref(args, args.ref), _open_ref(args, args.ref_b))
+    if args.json:
+        _dump_json([asdict(c) for c in changes], out)
+        return 0
+    marks = {"added": "+", "removed": "-", "modified": "M"}
+    for c in changes:
+        a = "" if c.size_a is None else human_size(c.size_a)
+        b = "" if c.size_b is None else human_size(c.size_b)
+        sizes = f"{a} -> {b}" if c.kind == "modified" else (b or a)
+        out.write(f"{marks.get(c.kind, '?')} {c.path}  ({sizes})\n")
+    return 0
+
+
+def cmd_bloat(args: argparse.Namespace, out: TextIO) -> int:
+    from dataclasses import asdict
+
+    from . import insight
+    from .html import human_size
+
+    findings = insight.bloat(_open(args))
+    if args.json:
+        _dump_json([asdict(f) for f in findings], out)
+        return 0
+    for f in findings:
+        out.write(f"{human_size(f.bytes):>10}  {f.category} ({len(f.paths)} paths)\n")
+        for path in f.paths[:5]:
+            out.write(f"{'':>12}{path}\n")
+        if len(f.paths) > 5:
+            out.write(f"{'':>12}... {len(f.paths) - 5} more (--json lists all)\n")
+    return 0
+
+
+def _depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _add_insight_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    s = command("du", "sizes by directory of the merged view, largest first")
+    s.add_argument(
+        "path", nargs="?", default="/", metavar="PATH", help="directory to measure (default: /)"
+    )
+    s.add_argument("-d", "--depth", type=_depth, default=1, help="levels below PATH (default 1)")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.add_argument("--html", metavar="FILE", help="also write an HTML page (table + treemap)")
+    s.set_defaults(func=cmd_du)
+
+    s = command("layers", "per layer: sizes, files added/modified/deleted, hidden bytes")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_layers)
+
+    s = command("diff", "what changed between two images (REF is the first)")
+    s.add_argument("ref_b", metavar="REF_B", help="the second image, in the same forms as REF")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_diff)
+
+    s = command("bloat", "what could be cut, by category")
+    s.add_argument("--json", action="store_true", help="print a JSON list")
+    s.set_defaults(func=cmd_bloat)
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._sample import run_demo
 
@@ -492,6 +642,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--json", action="store_true", help="print a JSON list")
     s.set_defaults(func=cmd_models)
+
+    _add_insight_commands(command)
 
     s = command("demo", "build a sample image on disk and read files out of it", image=False)
     s.add_argument(

@@ -44,7 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("seekoci")
 
 NATIVE_ARTIFACT_TYPE = "application/vnd.seekoci.index.v1"
-NATIVE_BLOB_MEDIA_TYPE = "application/vnd.seekoci.index.layer.v5"
+#: the media type of the index blobs pushed (index format 6), and the ones read
+NATIVE_BLOB_MEDIA_TYPE = "application/vnd.seekoci.index.layer.v6"
+NATIVE_BLOB_MEDIA_TYPES = (NATIVE_BLOB_MEDIA_TYPE, "application/vnd.seekoci.index.layer.v5")
 ANN_LAYER_DIGEST = "dev.seekoci.layer.digest"
 ANN_LAYER_MEDIA_TYPE = "dev.seekoci.layer.media-type"
 ANN_SPAN_SIZE = "dev.seekoci.span-size"
@@ -173,7 +175,7 @@ class RemoteIndexes:
         manifest = self._manifest(digest)
         for blob in self._layers_of(manifest, digest):
             layer = blob.annotations.get(ANN_LAYER_DIGEST)
-            if blob.media_type == NATIVE_BLOB_MEDIA_TYPE and layer:
+            if blob.media_type in NATIVE_BLOB_MEDIA_TYPES and layer:
                 found.setdefault(layer, []).append(_Published("native", blob, digest))
 
     def _load_soci_manifests(self) -> None:

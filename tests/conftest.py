@@ -25,6 +25,11 @@ TOOLS = {
     "gzip": "gzip",
     "zstd": "zstd",
     "tar": "tar",
+    # the insight tests build ELF binaries and render an HTML page headless
+    "gcc": "gcc",
+    "strip": "binutils",
+    "readelf": "binutils",
+    "chromium": "chromium",
 }
 _NEEDS_TOOLS = ("integration", "benchmarks")
 _APT_TIMEOUT = 900.0

@@ -14,6 +14,10 @@ Encoding (inside the index's JSON table of contents)::
                 "devminor": ..., "xattrs": [[i, {k: base64}], ...], "pax": [[i, {k: v}]],
                 "unsafe": [[i, true], ...]}}
 
+The content digests of the regular files (index format 6) are not in this JSON: they are
+raw bytes beside it (:func:`encode_digests`, :meth:`EntryTable.set_digests`), so that a
+lookup does not download 32 bytes per file it does not need.
+
 Sparse columns list only entries whose value is not the default ("", 0, {}, false), or
 name a default of their own (``{"default": v, "pairs": [...]}``). Repetitive dense
 columns (types, modes, owners, times, offset gaps) may be ``{"runs": [[value, n], ...]}``.
@@ -101,6 +105,16 @@ def encode(entries: Sequence[TarEntry]) -> dict[str, Any]:
             for name, pairs in sparse.items()
         },
     }
+
+
+def encode_digests(entries: Sequence[TarEntry]) -> bytes:
+    """The sha256 of each regular file's content, 32 raw bytes each, concatenated in entry
+    order; b"" when any of them is unknown (an index made from a SOCI zTOC or read from
+    format 5) or there are no files."""
+    digests = [e.sha256 for e in entries if e.type == "file"]
+    if not digests or not all(d is not None and len(d) == 32 for d in digests):
+        return b""
+    return b"".join(digests)  # type: ignore[arg-type]
 
 
 def _runs(values: list[Any]) -> list[Any] | dict[str, Any]:
@@ -217,6 +231,8 @@ class EntryTable(IndexedSequence[TarEntry]):
         self._made: list[TarEntry | None] = [None] * count
         self.names: list[str] = names
         self._where = where
+        self._digests: bytes | None = None
+        self._digest_rank: list[int] | None = None
 
     @classmethod
     def from_entries(cls, entries: Sequence[TarEntry]) -> EntryTable:
@@ -262,6 +278,46 @@ class EntryTable(IndexedSequence[TarEntry]):
                         break
         return positions
 
+    def file_count(self) -> int:
+        return self._dense["type"].count("file")
+
+    def has_digests(self) -> bool:
+        """Whether the table holds the content digests of its regular files."""
+        return self._digests is not None or not self.file_count()
+
+    def set_digests(self, raw: bytes) -> None:
+        """Give the table its files' digests (:func:`encode_digests`); entries already made
+        get theirs too."""
+        if len(raw) != 32 * self.file_count():
+            raise FormatError(f"{self._where}: file digests do not number one per file")
+        self._digests = raw
+        for i, made in enumerate(self._made):
+            if made is not None and made.type == "file":
+                made.sha256 = self._digest(i)
+
+    def digests(self) -> bytes:
+        """The files' digests as :func:`encode_digests` gives them (b"" when unknown)."""
+        if self._digests is not None:
+            return self._digests
+        return (
+            encode_digests([e for e in self._made if e is not None])
+            if all(e is not None for e in self._made)
+            else b""
+        )
+
+    def _digest(self, i: int) -> bytes | None:
+        if self._digests is None or self._dense["type"][i] != "file":
+            return None
+        if self._digest_rank is None:  # position of each file among the table's files
+            rank = 0
+            ranks = []
+            for kind in self._dense["type"]:
+                ranks.append(rank)
+                rank += kind == "file"
+            self._digest_rank = ranks
+        at = 32 * self._digest_rank[i]
+        return self._digests[at : at + 32]
+
     def _make(self, i: int) -> TarEntry:
         d, s = self._dense, self._sparse
         try:
@@ -285,6 +341,7 @@ class EntryTable(IndexedSequence[TarEntry]):
                 pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
                 raw_name=d["name"][i],
                 unsafe=bool(self._get("unsafe", i)),
+                sha256=self._digest(i),
             )
         except Exception as exc:
             raise FormatError(f"{self._where}: entry {i} is malformed ({exc!r})") from None

@@ -34,6 +34,9 @@ A reader that ranges into a published index checks header + TOC + span table aga
 digest it got from a verified manifest, and each record against its span record, so a byte
 damaged on the way is an error, never a wrong decode.
 
+The TOC is the directory, the entry pages, then (format 6) each page's file digests: the raw
+32-byte sha256 of its regular files, in entry order (:mod:`seekoci.formats.pages`).
+
 The TOC JSON holds the layer's identity (digest, media type, compression, sizes, span size,
 the tool that wrote it) and the tar entries as arrays in the order of ``ENTRY_FIELDS``.
 """
@@ -54,6 +57,7 @@ import zstandard
 from ..errors import FormatError
 from .base import ChunkTable, Span, decompress_bounded, unpack_window
 from .entries import encode as encode_entries
+from .entries import encode_digests
 from .pages import (
     PAGE_ENTRIES,
     SPANS_PER_PAGE,
@@ -69,7 +73,10 @@ from .pages import (
 from .tar import TarEntry
 
 MAGIC = b"SEEKOCIX"
-INDEX_VERSION = 5
+#: The version written. 6 added the sha256 of every regular file to the entry pages.
+INDEX_VERSION = 6
+#: Versions read: a version-5 index is the same file without file digests.
+READABLE_VERSIONS = (5, 6)
 _HEADER = struct.Struct("<8sHHIQQQQQQ")
 _SPAN = struct.Struct("<QQQQB7xQII32s32s")
 HEADER_SIZE = _HEADER.size
@@ -232,22 +239,41 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     )
     pages: list[bytes] = []
     page_meta: dict[str, list[Any]] = {
-        k: [] for k in ("count", "low", "high", "length", "sha256", "start")
+        k: []
+        for k in (
+            "count",
+            "low",
+            "high",
+            "length",
+            "sha256",
+            "start",
+            "digests_length",
+            "digests_sha256",
+        )
     }
+    digest_blocks: list[bytes] = []
+    if reuse and paged is not None:
+        paged.load_all(digests=True)  # one coalesced fetch, not one per page
     for p, start in enumerate(range(0, len(entries), PAGE_ENTRIES)):
         if reuse and paged is not None:
             doc = paged.page_doc(p)
+            digests = paged.page_digests(p)
         else:
-            doc = encode_entries(list(entries[start : start + PAGE_ENTRIES]))
+            page_entries = list(entries[start : start + PAGE_ENTRIES])
+            doc = encode_entries(page_entries)
+            digests = encode_digests(page_entries)
         names = doc["dense"]["name"]
         data = compressor.compress(json.dumps(doc, separators=(",", ":")).encode("ascii"))
         pages.append(data)
+        digest_blocks.append(digests)  # raw: random bytes do not compress
         page_meta["count"].append(len(names))
         page_meta["low"].append(min(names, key=walk_key))
         page_meta["high"].append(max(names, key=walk_key))
         page_meta["length"].append(len(data))
         page_meta["sha256"].append(hashlib.sha256(data).hexdigest())
         page_meta["start"].append(entries[start].header_offset)
+        page_meta["digests_length"].append(len(digests))
+        page_meta["digests_sha256"].append(hashlib.sha256(digests).hexdigest() if digests else "")
     records = []
     woff = 0
     for span in index.spans:
@@ -295,7 +321,7 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
         json.dumps(directory, separators=(",", ":")).encode("ascii")
     )
     toc_offset = HEADER_SIZE
-    toc_length = len(directory_bytes) + sum(map(len, pages))
+    toc_length = len(directory_bytes) + sum(map(len, pages)) + sum(map(len, digest_blocks))
     span_offset = toc_offset + toc_length
     windows_offset = span_offset + SPAN_RECORD_SIZE * len(index.spans)
     out.write(
@@ -315,6 +341,8 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     out.write(directory_bytes)
     for page in pages:
         out.write(page)
+    for block in digest_blocks:
+        out.write(block)
     out.write(b"".join(records))
     for span in index.spans:
         out.write(record(span.index))
@@ -349,8 +377,11 @@ def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
     )
     if magic != MAGIC:
         raise FormatError(f"{where}: not a seekoci index (bad magic)")
-    if version != INDEX_VERSION:
-        raise FormatError(f"{where}: index format version {version}, expected {INDEX_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(
+            f"{where}: index format version {version}, expected one of "
+            + ", ".join(map(str, READABLE_VERSIONS))
+        )
     header = IndexHeader(count, toc_off, toc_len, span_off, win_off, win_len, dir_len)
     if not (
         toc_off == HEADER_SIZE
@@ -397,17 +428,24 @@ def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Pa
     try:
         meta = doc["pages"]
         columns = [meta[k] for k in ("count", "low", "high", "length", "sha256")]
-        columns.append(meta.get("start", [-1] * len(columns[0])))
-        if not all(isinstance(c, list) and len(c) == len(columns[0]) for c in columns):
+        n = len(columns[0])
+        columns.append(meta.get("start", [-1] * n))
+        # format 6: each page's file digests follow it (absent in format 5: none)
+        columns.append(meta.get("digests_length", [0] * n))
+        columns.append(meta.get("digests_sha256", [""] * n))
+        if not all(isinstance(c, list) and len(c) == n for c in columns):
             raise ValueError("page columns of different lengths")
         infos = []
         first = 0
         offset = header.head_end
-        for count, low, high, length, digest, start in zip(*columns, strict=True):
+        digests_at = offset + sum(_nonneg(length) for length in columns[3])
+        for count, low, high, length, digest, start, dlen, ddigest in zip(*columns, strict=True):
             if not isinstance(low, str) or not isinstance(high, str):
                 raise ValueError("page names are not text")
             if type(start) is not int or start < -1:
                 raise ValueError("bad page start")
+            if _nonneg(dlen) % 32 or (dlen and len(bytes.fromhex(ddigest)) != 32):
+                raise ValueError("bad file digest area")
             infos.append(
                 PageInfo(
                     first,
@@ -418,10 +456,15 @@ def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Pa
                     _nonneg(length),
                     bytes.fromhex(digest),
                     start,
+                    digests_at,
+                    dlen,
+                    bytes.fromhex(ddigest) if dlen else b"",
                 )
             )
             first += count
             offset += length
+            digests_at += dlen
+        offset = digests_at
     except Exception as exc:
         raise FormatError(f"{where}: page directory is malformed ({exc!r})") from None
     if offset != header.toc_offset + header.toc_length:
@@ -578,9 +621,15 @@ def parse_cached(
     )
     entries, spans = index.entries, index.spans
     assert isinstance(entries, PagedEntries) and isinstance(spans, PagedSpans)
+    entries.eager_digests = True  # read from memory with their pages
     for i, info in enumerate(entries.page_infos):
         if hashlib.sha256(read_pages(info.offset, info.length)).digest() != info.digest:
             raise FormatError(f"{where}: page {i} is damaged")
+        if info.digests_length and (
+            hashlib.sha256(read_pages(info.digests_offset, info.digests_length)).digest()
+            != info.digests_digest
+        ):
+            raise FormatError(f"{where}: file digests of page {i} are damaged")
     spans.preload(read_at(header.span_offset, header.metadata_end - header.span_offset))
     _finish_spans(index, spans)
     return index
@@ -624,7 +673,7 @@ def parse(
     assert isinstance(entries, PagedEntries) and isinstance(spans, PagedSpans)
     entries.check_ranges = False
     entries.companion = None  # every span page is read next anyway
-    entries.load_all()
+    entries.load_all(digests=True)
     _finish_spans(index, spans)
     if read_windows is None:
         index.read_windows = None

@@ -103,6 +103,11 @@ class PageInfo:
     length: int
     digest: bytes
     start: int = -1  # tar offset of its first entry's header (-1: not recorded)
+    #: where the raw sha256 of each of its regular files lies in the index file (format 6:
+    #: after all the entry pages, so fetches of neighbouring pages never carry them along)
+    digests_offset: int = 0
+    digests_length: int = 0  # 0: none
+    digests_digest: bytes = b""  # sha256 of those bytes
 
 
 #: extra(pages) -> ranges to fetch along with those entry pages, and what to do with them
@@ -130,6 +135,10 @@ class PagedEntries(IndexedSequence[TarEntry]):
         self._limit = uncompressed_size
         self._where = where
         self._tables: dict[int, EntryTable] = {}
+        self._with_digests: set[int] = set()  # pages whose file digests are loaded
+        #: load each page's file digests with it (an index on local disk: they cost nothing);
+        #: else only when asked (``digests=True``)
+        self.eager_digests = False
         self._lock = threading.Lock()
         self._names: list[str] | None = None
         self._map: dict[str, int] | None = None
@@ -166,19 +175,32 @@ class PagedEntries(IndexedSequence[TarEntry]):
                 raise FormatError(f"{where}: names outside the range the directory gives")
         return table
 
-    def load(self, wanted: Sequence[int]) -> None:
-        """Make sure pages ``wanted`` are loaded (fetched together, checked)."""
+    def load(self, wanted: Sequence[int], *, digests: bool = False) -> None:
+        """Make sure pages ``wanted`` are loaded (fetched together, checked) -- and, with
+        ``digests``, their files' content digests too, in the same fetch."""
+        digests = digests or self.eager_digests
         missing = sorted({i for i in wanted if i not in self._tables})
-        if not missing:
+        need_digests = (
+            sorted(
+                {i for i in wanted if self._pages[i].digests_length and i not in self._with_digests}
+            )
+            if digests
+            else []
+        )
+        if not missing and not need_digests:
             return
         ranges = [(self._pages[i].offset, self._pages[i].length) for i in missing]
+        digest_ranges = [
+            (self._pages[i].digests_offset, self._pages[i].digests_length) for i in need_digests
+        ]
         extra: list[tuple[int, int]] = []
         take: Callable[[list[bytes]], None] | None = None
-        if self.companion is not None:
+        if self.companion is not None and missing:
             extra, take = self.companion(missing)
-        blobs = fetch_ranges(self._read_many, ranges + extra)
+        blobs = fetch_ranges(self._read_many, ranges + digest_ranges + extra)
         if take is not None and extra:
-            take(blobs[len(ranges) :])
+            take(blobs[len(ranges) + len(digest_ranges) :])
+        raw_digests = blobs[len(ranges) : len(ranges) + len(digest_ranges)]
         blobs = blobs[: len(ranges)]
         tables = {}
         for i, data in zip(missing, blobs, strict=True):
@@ -196,13 +218,41 @@ class PagedEntries(IndexedSequence[TarEntry]):
             tables[i] = self._table(i, doc)
         with self._lock:
             self._tables.update(tables)
+        for i, raw in zip(need_digests, raw_digests, strict=True):
+            where = f"{self._where}: file digests of page {i}"
+            info = self._pages[i]
+            if len(raw) != info.digests_length:
+                raise FormatError(f"{where}: cut short")
+            if hashlib.sha256(raw).digest() != info.digests_digest:
+                raise FormatError(f"{where}: do not match their digest")
+            with self._lock:
+                table = self._tables[i]
+                table.set_digests(raw)
+                self._with_digests.add(i)
 
-    def load_all(self) -> None:
-        self.load(range(len(self._pages)))
+    def load_all(self, *, digests: bool = False) -> None:
+        self.load(range(len(self._pages)), digests=digests)
 
     def page_doc(self, i: int) -> dict[str, Any]:
         self.load([i])
         return self._tables[i].encoded()
+
+    def page_digests(self, i: int) -> bytes:
+        """Page ``i``'s file digests as stored (b"" for none)."""
+        self.load([i], digests=True)
+        return self._tables[i].digests() if i in self._with_digests else b""
+
+    def load_digests_for(self, entry: TarEntry) -> None:
+        """Load the file digests of the page that holds ``entry`` (found by its header
+        offset); nothing when the index has none."""
+        starts = [p.start for p in self._pages]
+        if not self._pages or min(starts) < 0:
+            self.load_all(digests=True)
+            return
+        p = max(0, bisect.bisect_right(starts, entry.header_offset) - 1)
+        while p > 0 and self._pages[p].count == 0:
+            p -= 1
+        self.load([p], digests=True)
 
     def _candidates(self, name: str) -> list[int]:
         key = walk_key(name)

@@ -715,7 +715,7 @@ class _TocBuilder:
     last 512 bytes fed."""
 
     def __init__(self, name: str) -> None:
-        self.scanner = TarScanner(name=name)
+        self.scanner = TarScanner(name=name, hash_files=False)  # zTOCs carry no digests
         self.files: list[ZtocFile] = []
         self._name = name
         self._pos = 0  # stream offset of the next byte

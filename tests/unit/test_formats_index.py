@@ -157,6 +157,8 @@ def test_the_documented_layout() -> None:
         "length": [len(page)],
         "sha256": [hashlib.sha256(page).hexdigest()],
         "start": [0],  # tar offset of the page's first header
+        "digests_length": [0],  # format 6: its files' sha256s (unknown here: none stored)
+        "digests_sha256": [""],
     }
     page_text = dctx.decompressobj().decompress(page)
     assert page_text.isascii()  # ASCII JSON: the non-UTF-8 name travels as a \udcXX escape

@@ -15,7 +15,14 @@ from layers import CI
 
 from seekoci.errors import FormatError
 from seekoci.formats.base import Span
-from seekoci.formats.index import LayerIndex, parse, parse_header, parse_lazy, serialize
+from seekoci.formats.index import (
+    INDEX_VERSION,
+    LayerIndex,
+    parse,
+    parse_header,
+    parse_lazy,
+    serialize,
+)
 from seekoci.formats.pages import PAGE_ENTRIES, SPANS_PER_PAGE, PagedEntries, PagedSpans
 from seekoci.formats.tar import TarEntry
 
@@ -220,24 +227,26 @@ def test_a_malformed_page_of_a_published_index_falls_back_to_a_build(
     path.write_bytes(blob)
     digest = sha256_digest(blob)
     seekoci.open_layer(path, digest=digest, cache_dir=tmp_path / "publisher").index()
-    (good_file,) = (tmp_path / "publisher" / "indexes").rglob("*.v5")
+    (good_file,) = (tmp_path / "publisher" / "indexes").rglob(f"*.v{INDEX_VERSION}")
     good = good_file.read_bytes()
     header = parse_header(good)
     dctx = zstandard.ZstdDecompressor()
     directory = json.loads(dctx.decompressobj().decompress(good[64 : header.head_end]))
-    page = json.loads(dctx.decompressobj().decompress(good[header.head_end : header.span_offset]))
+    page_end = header.head_end + directory["pages"]["length"][0]
+    digests = good[page_end : header.span_offset]  # format 6: the files' sha256s follow
+    page = json.loads(dctx.decompressobj().decompress(good[header.head_end : page_end]))
     page["dense"]["size"].pop()  # a column one short: the page no longer parses
     new_page = zstandard.ZstdCompressor().compress(json.dumps(page).encode())
     directory["pages"]["length"] = [len(new_page)]
     directory["pages"]["sha256"] = [hashlib.sha256(new_page).hexdigest()]
     new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
-    toc_length = len(new_dir) + len(new_page)
+    toc_length = len(new_dir) + len(new_page) + len(digests)
     delta = toc_length - header.toc_length
     head = bytearray(good[:64])
     struct.pack_into("<QQQ", head, 24, toc_length, header.span_offset + delta,
                      header.windows_offset + delta)  # fmt: skip
     struct.pack_into("<Q", head, 56, len(new_dir))
-    bad = bytes(head) + new_dir + new_page + good[header.span_offset :]
+    bad = bytes(head) + new_dir + new_page + digests + good[header.span_offset :]
     bad_header = parse_header(bad)
 
     class Published:
