@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import nox
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
@@ -30,8 +33,14 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks against a local registry; figures go to docs/performance.md."""
+    """Benchmarks against a local registry; figures go to docs/performance.md (and
+    docs/performance-images.md). The image benchmarks' baseline is skopeo + umoci, their peak
+    RSS is read by GNU time: installed here when missing (as root)."""
     session.install("-e", ".[test]")
+    missing = [pkg for pkg in ("umoci", "time", "skopeo") if not shutil.which(pkg)]
+    if missing and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", *missing, external=True)
     session.run(
         "python",
         "-m",

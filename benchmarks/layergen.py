@@ -305,15 +305,30 @@ _ETC = {
 }
 
 
-def generate_layer(workdir: Path, size_mb: int, *, seed: int = 20240611) -> GeneratedLayer:
-    """Write ``workdir/layer.tar.gz`` of about ``size_mb`` MiB uncompressed; describe it."""
+def generate_layer(
+    workdir: Path,
+    size_mb: int,
+    *,
+    seed: int = 20240611,
+    text_share: float = TEXT_SHARE,
+    lib_mb: list[int] | None = None,
+) -> GeneratedLayer:
+    """Write ``workdir/layer.tar.gz`` of about ``size_mb`` MiB uncompressed; describe it.
+
+    ``text_share`` of it is Python-like text files; the libraries are ``lib_mb`` (MiB each,
+    default: :data:`LIB_COUNT` of random sizes adding up to :data:`LIB_SHARE`); the weights
+    file takes the rest (at least 1 MiB)."""
     rnd = random.Random(seed)
     total = size_mb * MIB
-    text_budget = int(total * TEXT_SHARE)
-    lib_budget = int(total * LIB_SHARE)
+    text_budget = int(total * text_share)
+    if lib_mb is None:
+        lib_budget = int(total * LIB_SHARE)
+        lib_weights = [rnd.uniform(0.5, 1.5) for _ in range(LIB_COUNT)]
+        lib_sizes = [int(lib_budget * w / sum(lib_weights)) for w in lib_weights]
+    else:
+        lib_sizes = [mb * MIB for mb in lib_mb]
+        lib_budget = sum(lib_sizes)
     weights_budget = max(MIB, total - text_budget - lib_budget)
-    lib_weights = [rnd.uniform(0.5, 1.5) for _ in range(LIB_COUNT)]
-    lib_sizes = [int(lib_budget * w / sum(lib_weights)) for w in lib_weights]
 
     blob_path = workdir / "layer.tar.gz"
     with blob_path.open("wb") as blob_file:
