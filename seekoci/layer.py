@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import threading
@@ -375,17 +376,24 @@ class Layer:
                 assert self._index is not None
                 return self._index
             progress = progress or self.progress
-            build = self._builder()
-            build.keep_spans = False
-            try:
-                while not build.done:
-                    build.step()
-                    if progress is not None:
-                        progress(self.name, build.fed, self.size)
-            except BaseException:
-                self._abandon_build()
-                raise
-            return self._complete(build)
+            # one full build per layer among the processes sharing the cache directory:
+            # the others wait, then find the index there
+            lock = self._cache.build_lock(self.digest) if self.digest else contextlib.nullcontext()
+            with lock:
+                if self.digest is not None and self._try_cache_dir():
+                    assert self._index is not None
+                    return self._index
+                build = self._builder()
+                build.keep_spans = False
+                try:
+                    while not build.done:
+                        build.step()
+                        if progress is not None:
+                            progress(self.name, build.fed, self.size)
+                except BaseException:
+                    self._abandon_build()
+                    raise
+                return self._complete(build)
 
     def _builder(self) -> _IndexBuild:
         if self._build is None:
