@@ -68,9 +68,25 @@ def open_image(
     layers are indexed and read on demand."""
     from .registry import resolve_image
 
-    resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
     cache = open_cache(cache_dir)
-    remote = _remote_indexes(resolved, cache)
+    found: list[Any] = []
+
+    def on_manifest(store: Any, digest: str, manifest: dict[str, Any]) -> None:
+        # published indexes are looked for while the config is fetched (not after)
+        remote = _remote_indexes(store, digest, manifest, cache)
+        if remote is not None:
+            remote.start()
+        found.append(remote)
+
+    resolved = resolve_image(
+        ref,
+        platform=platform,
+        auth=auth,
+        insecure=insecure,
+        blobs=cache.content_store(),
+        on_manifest=on_manifest,
+    )
+    remote = found[-1] if found else None
     layers = [
         Layer(
             resolved.blob_source(desc),
@@ -97,12 +113,15 @@ def open_image(
     return image
 
 
-def _remote_indexes(resolved: Any, cache: Any) -> Any:
+def _remote_indexes(store: Any, digest: str, manifest: dict[str, Any], cache: Any) -> Any:
     """Published indexes can only live next to an image in a registry (not a layout)."""
     from .registry.resolve import RegistryStore
     from .remote import RemoteIndexes
 
-    return RemoteIndexes(resolved, cache) if isinstance(resolved.store, RegistryStore) else None
+    if not isinstance(store, RegistryStore):
+        return None
+    reference = str(store.reference)
+    return RemoteIndexes(store, digest=digest, manifest=manifest, reference=reference, cache=cache)
 
 
 def open_layer(
