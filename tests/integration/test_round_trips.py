@@ -1,0 +1,139 @@
+"""Round trips: what a read asks the registry, cold (empty cache) and warm (all cached).
+
+Warm, a digest reference asks nothing and a tag reference only for the manifest the tag
+names now; cold, with an index published next to the image, the requests that do not
+depend on each other go out together (counted as a chain through a delaying proxy).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imagebuilder import file, image, layer, random_bytes, text_bytes
+
+import seekoci
+import seekoci.cache
+
+pytestmark = pytest.mark.integration
+
+NEEDLE = b"read with few round trips\n" * 8
+TOP = b"a file of the top layer\n"
+
+
+def big_layer() -> Any:
+    # ~7 MB of gzip, the needle far from both ends of the stream
+    return layer(
+        file("filler/random.bin", random_bytes("rtt-random", 6 << 20)),
+        file("needle/needle.txt", NEEDLE),
+        file("filler/text.txt", text_bytes("rtt-text", 8 << 20)),
+        producer="python",
+    )
+
+
+@pytest.fixture(scope="module")
+def published(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two repositories of the same image: one with a native index, one with SOCI only."""
+    img = image(layer(file("base.txt", b"base\n")), big_layer(), layer(file("top.txt", TOP)))
+    publisher = tmp_path_factory.mktemp("publisher")
+    digests = {}
+    for repo, extra in (
+        ("rtt/native", []),
+        ("rtt/soci", ["--format", "soci", "--min-layer-size", "1000000"]),
+    ):
+        digests[repo] = registry.push(repo, "v1", img)
+        pushed = subprocess.run(
+            [sys.executable, "-m", "seekoci", "index", registry.ref(repo, "v1"), "--push",
+             *extra, "--cache-dir", str(publisher)],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+    registry.push("rtt/plain", "v1", img)  # nothing published here
+    return digests
+
+
+def read_needle(ref: str, cache: Path | bool) -> None:
+    img = seekoci.open_image(ref, cache_dir=cache)
+    assert img.read_bytes("/needle/needle.txt") == NEEDLE
+    seekoci.cache.flush_all()  # what a process leaves behind when it exits
+
+
+@pytest.mark.parametrize("repo", ["rtt/native", "rtt/soci"])
+def test_a_warm_digest_reference_asks_nothing_and_a_tag_one_request(
+    published: dict[str, str], repo: str, registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    proxy = counting_proxy(registry)
+    cache = tmp_path / "cache"
+    read_needle(proxy.ref(repo, "v1"), cache)  # cold: fills the cache
+    assert proxy.requests() > 3
+
+    proxy.reset()
+    read_needle(proxy.ref(repo, published[repo]), cache)
+    assert proxy.requests() == 0, proxy.summary()
+
+    proxy.reset()
+    read_needle(proxy.ref(repo, "v1"), cache)
+    assert [(r.kind, r.path.rsplit("/", 1)[-1]) for r in proxy.records] == [("manifest", "v1")], (
+        proxy.summary()
+    )
+
+
+def test_a_warm_read_of_a_locally_built_index_asks_nothing(
+    published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    digest = published["rtt/native"]
+    built = seekoci.open_image(registry.ref("rtt/plain", digest), cache_dir=cache)
+    built.build_index()  # built here: nothing is published in rtt/plain
+    assert {lay.index_status for lay in built.layers} == {"built"}
+    proxy = counting_proxy(registry)
+    read_needle(proxy.ref("rtt/plain", digest), cache)
+    read_needle(proxy.ref("rtt/plain", digest), cache)
+    # the first read fetched the needle's span and nothing else
+    assert all(r.kind == "blob" and r.range for r in proxy.records), proxy.summary()
+    assert proxy.requests() == 1, proxy.summary()
+
+
+def test_a_damaged_cached_manifest_is_fetched_again(
+    published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    digest = published["rtt/native"]
+    read_needle(registry.ref("rtt/native", digest), cache)
+    kept = cache / "blobs" / "sha256" / digest.split(":")[1]
+    kept.write_bytes(kept.read_bytes().replace(b"layers", b"LAYERS"))
+    proxy = counting_proxy(registry)
+    read_needle(proxy.ref("rtt/native", digest), cache)
+    assert [r.path.rsplit("/", 1)[-1] for r in proxy.records] == [digest], proxy.summary()
+
+
+@pytest.mark.parametrize("how", ["tag", "digest"])
+def test_a_cold_read_through_a_published_index_waits_for_few_round_trips(
+    published: dict[str, str], how: str, registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    proxy = counting_proxy(registry, delay=0.05)
+    tag = "v1" if how == "tag" else published["rtt/native"]
+    read_needle(proxy.ref("rtt/native", tag), tmp_path / "empty")
+    chain = proxy.sequential_round_trips()
+    print(f"cold {how}: {chain} round trips, {proxy.requests()} requests")
+    # tag: manifest | config + referrers (API and tag at once) | artifact manifest |
+    # index header (all layers at once) | entry and span pages | the span with its record
+    assert chain <= 6, f"{chain} round trips:\n{proxy.summary()}"
+    assert proxy.requests() <= 14, proxy.summary()
+
+
+def test_a_cold_soci_read_fetches_the_ztocs_of_several_layers_at_once(
+    published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    proxy = counting_proxy(registry, delay=0.05)
+    img = seekoci.open_image(proxy.ref("rtt/soci", "v1"), cache_dir=tmp_path / "empty")
+    assert img.read_bytes("/needle/needle.txt") == NEEDLE
+    assert img.layers[1].index_status == "soci"
+    ztocs = [r for r in proxy.records if r.kind == "blob" and not r.range and r.body_bytes > 1000]
+    assert len(ztocs) == 1, proxy.summary()  # one layer is big enough for a zTOC
+    chain = proxy.sequential_round_trips()
+    print(f"cold soci: {chain} round trips, {proxy.requests()} requests")
+    assert chain <= 6, f"{chain} round trips:\n{proxy.summary()}"
