@@ -499,17 +499,13 @@ class RemoteIndexes:
     def _load_soci(
         self, published: _Published, layer_digest: str, media_type: str, blob_size: int
     ) -> LayerIndex:
-        from .formats.ztoc import decode_ztoc, ztoc_to_layer_index
+        from .formats.ztoc import lazy_layer_index
 
         blob = published.blob
         if blob.size > MAX_ZTOC_SIZE:
             raise FormatError(f"zTOC {blob.digest} of layer {layer_digest} is too large")
         data = self._ztoc(blob)  # verified against its digest
-        ztoc = decode_ztoc(data)
-        return ztoc_to_layer_index(
-            ztoc,
-            layer_digest=layer_digest,
-            media_type=media_type,
-            blob_size=blob_size,
-            raw_checkpoints=ztoc.checkpoints,
+        # every check of decode_ztoc, but entries become objects only when a read needs them
+        return lazy_layer_index(
+            data, layer_digest=layer_digest, media_type=media_type, blob_size=blob_size
         )
