@@ -24,6 +24,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -50,6 +51,13 @@ ANN_SPAN_SIZE = "dev.seekoci.span-size"
 ANN_METADATA_SIZE = "dev.seekoci.index.metadata-size"
 ANN_METADATA_DIGEST = "dev.seekoci.index.metadata-digest"
 ANN_BUILD_TOOL = "dev.seekoci.build-tool"
+#: On the artifact manifest (so in referrers listings too): its layer descriptors as JSON,
+#: each with its header and directory (base64, field :data:`ANN_HEAD_FIELD`) when they are
+#: small, so a reader needs neither the artifact manifest nor a first range read.
+ANN_LAYERS = "dev.seekoci.index.layers"
+ANN_HEAD_FIELD = "dev.seekoci.head"
+#: Base64 bytes of headers listed in :data:`ANN_LAYERS` at most (else descriptors only).
+MAX_LISTED_HEADS = 64 << 10
 
 SOCI_INDEX_V1 = "application/vnd.amazon.soci.index.v1+json"
 SOCI_INDEX_V2 = "application/vnd.amazon.soci.index.v2+json"
@@ -236,7 +244,10 @@ class RemoteIndexes:
         socis = [d.digest for d in referrers if d.artifact_type == SOCI_INDEX_V1]
         if isinstance(v2, str):
             socis.insert(0, v2)  # the snapshotter looks for v2 first
-        manifests = [(d.digest, _pool().submit(self._manifest, d.digest)) for d in natives]
+        listed = [d for d in natives if self._add_listed(found, d)]
+        manifests = [
+            (d.digest, _pool().submit(self._manifest, d.digest)) for d in natives if d not in listed
+        ]
         for digest, future in manifests:
             try:
                 self._add_native(found, digest, future.result())
@@ -281,6 +292,48 @@ class RemoteIndexes:
         body = self._store.manifest_bytes(digest, where=where)
         doc = parse_manifest(body, media_type_hint=None, digest=digest, where=where)
         return doc.data
+
+    def _add_listed(self, found: dict[str, list[_Published]], listing: Descriptor) -> bool:
+        """The index blobs an artifact names in its listed annotations (and their heads,
+        kept once they match the metadata digest); False if it lists none."""
+        import base64
+
+        from .registry.manifest import Descriptor
+
+        raw = listing.annotations.get(ANN_LAYERS)
+        if not raw:
+            return False
+        where = f"referrers listing of {self._digest}: artifact {listing.digest}"
+        try:
+            items = json.loads(raw)
+            if not isinstance(items, list):
+                raise ValueError("not a list")
+            blobs = [(Descriptor.from_json(item, where=where), item) for item in items]
+        except (ValueError, FormatError) as exc:
+            log.info("seekoci: %s: unusable %s annotation: %s", where, ANN_LAYERS, exc)
+            return False
+        for blob, item in blobs:
+            layer = blob.annotations.get(ANN_LAYER_DIGEST)
+            if blob.media_type != NATIVE_BLOB_MEDIA_TYPE or not layer:
+                continue
+            found.setdefault(layer, []).append(_Published("native", blob, listing.digest))
+            head = item.get(ANN_HEAD_FIELD) if isinstance(item, dict) else None
+            if isinstance(head, str):
+                with contextlib.suppress(ValueError, SeekociError):
+                    self._offer_head(blob, base64.b64decode(head, validate=True))
+        return True
+
+    def _offer_head(self, blob: Descriptor, head: bytes) -> None:
+        """A head that came with the listing: kept if it matches the metadata digest."""
+        _size, digest, where = self._head_of(blob, blob.annotations.get(ANN_LAYER_DIGEST, "?"))
+        if "sha256:" + hashlib.sha256(head).hexdigest() != digest:
+            raise IntegrityError(f"{where}: listed header does not match its digest")
+        done: concurrent.futures.Future[bytes] = concurrent.futures.Future()
+        done.set_result(head)
+        with self._lock:
+            self._heads.setdefault(blob.digest, done)
+        if self._cache is not None:
+            self._cache.save_span(digest.partition(":")[2], head)
 
     def _layers_of(self, manifest: dict[str, Any], where: str) -> list[Descriptor]:
         from .registry.manifest import Descriptor
