@@ -212,8 +212,11 @@ class RemoteIndexes:
         return doc is not None and bool(doc) and self._same_place(doc)
 
     def start(self) -> None:
-        """Begin discovery in the background, unless no layer will need it."""
-        if all(self._known_locally(d) for d in self._layer_digests()):
+        """Begin discovery in the background when nothing of this image is known locally
+        (a first read: it will need discovery, and the listing then overlaps the config).
+        Once any layer's index is cached, discovery waits until a layer asks for it: a
+        read that stays within cached layers asks the registry nothing more."""
+        if any(self._known_locally(d) for d in self._layer_digests()):
             return
         self._future()
 

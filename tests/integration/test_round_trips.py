@@ -63,8 +63,9 @@ def read_needle(ref: str, cache: Path | bool) -> None:
 
 @pytest.mark.parametrize("repo", ["rtt/native", "rtt/soci"])
 def test_a_warm_digest_reference_asks_nothing_and_a_tag_one_request(
-    published: dict[str, str], repo: str, registry: Any, counting_proxy: Any, tmp_path: Path
-) -> None:
+    published: dict[str, str], repo: str, registry: Any, counting_proxy: Any, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     proxy = counting_proxy(registry)
     cache = tmp_path / "cache"
     read_needle(proxy.ref(repo, "v1"), cache)  # cold: fills the cache
@@ -79,6 +80,13 @@ def test_a_warm_digest_reference_asks_nothing_and_a_tag_one_request(
     assert [(r.kind, r.path.rsplit("/", 1)[-1]) for r in proxy.records] == [("manifest", "v1")], (
         proxy.summary()
     )
+
+    # the cached referrers listing has expired: the read stays within cached layers (the
+    # base layer was never needed) and asks for nothing more
+    monkeypatch.setenv("SEEKOCI_REFERRERS_TTL", "0")
+    proxy.reset()
+    read_needle(proxy.ref(repo, published[repo]), cache)
+    assert proxy.requests() == 0, proxy.summary()
 
 
 def test_a_warm_read_of_a_locally_built_index_asks_nothing(
