@@ -689,7 +689,12 @@ class DiskCache:
 
     def load_range(self, blob_digest: str, offset: int, length: int) -> bytes | None:
         """Bytes ``[offset, offset + length)`` of a blob, from a saved range that holds
-        them and still matches the sha256 saved with it."""
+        them and still matches the sha256 saved with it (None for a name that is not a
+        digest)."""
+        try:
+            _split(blob_digest)
+        except ValueError:
+            return None
         for start, size in self._known_ranges(blob_digest):
             if not (start <= offset and offset + length <= start + size):
                 continue
@@ -712,6 +717,10 @@ class DiskCache:
 
     def save_range(self, blob_digest: str, offset: int, data: bytes) -> None:
         """Keep bytes ``[offset, offset + len(data))`` of the blob ``blob_digest``."""
+        try:
+            _split(blob_digest)
+        except ValueError:
+            return
         if not data:
             return
         path = self._range_dir(blob_digest) / f"{offset}-{len(data)}"

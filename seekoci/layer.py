@@ -291,7 +291,13 @@ class Layer:
         # "GNUlInUx" (current) or "GnUlInUx" (older producers).
         if self.compression not in ("gzip", "zstd") or self.size < 51:
             return "tar"
-        tail = self.source.read_range(self.size - 64 if self.size >= 64 else 0, 64)
+        at = self.size - 64 if self.size >= 64 else 0
+        key = self.digest or ""  # a blob by digest never changes: its footer is kept
+        tail = self._cache.load_range(key, at, 64) if key else None
+        if tail is None:
+            tail = self.source.read_range(at, 64)
+            if key:
+                self._cache.save_range(key, at, tail)
         if self.compression == "gzip" and tail[-51:][:2] == b"\x1f\x8b" and b"STARGZ" in tail:
             return "estargz"
         if self.compression == "zstd" and tail[-8:] in (b"GNUlInUx", b"GnUlInUx"):
