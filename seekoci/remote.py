@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,7 @@ ANN_BUILD_TOOL = "dev.seekoci.build-tool"
 #: small, so a reader needs neither the artifact manifest nor a first range read.
 ANN_LAYERS = "dev.seekoci.index.layers"
 ANN_HEAD_FIELD = "dev.seekoci.head"
+_SHA256 = re.compile(r"sha256:[0-9a-f]{64}")
 #: Base64 bytes of headers listed in :data:`ANN_LAYERS` at most (else descriptors only).
 MAX_LISTED_HEADS = 64 << 10
 
@@ -358,8 +360,22 @@ class RemoteIndexes:
         """Read the SOCI index manifests found by discovery (once, when first needed; all
         at once), then start fetching the zTOCs of the layers no native index covers."""
         found = self._discover() if found is None else found
-        with self._lock:
-            pending, self._soci_pending = self._soci_pending, []
+        with self._lock:  # one reader of them; the others wait for what it found
+            loading = self._soci_loaded
+            if loading is None:
+                loading = self._soci_loaded = concurrent.futures.Future()
+                pending, self._soci_pending = self._soci_pending, []
+            else:
+                pending = None
+        if pending is None:
+            loading.result()
+            return
+        try:
+            self._read_soci_manifests(found, pending)
+        finally:
+            loading.set_result(None)
+
+    def _read_soci_manifests(self, found: dict[str, list[_Published]], pending: list[str]) -> None:
         futures = [(d, _pool().submit(self._manifest, d)) for d in pending]
         added: list[tuple[str, _Published]] = []
         for digest, future in futures:
@@ -510,6 +526,8 @@ class RemoteIndexes:
             digest = blob.annotations[ANN_METADATA_DIGEST]
         except (KeyError, ValueError):
             raise FormatError(f"{where}: no metadata size/digest annotations") from None
+        if not _SHA256.fullmatch(digest):  # it names a cache file: a digest, nothing else
+            raise FormatError(f"{where}: metadata digest {digest[:80]!r} is not a sha256")
         if not HEADER_SIZE <= size <= blob.size:
             raise FormatError(f"{where}: metadata size {size} out of range")
         return size, digest, where
