@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 NEEDLE = b"read with few round trips\n" * 8
 TOP = b"a file of the top layer\n"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 
 
 def big_layer() -> Any:
@@ -163,3 +164,43 @@ def test_a_cold_soci_read_fetches_the_ztocs_of_several_layers_at_once(
     print(f"cold soci: {chain} round trips, {proxy.requests()} requests")
     # manifest | config + referrers | SOCI index manifest | zTOC | span
     assert chain <= 5, f"{chain} round trips:\n{proxy.summary()}"
+
+
+def test_a_listed_header_that_does_not_match_its_digest_is_fetched_instead(
+    published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    import base64
+    import json
+
+    import requests
+
+    from .servers import FakeResponse
+
+    tag = "sha256-" + published["rtt/native"].split(":")[1]
+    path = f"/v2/rtt/native/manifests/{tag}"
+    index = requests.get(
+        registry.url + path, headers={"Accept": OCI_INDEX}, timeout=10
+    ).json()  # fmt: skip
+    damaged = 0
+    for entry in index["manifests"]:
+        listed = entry.get("annotations", {}).get("dev.seekoci.index.layers")
+        if listed:
+            layers = json.loads(listed)
+            for item in layers:
+                head = bytearray(base64.b64decode(item["dev.seekoci.head"]))
+                head[-1] ^= 0xFF
+                item["dev.seekoci.head"] = base64.b64encode(bytes(head)).decode()
+                damaged += 1
+            entry["annotations"]["dev.seekoci.index.layers"] = json.dumps(layers)
+    assert damaged == 3
+    proxy = counting_proxy(registry)
+    proxy.fakes[path] = FakeResponse(
+        200, json.dumps(index).encode(), {"Content-Type": OCI_INDEX}
+    )  # fmt: skip
+    img = seekoci.open_image(proxy.ref("rtt/native", "v1"), cache_dir=tmp_path / "empty")
+    assert img.read_bytes("/needle/needle.txt") == NEEDLE
+    assert img.layers[1].index_status == "native"
+    heads = [
+        r for r in proxy.records if r.kind == "blob" and (r.range or "").startswith("bytes=0-")
+    ]
+    assert heads, proxy.summary()  # the header and directory read from the index blob
