@@ -194,3 +194,34 @@ def test_cache_info_and_prune_commands(tmp_path: Path, capsys: pytest.CaptureFix
     capsys.readouterr()
     assert cache.usage()["indexes"].files == 0 and cache.usage()["spans"].files == 0
     assert cli.main(["cache", "prune", "--cache-dir", str(tmp_path), "--max", "lots"]) == 2
+
+
+def _hammer(root: str, seed: int) -> int:
+    """Save and load spans in a small capped directory; count loads that came back."""
+    cache = DiskCache(root, background=True, max_bytes=40_000)
+    found = 0
+    for round_ in range(150):
+        name, data = span(seed * 1000 + round_ % 40)
+        cache.save_span(name, data)
+        for other in range(0, 40, 7):
+            o_name, o_data = span(((seed + 1) % 4) * 1000 + other)
+            loaded = cache.load_span(o_name)
+            assert loaded is None or loaded == o_data  # never other bytes
+            found += loaded is not None
+    cache.flush(30)
+    return found
+
+
+def test_processes_sharing_a_capped_directory_never_see_damage(tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        found = pool.starmap(_hammer, [(str(tmp_path), seed) for seed in range(4)])
+    assert sum(found) > 0  # they did share
+    cache = DiskCache(tmp_path, max_bytes=0)
+    files = [p for p in (tmp_path / "spans" / "sha256").iterdir()]
+    assert not [p for p in files if p.name.startswith(".tmp-")]
+    for path in files:  # every file left is whole: its bytes match its name
+        assert cache.load_span(path.name) is not None, path
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 40_000 + 40_000 // 16 + 4 * 64 * 1000
