@@ -338,6 +338,7 @@ class MemoryCache:
         self._referrers: dict[str, tuple[float, list[dict[str, Any]]]] = {}
         self._build_locks: dict[str, threading.Lock] = {}
         self._span_bytes = 0
+        self._range_bytes = 0
         self._max = max_span_bytes
         self._lock = threading.Lock()
 
@@ -404,7 +405,11 @@ class MemoryCache:
 
     def save_range(self, blob_digest: str, offset: int, data: bytes) -> None:
         with self._lock:
+            if self._range_bytes + len(data) > self._max // 4:  # bounded: start over
+                self._ranges.clear()
+                self._range_bytes = 0
             self._ranges.setdefault(blob_digest, {})[(offset, len(data))] = data
+            self._range_bytes += len(data)
 
     def load_referrers(self, subject: str, max_age: float) -> list[dict[str, Any]] | None:
         with self._lock:

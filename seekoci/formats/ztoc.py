@@ -1172,6 +1172,8 @@ def _scan_aligned(
     if start & 3:
         raise _Unaligned
     last = size - 4
+    add_position, add_name, add_kind = positions.append, names.append, kinds.append
+    add_offset, add_size = offsets.append, sizes.append
     for at in range(start, start + 4 * count, 4):
         pos = at + words[at >> 2]
         if pos > last:
@@ -1210,11 +1212,11 @@ def _scan_aligned(
                     _xattrs(buf, pos, obj_size, (0,) * 13 + (xattr_off,))
             else:
                 _xattrs(buf, pos, obj_size, (0,) * 13 + (xattr_off,))
-        positions.append(pos)
-        names.append(name)
-        kinds.append(kind)
-        offsets.append(i64(data, pos + offset_off)[0] if offset_off else 0)
-        sizes.append(i64(data, pos + size_off)[0] if size_off else 0)
+        add_position(pos)
+        add_name(name)
+        add_kind(kind)
+        add_offset(i64(data, pos + offset_off)[0] if offset_off else 0)
+        add_size(i64(data, pos + size_off)[0] if size_off else 0)
     return positions, names, kinds, offsets, sizes
 
 
@@ -1351,23 +1353,25 @@ def lazy_layer_index(
         offsets, sizes = [offsets[i] for i in order], [sizes[i] for i in order]
     # SOCI's reader's rule, as _header_offsets: the first header at 0, each next one right
     # after the padded data of the entry before; each entry's data one block or more later
-    ends = zip(offsets[:-1], sizes[:-1], strict=True)
-    headers = [0, *(_align(o + n) for o, n in ends)] if offsets else []
+    mask = -BLOCK  # BLOCK is a power of two: x & mask rounds down to a block
+    ends = map(operator.add, offsets[:-1], sizes[:-1])
+    headers = [0, *[(e + BLOCK - 1) & mask for e in ends]] if offsets else []
     gaps = list(map(operator.sub, offsets, headers))
-    if gaps and (min(gaps) < BLOCK or any(g % BLOCK for g in gaps)):
+    if gaps and (min(gaps) < BLOCK or any(map((BLOCK - 1).__and__, gaps))):
         k = next(k for k, g in enumerate(gaps) if g < BLOCK or g % BLOCK)
         i = order[k]
         raise FormatError(
             f"{where}: entry {_text(raw_names[i])!r} at offset {offsets[k]} overlaps the "
             f"entry before it or does not follow a tar header (next header at {headers[k]})"
         )
-    names, unsafe = _entry_names([raw_names[i] for i in order])
+    in_order = isinstance(order, range)
+    names, unsafe = _entry_names(raw_names if in_order else [raw_names[i] for i in order])
     data_end = 0
     if offsets:  # the last entry's data ends last: entries never overlap
         data_end = offsets[-1] + (sizes[-1] if kinds[order[-1]] == b"reg" else 0)
     entries = ZtocEntries(
         buf,
-        [positions[i] for i in order],
+        positions if in_order else [positions[i] for i in order],
         headers,
         names,
         unsafe,
