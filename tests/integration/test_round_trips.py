@@ -44,6 +44,7 @@ def published(registry: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     for repo, extra in (
         ("rtt/native", []),
         ("rtt/soci", ["--format", "soci", "--min-layer-size", "1000000"]),
+        ("rtt/soci-all", ["--format", "soci", "--min-layer-size", "0"]),  # every layer
     ):
         digests[repo] = registry.push(repo, "v1", img)
         pushed = subprocess.run(
@@ -151,19 +152,38 @@ def test_an_artifact_listed_without_its_layers_is_read_as_before(
     assert proxy.sequential_round_trips() <= 6, proxy.summary()
 
 
-def test_a_cold_soci_read_fetches_the_ztocs_of_several_layers_at_once(
+def test_a_cold_soci_read_decodes_lazily(
     published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
 ) -> None:
+    from seekoci.formats.ztoc import ZtocEntries
+
     proxy = counting_proxy(registry, delay=0.05)
     img = seekoci.open_image(proxy.ref("rtt/soci", "v1"), cache_dir=tmp_path / "empty")
     assert img.read_bytes("/needle/needle.txt") == NEEDLE
     assert img.layers[1].index_status == "soci"
+    entries = img.layers[1].index().entries
+    assert isinstance(entries, ZtocEntries)
+    assert entries._made.count(None) >= len(entries) - 3  # the needle and little else
     ztocs = [r for r in proxy.records if r.kind == "blob" and not r.range and r.body_bytes > 1000]
     assert len(ztocs) == 1, proxy.summary()  # one layer is big enough for a zTOC
     chain = proxy.sequential_round_trips()
     print(f"cold soci: {chain} round trips, {proxy.requests()} requests")
     # manifest | config + referrers | SOCI index manifest | zTOC | span
     assert chain <= 5, f"{chain} round trips:\n{proxy.summary()}"
+
+
+def test_the_ztocs_of_several_layers_are_fetched_at_once(
+    published: dict[str, str], registry: Any, counting_proxy: Any, tmp_path: Path
+) -> None:
+    proxy = counting_proxy(registry, delay=0.2)
+    img = seekoci.open_image(proxy.ref("rtt/soci-all", "v1"), cache_dir=tmp_path / "empty")
+    assert img.read_bytes("/needle/needle.txt") == NEEDLE
+    assert [lay.index_status for lay in img.layers][1:] == ["soci", "soci"]
+    ztocs = [r for r in proxy.records if r.kind == "blob" and not r.range and r.body_bytes > 300]
+    assert len(ztocs) == 3, proxy.summary()
+    # all three in flight together: each started before any of them was answered
+    assert max(r.start for r in ztocs) < min(r.end for r in ztocs), proxy.summary()
+    assert proxy.sequential_round_trips() <= 5, proxy.summary()
 
 
 def test_a_listed_header_that_does_not_match_its_digest_is_fetched_instead(
