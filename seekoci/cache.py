@@ -203,7 +203,7 @@ class _Writer:
             old = self._pending.get(path)
             if old is not None and not replace:
                 return True
-            if self._bytes + len(data) > self.limit:
+            if self._bytes and self._bytes + len(data) > self.limit:  # one big file may go
                 self.dropped += 1
                 return False
             self._pending[path] = data

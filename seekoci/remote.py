@@ -129,7 +129,7 @@ def _pool() -> concurrent.futures.ThreadPoolExecutor:
 
 def _discovery_pool() -> concurrent.futures.ThreadPoolExecutor:
     # its own pool: discovery waits on fetches submitted to _pool(), never on itself
-    return shared_pool("seekoci-discovery", 2)
+    return shared_pool("seekoci-discovery", 4)
 
 
 @dataclass

@@ -29,8 +29,9 @@ from .reference import LayoutReference, Reference, parse_reference
 
 #: Indexes pointing at indexes: real images use one level, layouts sometimes two.
 MAX_INDEX_DEPTH = 4
-#: Blobs fetched whole larger than this are not kept in the blob store.
-MAX_STORED_BLOB = 64 << 20
+#: Blobs fetched whole larger than this are not kept in the blob store (a zTOC is ~3% of
+#: its layer: this keeps those of layers up to ~8 GB).
+MAX_STORED_BLOB = 256 << 20
 
 
 class BlobStore(Protocol):

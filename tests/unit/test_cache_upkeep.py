@@ -71,6 +71,8 @@ def test_a_full_write_queue_drops_saves_instead_of_waiting() -> None:
     assert writer.dropped == 1
     gate.set()
     assert writer.flush(10)
+    assert writer.submit(Path("/nonexistent/c"), b"x" * 5000)  # alone, even past the limit
+    assert writer.flush(10)
     assert writer.get(Path("/nonexistent/a")) is None  # the write failed quietly; dequeued
 
 
