@@ -46,9 +46,7 @@ import struct
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
-
-import flatbuffers  # type: ignore[import-untyped, unused-ignore]
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from .base import WINDOW_SIZE, Span
@@ -57,6 +55,9 @@ from .gzip import GZIP_MAGIC, GzipIndexer
 from .index import LayerIndex
 from .plain import PlainIndexer
 from .tar import _TYPES, BLOCK, TarEntry, TarScanner, _number, normalize_name
+
+if TYPE_CHECKING:
+    import flatbuffers  # type: ignore[import-untyped, unused-ignore]
 
 ZTOC_VERSION = "0.9"
 GZIP = "gzip"
@@ -217,7 +218,7 @@ def parse_gzip_checkpoints(blob: bytes, *, where: str = "zTOC") -> tuple[int, li
 
 def tar_zinfo_blob(span_size: int, size: int) -> bytes:
     """The checkpoint bytes of an uncompressed layer: a ``TarZinfo`` flatbuffer."""
-    b = flatbuffers.Builder(64)
+    b = _builder(64)
     b.StartObject(3)
     b.PrependInt32Slot(0, TAR_ZINFO_VERSION, 0)
     b.PrependInt64Slot(1, span_size, 0)
@@ -321,6 +322,14 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def _builder(size: int) -> flatbuffers.Builder:
+    # imported here: the flatbuffers package imports numpy (~0.13 s), and only writing a
+    # zTOC needs it -- reading one (every SOCI read) does not
+    import flatbuffers  # type: ignore[import-untyped, unused-ignore]
+
+    return flatbuffers.Builder(size)
+
+
 def _offsets_vector(b: flatbuffers.Builder, offsets: Sequence[int]) -> int:
     b.StartVector(4, len(offsets), 4)
     for off in reversed(offsets):
@@ -366,7 +375,7 @@ def encode_ztoc(z: Ztoc) -> bytes:
     """The zTOC flatbuffer bytes of ``z``."""
     if z.compression_algorithm not in _ALGORITHM_IDS:
         raise ValueError(f"unknown compression algorithm {z.compression_algorithm!r}")
-    b = flatbuffers.Builder(1024 + len(z.checkpoints) + 256 * len(z.files))
+    b = _builder(1024 + len(z.checkpoints) + 256 * len(z.files))
     version = b.CreateString(_utf8(z.version))
     tool = b.CreateString(_utf8(z.build_tool_identifier))
     # children before parents: flatbuffers are written back to front
