@@ -6,13 +6,21 @@ ones -- once per image, on the first layer that needs an index -- and turns them
 :class:`~seekoci.formats.index.LayerIndex` objects:
 
 * **native**: an OCI artifact (``artifactType`` :data:`NATIVE_ARTIFACT_TYPE`) whose
-  ``subject`` is the image manifest, one index blob per layer. The blob is read by range:
-  its header, table of contents and span table in one or two requests, checked against
-  the metadata digest in the (digest-verified) artifact manifest; then only the windows a
-  read needs, each checked against its span record.
+  ``subject`` is the image manifest, one index blob per layer. The referrers listing
+  usually names the blobs itself (:data:`ANN_LAYERS`, with each index's header and
+  directory), else the artifact manifest does. The blob is read by range: its header and
+  directory (checked against the metadata digest), then only the entry pages, span pages
+  and records a read needs, each checked against the directory -- and kept in the cache
+  directory by range.
 * **SOCI**: a v2 index named by the image manifest's ``com.amazon.soci.index-digest``
   annotation, else a v1 index found through the referrers API or referrers tag. A layer's
-  zTOC is fetched whole and checked against its digest.
+  zTOC is fetched whole (those of several layers at once), checked against its digest and
+  kept by it, and read lazily (:func:`~seekoci.formats.ztoc.lazy_layer_index`).
+
+Round trips (docs/performance.md): discovery starts in the background as soon as the
+manifest is known, the referrers API and tag are asked at once, artifact manifests and
+index heads of every layer are fetched together; a remembered index (``published/`` in the
+cache) needs no discovery at all.
 
 Trust: a published index is trusted like the repository that holds it. Span digests prove
 that the compressed bytes fetched are the ones the index describes; only a build reads a
