@@ -83,9 +83,25 @@ def open_image(
         "span_size": span_size,
         "index_repo": index_repo,
     }
-    resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
     cache = open_cache(cache_dir)
-    remote = _remote_indexes(resolved, cache, index_repo, insecure=insecure)
+    found: list[Any] = []
+
+    def on_manifest(store: Any, digest: str, manifest: dict[str, Any]) -> None:
+        # published indexes are looked for while the config is fetched (not after)
+        remote = _remote_indexes(store, digest, manifest, cache, index_repo, insecure=insecure)
+        if remote is not None:
+            remote.start()
+        found.append(remote)
+
+    resolved = resolve_image(
+        ref,
+        platform=platform,
+        auth=auth,
+        insecure=insecure,
+        blobs=cache.content_store(),
+        on_manifest=on_manifest,
+    )
+    remote = found[-1] if found else None
     layers = [
         make_layer(
             resolved.blob_source(desc),
@@ -116,7 +132,13 @@ def open_image(
 
 
 def _remote_indexes(
-    resolved: Any, cache: Any, index_repo: str | None, *, insecure: bool | None
+    store: Any,
+    digest: str,
+    manifest: dict[str, Any],
+    cache: Any,
+    index_repo: str | None,
+    *,
+    insecure: bool | None,
 ) -> Any:
     """Published indexes live next to an image in a registry (not a layout), or in an
     index repository (for any image)."""
@@ -125,10 +147,20 @@ def _remote_indexes(
     from .remote import RemoteIndexes
 
     name = index_repo if index_repo is not None else index_repo_from_env()
-    repo = IndexRepository.for_image(name, resolved, insecure=insecure) if name else None
-    if isinstance(resolved.store, RegistryStore) or repo is not None:
-        return RemoteIndexes(resolved, cache, index_repo=repo)
-    return None
+    repo = IndexRepository.for_store(name, store, insecure=insecure) if name else None
+    in_registry = isinstance(store, RegistryStore)
+    if not in_registry and repo is None:
+        return None
+    reference = str(store.reference) if in_registry else digest
+    return RemoteIndexes(
+        store,
+        digest=digest,
+        manifest=manifest,
+        reference=reference,
+        cache=cache,
+        index_repo=repo,
+        in_registry=in_registry,
+    )
 
 
 def open_layer(

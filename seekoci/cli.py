@@ -454,6 +454,63 @@ def _add_insight_commands(command: Callable[..., argparse.ArgumentParser]) -> No
     s.set_defaults(func=cmd_bloat)
 
 
+def _cache_of(args: argparse.Namespace) -> Any:
+    from .cache import DiskCache, default_cache_dir
+
+    return DiskCache(args.cache_dir or default_cache_dir())
+
+
+def _size_text(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
+
+
+def cmd_cache_info(args: argparse.Namespace, out: TextIO) -> int:
+    cache = _cache_of(args)
+    usage = cache.usage()
+    total = sum(u.bytes for u in usage.values())
+    if args.json:
+        doc = {
+            "location": str(cache.root),
+            "bytes": total,
+            "max_bytes": cache.max_bytes,
+            "kinds": {k: {"files": u.files, "bytes": u.bytes} for k, u in usage.items()},
+        }
+        out.write(json.dumps(doc, indent=2) + "\n")
+        return 0
+    cap = _size_text(cache.max_bytes) if cache.max_bytes else "none"
+    out.write(f"location: {cache.root}\n")
+    out.write(f"size:     {_size_text(total)} of {cap} ($SEEKOCI_CACHE_MAX)\n")
+    for kind, u in usage.items():
+        out.write(f"  {kind:<10} {u.files:>8} files {_size_text(u.bytes):>12}\n")
+    return 0
+
+
+def cmd_cache_prune(args: argparse.Namespace, out: TextIO) -> int:
+    from .cache import parse_size
+
+    cache = _cache_of(args)
+    limit = None
+    if args.max is not None:
+        try:
+            limit = parse_size(args.max)
+        except ValueError as exc:
+            print(f"seekoci: error: {exc}", file=sys.stderr)
+            return 2
+    result = cache.prune(limit, everything=args.all)
+    out.write(
+        f"removed {result.removed_files} files ({_size_text(result.removed_bytes)}); "
+        f"{_size_text(max(result.remaining_bytes, 0))} left in {cache.root}\n"
+    )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     from ._sample import run_demo
 
@@ -644,6 +701,28 @@ def _parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_models)
 
     _add_insight_commands(command)
+
+    s = sub.add_parser(
+        "cache",
+        help="the cache directory: size, pruning",
+        description="The cache directory: what it holds, and pruning it.",
+    )
+    csub = s.add_subparsers(
+        dest="cache_command", required=True, metavar="COMMAND", help="info or prune"
+    )
+    c = csub.add_parser("info", help="location, size, cap, files by kind")
+    c.add_argument(
+        "--cache-dir",
+        help="the cache directory (default: $SEEKOCI_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/seekoci, else ~/.cache/seekoci)",
+    )
+    c.add_argument("--json", action="store_true", help="print a JSON object")
+    c.set_defaults(func=cmd_cache_info)
+    c = csub.add_parser("prune", help="remove least recently used files (spans first)")
+    c.add_argument("--cache-dir", help="the cache directory (default as for `cache info`)")
+    c.add_argument("--max", help="keep at most this much (e.g. 500M, 5G; default: the cap)")
+    c.add_argument("--all", action="store_true", help="remove everything cached")
+    c.set_defaults(func=cmd_cache_prune)
 
     s = command("demo", "build a sample image on disk and read files out of it", image=False)
     s.add_argument(

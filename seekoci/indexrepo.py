@@ -99,9 +99,14 @@ class IndexRepository:
 
     @classmethod
     def for_image(cls, name: str, resolved: Any, *, insecure: bool | None) -> IndexRepository:
+        return cls.for_store(name, resolved.store, insecure=insecure)
+
+    @classmethod
+    def for_store(cls, name: str, store: Any, *, insecure: bool | None) -> IndexRepository:
+        """The index repository ``name`` for an image in ``store`` (whose registry client,
+        and so its credentials, serve a repository on the same registry)."""
         from .registry.resolve import RegistryStore
 
-        store = resolved.store
         client = store.client if isinstance(store, RegistryStore) else None
         return cls.open(name, client=client, insecure=insecure)
 
@@ -121,7 +126,7 @@ class IndexRepository:
         layer; ``("", [])`` when the repository has none (or cannot be read: logged)."""
         from .registry.manifest import Descriptor, parse_manifest
         from .registry.push import get_manifest_optional
-        from .remote import ANN_LAYER_DIGEST, NATIVE_ARTIFACT_TYPE, NATIVE_BLOB_MEDIA_TYPE
+        from .remote import ANN_LAYER_DIGEST, NATIVE_ARTIFACT_TYPE, NATIVE_BLOB_MEDIA_TYPES
 
         tag = layer_tag(layer_digest)
         where = f"index repository {self.name}:{tag}"
@@ -157,7 +162,7 @@ class IndexRepository:
         found = [
             b
             for b in blobs
-            if b.media_type == NATIVE_BLOB_MEDIA_TYPE
+            if b.media_type in NATIVE_BLOB_MEDIA_TYPES
             and b.annotations.get(ANN_LAYER_DIGEST) == layer_digest
         ]
         return fetched.digest, found

@@ -12,6 +12,7 @@ large range requests and decodes them in parallel, in order.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -143,7 +144,13 @@ class Layer:
         # "GNUlInUx" (current) or "GnUlInUx" (older producers).
         if self.compression not in ("gzip", "zstd") or self.size < 51:
             return "tar"
-        tail = self.source.read_range(self.size - 64 if self.size >= 64 else 0, 64)
+        at = self.size - 64 if self.size >= 64 else 0
+        key = self.digest or ""  # a blob by digest never changes: its footer is kept
+        tail = self._cache.load_range(key, at, 64) if key else None
+        if tail is None:
+            tail = self.source.read_range(at, 64)
+            if key:
+                self._cache.save_range(key, at, tail)
         if self.compression == "gzip" and tail[-51:][:2] == b"\x1f\x8b" and b"STARGZ" in tail:
             return "estargz"
         if self.compression == "zstd" and tail[-8:] in (b"GNUlInUx", b"GnUlInUx"):
@@ -231,20 +238,27 @@ class Layer:
                 assert self._index is not None
                 return self._index
             progress = progress or self.progress
-            started = self._build is not None
-            build = self._builder()
-            build.keep_spans = False
-            if tee is not None and not started:
-                build.tee = tee
-            try:
-                while not build.done:
-                    build.step()
-                    if progress is not None:
-                        progress(self.name, build.fed, self.size)
-            except BaseException:
-                self._abandon_build()
-                raise
-            return self._complete(build)
+            # one full build per layer among the processes sharing the cache directory:
+            # the others wait, then find the index there
+            lock = self._cache.build_lock(self.digest) if self.digest else contextlib.nullcontext()
+            with lock:
+                if self.digest is not None and self._try_cache_dir():
+                    assert self._index is not None
+                    return self._index
+                started = self._build is not None
+                build = self._builder()
+                build.keep_spans = False
+                if tee is not None and not started:
+                    build.tee = tee
+                try:
+                    while not build.done:
+                        build.step()
+                        if progress is not None:
+                            progress(self.name, build.fed, self.size)
+                except BaseException:
+                    self._abandon_build()
+                    raise
+                return self._complete(build)
 
     def pass_started(self) -> bool:
         """Whether a build pass stopped part way (a lookup indexed only as far as it needed)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -60,19 +61,42 @@ def list_referrers(
     subject_digest: str,
     *,
     artifact_type: str | None = None,
+    tag_at_once: bool = False,
 ) -> list[Descriptor]:
     """The manifests in ``repository`` that refer to ``subject_digest``, oldest first.
 
     Asks the referrers API; if the registry has none, reads the referrers tag (missing: no
     referrers). With ``artifact_type``, only descriptors whose ``artifactType`` is that (for
     a SOCI v1 index, its config media type ``application/vnd.amazon.soci.index.v1+json``).
+    ``tag_at_once``: read the tag at the same time as the API is asked, not after it said
+    no -- one round trip instead of two on a registry without the API, one request more
+    (its answer unused) on a registry with it.
     """
     check_repository(repository)
     referrers_tag(subject_digest)  # validates the digest
+    early: list[list[Descriptor] | BaseException] = []
+    reader: threading.Thread | None = None
+    if tag_at_once:
+
+        def read_tag() -> None:
+            try:
+                early.append(_read_tag(client, repository, subject_digest)[1])
+            except BaseException as exc:  # handed to the caller if the tag is needed
+                early.append(exc)
+
+        reader = threading.Thread(target=read_tag, name="seekoci-referrers-tag", daemon=True)
+        reader.start()
     found = _query_api(client, repository, subject_digest, artifact_type=artifact_type)
     if found is None:
         log.debug("%s/%s: no referrers API, reading the tag", client.registry, repository)
-        found = _read_tag(client, repository, subject_digest)[1]
+        if reader is not None:
+            reader.join()
+            outcome = early[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            found = outcome
+        else:
+            found = _read_tag(client, repository, subject_digest)[1]
     if artifact_type is None:
         return found
     return [d for d in found if d.artifact_type == artifact_type]

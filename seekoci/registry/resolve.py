@@ -3,18 +3,25 @@
 The same walk serves registries and OCI layouts: start at what the reference names, descend
 through image indexes choosing the platform, stop at an image manifest, fetch and verify its
 config. Only where the bytes come from differs (:class:`ImageStore`).
+
+Whatever is fetched by digest (manifests, the config, small blobs such as SOCI zTOCs) can be
+kept in a :class:`BlobStore` handed in by the caller -- the cache directory, which this
+package never imports -- so a second open of a digest reference asks the registry nothing,
+and of a tag reference only for the manifest the tag names now.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
-from ..errors import FormatError, PlatformNotFoundError
+from ..errors import FormatError, IntegrityError, PlatformNotFoundError
 from ..source import RangeSource
 from .blobs import RegistryBlobSource, fetch_blob
 from .client import RegistryClient
+from .digest import digest_problem, verify_digest
 from .layout import LayoutStore
 from .manifest import (
     MANIFEST_MEDIA_TYPES,
@@ -29,6 +36,19 @@ from .reference import LayoutReference, Reference, parse_reference
 
 #: Indexes pointing at indexes: real images use one level, layouts sometimes two.
 MAX_INDEX_DEPTH = 4
+#: Blobs fetched whole larger than this are not kept in the blob store (a zTOC is ~3% of
+#: its layer: this keeps those of layers up to ~8 GB).
+MAX_STORED_BLOB = 256 << 20
+
+
+class BlobStore(Protocol):
+    """Content-addressed bytes kept between runs: ``get`` returns bytes that match
+    ``digest`` or None; ``put`` may keep them (or not). Callers verify what ``get`` gives
+    again, so a damaged store costs a refetch, never wrong bytes."""
+
+    def get(self, digest: str) -> bytes | None: ...
+
+    def put(self, digest: str, data: bytes) -> None: ...
 
 
 #: Config media types that must hold an image config (a JSON object); "" for old manifests
@@ -54,29 +74,73 @@ class ImageStore(Protocol):
 
 
 class RegistryStore:
-    """One repository of a registry as an :class:`ImageStore`."""
+    """One repository of a registry as an :class:`ImageStore` (``blobs``: where manifests
+    and small blobs fetched by digest are kept between runs)."""
 
-    def __init__(self, client: RegistryClient, reference: Reference) -> None:
+    def __init__(
+        self, client: RegistryClient, reference: Reference, blobs: BlobStore | None = None
+    ) -> None:
         self.client = client
         self.reference = reference
+        self.blobs = blobs
+
+    def _stored(self, digest: str) -> bytes | None:
+        if self.blobs is None or digest_problem(digest) is not None:
+            return None
+        data = self.blobs.get(digest)
+        if data is None:
+            return None
+        try:
+            verify_digest(data, digest, what="stored blob")
+        except (ValueError, IntegrityError):
+            return None
+        return data
+
+    def _keep(self, digest: str, data: bytes) -> None:
+        if self.blobs is not None and len(data) <= MAX_STORED_BLOB:
+            self.blobs.put(digest, data)
+
+    def manifest_bytes(self, digest: str, *, where: str) -> bytes:
+        """A manifest by digest, verified: from the blob store, else the registry."""
+        stored = self._stored(digest)
+        if stored is not None:
+            return stored
+        fetched = self.client.get_manifest(self.reference.repository, digest, where=where)
+        self._keep(digest, fetched.body)
+        return fetched.body
 
     def root(self) -> tuple[ManifestDocument, str]:
         where = str(self.reference)
+        pinned = self.reference.digest
+        stored = self._stored(pinned) if pinned is not None else None
+        if pinned is not None and stored is not None:
+            doc = parse_manifest(stored, media_type_hint=None, digest=pinned, where=where)
+            return doc, where
         fetched = self.client.get_manifest(
             self.reference.repository, self.reference.manifest_reference, where=where
         )
+        self._keep(fetched.digest, fetched.body)
         doc = parse_manifest(
             fetched.body, media_type_hint=fetched.media_type, digest=fetched.digest, where=where
         )
         return doc, where
 
     def child(self, entry: Descriptor, *, where: str) -> ManifestDocument:
-        fetched = self.client.get_manifest(self.reference.repository, entry.digest, where=where)
-        hint = entry.media_type if entry.media_type in MANIFEST_MEDIA_TYPES else fetched.media_type
-        return parse_manifest(fetched.body, media_type_hint=hint, digest=entry.digest, where=where)
+        hint = entry.media_type if entry.media_type in MANIFEST_MEDIA_TYPES else None
+        body = self._stored(entry.digest)
+        if body is None:
+            fetched = self.client.get_manifest(self.reference.repository, entry.digest, where=where)
+            self._keep(entry.digest, fetched.body)
+            body, hint = fetched.body, hint or fetched.media_type
+        return parse_manifest(body, media_type_hint=hint, digest=entry.digest, where=where)
 
     def fetch_blob(self, descriptor: Descriptor) -> bytes:
-        return fetch_blob(self.client, self.reference.repository, descriptor)
+        stored = self._stored(descriptor.digest)
+        if stored is not None and len(stored) == descriptor.size:
+            return stored
+        data = fetch_blob(self.client, self.reference.repository, descriptor)
+        self._keep(descriptor.digest, data)
+        return data
 
     def blob_source(self, descriptor: Descriptor) -> RegistryBlobSource:
         return RegistryBlobSource(self.client, self.reference.repository, descriptor)
@@ -160,8 +224,15 @@ def resolve_image(
     platform: str | None = None,
     auth: tuple[str, str] | None = None,
     insecure: bool | None = None,
+    blobs: BlobStore | None = None,
+    on_manifest: Callable[[ImageStore, str, dict[str, Any]], None] | None = None,
 ) -> ResolvedImage:
-    """Resolve ``ref`` to one platform's image (see the package docs for the rules)."""
+    """Resolve ``ref`` to one platform's image (see the package docs for the rules).
+
+    ``blobs`` keeps manifests and the config by digest (see :class:`BlobStore`).
+    ``on_manifest(store, digest, manifest)`` is called as soon as the platform manifest is
+    known, before its config is fetched: a caller can start work that needs only the
+    manifest (finding published indexes) at the same time."""
     parsed = ref if isinstance(ref, (Reference, LayoutReference)) else parse_reference(ref)
     wanted = host_platform() if platform is None else Platform.parse(platform)
     explicit = platform is not None
@@ -169,15 +240,22 @@ def resolve_image(
     if isinstance(parsed, LayoutReference):
         store = LayoutStore(parsed)
     else:
-        store = RegistryStore(RegistryClient(parsed.registry, auth=auth, insecure=insecure), parsed)
+        client = RegistryClient(parsed.registry, auth=auth, insecure=insecure)
+        store = RegistryStore(client, parsed, blobs)
     try:
-        return _walk(store, wanted, explicit=explicit)
+        return _walk(store, wanted, explicit=explicit, on_manifest=on_manifest)
     except BaseException:
         store.close()
         raise
 
 
-def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedImage:
+def _walk(
+    store: ImageStore,
+    wanted: Platform,
+    *,
+    explicit: bool,
+    on_manifest: Callable[[ImageStore, str, dict[str, Any]], None] | None = None,
+) -> ResolvedImage:
     doc, reference = store.root()
     variant_required = explicit and wanted.variant is not None
     index_digest: str | None = None
@@ -197,6 +275,8 @@ def _walk(store: ImageStore, wanted: Platform, *, explicit: bool) -> ResolvedIma
         where = f"{reference}@{entry.digest}"
         doc = store.child(entry, where=where)
     assert doc.digest is not None  # only a layout's synthetic top-level index lacks one
+    if on_manifest is not None:
+        on_manifest(store, doc.digest, doc.data)
     config_descriptor = doc.config(where=where)
     layers = doc.layers(where=where)
     config = _parse_config(

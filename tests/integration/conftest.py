@@ -97,11 +97,12 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registr
 
 @pytest.fixture
 def counting_proxy() -> Iterator[Callable[[RegistryServer], CountingProxy]]:
-    """Factory: ``counting_proxy(registry) -> CountingProxy`` (stopped after the test)."""
+    """Factory: ``counting_proxy(registry, delay=0.0) -> CountingProxy`` (stopped after the
+    test; ``delay`` seconds added to every request)."""
     proxies: list[CountingProxy] = []
 
-    def make(server: RegistryServer) -> CountingProxy:
-        proxy = CountingProxy(server.url)
+    def make(server: RegistryServer, delay: float = 0.0) -> CountingProxy:
+        proxy = CountingProxy(server.url, delay=delay)
         proxies.append(proxy)
         return proxy
 

@@ -486,6 +486,9 @@ class ProxyRecord:
     range: str | None
     status: int
     body_bytes: int
+    #: time.monotonic() when the request arrived and when its answer was sent
+    start: float = 0.0
+    end: float = 0.0
 
 
 @dataclasses.dataclass
@@ -502,9 +505,12 @@ class CountingProxy:
     ``Location`` naming the upstream is rewritten to the proxy. ``records`` logs every request;
     :meth:`bytes` and :meth:`requests` sum them per kind of path. ``fakes`` maps a path (without
     query) to a :class:`FakeResponse` served instead of the upstream's answer: a lying registry.
+    ``delay`` (seconds) is added to every request, as a far registry would: requests sent
+    one after another then show as a chain (:meth:`sequential_round_trips`).
     """
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, delay: float = 0.0) -> None:
+        self.delay = delay
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -547,6 +553,16 @@ class CountingProxy:
 
     def requests(self, kind: str | None = None) -> int:
         return sum(1 for _ in self._select(kind))
+
+    def sequential_round_trips(self) -> int:
+        """The longest chain of requests each sent after the one before it was answered:
+        the round trips a client waited for one after another (concurrent ones count once)."""
+        records = sorted(self._select(None), key=lambda r: r.start)
+        depth: list[int] = []
+        for i, r in enumerate(records):
+            before = [depth[j] for j in range(i) if records[j].end <= r.start]
+            depth.append(1 + max(before, default=0))
+        return max(depth, default=0)
 
     def summary(self) -> str:
         lines = [
@@ -600,11 +616,24 @@ class CountingProxy:
                 return self.rfile.read(length) if length else b""
 
             def _forward(self) -> None:
+                started = time.monotonic()
+                try:
+                    self._forward_timed(started)
+                finally:
+                    with proxy._lock:
+                        for r in reversed(proxy.records):
+                            if r.start == started:
+                                r.end = time.monotonic()
+                                break
+
+            def _forward_timed(self, started: float) -> None:
+                if proxy.delay:
+                    time.sleep(proxy.delay)
                 body = self._read_request_body()
                 kind = path_kind(self.path)
                 fake = proxy.fakes.get(urlsplit(self.path).path)
                 if fake is not None:
-                    self._send_fake(fake, kind)
+                    self._send_fake(fake, kind, started)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 if body or self.command in ("PUT", "POST", "PATCH"):
@@ -620,8 +649,9 @@ class CountingProxy:
                 # The record is made and counted before bytes go out, so a client that has
                 # read a response always finds it counted.
                 record = ProxyRecord(
-                    self.command, self.path, kind, self.headers.get("Range"), resp.status, 0
-                )
+                    self.command, self.path, kind, self.headers.get("Range"), resp.status, 0,
+                    start=started,
+                )  # fmt: skip
                 proxy._record(record)
                 self.send_response_only(resp.status, resp.reason)
                 for key, value in resp.getheaders():
@@ -657,7 +687,7 @@ class CountingProxy:
                     connection(fresh=True)
                     self.close_connection = True
 
-            def _send_fake(self, fake: FakeResponse, kind: str) -> None:
+            def _send_fake(self, fake: FakeResponse, kind: str, started: float = 0.0) -> None:
                 body = b"" if self.command == "HEAD" else fake.body
                 proxy._record(
                     ProxyRecord(
@@ -667,6 +697,7 @@ class CountingProxy:
                         self.headers.get("Range"),
                         fake.status,
                         len(body),
+                        start=started,
                     )
                 )
                 self.send_response_only(fake.status)

@@ -17,6 +17,7 @@ import zstandard
 from layers import build_tar, compress_layer, file, random_bytes, sha256_digest, text_bytes
 
 import seekoci
+import seekoci.cache
 from seekoci.cache import DiskCache, MemoryCache, default_cache_dir, open_cache
 from seekoci.formats.index import INDEX_VERSION, parse_header
 
@@ -141,6 +142,7 @@ def test_spans_read_once_are_served_from_the_cache(tmp_path: Path) -> None:
     first = seekoci.open_layer(path, digest=digest, cache_dir=cache, span_size=8192)
     assert first.open("f2").read(100) == random_bytes(2, 30_000)[:100]
     assert first.source.bytes_read > 0  # type: ignore[attr-defined]
+    seekoci.cache.flush_all()  # span files are written in the background
     assert files_under(cache / "spans")
     second = seekoci.open_layer(path, digest=digest, cache_dir=cache, span_size=8192)
     assert second.open("f2").read(100) == random_bytes(2, 30_000)[:100]
@@ -150,6 +152,7 @@ def test_spans_read_once_are_served_from_the_cache(tmp_path: Path) -> None:
 def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
     path, cache, digest = build_cached(tmp_path)
     seekoci.open_layer(path, digest=digest, cache_dir=cache).open("f1").read(10)
+    seekoci.cache.flush_all()  # on disk, then damaged there
     for span_file in files_under(cache / "spans"):
         span_file.write_bytes(b"garbage")
     layer = seekoci.open_layer(path, digest=digest, cache_dir=cache)

@@ -12,6 +12,7 @@ import pytest
 from layers import build_tar, compress, file, sha256_digest, text_bytes
 
 import seekoci
+import seekoci.cache
 from seekoci.errors import IntegrityError
 from seekoci.source import FileSource
 
@@ -107,6 +108,7 @@ def test_a_damaged_chunk_is_an_integrity_error_not_wrong_bytes(tmp_path: Path) -
     assert not saved.exists()
     good = reader(path, digest, cache)
     assert good.open(entry.name).read() == files[entry.name]
+    seekoci.cache.flush_all()  # written in the background: on disk, then damaged there
     data = bytearray(saved.read_bytes())
     data[5] ^= 1
     saved.write_bytes(bytes(data))

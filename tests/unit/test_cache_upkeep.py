@@ -1,0 +1,229 @@
+"""The cache directory's upkeep: background span writes, the size cap and its eviction
+order, pruning from the command line, and the lock around an index build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from seekoci import cli
+from seekoci.cache import DiskCache, MemoryCache, _Writer, parse_size
+
+LAYER = "sha256:" + "ab" * 32
+
+
+def span(i: int, size: int = 1000) -> tuple[str, bytes]:
+    data = hashlib.sha256(b"%d" % i).digest() * (size // 32)
+    return hashlib.sha256(data).hexdigest(), data
+
+
+def age(path: Path, seconds: float) -> None:
+    when = time.time() - seconds
+    os.utime(path, (when, when))
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("123", 123), ("10K", 10 << 10), ("500M", 500 << 20), ("5G", 5 << 30), ("1.5G", 3 << 29),
+     ("64KiB", 64 << 10), ("2 g", 2 << 30)],
+)  # fmt: skip
+def test_sizes(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["", "G", "5Q", "-1M", "five", "1MM"])
+def test_bad_sizes(text: str) -> None:
+    with pytest.raises(ValueError, match="not a size"):
+        parse_size(text)
+
+
+def test_a_span_queued_for_the_background_is_read_back_before_it_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    cache = DiskCache(tmp_path, background=True)
+    name, data = span(1)
+    gate = threading.Event()
+    assert cache._writer is not None
+    cache._writer.submit_job(gate.wait)  # hold the writer back
+    cache.save_span(name, data)
+    assert not (tmp_path / "spans" / "sha256" / name).exists()
+    assert cache.has_span(name) and cache.load_span(name) == data
+    other = DiskCache(tmp_path, background=True)  # another object on the same directory
+    assert other.load_span(name) == data
+    gate.set()
+    assert cache.flush(10)
+    assert (tmp_path / "spans" / "sha256" / name).read_bytes() == data
+    assert DiskCache(tmp_path).load_span(name) == data
+
+
+def test_a_full_write_queue_drops_saves_instead_of_waiting() -> None:
+    writer = _Writer(limit=1500)
+    gate = threading.Event()
+    writer.submit_job(gate.wait)
+    assert writer.submit(Path("/nonexistent/a"), b"x" * 1000)
+    assert not writer.submit(Path("/nonexistent/b"), b"x" * 1000)
+    assert writer.dropped == 1
+    gate.set()
+    assert writer.flush(10)
+    assert writer.submit(Path("/nonexistent/c"), b"x" * 5000)  # alone, even past the limit
+    assert writer.flush(10)
+    assert writer.get(Path("/nonexistent/a")) is None  # the write failed quietly; dequeued
+
+
+def test_streamed_spans_are_kept_only_when_asked(tmp_path: Path) -> None:
+    name, data = span(2)
+    DiskCache(tmp_path).save_span(name, data, streamed=True)
+    assert DiskCache(tmp_path).load_span(name) is None
+    DiskCache(tmp_path, keep_streamed=True).save_span(name, data, streamed=True)
+    assert DiskCache(tmp_path).load_span(name) == data
+    memory = MemoryCache()
+    memory.save_span(name, data, streamed=True)
+    assert memory.load_span(name) is None
+
+
+def test_the_cap_evicts_least_recently_used_spans_first_and_indexes_last(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, max_bytes=0)  # no automatic pruning while we set up
+    cache.save_index(LAYER, b"i" * 3000)
+    age(cache.index_path(LAYER), 5000)  # the oldest file of all, still the last to go
+    names = []
+    for i in range(6):
+        name, data = span(i)
+        cache.save_span(name, data)
+        age(tmp_path / "spans" / "sha256" / name, 1000 - i * 100)
+        names.append(name)
+    blob = b'{"config": 1}'
+    cache.save_blob("sha256:" + hashlib.sha256(blob).hexdigest(), blob)
+    # loading a span makes it the most recently used
+    age(tmp_path / "spans" / "sha256" / names[0], 2000)
+    assert cache.load_span(names[0]) is not None
+    result = cache.prune(3000 + len(blob) + 2000)
+    left = {p.name for p in (tmp_path / "spans" / "sha256").iterdir()}
+    assert left == {names[0], names[5]}, "the two most recently used spans stay"
+    assert cache.load_index(LAYER) is not None and result.removed_files == 4
+    cache.prune(1000)  # below the index's size: spans and blobs go, then the index
+    assert not list((tmp_path / "spans" / "sha256").iterdir())
+    assert not list((tmp_path / "blobs" / "sha256").iterdir())
+    assert cache.load_index(LAYER) is None
+
+
+def test_writing_past_the_cap_prunes_by_itself(tmp_path: Path) -> None:
+    cache = DiskCache(tmp_path, max_bytes=20_000)
+    for i in range(60):
+        name, data = span(i)
+        cache.save_span(name, data)
+    total = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    assert total <= 20_000 + 20_000 // 16 + 1000
+
+
+def test_ranges_are_checked_when_loaded(tmp_path: Path) -> None:
+    blob = "sha256:" + "cd" * 32
+    cache = DiskCache(tmp_path)
+    cache.save_range(blob, 100, b"0123456789")
+    assert DiskCache(tmp_path).load_range(blob, 102, 5) == b"23456"
+    assert DiskCache(tmp_path).load_range(blob, 95, 10) is None  # not all of it kept
+    (saved,) = (tmp_path / "ranges" / "sha256" / ("cd" * 32)).iterdir()
+    saved.write_bytes(saved.read_bytes()[:-1] + b"X")
+    assert DiskCache(tmp_path).load_range(blob, 102, 5) is None
+    assert not saved.exists()  # dropped: fetched and written again next time
+
+
+def test_referrers_listings_expire(tmp_path: Path) -> None:
+    subject = "sha256:" + "ef" * 32
+    cache = DiskCache(tmp_path)
+    cache.save_referrers(subject, [{"digest": "x"}])
+    assert cache.load_referrers(subject, 60) == [{"digest": "x"}]
+    path = tmp_path / "referrers" / "sha256" / ("ef" * 32 + ".json")
+    doc = json.loads(path.read_text())
+    doc["saved"] -= 120
+    path.write_text(json.dumps(doc))
+    assert cache.load_referrers(subject, 60) is None
+
+
+def test_a_damaged_blob_is_not_returned(tmp_path: Path) -> None:
+    data = b"manifest bytes"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    cache = DiskCache(tmp_path)
+    cache.save_blob(digest, data)
+    cache.save_blob("sha256:" + "00" * 32, b"not those bytes")  # never kept
+    assert cache.load_blob(digest) == data
+    assert cache.load_blob("sha256:" + "00" * 32) is None
+    (tmp_path / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(b"other")
+    assert cache.load_blob(digest) is None
+
+
+def test_the_build_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
+    held: list[int] = []
+    overlap = []
+
+    def build(i: int) -> None:
+        with DiskCache(tmp_path).build_lock(LAYER):
+            held.append(i)
+            if len(held) > 1:
+                overlap.append(i)
+            time.sleep(0.02)
+            held.remove(i)
+
+    threads = [threading.Thread(target=build, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlap
+
+
+def test_cache_info_and_prune_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cache = DiskCache(tmp_path, max_bytes=0)
+    for i in range(3):
+        cache.save_span(*span(i))
+    cache.save_index(LAYER, b"index")
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["location"] == str(tmp_path)
+    assert doc["kinds"]["spans"] == {"files": 3, "bytes": 3 * 992}
+    assert doc["kinds"]["indexes"] == {"files": 1, "bytes": 5}
+    assert doc["bytes"] == 3 * 992 + 5 and doc["max_bytes"] > 0
+    assert cli.main(["cache", "info", "--cache-dir", str(tmp_path)]) == 0
+    assert "spans" in capsys.readouterr().out
+    assert cli.main(["cache", "prune", "--cache-dir", str(tmp_path), "--max", "1000"]) == 0
+    assert "removed 2 files" in capsys.readouterr().out
+    assert cli.main(["cache", "prune", "--cache-dir", str(tmp_path), "--all"]) == 0
+    capsys.readouterr()
+    assert cache.usage()["indexes"].files == 0 and cache.usage()["spans"].files == 0
+    assert cli.main(["cache", "prune", "--cache-dir", str(tmp_path), "--max", "lots"]) == 2
+
+
+def _hammer(root: str, seed: int) -> int:
+    """Save and load spans in a small capped directory; count loads that came back."""
+    cache = DiskCache(root, background=True, max_bytes=40_000)
+    found = 0
+    for round_ in range(150):
+        name, data = span(seed * 1000 + round_ % 40)
+        cache.save_span(name, data)
+        for other in range(0, 40, 7):
+            o_name, o_data = span(((seed + 1) % 4) * 1000 + other)
+            loaded = cache.load_span(o_name)
+            assert loaded is None or loaded == o_data  # never other bytes
+            found += loaded is not None
+    cache.flush(30)
+    return found
+
+
+def test_processes_sharing_a_capped_directory_never_see_damage(tmp_path: Path) -> None:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        found = pool.starmap(_hammer, [(str(tmp_path), seed) for seed in range(4)])
+    assert sum(found) > 0  # they did share
+    cache = DiskCache(tmp_path, max_bytes=0)
+    files = [p for p in (tmp_path / "spans" / "sha256").iterdir()]
+    assert not [p for p in files if p.name.startswith(".tmp-")]
+    for path in files:  # every file left is whole: its bytes match its name
+        assert cache.load_span(path.name) is not None, path
+    total = sum(p.stat().st_size for p in files)
+    assert total <= 40_000 + 40_000 // 16 + 4 * 64 * 1000
