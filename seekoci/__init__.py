@@ -62,13 +62,21 @@ def open_image(
     cache_dir: CacheDir = None,
     insecure: bool | None = None,
     span_size: int = DEFAULT_SPAN_SIZE,
+    timeout: float | None = None,
+    retries: int | None = None,
 ) -> Image:
     """Open an image in a registry (``[REGISTRY/]REPO[:TAG][@DIGEST]``) or an OCI layout
     directory (``oci:PATH[:TAG|@DIGEST]``). Only the manifest and config are fetched now;
-    layers are indexed and read on demand."""
+    layers are indexed and read on demand.
+
+    ``timeout``: seconds one request may wait for the next byte (default
+    ``$SEEKOCI_TIMEOUT``, else 30); ``retries``: attempts after the first for one request
+    (default ``$SEEKOCI_RETRIES``, else 5). See docs/reliability.md."""
     from .registry import resolve_image
 
-    resolved = resolve_image(ref, platform=platform, auth=auth, insecure=insecure)
+    resolved = resolve_image(
+        ref, platform=platform, auth=auth, insecure=insecure, timeout=timeout, retries=retries
+    )
     cache = open_cache(cache_dir)
     remote = _remote_indexes(resolved, cache)
     layers = [

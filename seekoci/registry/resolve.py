@@ -19,6 +19,7 @@ from .layout import LayoutStore
 from .manifest import MANIFEST_MEDIA_TYPES, Descriptor, ManifestDocument, parse_manifest
 from .platform import Platform, host_platform, matches, select_entry
 from .reference import LayoutReference, Reference, parse_reference
+from .retry import RetryPolicy
 
 #: Indexes pointing at indexes: real images use one level, layouts sometimes two.
 MAX_INDEX_DEPTH = 4
@@ -149,8 +150,14 @@ def resolve_image(
     platform: str | None = None,
     auth: tuple[str, str] | None = None,
     insecure: bool | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
 ) -> ResolvedImage:
-    """Resolve ``ref`` to one platform's image (see the package docs for the rules)."""
+    """Resolve ``ref`` to one platform's image (see the package docs for the rules).
+
+    ``timeout`` and ``retries`` bound every request to the registry
+    (:class:`~seekoci.registry.retry.RetryPolicy`; checked for a layout too)."""
+    policy = RetryPolicy.resolve(timeout, retries)
     parsed = ref if isinstance(ref, (Reference, LayoutReference)) else parse_reference(ref)
     wanted = host_platform() if platform is None else Platform.parse(platform)
     explicit = platform is not None
@@ -158,7 +165,14 @@ def resolve_image(
     if isinstance(parsed, LayoutReference):
         store = LayoutStore(parsed)
     else:
-        store = RegistryStore(RegistryClient(parsed.registry, auth=auth, insecure=insecure), parsed)
+        client = RegistryClient(
+            parsed.registry,
+            auth=auth,
+            insecure=insecure,
+            timeout=policy.timeout,
+            retries=policy.retries,
+        )
+        store = RegistryStore(client, parsed)
     try:
         return _walk(store, wanted, explicit=explicit)
     except BaseException:
