@@ -44,6 +44,7 @@ import hashlib
 import io
 import json
 import struct
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -106,18 +107,27 @@ class LayerIndex:
     windows_packed: bool = True
     #: compressed bytes per chunk of a chunked span (0: spans are verified whole)
     chunk_size: int = 0
+    #: records read so far (the newest :data:`_RECORDS_KEPT`), shared by reader threads
     _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _records_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def _where(self, span_index: int) -> str:
         return f"index of {self.layer_digest}: span {span_index}"
 
     def has_record(self, span_index: int) -> bool:
         """Whether span ``span_index``'s record was read already (no fetch needed)."""
-        return span_index in self._records
+        with self._records_lock:
+            return span_index in self._records
 
     def record(self, span_index: int) -> bytes:
-        """Span ``span_index``'s record, checked against its digest (b"" for none)."""
-        kept = self._records.get(span_index)
+        """Span ``span_index``'s record, checked against its digest (b"" for none).
+
+        Fetched and checked outside the lock (two threads may both fetch one record; the
+        second keeps the first's); only the dict of kept records is guarded."""
+        with self._records_lock:
+            kept = self._records.get(span_index)
         if kept is not None:
             return kept
         offset, length = self.window_locations[span_index]
@@ -134,13 +144,10 @@ class LayerIndex:
             and hashlib.sha256(data).digest() != (self.window_digests[span_index])
         ):
             raise FormatError(f"{where}: record does not match its digest")
-        if len(self._records) >= _RECORDS_KEPT:
-            try:  # other threads may be doing the same: any one old record will do
-                self._records.pop(next(iter(self._records)), None)
-            except (StopIteration, RuntimeError):
-                pass
-        self._records[span_index] = data
-        return data
+        with self._records_lock:
+            while len(self._records) >= _RECORDS_KEPT:
+                del self._records[next(iter(self._records))]  # the oldest kept
+            return self._records.setdefault(span_index, data)
 
     def chunk_table(self, span_index: int) -> ChunkTable | None:
         """The chunk digests and marks of a chunked span (None for whole spans)."""
