@@ -8,7 +8,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["usage.md", "index-format.md", "cache.md", "trust.md", "publishing.md", "performance.md"]
+PAGES = [
+    "usage.md",
+    "index-format.md",
+    "cache.md",
+    "trust.md",
+    "reliability.md",
+    "publishing.md",
+    "performance.md",
+]
 
 
 def main() -> int:

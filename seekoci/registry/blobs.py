@@ -23,7 +23,7 @@ from requests import Response
 from ..errors import IntegrityError, InvalidReferenceError, RegistryError
 from ..source import STREAM_CHUNK_SIZE
 from .auth import basic_header
-from .client import RegistryClient, check_status, pull_scope, raise_for_status
+from .client import RegistryClient, pull_scope, raise_for_status
 from .digest import verify_digest
 from .manifest import Descriptor
 from .retry import Attempts, RetryPolicy
@@ -34,7 +34,6 @@ from .transport import (
     is_transient,
     new_session,
     redact_url,
-    set_read_timeout,
     transport_errors,
 )
 
@@ -146,8 +145,10 @@ class HTTPRangeSource:
             headers = {"Range": f"bytes={pos}-{last}"} if ranged else {}
             response = self._get(headers, attempts)
             try:
-                skip = self._accept(response, pos, end, ranged=ranged, skip_ok=skip_ok)
-                set_read_timeout(response, attempts.wait_in_body())
+                tried = f" (after {attempts.attempts} attempts)" if attempts.retried else ""
+                skip = self._accept(
+                    response, pos, end, ranged=ranged, skip_ok=skip_ok, what=what + tried
+                )
                 started = pos
                 for chunk in _body(response, chunk_size, what=what):
                     attempts.received()
@@ -173,19 +174,20 @@ class HTTPRangeSource:
                     raise
                 reason = str(exc).split(": ", 1)[-1]
                 if is_timeout(exc):
-                    attempts.waited(attempts.wait_in_body(), reason, exc.__cause__ or exc)
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
                 attempts.retry(f"{reason} at byte {pos}", cause=exc.__cause__ or exc)
             finally:
                 response.close()
 
     def _accept(
-        self, response: Response, pos: int, end: int, *, ranged: bool, skip_ok: bool
+        self, response: Response, pos: int, end: int, *, ranged: bool, skip_ok: bool, what: str
     ) -> int:
         """Check an answer's status and ``Content-Range``; return how many bytes of its body
         come before ``pos``. Raise what an error status means, or :class:`_WrongAnswer`."""
         status = response.status_code
+        if status not in (200, 206) or (status == 206 and not ranged):
+            raise_for_status(response, where=what)
         if not ranged:
-            check_status(response, where=self._name, expected=(200,))
             return 0
         asked = f"bytes={pos}-{end - 1}"
         if status == 200:
@@ -196,12 +198,10 @@ class HTTPRangeSource:
                 return pos
             response.close()
             raise RegistryError(
-                f"{self._name}: {self._host()} does not honour range requests (answered 200 "
+                f"{what}: {self._host()} does not honour range requests (answered 200 "
                 f"with the whole blob to {asked}); reading it needs them",
                 status=200,
             )
-        if status != 206:
-            raise_for_status(response, where=self._name)
         header = response.headers.get("Content-Range", "")
         match = _CONTENT_RANGE_RE.match(header)
         if match is None:
@@ -229,15 +229,35 @@ class HTTPRangeSource:
 
 
 def _body(response: Response, chunk_size: int, *, what: str) -> Iterator[bytes]:
-    """A body as sent, in pieces of at most ``chunk_size``, as soon as each arrives;
-    exceptions mapped by :func:`~seekoci.registry.transport.transport_errors`."""
+    """A body as sent, in pieces of ``chunk_size`` (the last may be shorter); exceptions
+    mapped by :func:`~seekoci.registry.transport.transport_errors`.
+
+    When the connection breaks, what arrived before is yielded first: a retry then asks
+    only for the bytes after it (``read(n)`` would drop up to ``n`` bytes already received).
+    """
     raw = response.raw
+    read1 = getattr(raw, "read1", None)  # urllib3 >= 2.3
+    piece = bytearray()
     while True:
-        with transport_errors(what):
-            chunk = raw.read(chunk_size, decode_content=False)
-        if not chunk:
+        try:
+            with transport_errors(what):
+                want = chunk_size - len(piece)
+                if read1 is not None:
+                    data = read1(want, decode_content=False)
+                else:
+                    data = raw.read(want, decode_content=False)
+        except RegistryError:
+            if piece:
+                yield bytes(piece)
+            raise
+        if not data:
+            if piece:
+                yield bytes(piece)
             return
-        yield chunk
+        piece += data
+        if len(piece) >= chunk_size:
+            yield bytes(piece)
+            piece.clear()
 
 
 class RegistryBlobSource(HTTPRangeSource):

@@ -310,7 +310,7 @@ class RegistryClient:
                     raise
                 reason = str(exc).split(": ", 1)[-1]
                 if is_timeout(exc):
-                    attempts.waited(attempts.wait_for_answer(), reason, exc.__cause__ or exc)
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
                 attempts.retry(reason, cause=exc.__cause__ or exc)
                 continue
             return response, body

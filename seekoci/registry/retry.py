@@ -12,10 +12,11 @@ stopped). Two numbers bound it (``open_image(timeout=, retries=)``):
 - ``timeout``: seconds the request may wait for the next byte (default ``$SEEKOCI_TIMEOUT``,
   else 30). Silence is added up across attempts and only received bytes reset it, so a
   server that accepts the connection and never answers fails after about ``timeout``, not
-  ``timeout`` times the attempts. Once a body is flowing, one attempt waits at most half of
-  it before giving up on that connection and resuming on a fresh one: a connection that died
-  silently (a NAT that forgot it) is replaced in time, and the wait for the next byte still
-  never exceeds ``timeout``.
+  ``timeout`` times the attempts. One attempt waits at most half of it before giving up on
+  its connection and trying a fresh one: a request lost on a connection that died silently
+  (a pooled connection a NAT forgot) is sent again in time, and the wait for the next byte
+  still never exceeds ``timeout``. (The price: a server that always takes more than half of
+  ``timeout`` to answer fails; raise ``timeout`` for it.)
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ MAX_RETRY_AFTER_SECONDS = 30.0
 #: Statuses worth another attempt: timeouts, rate limits and server-side failures (not 501
 #: Not Implemented or 505, which say the request itself will never work).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
-#: Share of ``timeout`` one attempt waits for the next byte of a body already flowing.
-BODY_STALL_SHARE = 0.5
+#: Share of ``timeout`` one attempt waits for the next byte before it tries a fresh
+#: connection (the rest is left for that attempt).
+ATTEMPT_WAIT_SHARE = 0.5
 
 
 def _env_number(name: str, kind: type[float] | type[int]) -> float | None:
@@ -110,13 +112,10 @@ class Attempts:
     def can_retry(self) -> bool:
         return self.retried < self.policy.retries
 
-    def wait_for_answer(self) -> float:
-        """How long the next attempt may wait to connect and for its answer's headers."""
-        return max(0.001, self.policy.timeout - self._silent)
-
-    def wait_in_body(self) -> float:
-        """How long the next read of a flowing body may wait for its next byte."""
-        share = self.policy.timeout * BODY_STALL_SHARE
+    def wait(self) -> float:
+        """How long the next socket operation of an attempt (connecting, the answer's
+        headers, the next piece of its body) may wait."""
+        share = self.policy.timeout * ATTEMPT_WAIT_SHARE
         return max(0.001, min(share, self.policy.timeout - self._silent))
 
     def received(self) -> None:

@@ -13,7 +13,6 @@ Three things live here because each must happen in exactly one place:
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import ipaddress
 import json
@@ -284,16 +283,6 @@ def is_timeout(exc: BaseException) -> bool:
     return any(isinstance(e, _TIMEOUTS) for e in chain)
 
 
-def set_read_timeout(response: requests.Response, seconds: float) -> None:
-    """Change how long the next reads of a streamed body wait for a byte (the headers were
-    read with the longer wait for an answer)."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.settimeout(seconds)
-
-
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
 
 
@@ -346,7 +335,7 @@ class HttpClient:
                     raise
                 reason = str(exc).split(": ", 1)[-1]  # the failure, without the URL
                 if is_timeout(exc):
-                    attempts.waited(attempts.wait_for_answer(), reason, exc.__cause__ or exc)
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
                 attempts.retry(reason, status=exc.status, cause=exc.__cause__ or exc)
                 continue
             status = response.status_code
@@ -391,7 +380,7 @@ class HttpClient:
             if authorization is not None and origin(url) == auth_origin:
                 request_headers["Authorization"] = authorization
             what = f"{method} {redact_url(url)}"
-            wait = attempts.wait_for_answer()
+            wait = attempts.wait()
             with transport_errors(what):
                 response = self.session.request(
                     method,

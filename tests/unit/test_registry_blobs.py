@@ -462,13 +462,14 @@ def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch,
             [read_range, stream_all, stream_tail, url_read, url_open, resolve],
         ),
         (
-            "urllib3.response.HTTPResponse.read",
+            "urllib3.response.HTTPResponse.read urllib3.response.HTTPResponse.read1",
             [read_range, stream_all, stream_tail, url_read, resolve],
         ),
     ]
-    for patch_target, calls in cases:
+    for patch_targets, calls in cases:
         with monkeypatch.context() as patched:
-            patched.setattr(patch_target, failing)
+            for patch_target in patch_targets.split():
+                patched.setattr(patch_target, failing)
             for call in calls:
                 with pytest.raises(RegistryError) as caught:
                     call()
