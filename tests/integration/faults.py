@@ -60,12 +60,20 @@ class Fault:
     retry_after: str = "1"
     shift: int = 100
     seconds: float = 3.0
+    #: count ``times`` per blob path instead of over all of them
+    per_path: bool = False
     hits: int = 0
+    _by_path: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def take(self, path: str) -> bool:
         """Whether this request gets the fault (counting it)."""
-        if self.match not in path or (self.times is not None and self.hits >= self.times):
+        if self.match not in path:
             return False
+        key = path.split("?")[0] if self.per_path else ""
+        done = self._by_path.get(key, 0)
+        if self.times is not None and done >= self.times:
+            return False
+        self._by_path[key] = done + 1
         self.hits += 1
         return True
 
