@@ -22,6 +22,7 @@ stopped). Two numbers bound it (``open_image(timeout=, retries=)``):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -56,7 +57,7 @@ def _env_number(name: str, kind: type[float] | type[int]) -> float | None:
         value = kind(raw)
     except ValueError:
         value = None
-    if value is None or value < 0 or (kind is float and value == 0):
+    if value is None or not math.isfinite(value) or value < 0 or (kind is float and value == 0):
         log.warning("seekoci: warning: ignoring %s=%r (not a valid number)", name, raw[:40])
         return None
     return value
@@ -72,8 +73,8 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)):
             raise TypeError("timeout must be a number of seconds")
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be positive, not {self.timeout!r}")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ValueError(f"timeout must be a positive number of seconds, not {self.timeout!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int):
             raise TypeError("retries must be an int")
         if self.retries < 0:
@@ -88,7 +89,8 @@ class RetryPolicy:
         if retries is None:
             env = _env_number(RETRIES_ENV, int)
             retries = DEFAULT_RETRIES if env is None else int(env)
-        return cls(timeout=float(timeout), retries=retries)
+        policy = cls(timeout=timeout, retries=retries)  # checks the types
+        return cls(timeout=float(policy.timeout), retries=policy.retries)
 
     def begin(self, what: str) -> Attempts:
         """The budget of one request; ``what`` names it in messages (host, blob, range)."""
