@@ -143,18 +143,16 @@ def test_nul_bytes_in_names(cli, registry, tmp_path, case: str) -> None:
     before = snapshot(tmp_path, dest, cli.cache)
     result = cli("get", ref, "/", "-o", str(dest))
     assert snapshot(tmp_path, dest, cli.cache) == before
-    if case == "pax path":  # a name that cannot be a path: the layer is refused, by name
+    if case.startswith("pax"):  # a name that cannot be a path: the layer is refused, by name
         message = one_line_error(result)
         assert "NUL" in message and "layer sha256:" in message
         return
-    # elsewhere the name ends at the NUL, as tar's C strings do; nothing holds a NUL
-    assert "Traceback" not in result.stderr
-    if result.code == 0:
-        names = {n for _, ds, fs in os.walk(dest) for n in ds + fs}
-        assert not any("\x00" in n for n in names)
-        assert (dest / "fine").read_bytes() == b"fine\n"
-    else:
-        assert "NUL" in one_line_error(result)
+    # a GNU long name ends at its NUL, as tar's C strings do
+    ok(result)
+    names = {n for _, ds, fs in os.walk(dest) for n in ds + fs}
+    assert names == {"nul", "gnu", "fine"}
+    assert (dest / "nul" / "gnu").read_bytes() == b"gnu\n"
+    assert (dest / "fine").read_bytes() == b"fine\n"
 
 
 def test_a_tar_claiming_a_1_tb_member_in_a_short_blob(cli, registry, tmp_path) -> None:
