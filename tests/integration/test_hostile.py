@@ -218,8 +218,7 @@ def test_a_gzip_bomb_is_read_with_bounded_memory(registry, tmp_path) -> None:
     for _ in range(BOMB_SIZE >> 20):
         zeros_digest.update(zeros)
     assert digest == zeros_digest.hexdigest()
-    # the interpreter, a few spans and the LRU of decoded spans (about 120 MB measured for
-    # a 600 MB bomb): never the file held whole
-    assert int(peak_mb) < (BOMB_SIZE >> 20) // 2, (
-        f"peak RSS {peak_mb} MB reading a {BOMB_SIZE >> 20} MB bomb"
+    # the interpreter, a few spans and the 64 MB LRU of decoded spans: 120-200 MB measured
+    # (more on a loaded machine); holding the file whole would take over 420 MB
+    assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB reading a {BOMB_SIZE >> 20} MB bomb"
     )
