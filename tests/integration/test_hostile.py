@@ -221,4 +221,3 @@ def test_a_gzip_bomb_is_read_with_bounded_memory(registry, tmp_path) -> None:
     # the interpreter, a few spans and the 64 MB LRU of decoded spans: 120-200 MB measured
     # (more on a loaded machine); holding the file whole would take over 420 MB
     assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB reading a {BOMB_SIZE >> 20} MB bomb"
-    )
