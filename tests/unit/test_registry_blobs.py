@@ -17,20 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seekoci.errors import ImageNotFoundError, InvalidReferenceError, RegistryError
-from seekoci.registry import blobs, open_url_source, resolve_image, retry
+from seekoci.registry import blobs, open_url_source, resolve_image
 from seekoci.registry.blobs import URLSource
 from seekoci.registry.retry import RetryPolicy
 from seekoci.registry.transport import HttpClient, new_session
 from seekoci.source import RangeSource
 
 pytestmark = pytest.mark.usefixtures("isolated_docker_config")
-
-
-@pytest.fixture(autouse=True)
-def _quick_backoff(monkeypatch):
-    """Retries here are about what is retried, not how long it waits (tests/integration/
-    test_faults.py keeps the real backoff for some cases)."""
-    monkeypatch.setattr(retry, "BACKOFF_BASE_SECONDS", 0.001)
 
 
 DATA = bytes(random.Random(7).randrange(256) for _ in range(200_000))
