@@ -33,6 +33,7 @@ from .transport import (
     is_transient,
     new_session,
     read_body,
+    retry_after_seconds,
     split_host_port,
 )
 
@@ -413,7 +414,9 @@ def raise_for_status(response: requests.Response, *, where: str) -> NoReturn:
     if status in (401, 403):
         raise AuthenticationError(f"{where}: access denied ({status}){suffix}", status=status)
     if status == 429:
-        raise RegistryError(f"{where}: rate limited by the server (429){suffix}", status=429)
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        asks = f", it asks to wait {wait:.0f} s" if wait is not None else ""
+        raise RegistryError(f"{where}: rate limited by the server (429{asks}){suffix}", status=429)
     raise RegistryError(f"{where}: unexpected HTTP status {status}{suffix}", status=status)
 
 
