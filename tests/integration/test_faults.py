@@ -339,3 +339,25 @@ def test_the_documented_table(setup: Setup) -> None:
         "docs/reliability.md's fault table is not what the tests found; "
         "run with SEEKOCI_WRITE_DOCS=1 to rewrite it"
     )
+
+
+def test_a_registry_that_never_answers_fails_in_one_line(tmp_path: Path) -> None:
+    """The command line against a port that accepts connections and never says a word:
+    one line naming the registry after about SEEKOCI_TIMEOUT, not a hang."""
+    import socket
+    import subprocess
+
+    from .test_cli import CLI, one_line_error
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes the handshakes; nobody ever reads
+        host = f"127.0.0.1:{silent.getsockname()[1]}"
+        cli = CLI(tmp_path)
+        cli.env["SEEKOCI_TIMEOUT"] = "1"
+        try:
+            result = cli("ls", f"{host}/never/answers:v1", "/")
+        except subprocess.TimeoutExpired:  # pragma: no cover - the bug this guards against
+            pytest.fail("seekoci hung on a registry that never answers")
+        message = one_line_error(result)
+        assert host in message and "no answer for 1 s" in message, message
