@@ -9,6 +9,9 @@ Three things live here because each must happen in exactly one place:
   origin it was meant for. Blob GETs are commonly redirected to object storage, which rejects a
   second auth mechanism and must never see the registry's token.
 - :func:`redact_url` is how a URL appears in a message or a log line.
+
+Retries are not urllib3's: :meth:`HttpClient.send` spends the request's budget
+(:mod:`~seekoci.registry.retry`), deciding with :func:`is_transient` what may be tried again.
 """
 
 from __future__ import annotations
@@ -247,6 +250,7 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     urllib3.exceptions.LocationValueError,
     urllib3.exceptions.ProxySchemeUnknown,
 )
+_TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 _TIMEOUTS: tuple[type[BaseException], ...] = (
     requests.exceptions.Timeout,
     urllib3.exceptions.TimeoutError,
@@ -259,6 +263,10 @@ def is_transient(exc: BaseException) -> bool:
     away on another attempt: connection refused or reset, a broken or cut body, a timeout."""
     chain = _exception_chain(exc)
     if exc.__cause__ is None or any(isinstance(e, _PERMANENT) for e in chain):
+        return False
+    # a TLS failure is the peer's configuration (a handshake refused, plain HTTP on an HTTPS
+    # port) unless it is the connection ending mid-stream, as a reset looks under TLS
+    if any(isinstance(e, ssl.SSLError) and not isinstance(e, _TLS_CUT) for e in chain):
         return False
     return any(
         isinstance(

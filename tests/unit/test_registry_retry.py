@@ -4,14 +4,23 @@ deadline, and what is (not) retried, against the fake registry."""
 from __future__ import annotations
 
 import logging
+import ssl
 
 import pytest
+import requests
+import urllib3.exceptions
 
 import seekoci
 from seekoci.errors import ImageNotFoundError, RegistryError
 from seekoci.registry import resolve_image, retry
 from seekoci.registry.retry import RetryPolicy
-from seekoci.registry.transport import HttpClient, new_session
+from seekoci.registry.transport import (
+    HttpClient,
+    is_timeout,
+    is_transient,
+    new_session,
+    transport_errors,
+)
 
 pytestmark = pytest.mark.usefixtures("isolated_docker_config")
 
@@ -198,3 +207,34 @@ def test_an_expired_redirect_goes_back_for_a_fresh_one(fake_registry, blob_serve
         src.read_range(100, 50)
     assert caught.value.status == 403
     assert len(blob_server.requests) == 2 + 3
+
+
+def mapped(exc: BaseException) -> RegistryError:
+    """``exc`` as transport_errors maps it."""
+    try:
+        with transport_errors("GET http://host/x"):
+            raise exc
+    except RegistryError as err:
+        return err
+    raise AssertionError("not mapped")
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient", "timeout"),
+    [
+        (ConnectionResetError(104, "Connection reset by peer"), True, False),
+        (requests.exceptions.ChunkedEncodingError("cut"), True, False),
+        (requests.exceptions.ReadTimeout("slow"), True, True),
+        (urllib3.exceptions.NewConnectionError(None, "refused"), True, False),
+        (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), True, False),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), False, False),
+        (ssl.SSLError(1, "wrong version number"), False, False),
+        (requests.exceptions.InvalidURL("no host"), False, False),
+        (requests.exceptions.TooManyRedirects("loop"), False, False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_what_is_worth_another_attempt(exc, transient, timeout) -> None:
+    err = mapped(exc)
+    assert is_transient(err) is transient
+    assert is_timeout(err) is timeout
