@@ -25,6 +25,7 @@ PAGES = [
     "comparison.md",
     "performance.md",
     "insight.md",
+    "reliability.md",
 ]
 
 

@@ -63,6 +63,8 @@ def open_image(
     cache_dir: CacheDir = None,
     insecure: bool | None = None,
     span_size: int = DEFAULT_SPAN_SIZE,
+    timeout: float | None = None,
+    retries: int | None = None,
     index_repo: str | None = None,
 ) -> Image:
     """Open an image in a registry (``[REGISTRY/]REPO[:TAG][@DIGEST]``) or an OCI layout
@@ -72,7 +74,11 @@ def open_image(
     ``index_repo``: a repository ``REGISTRY/REPO`` holding indexes of layers published with
     ``seekoci index REF --push --to REGISTRY/REPO`` (for images you cannot push to), looked
     up by layer digest after the image's own published indexes; default
-    ``$SEEKOCI_INDEX_REPO``, else none (docs/publishing.md)."""
+    ``$SEEKOCI_INDEX_REPO``, else none (docs/publishing.md).
+
+    ``timeout``: seconds one request may wait for the next byte (default
+    ``$SEEKOCI_TIMEOUT``, else 30); ``retries``: attempts after the first for one request
+    (default ``$SEEKOCI_RETRIES``, else 5). See docs/reliability.md."""
     from ._reopen import LayerOrigin, image_origin
     from .registry import resolve_image
 
@@ -82,6 +88,8 @@ def open_image(
         "insecure": insecure,
         "span_size": span_size,
         "index_repo": index_repo,
+        "timeout": timeout,
+        "retries": retries,
     }
     cache = open_cache(cache_dir)
     found: list[Any] = []
@@ -100,6 +108,8 @@ def open_image(
         insecure=insecure,
         blobs=cache.content_store(),
         on_manifest=on_manifest,
+        timeout=timeout,
+        retries=retries,
     )
     remote = found[-1] if found else None
     layers = [

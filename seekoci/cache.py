@@ -785,7 +785,11 @@ class DiskCache:
             return None
         ok = check(data) if check is not None else hashlib.sha256(data).hexdigest() == digest_hex
         if not ok:
-            return None  # damaged on disk: refetch (and overwrite)
+            # damaged on disk: drop it, so that the refetched bytes are saved in its place
+            # (save_span keeps a file that exists)
+            with contextlib.suppress(OSError):
+                self._span_path(digest_hex).unlink()
+            return None
         return data
 
     def has_span(self, digest_hex: str) -> bool:

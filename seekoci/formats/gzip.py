@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,7 +195,10 @@ class GzipIndexer(IndexerBase):
         self._elide = elide_windows
         self._probe: _WindowProbe | None = None
         self._pending: collections.deque[concurrent.futures.Future[None]] = collections.deque()
-        self._probing: dict[int, _WindowProbe] = {}  # handed to the analysis thread
+        # spans handed to the analysis thread, until it stored their window; read by any
+        # thread that asks for a window (readers of a layer while its index builds)
+        self._probing: dict[int, _WindowProbe] = {}
+        self._probing_lock = threading.Lock()
         self._chunk = b""
         self._chunk_offset = 0
         self._prev_last = b""
@@ -207,7 +211,8 @@ class GzipIndexer(IndexerBase):
     def window(self, span_index: int) -> bytes | None:
         probe = self._probe
         if probe is None or probe.span != span_index:
-            probe = self._probing.get(span_index)
+            with self._probing_lock:
+                probe = self._probing.get(span_index)
         if probe is not None:  # not stored yet
             return probe.window or None
         packed = self._windows.read(span_index)  # stored before it left _probing
@@ -387,7 +392,8 @@ class GzipIndexer(IndexerBase):
         probe = self._probe
         if probe is None:
             return
-        self._probing[probe.span] = probe  # before it stops being the open probe
+        with self._probing_lock:
+            self._probing[probe.span] = probe  # before it stops being the open probe
         self._probe = None
         pending = self._pending
         pending.append(_analysis().submit(self._sparsen, probe))
@@ -431,7 +437,8 @@ class GzipIndexer(IndexerBase):
             else:
                 self._windows.drop(probe.span)
         finally:
-            self._probing.pop(probe.span, None)
+            with self._probing_lock:
+                self._probing.pop(probe.span, None)
 
     def _close_span(self, cend: int, digest: str) -> None:
         span = Span(

@@ -118,7 +118,9 @@ class LayerIndex:
     #: of neighbouring spans can be read with one request (:meth:`prefetch_records`)
     records_by_offset: bool = False
     _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
-    _records_lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    _records_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
 
     def _where(self, span_index: int) -> str:
         return f"index of {self.layer_digest}: span {span_index}"
@@ -129,7 +131,10 @@ class LayerIndex:
             return span_index in self._records
 
     def record(self, span_index: int) -> bytes:
-        """Span ``span_index``'s record, checked against its digest (b"" for none)."""
+        """Span ``span_index``'s record, checked against its digest (b"" for none).
+
+        Fetched and checked outside the lock (two threads may both fetch one record; the
+        second keeps the first's); only the dict of kept records is guarded."""
         with self._records_lock:
             kept = self._records.get(span_index)
         if kept is not None:
@@ -179,10 +184,9 @@ class LayerIndex:
         ):
             raise FormatError(f"{where}: record does not match its digest")
         with self._records_lock:
-            if span_index not in self._records and len(self._records) >= _RECORDS_KEPT:
+            while len(self._records) >= _RECORDS_KEPT:
                 del self._records[next(iter(self._records))]  # the oldest kept
-            self._records[span_index] = data
-        return data
+            return self._records.setdefault(span_index, data)
 
     def chunk_table(self, span_index: int) -> ChunkTable | None:
         """The chunk digests and marks of a chunked span (None for whole spans)."""

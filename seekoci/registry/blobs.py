@@ -1,14 +1,20 @@
 """Blobs over HTTP as range sources: registry layer blobs and plain URLs.
 
-A range read is one ``GET`` with ``Range: bytes=a-b`` that must come back ``206`` with a
-``Content-Range`` naming exactly that range of a blob of the expected size. Anything else is a
-RegistryError, because some servers and CDNs ignore ``Range`` and send the whole blob with
-``200``; reading gigabytes to return a few kilobytes would be silently disastrous.
+A range read is a ``GET`` with ``Range: bytes=a-b`` that must come back ``206`` with a
+``Content-Range`` naming exactly that range of a blob of the expected size; a failed or cut
+attempt is resumed from the first byte still missing (see :mod:`~seekoci.registry.retry`).
+A body is never read as a range it was not said to be: some servers and CDNs ignore ``Range``
+and send the whole blob with ``200``. A range read then fails with a RegistryError saying so
+(reading gigabytes to return a few kilobytes would be silently disastrous); a forward stream
+from near the start (an index build) reads and drops the bytes before its offset instead,
+with one warning.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Iterator, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -17,25 +23,53 @@ from requests import Response
 from ..errors import IntegrityError, InvalidReferenceError, RegistryError
 from ..source import STREAM_CHUNK_SIZE
 from .auth import basic_header
-from .client import RegistryClient, check_status, raise_for_status
+from .client import RegistryClient, pull_scope, raise_for_status
 from .digest import verify_digest
 from .manifest import Descriptor
-from .transport import HttpClient, TransferStats, iter_body, new_session, read_body, redact_url
+from .retry import Attempts, RetryPolicy
+from .transport import (
+    HttpClient,
+    TransferStats,
+    is_timeout,
+    is_transient,
+    new_session,
+    redact_url,
+    transport_errors,
+)
+
+log = logging.getLogger("seekoci.registry")
+
+#: A forward stream (``iter_from``) from at most this offset survives a server that ignores
+#: ``Range``: it reads and drops the bytes before its offset (an index build starts at 0).
+MAX_SKIP_BYTES = 8 << 20
+#: Pieces a range read is received in: a reset mid-body resumes at most this far back.
+_READ_PIECE = 256 << 10
 
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
 _UNSATISFIED_RANGE_RE = re.compile(r"^\s*bytes\s+\*/(\d+)\s*$", re.IGNORECASE)
 
 
+class _WrongAnswer(Exception):
+    """An answer that may be right on another attempt (a wrong Content-Range, a cut body)."""
+
+
 class HTTPRangeSource:
     """Range reads and streaming over HTTP; subclasses say how to send the GET.
 
-    Thread-safe: each call makes its own request; the counters sit behind a lock.
+    Every read is one request in the sense of :mod:`~seekoci.registry.retry`: connection
+    errors, resets and stalls mid-body, cut bodies and wrong ``Content-Range`` answers are
+    retried within one budget, each new attempt asking only for the bytes still missing.
+
+    Thread-safe: each call makes its own requests; the counters sit behind a lock.
     """
 
-    def __init__(self, size: int, name: str) -> None:
+    def __init__(self, size: int, name: str, policy: RetryPolicy | None = None) -> None:
         self._size = size
         self._name = name
         self._stats = TransferStats()
+        self._policy = policy or RetryPolicy.resolve()
+        self._lock = threading.Lock()
+        self._warned_no_range = False
 
     @property
     def size(self) -> int:
@@ -52,11 +86,19 @@ class HTTPRangeSource:
 
     @property
     def requests(self) -> int:
-        """HTTP requests made so far (redirect hops and auth retries included)."""
+        """HTTP requests made so far (redirect hops, auth and other retries included)."""
         return self._stats.requests
 
-    def _get(self, headers: Mapping[str, str]) -> Response:
+    def _get(self, headers: Mapping[str, str], attempts: Attempts) -> Response:
         raise NotImplementedError
+
+    def _host(self) -> str:
+        """The server, as messages name it."""
+        return "the server"
+
+    def _what(self, text: str) -> str:
+        """``text`` (the blob and the bytes asked for) as messages name it."""
+        return text
 
     def read_range(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0:
@@ -64,17 +106,9 @@ class HTTPRangeSource:
         end = min(offset + length, self._size)
         if offset >= end:
             return b""
-        last = end - 1
-        response = self._get({"Range": f"bytes={offset}-{last}"})
-        self._expect_partial(response, offset, last)
-        want = end - offset
-        what = f"{self._name} bytes {offset}-{last}"
-        data = read_body(response, limit=want, what=what)
-        self._stats.add_bytes(len(data))
-        if len(data) < want:
-            raise RegistryError(f"{what}: short body ({len(data)} of {want} bytes)")
-        if len(data) > want:
-            raise RegistryError(f"{what}: server sent more than the {want} bytes asked for")
+        what = f"{self._name} bytes {offset}-{end - 1}"
+        data = b"".join(self._stream(offset, end, _READ_PIECE, what=what, forward=False))
+        assert len(data) == end - offset
         return data
 
     def iter_from(self, offset: int = 0, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
@@ -82,81 +116,201 @@ class HTTPRangeSource:
             raise ValueError(f"bad offset {offset} of {self._name}")
         if offset >= self._size:
             return
-        response = self._get({"Range": f"bytes={offset}-"} if offset > 0 else {})
-        try:
-            if offset > 0:
-                self._expect_partial(response, offset, self._size - 1)
-            else:
-                check_status(response, where=self._name, expected=(200,))
-            expected = self._size - offset
-            received = 0
-            what = f"{self._name} from byte {offset}"
-            for chunk in iter_body(response, chunk_size=chunk_size, what=what):
-                received += len(chunk)
-                self._stats.add_bytes(len(chunk))
-                if received > expected:
-                    raise RegistryError(f"{what}: body longer than the {expected} bytes expected")
-                yield chunk
-            if received < expected:
-                raise RegistryError(f"{what}: short body ({received} of {expected} bytes)")
-        finally:
-            response.close()
+        what = f"{self._name} from byte {offset}"
+        yield from self._stream(offset, self._size, chunk_size, what=what, forward=True)
 
-    def _expect_partial(self, response: Response, first: int, last: int) -> None:
-        """Insist on ``206`` with ``Content-Range: bytes first-last/size``; else close and raise."""
+    def _stream(
+        self,
+        first: int,
+        end: int,
+        chunk_size: int,
+        *,
+        what: str,
+        forward: bool,
+    ) -> Iterator[bytes]:
+        """Bytes ``[first, end)`` in chunks, resumed after failures where they stopped.
+
+        ``forward``: a stream to the end of the blob. From offset 0 its first request is a
+        GET without ``Range`` (200, the whole blob); else it asks for ``bytes=N-``. If the
+        server ignores ``Range`` and the stream began within :data:`MAX_SKIP_BYTES` of the
+        start, the bytes before the position are read and dropped (warned once).
+        """
+        what = self._what(what)
+        attempts = self._policy.begin(what)
+        skip_ok = forward and first <= MAX_SKIP_BYTES
+        pos = first
+        while pos < end:
+            ranged = not (forward and pos == 0)
+            last = "" if forward else str(end - 1)
+            headers = {"Range": f"bytes={pos}-{last}"} if ranged else {}
+            response = self._get(headers, attempts)
+            try:
+                tried = f" (after {attempts.attempts} attempts)" if attempts.retried else ""
+                skip = self._accept(
+                    response, pos, end, ranged=ranged, skip_ok=skip_ok, what=what + tried
+                )
+                started = pos
+                for chunk in _body(response, chunk_size, what=what):
+                    attempts.received()
+                    self._stats.add_bytes(len(chunk))
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        skip -= cut
+                        chunk = chunk[cut:]
+                        if not chunk:
+                            continue
+                    if len(chunk) > end - pos:
+                        raise RegistryError(
+                            f"{what}: server sent more than the {end - first} bytes asked for"
+                        )
+                    pos += len(chunk)
+                    yield chunk
+                if pos < end:
+                    raise _WrongAnswer(f"body cut short ({pos - started} of {end - started} bytes)")
+            except _WrongAnswer as exc:
+                attempts.retry(str(exc), status=response.status_code)
+            except RegistryError as exc:
+                if not is_transient(exc):
+                    raise
+                reason = str(exc).split(": ", 1)[-1]
+                if is_timeout(exc):
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
+                attempts.retry(f"{reason} at byte {pos}", cause=exc.__cause__ or exc)
+            finally:
+                response.close()
+
+    def _accept(
+        self, response: Response, pos: int, end: int, *, ranged: bool, skip_ok: bool, what: str
+    ) -> int:
+        """Check an answer's status and ``Content-Range``; return how many bytes of its body
+        come before ``pos``. Raise what an error status means, or :class:`_WrongAnswer`."""
         status = response.status_code
-        asked = f"bytes={first}-{last}"
+        if status not in (200, 206) or (status == 206 and not ranged):
+            raise_for_status(response, where=what)
+        if not ranged:
+            return 0
+        asked = f"bytes={pos}-{end - 1}"
         if status == 200:
+            if pos == 0 and end == self._size:
+                return 0  # the whole blob was asked for, and came
+            if skip_ok:
+                self._warn_no_range(pos)
+                return pos
             response.close()
             raise RegistryError(
-                f"{self._name}: server ignored Range (answered 200 to {asked})", status=200
+                f"{what}: {self._host()} does not honour range requests (answered 200 "
+                f"with the whole blob to {asked}); reading it needs them",
+                status=200,
             )
-        if status != 206:
-            raise_for_status(response, where=self._name)
         header = response.headers.get("Content-Range", "")
         match = _CONTENT_RANGE_RE.match(header)
-        problem = None
         if match is None:
-            problem = f"missing or malformed Content-Range {header[:80]!r}"
-        else:
-            start, end, total = match.groups()
-            if (int(start), int(end)) != (first, last):
-                problem = f"Content-Range {start}-{end} does not match the range asked for"
-            elif total != "*" and int(total) != self._size:
-                problem = f"Content-Range says the blob has {total} bytes, expected {self._size}"
-        if problem is not None:
-            response.close()
-            raise RegistryError(f"{self._name}: {problem} ({asked})", status=status)
+            raise _WrongAnswer(f"missing or malformed Content-Range {header[:80]!r} for {asked}")
+        start, last, total = match.groups()
+        if (int(start), int(last)) != (pos, end - 1):
+            raise _WrongAnswer(f"Content-Range {start}-{last} does not match {asked}")
+        if total != "*" and int(total) != self._size:
+            raise _WrongAnswer(
+                f"Content-Range says the blob has {total} bytes, expected {self._size}"
+            )
+        return 0
+
+    def _warn_no_range(self, pos: int) -> None:
+        with self._lock:
+            warned, self._warned_no_range = self._warned_no_range, True
+        if not warned:
+            log.warning(
+                "seekoci: warning: %s ignores range requests (answered 200 with the whole "
+                "blob); reading %s from its start to reach byte %d",
+                self._host(),
+                self._name,
+                pos,
+            )
+
+
+def _body(response: Response, chunk_size: int, *, what: str) -> Iterator[bytes]:
+    """A body as sent, in pieces of ``chunk_size`` (the last may be shorter); exceptions
+    mapped by :func:`~seekoci.registry.transport.transport_errors`.
+
+    When the connection breaks, what arrived before is yielded first: a retry then asks
+    only for the bytes after it (``read(n)`` would drop up to ``n`` bytes already received).
+    """
+    raw = response.raw
+    read1 = getattr(raw, "read1", None)  # urllib3 >= 2.3
+    piece = bytearray()
+    while True:
+        try:
+            with transport_errors(what):
+                want = chunk_size - len(piece)
+                if read1 is not None:
+                    data = read1(want, decode_content=False)
+                else:
+                    data = raw.read(want, decode_content=False)
+        except RegistryError:
+            if piece:
+                yield bytes(piece)
+            raise
+        if not data:
+            if piece:
+                yield bytes(piece)
+            return
+        piece += data
+        if len(piece) >= chunk_size:
+            yield bytes(piece)
+            piece.clear()
 
 
 class RegistryBlobSource(HTTPRangeSource):
     """A layer blob in a registry, read by ranges through the registry client (auth, redirects)."""
 
     def __init__(self, client: RegistryClient, repository: str, descriptor: Descriptor) -> None:
-        super().__init__(descriptor.size, descriptor.digest)
+        super().__init__(
+            descriptor.size,
+            descriptor.digest,
+            client.policy,
+        )
         self._client = client
         self._repository = repository
         self.descriptor = descriptor
 
-    def _get(self, headers: Mapping[str, str]) -> Response:
+    def _get(self, headers: Mapping[str, str], attempts: Attempts) -> Response:
         return self._client.get_blob(
-            self._repository, self.descriptor.digest, headers=headers, stats=self._stats
+            self._repository,
+            self.descriptor.digest,
+            headers=headers,
+            stats=self._stats,
+            attempts=attempts,
         )
+
+    def _what(self, text: str) -> str:
+        # messages name the registry and repository as well as the blob
+        return f"{self._client.registry}/{self._repository} blob {text}"
+
+    def _host(self) -> str:
+        return f"registry {self._client.registry}"
 
     def __repr__(self) -> str:
         return f"RegistryBlobSource({self._client.registry}/{self._repository}@{self._name})"
 
 
 def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) -> bytes:
-    """A whole (small) blob, verified against its descriptor; IntegrityError if it is not it."""
+    """A whole (small) blob, verified against its descriptor; IntegrityError if it is not it
+    (after one refetch: a byte damaged in transit is not the blob's fault)."""
     what = f"{client.registry}/{repository} blob {descriptor.digest}"
-    response = client.get_blob(repository, descriptor.digest)
-    check_status(response, where=what)
-    data = read_body(response, limit=descriptor.size, what=what)
-    if len(data) != descriptor.size:
-        got = "more than" if len(data) > descriptor.size else f"only {len(data)} of"
-        raise IntegrityError(f"{what}: got {got} the {descriptor.size} bytes it should have")
-    verify_digest(data, descriptor.digest, what=what)
+
+    def check(_: Response, data: bytes) -> None:
+        if len(data) != descriptor.size:
+            got = "more than" if len(data) > descriptor.size else f"only {len(data)} of"
+            raise IntegrityError(f"{what}: got {got} the {descriptor.size} bytes it should have")
+        verify_digest(data, descriptor.digest, what=what)
+
+    _, data = client.get_small(
+        f"/v2/{repository}/blobs/{descriptor.digest}",
+        scope=pull_scope(repository),
+        what=what,
+        limit=descriptor.size,
+        check=check,
+    )
     return data
 
 
@@ -180,13 +334,21 @@ class URLSource(HTTPRangeSource):
             url = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
         self._url = url
         self._http = http or HttpClient(new_session())
-        super().__init__(0, redact_url(url))
+        super().__init__(0, redact_url(url), self._http.policy)
         self._size = self._discover_size()
 
-    def _get(self, headers: Mapping[str, str]) -> Response:
+    def _get(self, headers: Mapping[str, str], attempts: Attempts | None = None) -> Response:
         return self._http.send(
-            "GET", self._url, headers=headers, authorization=self._authorization, stats=self._stats
+            "GET",
+            self._url,
+            headers=headers,
+            authorization=self._authorization,
+            stats=self._stats,
+            attempts=attempts,
         )
+
+    def _host(self) -> str:
+        return urlsplit(self._url).netloc
 
     def _discover_size(self) -> int:
         """Size from HEAD's ``Content-Length``, else from the total of a one-byte range GET.
@@ -215,7 +377,9 @@ class URLSource(HTTPRangeSource):
                     return int(match.group(1))  # an empty blob: no byte 0 to send
             if status == 200:
                 raise RegistryError(
-                    f"{self._name}: server ignored Range (answered 200 to bytes=0-0)", status=200
+                    f"{self._name}: {self._host()} does not honour range requests (answered "
+                    "200 to bytes=0-0)",
+                    status=200,
                 )
             raise_for_status(response, where=self._name)
         finally:

@@ -23,14 +23,17 @@ from .credentials import Credentials, load_docker_credentials
 from .digest import compute_digest, digest_problem, verify_digest
 from .manifest import MANIFEST_MEDIA_TYPES, MAX_MANIFEST_SIZE
 from .reference import registry_api_host
+from .retry import Attempts, RetryPolicy
 from .transport import (
-    DEFAULT_TIMEOUT,
     HttpClient,
     TransferStats,
     error_detail,
     is_loopback,
+    is_timeout,
+    is_transient,
     new_session,
     read_body,
+    retry_after_seconds,
     split_host_port,
 )
 
@@ -80,7 +83,8 @@ class RegistryClient:
     """Speaks the distribution API to one registry.
 
     ``auth``: None to look credentials up in the Docker config (lazily, on the first
-    challenge), or ``(username, password)``.
+    challenge), or ``(username, password)``. ``timeout`` and ``retries``: see
+    :mod:`~seekoci.registry.retry` (None: from the environment, else the defaults).
     """
 
     def __init__(
@@ -89,7 +93,8 @@ class RegistryClient:
         *,
         auth: tuple[str, str] | None = None,
         insecure: bool | None = None,
-        timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
+        retries: int | None = None,
         plan: tuple[Transport, ...] | None = None,
     ) -> None:
         self.registry = registry
@@ -98,7 +103,8 @@ class RegistryClient:
         self._transport: Transport | None = self._plan[0] if len(self._plan) == 1 else None
         self._transport_lock = threading.Lock()
         unverified = frozenset({self.api_host} if HTTPS_UNVERIFIED in self._plan else set())
-        self._http = HttpClient(new_session(), timeout=timeout, unverified_netlocs=unverified)
+        self.policy = RetryPolicy.resolve(timeout, retries)
+        self._http = HttpClient(new_session(), policy=self.policy, unverified_netlocs=unverified)
         load: Callable[[], Credentials | None]
         if auth is not None:
             username, password = _check_auth(auth)
@@ -129,21 +135,25 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         stats: TransferStats | None = None,
         body: bytes | memoryview | None = None,
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         """Send an authenticated API request (``path`` starts with ``/v2/``).
 
         Returns the response (streamed) unless it is an auth failure, which raises
         AuthenticationError: a 401 is answered once (a new token or Basic credentials) and a
         second 401 or a 403 is final. Other statuses are left to the caller. ``body`` (PUT,
-        PATCH) is sent again as is when a challenge is answered.
+        PATCH) is sent again as is when a challenge is answered. GET and HEAD are retried
+        within ``attempts`` (a new budget named by ``what`` if None).
         """
+        if attempts is None:
+            attempts = self.policy.begin(what)
         authorization = self._auth.authorization(scope)
-        response = self._send(method, path, headers, authorization, stats, body)
+        response = self._send(method, path, headers, authorization, stats, body, attempts)
         if response.status_code == 401 and self._from_registry(response):
             challenge = response.headers.get("WWW-Authenticate")
             response.close()
             authorization = self._auth.answer_challenge(challenge, scope, authorization)
-            response = self._send(method, path, headers, authorization, stats, body)
+            response = self._send(method, path, headers, authorization, stats, body, attempts)
             if response.status_code == 401 and self._from_registry(response):
                 detail = error_detail(response)
                 raise AuthenticationError(
@@ -217,6 +227,7 @@ class RegistryClient:
         authorization: str | None,
         stats: TransferStats | None,
         body: bytes | memoryview | None = None,
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         transport = self._transport
         if transport is not None:
@@ -227,6 +238,7 @@ class RegistryClient:
                 authorization=authorization,
                 stats=stats,
                 data=_as_data(body),
+                attempts=attempts,
             )
         # First contact with an insecure registry: find out whether it speaks HTTPS. One thread
         # probes; the others wait for its answer instead of probing too.
@@ -242,6 +254,8 @@ class RegistryClient:
                             authorization=authorization,
                             stats=stats,
                             data=_as_data(body),
+                            # a probe: each transport once (a TLS error means "try plain HTTP")
+                            attempts=RetryPolicy(self.policy.timeout, 0).begin(path),
                         )
                     except RegistryError as exc:
                         if exc.status is not None:
@@ -253,9 +267,54 @@ class RegistryClient:
                     return response
                 assert last is not None
                 raise last
-        return self._send(method, path, headers, authorization, stats, body)
+        return self._send(method, path, headers, authorization, stats, body, attempts)
 
     # -- manifests and blobs ----------------------------------------------------------------
+
+    def get_small(
+        self,
+        path: str,
+        *,
+        scope: str,
+        what: str,
+        limit: int,
+        headers: Mapping[str, str] | None = None,
+        check: Callable[[requests.Response, bytes], None] | None = None,
+        where_status: str | None = None,
+    ) -> tuple[requests.Response, bytes]:
+        """GET a small document whole (a manifest, a config): the response (closed) and at
+        most ``limit + 1`` bytes of its body.
+
+        A body cut or broken in transit is fetched again within the request's retry budget;
+        so is one that ``check`` rejects with IntegrityError, once (a byte damaged on the way
+        is not the document's fault; a second mismatch is).
+        """
+        attempts = self.policy.begin(what)
+        refetched = False
+        while True:
+            response = self.request(
+                "GET", path, scope=scope, what=what, headers=headers, attempts=attempts
+            )
+            check_status(response, where=where_status or what)
+            try:
+                body = read_body(response, limit=limit, what=what)
+                if check is not None:
+                    check(response, body)
+            except IntegrityError as exc:
+                if refetched or not attempts.can_retry():
+                    raise
+                refetched = True
+                attempts.retry(str(exc).split(": ", 1)[-1], cause=exc.__cause__ or exc)
+                continue
+            except RegistryError as exc:
+                if not is_transient(exc):
+                    raise
+                reason = str(exc).split(": ", 1)[-1]
+                if is_timeout(exc):
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
+                attempts.retry(reason, cause=exc.__cause__ or exc)
+                continue
+            return response, body
 
     def get_manifest(self, repository: str, reference: str, *, where: str) -> FetchedManifest:
         """Fetch a manifest or index by tag or digest, verified (see module docs).
@@ -263,28 +322,38 @@ class RegistryClient:
         By digest the body must hash to it; by tag we compute sha256 ourselves and, when the
         registry sends ``Docker-Content-Digest``, insist that it agrees.
         """
-        response = self.request(
-            "GET",
+        by_digest = digest_problem(reference) is None
+
+        def check(response: requests.Response, body: bytes) -> None:
+            if len(body) > MAX_MANIFEST_SIZE:
+                raise RegistryError(f"{where}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
+            if by_digest:
+                verify_digest(body, reference, what=where)
+                return
+            claimed = response.headers.get("Docker-Content-Digest", "").strip()
+            if claimed:
+                if digest_problem(claimed) is not None:
+                    raise IntegrityError(
+                        f"{where}: registry sent a malformed Docker-Content-Digest"
+                    )
+                verify_digest(body, claimed, what=where)
+
+        response, body = self.get_small(
             f"/v2/{repository}/manifests/{reference}",
             scope=pull_scope(repository),
             what=where,
+            where_status=f"{where}: manifest",
             headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+            limit=MAX_MANIFEST_SIZE,
+            check=check,
         )
-        check_status(response, where=f"{where}: manifest")
-        body = read_body(response, limit=MAX_MANIFEST_SIZE, what=where)
-        if len(body) > MAX_MANIFEST_SIZE:
-            raise RegistryError(f"{where}: manifest larger than {MAX_MANIFEST_SIZE} bytes")
         content_type = response.headers.get("Content-Type")
-        if digest_problem(reference) is None:
-            verify_digest(body, reference, what=where)
+        if by_digest:
             return FetchedManifest(body, content_type, reference)
         digest = compute_digest(body)
         claimed = response.headers.get("Docker-Content-Digest", "").strip()
-        if claimed:
-            if digest_problem(claimed) is not None:
-                raise IntegrityError(f"{where}: registry sent a malformed Docker-Content-Digest")
-            verify_digest(body, claimed, what=where)
-            digest = claimed if claimed.startswith("sha256:") else digest
+        if claimed.startswith("sha256:"):
+            digest = claimed
         return FetchedManifest(body, content_type, digest)
 
     def get_blob(
@@ -294,6 +363,7 @@ class RegistryClient:
         *,
         headers: Mapping[str, str] | None = None,
         stats: TransferStats | None = None,
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         """GET a blob (following redirects); the caller checks the status and reads the body."""
         return self.request(
@@ -303,6 +373,7 @@ class RegistryClient:
             what=f"{self.registry}/{repository} blob {digest}",
             headers=headers,
             stats=stats,
+            attempts=attempts,
         )
 
 
@@ -343,7 +414,9 @@ def raise_for_status(response: requests.Response, *, where: str) -> NoReturn:
     if status in (401, 403):
         raise AuthenticationError(f"{where}: access denied ({status}){suffix}", status=status)
     if status == 429:
-        raise RegistryError(f"{where}: rate limited by the server (429){suffix}", status=429)
+        wait = retry_after_seconds(response.headers.get("Retry-After"))
+        asks = f", it asks to wait {wait:.0f} s" if wait is not None else ""
+        raise RegistryError(f"{where}: rate limited by the server (429{asks}){suffix}", status=429)
     raise RegistryError(f"{where}: unexpected HTTP status {status}{suffix}", status=status)
 
 

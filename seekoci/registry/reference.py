@@ -101,22 +101,30 @@ def registry_api_host(registry: str) -> str:
 def parse_reference(text: str) -> Reference | LayoutReference:
     """Parse and normalise an image reference; raise InvalidReferenceError if it is malformed."""
     if not isinstance(text, str):
-        raise InvalidReferenceError(f"image reference must be a string, not {type(text).__name__}")
+        raise InvalidReferenceError(
+            f"an image reference must be a string, not {type(text).__name__}"
+        )
     if text.startswith(LAYOUT_PREFIX):
         return _parse_layout(text, text[len(LAYOUT_PREFIX) :])
     return _parse_registry(text)
 
 
 def _parse_registry(text: str) -> Reference:
+    """Parse ``[docker://][REGISTRY/]REPOSITORY[:TAG][@DIGEST]``. Messages quote what the
+    user typed (``text`` and its parts as written), never the normalised name."""
+
+    def bad(problem: str) -> InvalidReferenceError:
+        return InvalidReferenceError(f"invalid reference {text!r}: {problem}")
+
     rest = text.removeprefix("docker://")
     if not rest:
-        raise InvalidReferenceError(f"invalid image reference {text!r}: empty")
+        raise bad("empty")
     name, at, digest_text = rest.partition("@")
     digest: str | None = None
     if at:
         problem = digest_problem(digest_text)
         if problem is not None:
-            raise InvalidReferenceError(f"invalid image reference {text!r}: digest {problem}")
+            raise bad(f"digest {problem}")
         digest = digest_text
     tag: str | None = None
     colon = name.rfind(":")
@@ -124,23 +132,27 @@ def _parse_registry(text: str) -> Reference:
     if colon > name.rfind("/"):
         tag = name[colon + 1 :]
         name = name[:colon]
+        if not tag:
+            raise bad("empty tag after ':'")
         if not _TAG_RE.match(tag):
-            raise InvalidReferenceError(f"invalid image reference {text!r}: bad tag {tag!r}")
+            raise bad(f"bad tag {tag!r} (letters, digits, '_', '.', '-'; at most 128)")
+    if not name:
+        raise bad("no repository name")
     registry, repository = _split_registry(name)
     if not _REGISTRY_RE.match(registry):
-        raise InvalidReferenceError(f"invalid image reference {text!r}: bad registry {registry!r}")
+        raise bad(f"bad registry {registry!r}")
+    typed_repository = repository
     if registry == "index.docker.io":
         registry = DOCKER_HUB
     if registry == DOCKER_HUB and "/" not in repository:
         repository = f"library/{repository}"
-    for component in repository.split("/"):
+    for component in typed_repository.split("/"):
         if not _COMPONENT_RE.match(component):
             hint = " (repository names must be lowercase)" if component.lower() != component else ""
-            raise InvalidReferenceError(
-                f"invalid image reference {text!r}: bad repository name {repository!r}{hint}"
-            )
+            what = f"{component!r} in {typed_repository!r}" if "/" in typed_repository else ""
+            raise bad(f"bad repository name {what or repr(typed_repository)}{hint}")
     if len(registry) + 1 + len(repository) > _MAX_NAME_LENGTH:
-        raise InvalidReferenceError(f"invalid image reference {text!r}: name too long")
+        raise bad("name too long")
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry=registry, repository=repository, tag=tag, digest=digest)
@@ -160,7 +172,7 @@ def _parse_layout(text: str, rest: str) -> LayoutReference:
     if at >= 0 and "/" not in rest[at:] and ":" in rest[at:]:
         problem = digest_problem(rest[at + 1 :])
         if problem is not None:
-            raise InvalidReferenceError(f"invalid layout reference {text!r}: digest {problem}")
+            raise InvalidReferenceError(f"invalid reference {text!r}: digest {problem}")
         digest = rest[at + 1 :]
         rest = rest[:at]
     tag: str | None = None
@@ -170,7 +182,7 @@ def _parse_layout(text: str, rest: str) -> LayoutReference:
         tag = rest[colon + 1 :]
         rest = rest[:colon]
         if not tag or any(ch.isspace() for ch in tag):
-            raise InvalidReferenceError(f"invalid layout reference {text!r}: bad tag {tag!r}")
+            raise InvalidReferenceError(f"invalid reference {text!r}: bad tag {tag!r}")
     if not rest:
-        raise InvalidReferenceError(f"invalid layout reference {text!r}: no path")
+        raise InvalidReferenceError(f"invalid reference {text!r}: no path")
     return LayoutReference(path=os.path.abspath(rest), tag=tag, digest=digest)

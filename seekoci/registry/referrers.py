@@ -34,6 +34,7 @@ from .push import (
     put_manifest,
     put_manifest_response,
 )
+from .retry import RetryPolicy
 from .transport import read_body
 
 log = logging.getLogger("seekoci.registry")
@@ -178,14 +179,24 @@ def _query_api(
     for page in range(MAX_REFERRERS_PAGES):
         try:
             # the first page by API path, the next ones by the absolute URL of their Link
-            send = client.request if url is None else client.request_url
-            response = send(
-                "GET",
-                path if url is None else url,
-                scope=pull_scope(repository),
-                what=where,
-                headers={"Accept": MEDIA_TYPE_OCI_INDEX},
-            )
+            headers = {"Accept": MEDIA_TYPE_OCI_INDEX}
+            if url is None:
+                # a registry without the API may well answer 5xx: one retry, not the whole
+                # budget, before the tag schema is tried
+                policy = client.policy
+                probe = RetryPolicy(policy.timeout, min(1, policy.retries)).begin(where)
+                response = client.request(
+                    "GET",
+                    path,
+                    scope=pull_scope(repository),
+                    what=where,
+                    headers=headers,
+                    attempts=probe,
+                )
+            else:
+                response = client.request_url(
+                    "GET", url, scope=pull_scope(repository), what=where, headers=headers
+                )
         except AuthenticationError:
             if page == 0:
                 return None

@@ -33,6 +33,7 @@ from .manifest import (
 )
 from .platform import Platform, host_platform, matches, select_entry
 from .reference import LayoutReference, Reference, parse_reference
+from .retry import RetryPolicy
 
 #: Indexes pointing at indexes: real images use one level, layouts sometimes two.
 MAX_INDEX_DEPTH = 4
@@ -226,13 +227,18 @@ def resolve_image(
     insecure: bool | None = None,
     blobs: BlobStore | None = None,
     on_manifest: Callable[[ImageStore, str, dict[str, Any]], None] | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
 ) -> ResolvedImage:
     """Resolve ``ref`` to one platform's image (see the package docs for the rules).
 
     ``blobs`` keeps manifests and the config by digest (see :class:`BlobStore`).
     ``on_manifest(store, digest, manifest)`` is called as soon as the platform manifest is
     known, before its config is fetched: a caller can start work that needs only the
-    manifest (finding published indexes) at the same time."""
+    manifest (finding published indexes) at the same time. ``timeout`` and ``retries``
+    bound every request to the registry (:class:`~seekoci.registry.retry.RetryPolicy`;
+    checked for a layout too)."""
+    policy = RetryPolicy.resolve(timeout, retries)
     parsed = ref if isinstance(ref, (Reference, LayoutReference)) else parse_reference(ref)
     wanted = host_platform() if platform is None else Platform.parse(platform)
     explicit = platform is not None
@@ -240,7 +246,13 @@ def resolve_image(
     if isinstance(parsed, LayoutReference):
         store = LayoutStore(parsed)
     else:
-        client = RegistryClient(parsed.registry, auth=auth, insecure=insecure)
+        client = RegistryClient(
+            parsed.registry,
+            auth=auth,
+            insecure=insecure,
+            timeout=policy.timeout,
+            retries=policy.retries,
+        )
         store = RegistryStore(client, parsed, blobs)
     try:
         return _walk(store, wanted, explicit=explicit, on_manifest=on_manifest)

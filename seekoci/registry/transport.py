@@ -9,6 +9,9 @@ Three things live here because each must happen in exactly one place:
   origin it was meant for. Blob GETs are commonly redirected to object storage, which rejects a
   second auth mechanism and must never see the registry's token.
 - :func:`redact_url` is how a URL appears in a message or a log line.
+
+Retries are not urllib3's: :meth:`HttpClient.send` spends the request's budget
+(:mod:`~seekoci.registry.retry`), deciding with :func:`is_transient` what may be tried again.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import http.client
 import ipaddress
 import json
 import logging
+import re
 import ssl
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -34,17 +39,13 @@ import urllib3.exceptions
 from urllib3.util.retry import Retry
 
 from ..errors import RegistryError
+from .retry import MAX_RETRY_AFTER_SECONDS, RETRY_STATUSES, Attempts, RetryPolicy
 
 log = logging.getLogger("seekoci.registry")
 
-#: (connect, read) timeouts in seconds.
-DEFAULT_TIMEOUT = (10.0, 60.0)
 #: Connections kept per host: enough for ~8 reader threads plus manifest/token requests.
 POOL_SIZE = 16
 MAX_REDIRECTS = 10
-#: 429/503 answers are retried this many times when ``Retry-After`` asks for a short wait.
-MAX_RATE_LIMIT_RETRIES = 2
-MAX_RETRY_AFTER_SECONDS = 10.0
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
@@ -192,23 +193,14 @@ class _NoNetrc(requests.auth.AuthBase):
 
 
 def new_session() -> requests.Session:
-    """A session with a connection pool for several reader threads and safe connect retries.
+    """A session with a connection pool for several reader threads.
 
-    Only connection set-up and reads on a stale pooled connection are retried, and only for
-    GET/HEAD: everything else surfaces as a RegistryError.
+    urllib3 retries nothing itself: every retry is :class:`~seekoci.registry.retry.Attempts`'
+    (one budget per request, backoff, logged once), and a read timeout urllib3 retried on its
+    own doubled the wait for a server that never answers.
     """
     session = requests.Session()
-    retry = Retry(
-        total=2,
-        connect=2,
-        read=1,
-        status=0,
-        redirect=0,
-        other=0,
-        backoff_factor=0.05,
-        allowed_methods=frozenset({"GET", "HEAD"}),
-        raise_on_status=False,
-    )
+    retry = Retry(total=0, connect=0, read=False, status=0, redirect=0, other=0)
     adapter = requests.adapters.HTTPAdapter(
         pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=retry
     )
@@ -221,9 +213,90 @@ def new_session() -> requests.Session:
     return session
 
 
+_QUIETED_HOSTS: set[str] = set()
+_QUIET_LOCK = threading.Lock()
+
+
+def quiet_insecure_warnings(netloc: str) -> None:
+    """Replace urllib3's per-request ``InsecureRequestWarning`` (a two-line warning dump on
+    stderr for every connection) for one host the user declared insecure by one seekoci
+    warning line. Only that host's warning is filtered: other code in the process keeps it."""
+    host, _ = split_host_port(netloc)
+    with _QUIET_LOCK:
+        if host in _QUIETED_HOSTS:
+            return
+        _QUIETED_HOSTS.add(host)
+        warnings.filterwarnings(
+            "ignore",
+            message=f"Unverified HTTPS request is being made to host '{re.escape(host)}'",
+            category=urllib3.exceptions.InsecureRequestWarning,
+        )
+    log.warning(
+        "seekoci: warning: %s is an insecure registry: its TLS certificate is not verified",
+        netloc,
+    )
+
+
+#: Exceptions that say the request itself cannot work: retrying would only repeat them.
+_PERMANENT: tuple[type[BaseException], ...] = (
+    ssl.SSLCertVerificationError,
+    ssl.CertificateError,
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.TooManyRedirects,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.LocationValueError,
+    urllib3.exceptions.ProxySchemeUnknown,
+)
+_TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+_TIMEOUTS: tuple[type[BaseException], ...] = (
+    requests.exceptions.Timeout,
+    urllib3.exceptions.TimeoutError,
+    TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a transport failure (a RegistryError from :func:`transport_errors`) may go
+    away on another attempt: connection refused or reset, a broken or cut body, a timeout."""
+    chain = _exception_chain(exc)
+    if exc.__cause__ is None or any(isinstance(e, _PERMANENT) for e in chain):
+        return False
+    # a TLS failure is the peer's configuration (a handshake refused, plain HTTP on an HTTPS
+    # port) unless it is the connection ending mid-stream, as a reset looks under TLS
+    if any(isinstance(e, ssl.SSLError) and not isinstance(e, _TLS_CUT) for e in chain):
+        return False
+    return any(
+        isinstance(
+            e,
+            (
+                requests.RequestException,
+                urllib3.exceptions.HTTPError,
+                http.client.HTTPException,
+                OSError,
+            ),
+        )
+        for e in chain
+    )
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a transport failure was a wait that ran out (connect or read)."""
+    chain = _exception_chain(exc)
+    # urllib3's NewConnectionError (refused, unreachable) subclasses ConnectTimeoutError
+    if any(isinstance(e, urllib3.exceptions.NewConnectionError) for e in chain):
+        return False
+    return any(isinstance(e, _TIMEOUTS) for e in chain)
+
+
+_IDEMPOTENT = frozenset({"GET", "HEAD"})
+
+
 @dataclass
 class HttpClient:
-    """A session plus the rules for timeouts, TLS verification and redirects.
+    """A session plus the rules for timeouts, retries, TLS verification and redirects.
 
     ``unverified_netlocs`` lists ``host[:port]`` values (as in the URL) reached over HTTPS
     without certificate verification (insecure registries); every other host is verified,
@@ -231,8 +304,12 @@ class HttpClient:
     """
 
     session: requests.Session
-    timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    policy: RetryPolicy = field(default_factory=RetryPolicy.resolve)
     unverified_netlocs: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        for netloc in self.unverified_netlocs:
+            quiet_insecure_warnings(netloc)
 
     def send(
         self,
@@ -243,20 +320,75 @@ class HttpClient:
         authorization: str | None = None,
         stats: TransferStats | None = None,
         data: Mapping[str, str] | None = None,
+        attempts: Attempts | None = None,
     ) -> requests.Response:
         """Send a request, following redirects; the response is streamed (caller closes it).
 
         ``authorization`` is sent only to the origin of ``url``: never along a redirect to
-        another scheme, host or port.
+        another scheme, host or port. GET and HEAD are retried within ``attempts`` (a fresh
+        budget from :attr:`policy` if None) on connection errors, timeouts and
+        :data:`~seekoci.registry.retry.RETRY_STATUSES`; a 400 or 403 from where a redirect led
+        (a signed URL that expired) sends the request back to ``url`` for a fresh redirect,
+        at most twice. Other statuses are the caller's to map.
         """
+        if attempts is None:
+            attempts = self.policy.begin(f"{method} {redact_url(url)}")
+        retry_ok = method.upper() in _IDEMPOTENT
+        redirects_renewed = 0
+        while True:
+            try:
+                response = self._follow(method, url, headers, authorization, stats, data, attempts)
+            except RegistryError as exc:
+                if not retry_ok or not is_transient(exc):
+                    raise
+                reason = str(exc).split(": ", 1)[-1]  # the failure, without the URL
+                if is_timeout(exc):
+                    attempts.waited(attempts.wait(), reason, exc.__cause__ or exc)
+                attempts.retry(reason, status=exc.status, cause=exc.__cause__ or exc)
+                continue
+            status = response.status_code
+            if not retry_ok:
+                return response
+            if status in RETRY_STATUSES and attempts.can_retry():
+                retry_after = None
+                if status in (429, 503):
+                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                    if retry_after is not None and retry_after > MAX_RETRY_AFTER_SECONDS:
+                        return response  # "come back much later": no point in retrying now
+                response.close()
+                attempts.retry(f"HTTP {status}", status=status, retry_after=retry_after)
+                continue
+            if (
+                status in (400, 403)
+                and origin(response.url) != origin(url)
+                and redirects_renewed < 2
+                and attempts.can_retry()
+            ):
+                response.close()
+                redirects_renewed += 1
+                attempts.retry(f"HTTP {status} from {redact_url(response.url)} (expired URL?)")
+                continue
+            return response
+
+    def _follow(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        authorization: str | None,
+        stats: TransferStats | None,
+        data: Mapping[str, str] | None,
+        attempts: Attempts,
+    ) -> requests.Response:
+        """One attempt: the request and the redirects it leads to."""
         auth_origin = origin(url)
-        rate_limit_retries = 0
         hops = 0
         while True:
             request_headers = dict(headers or {})
             if authorization is not None and origin(url) == auth_origin:
                 request_headers["Authorization"] = authorization
             what = f"{method} {redact_url(url)}"
+            wait = attempts.wait()
             with transport_errors(what):
                 response = self.session.request(
                     method,
@@ -265,7 +397,7 @@ class HttpClient:
                     data=data,
                     stream=True,
                     allow_redirects=False,
-                    timeout=self.timeout,
+                    timeout=(wait, wait),
                     verify=urlsplit(url).netloc not in self.unverified_netlocs,
                 )
             if stats is not None:
@@ -284,14 +416,6 @@ class HttpClient:
                     method, data = "GET", None
                 log.debug("%s redirected to %s", what, redact_url(url))
                 continue
-            if status in (429, 503) and rate_limit_retries < MAX_RATE_LIMIT_RETRIES:
-                delay = retry_after_seconds(response.headers.get("Retry-After"))
-                if delay is not None and delay <= MAX_RETRY_AFTER_SECONDS:
-                    response.close()
-                    rate_limit_retries += 1
-                    log.debug("%s: status %d, retrying in %.1f s", what, status, delay)
-                    time.sleep(delay)
-                    continue
             return response
 
 

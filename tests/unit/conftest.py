@@ -343,6 +343,15 @@ def image_config(platform: str) -> tuple[dict[str, Any], dict[str, str]]:
     return config, plat
 
 
+@pytest.fixture(autouse=True)
+def _quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests are about what is retried, not how long it waits: backoff in ms
+    (tests/unit/test_registry_retry.py checks the schedule itself; Retry-After waits stay)."""
+    from seekoci.registry import retry
+
+    monkeypatch.setattr(retry, "BACKOFF_BASE_SECONDS", 0.001)
+
+
 @pytest.fixture
 def fake_registry() -> Iterator[FakeRegistry]:
     """A fresh fake registry (no auth, Range honoured) on 127.0.0.1."""

@@ -62,6 +62,8 @@ def test_a_damaged_span_file_is_not_returned(tmp_path: Path) -> None:
     cache.save_span(name, data)
     (tmp_path / "spans" / "sha256" / name).write_bytes(b"the fake bytes")
     assert cache.load_span(name) is None
+    cache.save_span(name, data)  # the refetched bytes take the damaged file's place
+    assert cache.load_span(name) == data
 
 
 @pytest.mark.parametrize(
@@ -158,6 +160,11 @@ def test_a_damaged_cached_span_is_fetched_again(tmp_path: Path) -> None:
     layer = seekoci.open_layer(path, digest=digest, cache_dir=cache)
     assert layer.open("f1").read(10) == random_bytes(1, 30_000)[:10]
     assert layer.source.bytes_read > 0  # type: ignore[attr-defined]
+    # ... and the damaged file was replaced by the refetched bytes: no refetch next time
+    third = seekoci.open_layer(path, digest=digest, cache_dir=cache)
+    assert third.open("f1").read(10) == random_bytes(1, 30_000)[:10]
+    assert third.source.bytes_read == 0  # type: ignore[attr-defined]
+    assert b"garbage" not in [f.read_bytes() for f in files_under(cache / "spans")]
 
 
 def toc_of(index_bytes: bytes) -> dict[str, Any]:

@@ -620,3 +620,44 @@ def test_a_window_that_claims_a_huge_size() -> None:
     index = load(raw_index(good_toc(), spans, frame))
     with pytest.raises(FormatError):
         index.window(1)
+
+
+def test_kept_records_shared_by_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many threads fetch records of one index while old ones are evicted: each gets its
+    own record, and no more than the bound are kept (this used to evict without a lock)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import seekoci.formats.index as index_module
+
+    monkeypatch.setattr(index_module, "_RECORDS_KEPT", 3)
+    count = 40
+    records = [bytes([i]) * (100 + i) for i in range(count)]
+    spans = [
+        Span(i, i * 10, i * 10 + 10, i * 100, i * 100 + 100, "00" * 32, 0) for i in range(count)
+    ]
+    index = LayerIndex(
+        layer_digest=DIGEST,
+        media_type="application/vnd.oci.image.layer.v1.tar",
+        compression="none",
+        blob_size=count * 10,
+        uncompressed_size=count * 100,
+        span_size=100,
+        spans=spans,
+        entries=[],
+        window_locations=[(i, len(records[i])) for i in range(count)],
+        read_windows=lambda i, n: records[i],
+    )
+    start = threading.Barrier(8)
+
+    def reader(seed: int) -> bool:
+        start.wait(timeout=30)
+        ok = True
+        for k in range(400):
+            i = (seed * 7 + k * 13) % count
+            ok &= index.record(i) == records[i]
+            ok &= len(index._records) <= 3
+        return ok
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(reader, range(8)))

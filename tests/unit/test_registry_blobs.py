@@ -17,12 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seekoci.errors import ImageNotFoundError, InvalidReferenceError, RegistryError
-from seekoci.registry import open_url_source, resolve_image
+from seekoci.registry import blobs, open_url_source, resolve_image
 from seekoci.registry.blobs import URLSource
+from seekoci.registry.retry import RetryPolicy
 from seekoci.registry.transport import HttpClient, new_session
 from seekoci.source import RangeSource
 
 pytestmark = pytest.mark.usefixtures("isolated_docker_config")
+
 
 DATA = bytes(random.Random(7).randrange(256) for _ in range(200_000))
 
@@ -138,16 +140,24 @@ def test_redirect_within_the_same_origin_keeps_authorization(fake_registry):
     assert moved_requests and all(r.headers.get("Authorization") for r in moved_requests[-2:])
 
 
-def test_server_ignoring_range(fake_registry):
+def test_server_ignoring_range(fake_registry, monkeypatch, caplog):
     source = layer_source(fake_registry)
     fake_registry.honour_range = False
-    with pytest.raises(RegistryError, match="ignored Range") as caught:
+    with pytest.raises(RegistryError, match="does not honour range requests") as caught:
         source.read_range(10, 10)
     assert caught.value.status == 200
-    with pytest.raises(RegistryError, match="ignored Range"):
-        next(source.iter_from(10))
+    assert fake_registry.netloc in str(caught.value)
     # offset 0 streams the whole blob with a plain GET: 200 is right there
     assert b"".join(source.iter_from(0)) == DATA
+    # a forward stream from near the start reads up to its offset, with one warning
+    with caplog.at_level("WARNING", logger="seekoci.registry"):
+        assert b"".join(source.iter_from(10)) == DATA[10:]
+        assert b"".join(source.iter_from(20)) == DATA[20:]
+    warned = [r for r in caplog.records if "ignores range requests" in r.getMessage()]
+    assert len(warned) == 1
+    monkeypatch.setattr(blobs, "MAX_SKIP_BYTES", 5)
+    with pytest.raises(RegistryError, match="does not honour range requests"):
+        next(source.iter_from(10))
 
 
 @pytest.mark.parametrize(
@@ -174,41 +184,69 @@ def test_unknown_total_in_content_range_is_accepted(fake_registry):
     assert source.read_range(10, 10) == DATA[10:20]
 
 
-def test_short_body(fake_registry):
-    source = layer_source(fake_registry)
+def asked_range(request) -> tuple[int, int]:
+    first, _, last = request.headers["Range"].removeprefix("bytes=").partition("-")
+    return int(first), int(last) if last else len(DATA) - 1
 
-    def short(h, request):
-        if "/blobs/" not in request.path:
+
+def blob_ranges(reg) -> list[str | None]:
+    return [r.headers.get("Range") for r in reg.requests if "/blobs/" in r.path]
+
+
+def cut_body(times: int | None, *, drop: bool):
+    """A hook that sends half the range asked for (``times`` times, None: always), either as
+    a body shorter than its Content-Length (``drop``: then closing the connection) or as a
+    206 that claims the whole range but has fewer bytes."""
+    served = []
+
+    def hook(h, request):
+        if "/blobs/" not in request.path or "Range" not in request.headers:
             return False
-        h.reply(206, DATA[10:15], {"Content-Range": "bytes 10-19/200000"})
-        return True
-
-    fake_registry.hook = short
-    with pytest.raises(RegistryError, match="short body"):
-        source.read_range(10, 10)
-
-
-def test_connection_dropped_mid_body(fake_registry):
-    source = layer_source(fake_registry)
-
-    def drop(h, request):
-        if "/blobs/" not in request.path:
+        if times is not None and len(served) >= times:
             return False
+        served.append(1)
+        first, last = asked_range(request)
+        half = DATA[first : first + (last - first + 1) // 2]
         h.send_response(206)
-        h.send_header("Content-Range", "bytes 10-19/200000")
-        h.send_header("Content-Length", "10")
+        h.send_header("Content-Range", f"bytes {first}-{last}/{len(DATA)}")
+        h.send_header("Content-Length", str(last - first + 1))
         h.end_headers()
-        h.wfile.write(DATA[10:14])
+        h.wfile.write(half)
         h.wfile.flush()
         h.close_connection = True
-        h.connection.shutdown(socket.SHUT_RDWR)
+        if drop:
+            h.connection.shutdown(socket.SHUT_RDWR)
         return True
 
-    fake_registry.hook = drop
-    with pytest.raises(RegistryError) as caught:
+    return hook
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["short", "dropped"])
+def test_cut_bodies_resume_where_they_stopped(fake_registry, drop):
+    source = layer_source(fake_registry)
+    fake_registry.hook = cut_body(2, drop=drop)
+    before = len(blob_ranges(fake_registry))
+    assert source.read_range(1000, 4000) == DATA[1000:5000]
+    # each retry asks only for what is still missing
+    assert blob_ranges(fake_registry)[before:] == [
+        "bytes=1000-4999",
+        "bytes=3000-4999",
+        "bytes=4000-4999",
+    ]
+    fake_registry.hook = cut_body(2, drop=drop)
+    assert b"".join(source.iter_from(100_000)) == DATA[100_000:]
+    assert blob_ranges(fake_registry)[-3:] == ["bytes=100000-", "bytes=150000-", "bytes=175000-"]
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["short", "dropped"])
+def test_cut_bodies_every_time_fail_after_the_retries(fake_registry, drop, monkeypatch):
+    monkeypatch.setenv("SEEKOCI_RETRIES", "2")
+    source = layer_source(fake_registry)
+    fake_registry.hook = cut_body(None, drop=drop)
+    with pytest.raises(RegistryError, match=r"bytes 10-19: .*gave up after 3 attempts") as caught:
         source.read_range(10, 10)
     assert caught.value.__cause__ is not None
-    with pytest.raises(RegistryError):
+    with pytest.raises(RegistryError, match="3 attempts"):
         b"".join(source.iter_from(10))
 
 
@@ -247,7 +285,7 @@ def test_rate_limit_with_short_retry_after_is_retried(fake_registry):
         return True
 
     fake_registry.hook = always_limited
-    with pytest.raises(RegistryError, match="rate limited") as caught:
+    with pytest.raises(RegistryError, match="429") as caught:
         source.read_range(0, 4)
     assert caught.value.status == 429
 
@@ -276,7 +314,7 @@ def test_read_timeout(blob_server):
         return False
 
     blob_server.hook = slow
-    client = HttpClient(new_session(), timeout=(1.0, 0.1))
+    client = HttpClient(new_session(), policy=RetryPolicy(timeout=0.1))
     with pytest.raises(RegistryError, match="timed out"):
         URLSource(f"{blob_server.url}/slow", http=client)
 
@@ -320,10 +358,10 @@ def test_url_source_ignoring_range(blob_server):
     blob_server.files["/blob"] = DATA
     blob_server.honour_range = False
     source = open_url_source(f"{blob_server.url}/blob")
-    with pytest.raises(RegistryError, match="ignored Range"):
+    with pytest.raises(RegistryError, match="does not honour range requests"):
         source.read_range(1, 1)
     blob_server.head_status = 403
-    with pytest.raises(RegistryError, match="ignored Range"):
+    with pytest.raises(RegistryError, match="does not honour range requests"):
         open_url_source(f"{blob_server.url}/blob")
 
 
@@ -416,12 +454,15 @@ def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch,
             "requests.Session.request",
             [read_range, stream_all, stream_tail, url_read, url_open, resolve],
         ),
-        ("urllib3.response.HTTPResponse.read", [read_range, url_read, resolve]),
-        ("urllib3.response.HTTPResponse.stream", [stream_all, stream_tail]),
+        (
+            "urllib3.response.HTTPResponse.read urllib3.response.HTTPResponse.read1",
+            [read_range, stream_all, stream_tail, url_read, resolve],
+        ),
     ]
-    for patch_target, calls in cases:
+    for patch_targets, calls in cases:
         with monkeypatch.context() as patched:
-            patched.setattr(patch_target, failing)
+            for patch_target in patch_targets.split():
+                patched.setattr(patch_target, failing)
             for call in calls:
                 with pytest.raises(RegistryError) as caught:
                     call()

@@ -834,7 +834,11 @@ def test_anything_but_an_index_from_the_api_means_no_api(
         return False
 
     reg.hook = odd
+    before = len(reg.seen)
     assert len(list_referrers(reg.client(), "app", subject)) == 1
+    # a 5xx gets one retry, not the whole budget, before the tag schema is tried
+    api_calls = [x for x in reg.seen[before:] if "/referrers/" in x.path]
+    assert len(api_calls) == (2 if status >= 500 else 1)
 
 
 def test_rate_limited_referrers_api_is_raised(reg: PushRegistry) -> None:

@@ -144,3 +144,24 @@ def test_layout_relative_path_becomes_absolute(tmp_path, monkeypatch):
 def test_invalid_layout_references(text):
     with pytest.raises(InvalidReferenceError):
         parse_reference(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("::bad::", "empty tag after ':'"),
+        ("a b", "bad repository name 'a b'"),  # not 'library/a b': what the user typed
+        ("Ubuntu", "bad repository name 'Ubuntu' (repository names must be lowercase)"),
+        ("a/B/c:1", "bad repository name 'B' in 'a/B/c'"),
+        ("x:t@sha256:12", "digest"),
+        (":tag", "no repository name"),
+        ("bad_host:5000/r", "bad registry 'bad_host:5000'"),
+    ],
+)
+def test_invalid_reference_messages_quote_what_was_typed(text, problem):
+    with pytest.raises(InvalidReferenceError) as caught:
+        parse_reference(text)
+    message = str(caught.value)
+    assert message.startswith(f"invalid reference {text!r}: ")
+    assert problem in message
+    assert "library/" not in message

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import ssl
+import subprocess
+import sys
+
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from seekoci.errors import RegistryError
 from seekoci.registry import RegistryClient, resolve_image
@@ -153,3 +163,65 @@ def test_registry_error_body_is_summarised(fake_registry):
         resolve_image(f"{fake_registry.netloc}/img:x")
     assert caught.value.status == 400
     assert len(str(caught.value)) < 400
+
+
+def self_signed_context(tmp_path) -> ssl.SSLContext:
+    """A server TLS context with a throwaway self-signed certificate for 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "seekoci insecure test")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    return context
+
+
+INSECURE_CLIENT = """
+import sys
+from seekoci.registry import RegistryClient
+from seekoci.registry.client import HTTP, HTTPS_UNVERIFIED
+client = RegistryClient(sys.argv[1], plan=(HTTPS_UNVERIFIED, HTTP))
+for _ in range(3):
+    client.get_manifest("img", "x", where="img:x")
+assert client._transport == HTTPS_UNVERIFIED, client._transport
+print("ok")
+"""
+
+
+def test_insecure_registry_warns_once_and_urllib3_never(fake_registry, tmp_path):
+    """urllib3 warns about every unverified HTTPS request, two lines of warning dump each;
+    seekoci says it once, in one line, and only for the host declared insecure."""
+    fake_registry.add_image("img", tags=("x",), layers=(b"payload",))
+    server = fake_registry._server
+    server.socket = self_signed_context(tmp_path).wrap_socket(server.socket, server_side=True)
+    env = {**os.environ, "PYTHONWARNINGS": "always"}  # show every warning there is
+    done = subprocess.run(
+        [sys.executable, "-c", INSECURE_CLIENT, fake_registry.netloc],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+    lines = done.stderr.splitlines()
+    assert "InsecureRequestWarning" not in done.stderr
+    assert len(lines) == 1, lines
+    assert "insecure registry" in lines[0] and fake_registry.netloc in lines[0]
