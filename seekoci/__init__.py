@@ -180,10 +180,16 @@ def open_layer(
     digest: str | None = None,
     cache_dir: CacheDir = None,
     span_size: int = DEFAULT_SPAN_SIZE,
+    gzidx: str | os.PathLike[str] | bytes | None = None,
 ) -> Layer:
     """Open one layer blob: a local path, an ``http(s)://`` URL served with Range support,
     or any :class:`RangeSource`. Without ``digest`` nothing is verified against a layer
-    digest and the index stays in memory (it is saved only for a digest that verified)."""
+    digest and the index stays in memory (it is saved only for a digest that verified).
+    The format (gzip, zstd, tar; eStargz, zstd:chunked) is detected from the bytes.
+
+    ``gzidx``: a GZIDX checkpoint index of the blob (indexed_gzip, rapidgzip, ratarmount; a
+    path or its bytes) to read the layer through: checked against the blob by one pass now
+    (:func:`seekoci.gzidx.import_gzidx`)."""
     src: RangeSource
     if isinstance(source, str) and source.startswith(("http://", "https://")):
         from .registry import open_url_source
@@ -223,6 +229,13 @@ def open_layer(
                 "span_size": span_size,
             },
         )
+    if gzidx is not None:
+        from .gzidx import import_gzidx
+
+        if not isinstance(gzidx, bytes):
+            with open(gzidx, "rb") as f:
+                gzidx = f.read()
+        import_gzidx(layer, gzidx)
     return layer
 
 

@@ -10,6 +10,7 @@ becomes a saved index (the layer decides, see :meth:`seekoci.layer.Layer._comple
 
 from __future__ import annotations
 
+import collections
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 CHUNK_SIZE = 64 << 10
 
 Tee = Callable[[int, bytes, Sequence[TarEntry]], None]
+
+#: Decoded bytes a zstd pass keeps behind it (see IndexBuild.forward).
+FORWARD_WINDOW = 32 << 20
 
 
 class IndexBuild:
@@ -59,6 +63,14 @@ class IndexBuild:
         self._pending = bytearray()  # uncompressed bytes of the open span
         self._pending_start = 0
         self._spans_kept = 0
+        # the last bytes a zstd pass decoded: a file of a single-frame layer (one span,
+        # closed only at the blob's end) is served from here as soon as the pass has gone
+        # past it, without decoding on to the end or again from the start
+        self.forward: collections.deque[bytes] | None = (
+            collections.deque() if compression == "zstd" else None
+        )
+        self.forward_start = 0  # stream offset of forward[0]
+        self.forward_bytes = 0
 
     def step(self) -> None:
         """Advance by one chunk of the blob (opens the stream on first use)."""
@@ -75,6 +87,13 @@ class IndexBuild:
             self.scanner.feed(out)
             if self.tee is not None:  # after the scanner: entries whose data start here are in
                 self.tee(at, out, self.scanner.entries)
+            if self.forward is not None:  # whole pieces dropped: no copying
+                self.forward.append(out)
+                self.forward_bytes += len(out)
+                while self.forward_bytes - len(self.forward[0]) >= FORWARD_WINDOW:
+                    first = self.forward.popleft()
+                    self.forward_bytes -= len(first)
+                    self.forward_start += len(first)
             if self.keep_spans:
                 self._pending += out
                 if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
@@ -102,7 +121,24 @@ class IndexBuild:
                 self._pending_start = span.uncompressed_end
             self._spans_kept += 1
 
+    def forward_range(self, offset: int, end: int) -> bytes | None:
+        """Bytes ``[offset, end)`` if the forward window holds them (zstd passes)."""
+        if self.forward is None or offset < self.forward_start:
+            return None
+        if end > self.forward_start + self.forward_bytes:
+            return None
+        parts, pos = [], self.forward_start
+        for piece in self.forward:
+            if pos >= end:
+                break
+            a, b = max(offset - pos, 0), min(end - pos, len(piece))
+            if a < b:
+                parts.append(piece[a:b])
+            pos += len(piece)
+        return b"".join(parts)
+
     def _finish(self) -> None:
+        self.forward = None
         self.indexer.finish()
         self.scanner.finish()
         if self.keep_spans:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from . import __version__, open_image
+from . import __version__, open_image, open_layer
 from .errors import SeekociError
 from .extract import extract
 from .fileinfo import FileInfo
@@ -171,13 +171,16 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
                 "digest": layer.digest,
                 "media_type": layer.media_type,
                 "size": layer.size,
-                "uncompressed_size": layer.uncompressed_size
-                if status in ("cached", "built", "direct")
+                "uncompressed_size": layer.uncompressed_size_known()
+                if status in ("cached", "built", "embedded", "direct")
                 else None,
                 "compression": layer.compression,
                 "format": layer.format,
                 "index": status,
                 "published_indexes": layer.published_indexes(),
+                # False: a single zstd frame, read forward only; None: known once indexed
+                "random_access": layer.random_access_known(),
+                "notes": layer.format_notes(),
             }
         )
     doc = {
@@ -198,11 +201,14 @@ def cmd_inspect(args: argparse.Namespace, out: TextIO) -> int:
         usize = human_size(row["uncompressed_size"]) if row["uncompressed_size"] else "?"
         published = row["published_indexes"]
         extra = f" (published: {', '.join(published)})" if published else ""
+        access = {True: "", False: ", forward reads only", None: ""}[row["random_access"]]
         out.write(
             f"  {i:>2} {row['digest']}  {row['media_type']}\n"
             f"     {human_size(row['size'])} compressed, {usize} uncompressed, "
-            f"format {row['format']}, index {row['index']}{extra}\n"
+            f"format {row['format']}, index {row['index']}{extra}{access}\n"
         )
+        for note in row["notes"]:
+            out.write(f"     note: {note}\n")
     return 0
 
 
@@ -239,6 +245,8 @@ def _short_count(n: int) -> str:
 
 
 def cmd_index(args: argparse.Namespace, out: TextIO) -> int:
+    if args.export_gzidx:
+        return _export_gzidx(args, out)
     if args.to and args.format == "soci":
         print(
             "seekoci: error: --to publishes seekoci's own index; SOCI indexes go next to "
@@ -285,6 +293,39 @@ def _index_to_repo(args: argparse.Namespace, img: Image, out: TextIO) -> int:
         bar.close()
     tags = sorted({layer_tag(str(layer.digest)) for layer in img.layers})
     out.write(f"published {len(tags)} layer index(es) to {args.to} (tags sha256-<hex>.seekoci)\n")
+    return 0
+
+
+def _export_gzidx(args: argparse.Namespace, out: TextIO) -> int:
+    """``index --export-gzidx FILE TARGET``: TARGET is a local layer blob (a path that
+    exists) or an image reference whose gzip layer ``--layer DIGEST`` names (a unique digest
+    prefix will do; without it the image must have exactly one gzip layer)."""
+    from .gzidx import export_gzidx
+
+    if os.path.isfile(args.ref):
+        layer = open_layer(args.ref, cache_dir=False if args.no_cache else args.cache_dir)
+    else:
+        img = _open(args)
+        wanted = args.layer or ""
+        candidates = [
+            lay
+            for lay in img.layers
+            if (lay.digest or "").removeprefix("sha256:").startswith(wanted.removeprefix("sha256:"))
+            and (wanted or lay.compression == "gzip")
+        ]
+        if len(candidates) != 1:
+            what = f"layer {wanted!r}" if wanted else "exactly one gzip layer"
+            print(
+                f"seekoci: error: {args.ref} has no {what}"
+                + ("" if wanted else ": name one with --layer DIGEST"),
+                file=sys.stderr,
+            )
+            return 1 if wanted else 2
+        layer = candidates[0]
+    data = export_gzidx(layer)
+    with open(args.export_gzidx, "wb") as f:
+        f.write(data)
+    out.write(f"{layer.name}: wrote {args.export_gzidx} ({len(data)} bytes)\n")
     return 0
 
 
@@ -684,6 +725,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --to: publish again layers the repository already has an index for",
     )
+    s.add_argument(
+        "--export-gzidx",
+        metavar="FILE",
+        help="write a gzip layer's checkpoints as a GZIDX file (indexed_gzip, rapidgzip, "
+        "ratarmount); REF may also be a local layer blob",
+    )
+    s.add_argument("--layer", metavar="DIGEST", help="the layer of REF for --export-gzidx")
     s.add_argument(
         "--min-layer-size",
         type=int,

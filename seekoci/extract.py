@@ -19,6 +19,7 @@ one warning each; a symlink already at a file's place is replaced, never written
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import os
 import posixpath
@@ -512,7 +513,8 @@ def _write_segment(files: list[_File], keep: bool, copied: _Copied) -> None:
     try:
         open_due(start + 1)
         close_done(start)  # empty files
-        with layer.stream_range(start, end - start, window=SEGMENT_WINDOW) as stream:
+        stream = layer.stream_entry_range(start, end - start, window=SEGMENT_WINDOW)
+        with contextlib.closing(stream):
             for piece in stream:
                 piece_end = pos + len(piece)
                 open_due(piece_end)

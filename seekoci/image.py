@@ -7,7 +7,7 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .fileinfo import FileInfo, entry_info
@@ -20,6 +20,15 @@ log = logging.getLogger("seekoci")
 
 if TYPE_CHECKING:
     from ._reopen import ImageOrigin
+
+
+def _shown(layer: Layer) -> Sequence[TarEntry]:
+    """A layer's entries as the image's filesystem has them (format files left out)."""
+    entries = layer.entries()
+    hidden = layer.hidden_names
+    if not hidden:
+        return entries
+    return [e for e in entries if e.name not in hidden]
 
 
 def _abs(path: str) -> str:
@@ -73,7 +82,7 @@ class Image:
         with self._lock:
             if self._tree is None:
                 self._tree = Tree.merged(
-                    (layer.digest or layer.name, layer.entries()) for layer in self.layers
+                    (layer.digest or layer.name, _shown(layer)) for layer in self.layers
                 )
             return self._tree
 
@@ -90,6 +99,8 @@ class Image:
             return None
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         for layer in reversed(self.layers):
+            if name in layer.hidden_names:  # the merged tree leaves it out
+                return None
             entry = layer.find(name)
             if entry is not None:
                 if entry.type != "file":  # hard links may point into lower layers

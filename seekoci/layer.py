@@ -24,9 +24,12 @@ from .build import CHUNK_SIZE, IndexBuild, Tee
 from .cache import Cache
 from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
-from .fileobj import RangeFile
-from .formats.base import ChunkTable, Span
+from .fileobj import RangeFile, Stream
+from .formats import seekable
+from .formats.base import CHECK_COMPRESSED, ChunkTable, Span
 from .formats.entries import EntryTable
+from .formats.estargz import LEGACY_FOOTER_SIZE as LEGACY_STARGZ_FOOTER
+from .formats.estargz import parse_footer as estargz_footer
 from .formats.index import (
     LayerIndex,
     parse_cached,
@@ -34,8 +37,10 @@ from .formats.index import (
     write_index,
 )
 from .formats.pages import PagedEntries, PagedSpans
+from .formats.plugin import TAIL_BYTES
+from .formats.seekable import FOOTER_SIZE as SEEK_TABLE_FOOTER
 from .formats.tar import TarEntry, normalize_name
-from .pipeline import MAX_WINDOW, SpanStream
+from .pipeline import MAX_WINDOW, BytesStream, SpanStream
 from .source import RangeSource
 from .spans import SpanReader
 from .tree import Tree
@@ -83,11 +88,15 @@ class Layer:
         self._compression = formats.compression_of(media_type) if media_type else None
         self._index: LayerIndex | None = None
         self._index_source = "none"  # none | cache | built | partial
-        self._format: str | None = None
+        self._format: formats.LayerFormat | None = None
+        self._embedded_tried = False  # the blob's own TOC was looked for
+        self._tail: bytes | None = None  # the blob's last bytes, once read
+        self._seekable: bool | None = None  # ends with a zstd seek table
+        self._tar: Layer | None = None  # tar-stream reads of a payload-space index
         self._build: IndexBuild | None = None
         self._lock = threading.RLock()
         self.spans = SpanReader(
-            source, cache, _Tables(self), name=self.name, compression=lambda: self.compression
+            source, cache, _Tables(self), name=self.name, codec=self._span_codec
         )
         self._by_name: dict[str, int] = {}  # name -> position in the entries
         self._named_upto = 0
@@ -118,50 +127,97 @@ class Layer:
     def media_type(self) -> str:
         if self._declared_media_type:
             return self._declared_media_type
-        return {
-            "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-            "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-            "none": "application/vnd.oci.image.layer.v1.tar",
-        }[self.compression]
+        return formats.media_type_for(self.compression)
 
     @property
     def format(self) -> str:
         """``tar``, ``estargz`` or ``zstd:chunked``: from the manifest's annotations, else
         from the blob's footer (one small range read, once)."""
-        keys = self.annotations
-        if "containerd.io/snapshot/stargz/toc.digest" in keys:
-            return "estargz"
-        if any(k.endswith("zstd-chunked.manifest-checksum") for k in keys):
-            return "zstd:chunked"
+        return self._layer_format().layer_format
+
+    def _layer_format(self) -> formats.LayerFormat:
+        """The most specific format plug-in of this layer (annotations, then the tail)."""
         if self._format is None:
-            self._format = self._format_from_footer()
+
+            def tail() -> bytes:
+                # a blob by digest never changes: its tail is kept in the cache directory
+                n = min(self.size, TAIL_BYTES)
+                key, at = self.digest or "", self.size - n
+                kept = self._cache.load_range(key, at, n) if key else None
+                if kept is None:
+                    kept = self.source.read_range(at, n)
+                    if key:
+                        self._cache.save_range(key, at, kept)
+                self._tail = kept
+                return kept
+
+            self._format = formats.detect(self.compression, self.annotations, tail)
         return self._format
 
-    def _format_from_footer(self) -> str:
-        # eStargz ends with a 51-byte empty gzip member whose extra field is "SG", 22 bytes:
-        # 16 hex digits of the TOC offset + "STARGZ" (47 bytes and no subfield header in
-        # legacy stargz); zstd:chunked with a skippable frame whose footer ends in
-        # "GNUlInUx" (current) or "GnUlInUx" (older producers).
-        if self.compression not in ("gzip", "zstd") or self.size < 51:
-            return "tar"
-        at = self.size - 64 if self.size >= 64 else 0
-        key = self.digest or ""  # a blob by digest never changes: its footer is kept
-        tail = self._cache.load_range(key, at, 64) if key else None
-        if tail is None:
-            tail = self.source.read_range(at, 64)
-            if key:
-                self._cache.save_range(key, at, tail)
-        if self.compression == "gzip" and tail[-51:][:2] == b"\x1f\x8b" and b"STARGZ" in tail:
-            return "estargz"
-        if self.compression == "zstd" and tail[-8:] in (b"GNUlInUx", b"GnUlInUx"):
-            return "zstd:chunked"
-        return "tar"
+    def random_access_known(self) -> bool | None:
+        """:attr:`random_access` when it is known without a pass over the blob (at most a
+        small read of its end), else None."""
+        if self.compression != "zstd" or self._layer_format().layer_format != "tar":
+            return True
+        index = self._index
+        if index is not None:
+            return len(index.spans) > 1
+        if self._seekable is None:  # one small read, once
+            n = min(self.size, SEEK_TABLE_FOOTER)
+            self._seekable = bool(n) and seekable.is_seekable(
+                self.source.read_range(self.size - n, n)
+            )
+        return True if self._seekable else None
+
+    def format_notes(self) -> list[str]:
+        """What a user should know about how this layer is read and verified (for
+        ``inspect``): legacy stargz without digests, forward-only zstd, what verifies an
+        embedded TOC."""
+        notes: list[str] = []
+        fmt = self._layer_format()
+        if fmt.name == "estargz" and self._tail is not None:
+            found = estargz_footer(self._tail)
+            if found is not None and found[1] == LEGACY_STARGZ_FOOTER:
+                notes.append(
+                    "legacy stargz: no digests in its TOC"
+                    + (
+                        ", read through a pass checked against the layer digest"
+                        if self.digest
+                        else ""
+                    )
+                )
+        if self._index is not None and self._index.verification:
+            notes.append(self._index.verification)
+        if self.random_access_known() is False:
+            notes.append("single zstd frame: read forward only")
+        return notes
+
+    @property
+    def hidden_names(self) -> frozenset[str]:
+        """Root-level names of this layer's tar that the image's filesystem does not show
+        (eStargz's landmark files and ``stargz.index.json``), from what is known without a
+        read: the annotations, the format detected already, the embedded index in use."""
+        fmt = self._format
+        if fmt is None and self._index is not None and self._index.format:
+            fmt = formats.get(self._index.format)
+        if fmt is None and self._compression is not None:
+            fmt = formats.detect(self._compression, self.annotations, None)
+        return fmt.hidden_names if fmt is not None else frozenset()
+
+    @property
+    def random_access(self) -> bool:
+        """True when, once indexed, any offset can be read without decoding from the start
+        of the blob. Formats with their own TOC and uncompressed and gzip layers always can;
+        a zstd layer only when it has several frames (a seek table says so at once,
+        otherwise the index is built to find out)."""
+        known = self.random_access_known()
+        return known if known is not None else len(self.index().spans) > 1
 
     @property
     def index_status(self) -> str:
         """``none``, ``partial`` (a pass stopped early), ``cached`` (loaded from the cache
-        directory), ``native`` or ``soci`` (published in the registry, read from there) or
-        ``built`` (by this process)."""
+        directory), ``native`` or ``soci`` (published in the registry, read from there),
+        ``embedded`` (the blob's own TOC) or ``built`` (by this process)."""
         if self._index is None and self._build is None and self.digest is not None:
             self._try_cache_dir()  # local only: a status never downloads an index
         if self._index is None and self._build is not None:
@@ -180,17 +236,32 @@ class Layer:
 
     @property
     def uncompressed_size(self) -> int:
-        return self.index().uncompressed_size
+        known = self.uncompressed_size_known(self.index())
+        return known if known is not None else self._tar_view().uncompressed_size
+
+    def uncompressed_size_known(self, index: LayerIndex | None = None) -> int | None:
+        """The tar stream's size when ``index`` (default: the one in use, if any)
+        tells it without a pass: an embedded TOC with payload offsets only does not, unless
+        the manifest declares it (``io.containers.estargz.uncompressed-size``)."""
+        index = index if index is not None else self._index
+        if index is None:
+            return None
+        if index.tar_offsets:
+            return index.uncompressed_size
+        declared = self.annotations.get("io.containers.estargz.uncompressed-size", "")
+        return int(declared) if declared.isdigit() else None
 
     # -- the index --------------------------------------------------------------------------
     def _try_cache(self) -> bool:
         """Load an index without building one: the cache directory, then a published one."""
         if self._index is not None:
             return True
+        if self.digest is not None and self._try_cache_dir():
+            return True
+        if self._try_embedded():  # the blob's own TOC (eStargz, zstd:chunked)
+            return True
         if self.digest is None:
             return False
-        if self._try_cache_dir():
-            return True
         if self.remote is not None and self._build is None and not self._remote_tried:
             self._remote_tried = True
             loaded = self.remote.load(self.digest, media_type=self.media_type, blob_size=self.size)
@@ -198,6 +269,66 @@ class Layer:
                 self._set_index(*loaded)
                 return True
         return False
+
+    # -- an index the blob carries ----------------------------------------------------------
+    def _try_embedded(self) -> bool:
+        """Use the index the blob carries (eStargz, zstd:chunked TOC), once. A layer with a
+        digest takes it only when the manifest's annotations vouch for the TOC (a pass
+        verifies against the digest instead); a malformed TOC is an error."""
+        if self._embedded_tried or self._build is not None:
+            return False
+        self._embedded_tried = True
+        if self.digest is not None and self._format is None:
+            # a TOC must be vouched for by an annotation here: no tail read without one
+            fmt = formats.detect(self.compression, self.annotations, None)
+        else:
+            fmt = self._layer_format()
+        index = fmt.embedded_index(
+            self.source.read_range,
+            self.size,
+            self.annotations,
+            name=f"layer {self.name}",
+            require_verified=self.digest is not None,
+        )
+        if index is None:
+            return False
+        index.layer_digest = self.digest or ""
+        self._set_index(index, "embedded")
+        return True
+
+    def _tar_view(self) -> Layer:
+        """A sibling layer over the same blob with a pass-built index, for tar-stream reads
+        when the embedded index knows only where file payloads are (eStargz)."""
+        with self._lock:
+            if self._tar is None:
+                tar = Layer(
+                    self.source,
+                    cache=self._cache,
+                    digest=self.digest,
+                    media_type=self._declared_media_type,
+                    size=self.size if self.size_known else None,
+                    span_size=self.span_size,
+                )
+                tar._embedded_tried = True
+                tar.remote = self.remote
+                tar.progress = self.progress
+                self._tar = tar
+            return self._tar
+
+    def pass_index(self, progress: Progress | None = None) -> LayerIndex:
+        """An index seekoci's index file can hold (what is published and saved):
+        this layer's own, or -- when that is the blob's embedded TOC, whose spans are checked
+        after decoding -- one built by a pass over the same blob."""
+        index = self.index(progress)
+        if index.format:
+            return self._tar_view().index(progress)
+        return index
+
+    def _payload_space(self) -> bool:
+        """Whether the index in use has payload offsets, not tar-stream ones."""
+        with self._lock:
+            self._try_cache()
+            return self._index is not None and not self._index.tar_offsets
 
     def _try_cache_dir(self) -> bool:
         assert self.digest is not None
@@ -248,6 +379,7 @@ class Layer:
                 started = self._build is not None
                 build = self._builder()
                 build.keep_spans = False
+                build.forward = None  # a whole pass serves no forward reads
                 if tee is not None and not started:
                     build.tee = tee
                 try:
@@ -372,6 +504,8 @@ class Layer:
                         return False
                     end = entry.data_offset + entry.size
                     spans = self._build.indexer.spans
+                    if self._build.forward is not None:  # its data went by (zstd pass)
+                        return self._build.indexer.uncompressed_size >= end
                     return bool(spans) and spans[-1].uncompressed_end >= end
 
                 self._advance(seen)
@@ -431,41 +565,71 @@ class Layer:
 
     def read_range(self, offset: int, length: int) -> bytes:
         """Bytes ``[offset, offset + length)`` of the uncompressed tar stream."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        if self._payload_space():  # an embedded TOC that knows only where payloads are
+            return self._tar_view().read_range(offset, length)
+        return self._read_spans(offset, length)
+
+    def stream_range(self, offset: int, length: int, *, window: int = MAX_WINDOW) -> Stream:
+        """Bytes ``[offset, offset + length)`` of the tar stream as pieces, in order,
+        fetched in large requests and inflated in parallel at most ``window`` bytes ahead of
+        the reader (see :mod:`seekoci.pipeline`). Close it when done early."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        if self._payload_space():
+            return self._tar_view().stream_range(offset, length, window=window)
+        return self.stream_entry_range(offset, length, window=window)
+
+    def stream_entry_range(self, offset: int, length: int, *, window: int = MAX_WINDOW) -> Stream:
+        """:meth:`stream_range` in the space of this layer's entries' ``data_offset`` (the
+        tar stream, or an embedded index's payload space)."""
+        found = self._locate(offset, length)
+        if found is None:
+            return BytesStream(b"")
+        if isinstance(found, bytes):
+            return BytesStream(found)
+        spans, first, end = found
+        return SpanStream(self.spans, spans, first, offset, end, window=window)
+
+    def _read_spans(self, offset: int, length: int) -> bytes:
+        """Bytes ``[offset, offset + length)`` of the index's uncompressed space (the tar
+        stream, or an embedded index's payload space)."""
         found = self._locate(offset, length)
         if found is None:
             return b""
+        if isinstance(found, bytes):
+            return found
         spans, first, end = found
         span = spans[first]
         if span.uncompressed_end >= end and span.uncompressed_size <= _spans.LARGE_SPAN:
             # one span: its reader fetches only the chunks up to ``end`` (a small read)
-            a = offset - span.uncompressed_start
-            return self.spans.data(span, end - span.uncompressed_start)[
-                a : end - span.uncompressed_start
-            ]
+            a, b = offset - span.uncompressed_start, end - span.uncompressed_start
+            if span.check != CHECK_COMPRESSED:  # checked after decoding (an embedded TOC)
+                return self.spans.decoded(span)[a:b]
+            return self.spans.data(span, b)[a:b]
         with SpanStream(self.spans, spans, first, offset, end) as stream:
             return b"".join(stream)
 
-    def stream_range(self, offset: int, length: int, *, window: int = MAX_WINDOW) -> SpanStream:
-        """Bytes ``[offset, offset + length)`` as a stream of pieces, in order, fetched in
-        large requests and inflated in parallel at most ``window`` bytes ahead of the
-        reader (see :mod:`seekoci.pipeline`). Close it when done early."""
-        found = self._locate(offset, length)
-        if found is None:
-            return SpanStream(self.spans, [], 0, 0, 0)
-        spans, first, end = found
-        return SpanStream(self.spans, spans, first, offset, end, window=window)
-
-    def _locate(self, offset: int, length: int) -> tuple[Sequence[Span], int, int] | None:
+    def _locate(self, offset: int, length: int) -> tuple[Sequence[Span], int, int] | bytes | None:
         """The spans of the layer (indexed at least as far as the range), the one that
-        holds ``offset``, and where the range ends; None for an empty range."""
+        holds ``offset``, and where the range ends; None for an empty range; the bytes
+        themselves when a forward-only pass (one zstd frame) still holds them."""
         if offset < 0 or length < 0:
             raise ValueError("offset and length must be non-negative")
         end = offset + length
         with self._lock:
             if self._index is None and not self._try_cache():
                 self._advance(
-                    lambda: bool(self._spans()) and self._spans()[-1].uncompressed_end >= end
+                    lambda: (
+                        (bool(self._spans()) and self._spans()[-1].uncompressed_end >= end)
+                        or self._forward_has(offset, end)
+                    )
                 )
+                build = self._build
+                served = build.forward_range(offset, end) if build is not None else None
+                if served is not None:  # a forward-only read, from the pass
+                    return served
             spans = self._spans()
             if isinstance(spans, PagedSpans):  # its last page may not be loaded
                 total = self._index.uncompressed_size if self._index is not None else 0
@@ -481,6 +645,22 @@ class Layer:
         if isinstance(spans, PagedSpans):
             return spans, spans.locate(offset), end
         return spans, bisect.bisect_right(self._span_starts(), offset) - 1, end
+
+    def _forward_has(self, offset: int, end: int) -> bool:
+        """Whether a zstd pass went past ``end`` and still holds ``[offset, end)`` (a file
+        at the end of the tar counts once the end-of-archive is seen)."""
+        build = self._build
+        if build is None or build.forward is None:
+            return False
+        produced = build.indexer.uncompressed_size
+        return produced >= end and build.forward_start <= offset
+
+    def _span_codec(self) -> formats.LayerFormat:
+        """The plug-in that decodes the spans of the index in use."""
+        index = self._index
+        if index is not None and index.format:
+            return formats.get(index.format, where=f"layer {self.name}")
+        return formats.codec_for(self.compression, where=f"layer {self.name}")
 
     def _span_starts(self) -> list[int]:
         index = self._index
@@ -501,12 +681,12 @@ class Layer:
                     f"{entry.linkname!r}"
                 )
             entry = target
-        return RangeFile(
-            self.read_range,
+        return RangeFile(  # entry offsets are in the index's space: _read_spans
+            self._read_spans,
             entry.data_offset,
             entry.size,
             name or "/" + entry.name,
-            open_stream=lambda offset, length, window: self.stream_range(
+            open_stream=lambda offset, length, window: self.stream_entry_range(
                 offset, length, window=window
             ),
         )

@@ -27,7 +27,7 @@ from functools import partial
 
 from . import spans as spans_module
 from ._threads import shared_pool
-from .formats.base import Span, span_matches
+from .formats.base import CHECK_COMPRESSED, Span, span_matches
 from .spans import SpanReader
 
 #: Compressed bytes in one coalesced range request: large enough that a request's latency
@@ -150,6 +150,9 @@ class SpanStream:
         if data is not None and len(data) >= step.end:
             step.ready = data
             return True
+        if span.check != CHECK_COMPRESSED:  # an embedded TOC's chunk: checked once decoded
+            step.future = _fetch_pool().submit(reader.decoded, span)
+            return True
         if reader.has_local(span):
             step.future = _decode_pool().submit(self._decode_local, span)
             return True
@@ -237,4 +240,30 @@ class SpanStream:
         self.close()
 
     def __del__(self) -> None:
+        self.close()
+
+
+class BytesStream:
+    """A stream of bytes already at hand (one piece), with :class:`SpanStream`'s surface."""
+
+    def __init__(self, data: bytes) -> None:
+        self.window = 0
+        self._data: bytes | None = data if data else None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopIteration
+        return data
+
+    def close(self) -> None:
+        self._data = None
+
+    def __enter__(self) -> BytesStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         self.close()

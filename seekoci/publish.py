@@ -115,7 +115,7 @@ def publish_native(
     for layer in img.layers:
         if layer.format == "file":  # a plain-file layer is read directly: no index
             continue
-        index = layer.index(progress)
+        index = layer.pass_index(progress)  # an embedded TOC is the blob's own: not ours
         data = index_file(index)
         header = parse_header(data)
         heads.append(base64.b64encode(data[: header.head_end]).decode("ascii"))
@@ -224,7 +224,7 @@ def publish_layer_index(
             if report:
                 report(f"{layer.digest}  already in {repo.name} ({artifact})")
             return artifact
-    index = layer.index(progress)
+    index = layer.pass_index(progress)  # an embedded TOC is the blob's own: not ours
     data = index_file(index)
     digest = upload_blob(repo.client, repo.repository, data, digest=_digest(data))
     upload_blob(repo.client, repo.repository, EMPTY_JSON, digest=EMPTY_DIGEST)

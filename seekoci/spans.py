@@ -22,15 +22,22 @@ from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from . import formats
 from ._threads import shared_pool
 from .cache import Cache
 from .errors import FormatError, IntegrityError
-from .formats.base import ChunkTable, Span, SpanVerifier, span_matches
+from .formats.base import (
+    CHECK_NONE,
+    CHECK_UNCOMPRESSED,
+    ChunkTable,
+    Span,
+    SpanVerifier,
+    decoded_matches,
+    span_matches,
+)
 from .source import RangeSource
 
 if TYPE_CHECKING:
-    from .formats import Codec
+    from .formats import LayerFormat
     from .formats.index import LayerIndex
 
 #: Decoded spans kept in memory per layer.
@@ -169,22 +176,66 @@ class SpanReader:
         tables: SpanTables,
         *,
         name: str,
-        compression: Callable[[], str],
+        codec: Callable[[], LayerFormat],
     ) -> None:
         self.source = source
         self.lru = SpanLRU(SPAN_LRU_BYTES)
         self._cache = cache
         self._tables = tables
         self._name = name
-        self._compression = compression
+        self._codec = codec
         self._prefixes = _Prefixes(_PREFIXES_KEPT)
 
     @property
     def where(self) -> str:
         return f"layer {self._name}"
 
-    def codec(self) -> Codec:
-        return formats.codec_for(self._compression(), where=self.where)
+    def codec(self) -> LayerFormat:
+        """The format plug-in that decodes this layer's spans (the index's own, for an
+        embedded TOC; else the compression's)."""
+        return self._codec()
+
+    # -- spans checked after decoding (an embedded TOC's chunk digests) -------------------
+    def decoded(self, span: Span) -> bytes:
+        """A span whose digest is of its decoded bytes: fetched (from the cache directory or
+        one range request), decoded, checked; one refetch on mismatch, then
+        :class:`IntegrityError`. Zero chunks are produced, not fetched."""
+        key = span_key(span)
+        data = self.lru.get(key)
+        if data is not None:
+            return data
+        if span.zeros:
+            data = bytes(span.uncompressed_size)
+            self.lru.put(key, data)
+            return data
+        codec = self.codec()
+        cacheable = span.check == CHECK_UNCOMPRESSED and span.fetched
+        cached = (
+            self._cache.load_span(span.digest, lambda d: len(d) == span.compressed_size)
+            if cacheable
+            else None
+        )
+        problem: FormatError | None = None
+        for attempt in range(2 if cached is None else 3):
+            if attempt == 0 and cached is not None:
+                compressed = cached
+            else:
+                compressed = self.source.read_range(span.compressed_start, span.compressed_size)
+            try:
+                decoded = codec.decode_span(span, compressed, None, name=self.where)
+            except FormatError as exc:
+                problem, decoded = exc, b""
+            if decoded_matches(span, decoded):
+                if cacheable and compressed is not cached:
+                    self._cache.save_span(span.digest, compressed)
+                self.lru.put(key, decoded)
+                return decoded
+        if span.check == CHECK_NONE and problem is not None:
+            raise problem
+        raise IntegrityError(
+            f"{self.where}: bytes {span.compressed_start}-{span.compressed_end - 1} do not "
+            f"decode to their chunk digest sha256:{span.digest} after a refetch"
+        )
 
     # -- whole spans --------------------------------------------------------------------
     def cached(self, span: Span) -> bytes | None:

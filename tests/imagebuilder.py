@@ -305,6 +305,8 @@ class Layer:
     tar: bytes
     blob: bytes
     media_type: str
+    #: the layer descriptor's annotations (eStargz / zstd:chunked TOC digests and positions)
+    annotations: tuple[tuple[str, str], ...] = ()
 
     @property
     def digest(self) -> str:
@@ -331,7 +333,11 @@ class Layer:
         raise KeyError(name)
 
     def descriptor(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        desc: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest}
+        desc["size"] = self.size
+        if self.annotations:
+            desc["annotations"] = dict(self.annotations)
+        return desc
 
     def tar_offsets(self) -> dict[str, int]:
         """Tar member name → offset of its data in the uncompressed stream."""

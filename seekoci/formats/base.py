@@ -32,6 +32,16 @@ from ..errors import FormatError
 #: A deflate window is at most this long.
 WINDOW_SIZE = 32768
 
+#: How a span's ``digest`` is checked (:attr:`Span.check`).
+#: ``compressed``: sha256 of the fetched compressed bytes (or of their chunk digests), checked
+#: before decoding -- what seekoci's own index and SOCI's zTOC record.
+CHECK_COMPRESSED = "compressed"
+#: ``uncompressed``: sha256 of the span's decoded bytes (after :attr:`Span.skip`), checked
+#: after decoding -- what an embedded TOC records (eStargz and zstd:chunked ``chunkDigest``).
+CHECK_UNCOMPRESSED = "uncompressed"
+#: ``none``: the format carries no digest for the span (legacy stargz).
+CHECK_NONE = "none"
+
 
 @dataclass(frozen=True, slots=True)
 class Span:
@@ -55,6 +65,18 @@ class Span:
     #: ``digest`` is the sha256 of the chunks' sha256 digests in order
     #: (:func:`chunked_digest`). Zero: ``digest`` is the sha256 of the bytes themselves.
     chunk_size: int = 0
+    #: What ``digest`` is the sha256 of (``CHECK_*``).
+    check: str = CHECK_COMPRESSED
+    #: Uncompressed bytes the compressed range decodes to *before* the span's own bytes
+    #: (eStargz ``innerOffset``: small files share one gzip member).
+    skip: int = 0
+    #: The span's bytes are all zeros and are not fetched (zstd:chunked ``chunkType: zeros``).
+    zeros: bool = False
+
+    @property
+    def fetched(self) -> bool:
+        """Whether reading the span fetches anything."""
+        return not self.zeros and self.compressed_end > self.compressed_start
 
     @property
     def chunk_count(self) -> int:
@@ -86,12 +108,25 @@ def chunked_digest(digests: list[bytes]) -> str:
 
 
 def span_matches(span: Span, data: bytes | memoryview) -> bool:
-    """Whether ``data`` are exactly the span's compressed bytes."""
+    """Whether ``data`` are exactly the span's compressed bytes (for a span checked after
+    decoding, :func:`decoded_matches` decides; here only the length)."""
     if len(data) != span.compressed_size:
         return False
+    if span.check != CHECK_COMPRESSED:
+        return True
     if span.chunk_size:
         return chunked_digest(chunk_digests(data, span.chunk_size)) == span.digest
     return hashlib.sha256(data).hexdigest() == span.digest
+
+
+def decoded_matches(span: Span, decoded: bytes) -> bool:
+    """Whether a span checked after decoding (``check`` not ``compressed``) decoded to its
+    bytes: the right length and, when the format records one, the right sha256."""
+    if len(decoded) != span.uncompressed_size:
+        return False
+    if span.check == CHECK_UNCOMPRESSED:
+        return hashlib.sha256(decoded).hexdigest() == span.digest
+    return True
 
 
 class SpanVerifier:

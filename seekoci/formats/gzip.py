@@ -25,7 +25,7 @@ import concurrent.futures
 import struct
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .._threads import shared_pool
@@ -37,10 +37,12 @@ from .base import (
     IndexerBase,
     Span,
     SpanHasher,
+    SpanIndexer,
     WindowPacker,
     WindowStore,
     unpack_window,
 )
+from .plugin import NO_ANNOTATIONS, LayerFormat
 
 GZIP_MAGIC = b"\x1f\x8b"
 _FTEXT, _FHCRC, _FEXTRA, _FNAME, _FCOMMENT = 1, 2, 4, 8, 16
@@ -170,10 +172,15 @@ class GzipIndexer(IndexerBase):
         check_crc: bool = True,
         elide_windows: bool = False,
         chunk_size: int = 0,
+        member_checkpoints: bool = False,
     ) -> None:
         super().__init__(span_size, name=name, chunk_size=chunk_size)
         # member CRCs; off only where something else checks the bytes (~5% of a build)
         self._check_crc = check_crc
+        # a member start is a checkpoint that needs no window: eStargz writes a member per
+        # file, most of them one deflate block, so block ends alone would leave a whole
+        # layer in one span. Off for SOCI's zTOC, whose placement rule has no such point.
+        self._member_checkpoints = member_checkpoints
         self._inflater = BlockInflater()
         self._hasher: SpanHasher | None = None
         self._state = "header"
@@ -278,6 +285,8 @@ class GzipIndexer(IndexerBase):
             self._windows.append(b"")
         else:
             self._inflater.reset()
+            if self._member_checkpoints and self._out - self._span_ustart > self.span_size:
+                self._member_checkpoint(deflate_start)
         self._member += 1
         self._member_deflate_start = deflate_start
         self._member_crc = 0
@@ -377,6 +386,17 @@ class GzipIndexer(IndexerBase):
             self._probe = _WindowProbe(
                 len(self._windows) - 1, bits, start, comp, bytearray(), window
             )
+
+    def _member_checkpoint(self, cin: int) -> None:
+        """Close the open span where a new member's deflate data starts (no window)."""
+        assert self._hasher is not None
+        digest = self._hasher.cut(cin, cin)
+        self._close_span(cin, digest)
+        self._end_probe()
+        self._span_cstart = cin
+        self._span_ustart = self._out
+        self._span_bits = 0
+        self._windows.append(b"")
 
     def _feed_probe(self, out: bytes) -> None:
         probe = self._probe
@@ -617,3 +637,56 @@ def decode_span(
     if len(result) != want and not partial:
         raise FormatError(f"{where}: produced {len(result)} bytes, index says {want}")
     return result
+
+
+class GzipFormat(LayerFormat):
+    """``tar+gzip`` layers (eStargz refines it)."""
+
+    name = compression = "gzip"
+    layer_format = "tar"
+    media_types = frozenset(
+        {
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        }
+    )
+
+    def sniff(
+        self,
+        *,
+        head: bytes | None = None,
+        tail: bytes | None = None,
+        annotations: Mapping[str, str] = NO_ANNOTATIONS,
+    ) -> bool:
+        return head is not None and head[:2] == b"\x1f\x8b"
+
+    def new_indexer(
+        self,
+        span_size: int,
+        *,
+        name: str,
+        check_crc: bool = True,
+        elide_windows: bool = False,
+        chunk_size: int = 0,
+    ) -> SpanIndexer:
+        return GzipIndexer(
+            span_size,
+            name=name,
+            check_crc=check_crc,
+            elide_windows=elide_windows,
+            chunk_size=chunk_size,
+            member_checkpoints=True,
+        )
+
+    def decode_span(
+        self,
+        span: Span,
+        data: bytes,
+        window: bytes | None,
+        *,
+        name: str = "layer",
+        partial: bool = False,
+    ) -> bytes:
+        return decode_span(span, data, window, name=name, partial=partial)

@@ -117,6 +117,14 @@ class LayerIndex:
     #: ``window_locations`` are byte ranges of one blob (an index file), so that the records
     #: of neighbouring spans can be read with one request (:meth:`prefetch_records`)
     records_by_offset: bool = False
+    #: the format plug-in whose ``decode_span`` decodes the spans ("" : the compression's,
+    #: :func:`seekoci.formats.get`); an embedded index names its own (``estargz``, ...)
+    format: str = ""
+    #: False when span and entry offsets are not those of the tar stream but of the file
+    #: payloads laid end to end (an eStargz TOC does not say where tar headers are)
+    tar_offsets: bool = True
+    #: what verifies this index and its spans, for ``inspect`` (an embedded index says)
+    verification: str = ""
     _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
     _records_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False
@@ -231,6 +239,8 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     """Write the index file to ``out``; ``record(i)`` gives span i's record (chunk table +
     packed window, :func:`record_of`; b"" for none). Records are read twice (sizes and
     digests first, as the span records come before them) and never all held at once."""
+    if index.format:  # spans checked after decoding, skips, zero chunks: not in this file
+        raise FormatError(f"index of {index.layer_digest}: a {index.format} TOC is not written")
     # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so every page is valid
     # JSON text for any reader and round-trips to the same str. zstd level 9 (what a reader
     # of a published index downloads).

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from ..errors import FormatError
-from .base import ChunkTable, IndexerBase, Span, SpanHasher
+from .base import ChunkTable, IndexerBase, Span, SpanHasher, SpanIndexer
+from .plugin import NO_ANNOTATIONS, LayerFormat
 
 
 class PlainIndexer(IndexerBase):
@@ -73,3 +74,51 @@ def decode_span(
             f"{name}: span {span.index} has {len(data)} bytes, index says {span.uncompressed_size}"
         )
     return data
+
+
+class PlainFormat(LayerFormat):
+    """Uncompressed ``tar`` layers."""
+
+    name = compression = "none"
+    layer_format = "tar"
+    media_types = frozenset(
+        {
+            "application/vnd.oci.image.layer.v1.tar",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            "application/vnd.docker.image.rootfs.diff.tar",
+        }
+    )
+
+    def sniff(
+        self,
+        *,
+        head: bytes | None = None,
+        tail: bytes | None = None,
+        annotations: Mapping[str, str] = NO_ANNOTATIONS,
+    ) -> bool:
+        # a ustar header, or a blob of zeros (an empty tar is its end-of-archive blocks)
+        if head is None:
+            return False
+        return len(head) == 0 or head[257:262] == b"ustar" or head[:512].count(0) == len(head[:512])
+
+    def new_indexer(
+        self,
+        span_size: int,
+        *,
+        name: str,
+        check_crc: bool = True,
+        elide_windows: bool = False,
+        chunk_size: int = 0,
+    ) -> SpanIndexer:
+        return PlainIndexer(span_size, name=name, chunk_size=chunk_size)
+
+    def decode_span(
+        self,
+        span: Span,
+        data: bytes,
+        window: bytes | None,
+        *,
+        name: str = "layer",
+        partial: bool = False,
+    ) -> bytes:
+        return decode_span(span, data, window, name=name, partial=partial)

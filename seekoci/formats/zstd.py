@@ -12,12 +12,13 @@ frames belong to the span they follow.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import zstandard
 
 from ..errors import FormatError
-from .base import IndexerBase, Span, SpanHasher
+from .base import IndexerBase, Span, SpanHasher, SpanIndexer
+from .plugin import NO_ANNOTATIONS, LayerFormat
 
 #: Largest decoder window accepted (zstd's long mode goes to 2 GiB; 1 GiB is plenty for
 #: layers and bounds memory on hostile input).
@@ -143,3 +144,58 @@ def decode_stream(
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: corrupt zstd data ({exc})") from None
     return b"".join(parts)
+
+
+#: zstd frame magic and the skippable-frame magics (0x184D2A50-0x184D2A5F), little-endian.
+FRAME_MAGIC = 0xFD2FB528
+SKIPPABLE_MASK, SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
+
+
+class ZstdFormat(LayerFormat):
+    """``tar+zstd`` layers: one frame or many (zstd:chunked refines it; the seekable format
+    is plain zstd with a seek table at the end, :mod:`.seekable`)."""
+
+    name = compression = "zstd"
+    layer_format = "tar"
+    media_types = frozenset(
+        {
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+            "application/vnd.docker.image.rootfs.diff.tar.zstd",
+        }
+    )
+    decode_stream = staticmethod(decode_stream)
+
+    def sniff(
+        self,
+        *,
+        head: bytes | None = None,
+        tail: bytes | None = None,
+        annotations: Mapping[str, str] = NO_ANNOTATIONS,
+    ) -> bool:
+        if head is None or len(head) < 4:
+            return False
+        magic = int.from_bytes(head[:4], "little")
+        return magic == FRAME_MAGIC or magic & SKIPPABLE_MASK == SKIPPABLE_MAGIC
+
+    def new_indexer(
+        self,
+        span_size: int,
+        *,
+        name: str,
+        check_crc: bool = True,
+        elide_windows: bool = False,
+        chunk_size: int = 0,
+    ) -> SpanIndexer:
+        return ZstdIndexer(span_size, name=name)
+
+    def decode_span(
+        self,
+        span: Span,
+        data: bytes,
+        window: bytes | None,
+        *,
+        name: str = "layer",
+        partial: bool = False,
+    ) -> bytes:
+        return decode_span(span, data, window, name=name, partial=partial)

@@ -1,7 +1,10 @@
 """The random-access contract, run over every producer x source x span size.
 
 Whatever compressed a layer and wherever its bytes come from, a :class:`seekoci.Layer` must
-give back each file's bytes and any range of the uncompressed tar stream exactly.
+give back each file's bytes and any range of the uncompressed tar stream exactly. Producers
+are the compressions (:data:`layers.PRODUCERS`, indexed by a pass) and the formats that carry
+their own TOC (:data:`TOC_PRODUCERS`, tests/tocwriter.py: read through that TOC when opened
+from a path or bytes, through a verified pass-built index when a digest is given).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from layers import (
     sha256_digest,
     text_bytes,
 )
+from tocwriter import estargz, seekable_zstd, zstd_chunked
 
 import seekoci
 import seekoci.fileobj
@@ -45,15 +49,33 @@ SPAN_SIZES = (4096, 65536)
 SMALL_CHUNK = 1024
 
 
+TOC_PRODUCERS = ("estargz", "estargz-packed", "zstd:chunked")
+ALL_PRODUCERS = (*PRODUCERS, *TOC_PRODUCERS, "zstd-seekable")
+
+
+def make_layer(tar: bytes, producer: str) -> tuple[bytes, bytes, dict[str, bytes]]:
+    """(blob, the tar stream it decodes to, files the format adds) for any producer."""
+    if producer in ("estargz", "estargz-packed"):
+        made = estargz(tar, chunk_size=16 << 10, pack_below=2048 if "packed" in producer else 0)
+        return made.blob, made.tar, {"stargz.index.json": made.toc}
+    if producer == "zstd:chunked":
+        made = zstd_chunked(tar, chunk_size=16 << 10)
+        return made.blob, made.tar, {}
+    if producer == "zstd-seekable":
+        return seekable_zstd(tar), tar, {}
+    return compress_layer(tar, producer, seed=producer), tar, {}
+
+
 @dataclass(frozen=True)
 class Corpus:
     entries: tuple[Entry, ...]
     tar: bytes
     blob: bytes
+    extra: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def files(self) -> dict[str, bytes]:
-        return file_entries(self.entries)
+        return {**file_entries(self.entries), **dict(self.extra)}
 
 
 @functools.cache
@@ -63,8 +85,8 @@ def corpus(producer: str) -> Corpus:
         file("usr/share/big.txt", text_bytes("big", 200_000)),
         file("empty", b""),
     ]
-    tar = build_tar(entries)
-    return Corpus(tuple(entries), tar, compress_layer(tar, producer, seed=producer))
+    blob, tar, extra = make_layer(build_tar(entries), producer)
+    return Corpus(tuple(entries), tar, blob, tuple(extra.items()))
 
 
 def open_case(
@@ -97,7 +119,7 @@ class Case:
 
 
 @pytest.fixture(
-    params=[(p, s, n) for p in PRODUCERS for s in SOURCES for n in SPAN_SIZES],
+    params=[(p, s, n) for p in ALL_PRODUCERS for s in SOURCES for n in SPAN_SIZES],
     ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}",
 )
 def case(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
@@ -148,8 +170,29 @@ def test_read_range_equals_the_tar(case: Case) -> None:
         )
 
 
+def test_an_embedded_toc_is_what_serves_the_reads(case: Case) -> None:
+    if case.producer not in TOC_PRODUCERS:
+        assert case.layer.index_status in ("built", "cached", "partial", "none")
+        return
+    layer = case.layer
+    layer.open("usr/share/big.txt").read(10)
+    assert layer.index_status == ("cached" if layer.digest else "embedded")
+    assert layer.random_access
+
+
 def test_spans_tile_the_blob_and_the_tar(case: Case) -> None:
     data, layer, span_size = case.data, case.layer, case.span_size
+    if layer.index() and layer.index_status == "embedded":
+        spans = layer.index().spans  # the TOC's pieces, in blob order (packed small files
+        # share a member: the same compressed range, each span skipping to its own bytes)
+        assert all(
+            b.compressed_start >= a.compressed_end
+            or (b.compressed_start, b.compressed_end) == (a.compressed_start, a.compressed_end)
+            for a, b in itertools.pairwise(spans)
+        )
+        assert spans[-1].compressed_end <= len(data.blob)
+        assert all(b.uncompressed_start == a.uncompressed_end for a, b in itertools.pairwise(spans))
+        return
     spans = layer.index().spans
     assert spans[0].uncompressed_start == 0
     assert spans[-1].uncompressed_end == len(data.tar)
@@ -187,9 +230,8 @@ def test_spans_tile_the_blob_and_the_tar(case: Case) -> None:
             assert len(prefix) >= mark
             start = span.uncompressed_start
             assert prefix == data.tar[start : start + len(prefix)]
-    assert layer.compression == {"none": "none", "zstd": "zstd", "zstd-frames": "zstd"}.get(
-        case.producer, "gzip"
-    )
+    expected = "none" if case.producer == "none" else "gzip"
+    assert layer.compression == ("zstd" if case.producer.startswith("zstd") else expected)
     if case.producer == "none":  # fixed slices
         assert [s.uncompressed_start for s in spans] == list(range(0, len(data.tar), span_size))
     elif case.producer == "zstd":  # one frame: one span
@@ -205,10 +247,10 @@ def test_a_read_before_the_index_is_complete(case: Case, tmp_path: Path) -> None
     middle = sorted(data.files)[len(data.files) // 2]
     assert fresh.open(middle).read() == data.files[middle]
     assert fresh.read_range(0, len(data.tar) + 1) == data.tar
-    assert fresh.index_status == "built"
+    assert fresh.index_status == ("embedded" if case.producer in TOC_PRODUCERS else "built")
 
 
-@pytest.mark.parametrize("producer", PRODUCERS)
+@pytest.mark.parametrize("producer", ALL_PRODUCERS)
 def test_threads_read_different_files_at_once(producer: str, tmp_path: Path) -> None:
     data = corpus(producer)
     layer = open_case(data.blob, "path", 4096, tmp_path)
@@ -283,7 +325,7 @@ def check_step(f: io.BufferedIOBase, model: io.BytesIO, op: tuple[object, ...]) 
 @CI
 @given(
     files=st.dictionaries(names, contents, min_size=1, max_size=6),
-    producer=st.sampled_from(PRODUCERS),
+    producer=st.sampled_from(ALL_PRODUCERS),
     span_size=st.sampled_from([1024, 4096, 65536]),
     script=st.lists(st.tuples(st.integers(0, 10**6), ops), min_size=1, max_size=4),
 )
@@ -293,8 +335,7 @@ def test_file_objects_behave_like_bytesio(
     span_size: int,
     script: list[tuple[int, list[tuple[object, ...]]]],
 ) -> None:
-    tar = build_tar([file(n, d) for n, d in files.items()])
-    blob = compress_layer(tar, producer)
+    blob, _, _ = make_layer(build_tar([file(n, d) for n, d in files.items()]), producer)
     layer = seekoci.open_layer(BytesSource(blob), cache_dir=False, span_size=span_size)
     ordered = sorted(files)
     for pick, steps in script:

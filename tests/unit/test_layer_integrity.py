@@ -88,10 +88,13 @@ def test_a_flipped_byte_in_a_cached_layer_is_an_integrity_error(tmp_path: Path) 
 
 def test_a_bad_read_is_fetched_again() -> None:
     _, blob, files = sample()
-    source = FlakySource(blob, bad_reads=1)
+    source = FlakySource(blob, bad_reads=0)
     layer = seekoci.Layer(source, cache=MemoryCache(), media_type=GZIP, span_size=SPAN)
     layer.index()
-    assert source.calls == []
+    # without a digest the blob's tail is read once, for an embedded TOC: nothing else
+    assert source.calls == [(len(blob) - 72, 72)]
+    source.calls.clear()
+    source.bad_reads = 1
     with layer.open("f2") as f:
         f.seek(100)
         assert f.read(50) == files["f2"][100:150]
@@ -102,9 +105,11 @@ def test_a_bad_read_is_fetched_again() -> None:
 
 def test_bytes_that_stay_bad_raise_after_one_refetch() -> None:
     _, blob, _ = sample()
-    source = FlakySource(blob, bad_reads=1000)
+    source = FlakySource(blob, bad_reads=0)
     layer = seekoci.Layer(source, cache=MemoryCache(), media_type=GZIP, span_size=SPAN)
     layer.index()
+    source.calls.clear()
+    source.bad_reads = 1000
     with pytest.raises(seekoci.IntegrityError):
         layer.open("f1").read(10)
     assert len(source.calls) == 2

@@ -1,0 +1,382 @@
+"""Layers that carry their own TOC (eStargz, zstd:chunked): the shared vectors made by the
+reference producers, then blobs from tests/tocwriter.py for the variants and hostile forms."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+from layers import VECTORS, CountingSource, build_tar, file, random_tree, symlink, text_bytes
+from tocwriter import Made, estargz, zstd_chunked
+
+import seekoci
+from seekoci.cache import MemoryCache
+
+SOURCE_FILES = {
+    f["name"]: f["sha256"]
+    for f in json.loads((VECTORS / "estargz/source.files.json").read_text())["regular_files"]
+}
+VECTOR_BLOBS = {
+    "estargz-prefetch": "estargz/estargz-prefetch",
+    "estargz-noprefetch": "estargz/estargz-noprefetch",
+    "zstdchunked-cstorage": "zstd-chunked/zstdchunked-cstorage",
+}
+
+
+def vector(name: str) -> tuple[bytes, dict[str, Any]]:
+    stem = VECTORS / VECTOR_BLOBS[name]
+    return stem.with_suffix(".blob").read_bytes(), json.loads(
+        stem.with_suffix(".meta.json").read_text()
+    )
+
+
+def layer_of(
+    blob: bytes,
+    annotations: dict[str, str] | None = None,
+    *,
+    digest: str | None = None,
+    media_type: str | None = None,
+) -> tuple[seekoci.Layer, CountingSource]:
+    """A layer over ``blob`` as a registry image has it (media type from the manifest)."""
+    if media_type is None:
+        media_type = "application/vnd.oci.image.layer.v1.tar+" + (
+            "gzip" if blob[:2] == b"\x1f\x8b" else "zstd"
+        )
+    source = CountingSource(blob)
+    layer = seekoci.Layer(
+        source,
+        cache=MemoryCache(),
+        digest=digest,
+        media_type=media_type,
+        size=len(blob),
+        annotations=annotations,
+    )
+    return layer, source
+
+
+def sha(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------ vectors
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
+@pytest.mark.parametrize("annotated", [True, False], ids=["annotated", "footer"])
+def test_every_vector_file_reads_back(name: str, annotated: bool) -> None:
+    blob, meta = vector(name)
+    layer, _ = layer_of(
+        blob,
+        meta["annotations"] if annotated else None,
+        # with annotations the digest is known too (a registry layer): the TOC is vouched for
+        digest=meta["blob_digest"] if annotated else None,
+        media_type=meta["media_type"],
+    )
+    assert layer.format == ("estargz" if name.startswith("estargz") else "zstd:chunked")
+    seen = 0
+    for path, digest in SOURCE_FILES.items():
+        assert sha(layer.open(path).read()) == digest, path
+        seen += 1
+    assert seen == len(SOURCE_FILES) and layer.index_status == "embedded"
+    assert layer.stat("link-to-hostname").linkname == "etc/hostname"
+    assert layer.stat("dev/null").type == "char"
+    assert layer.stat("bin/tool").mode & 0o7777 == 0o4755
+    assert layer.stat("xattr.txt").xattrs == {"user.foo": b"bar", "user.bin": b"\xff\x00\x01"}
+    assert layer.open("hardlink-to-tool").read() == layer.open("bin/tool").read()
+    assert "checked" in layer.index().verification
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
+def test_vector_tar_stream_and_size(name: str) -> None:
+    blob, meta = vector(name)
+    layer, _ = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
+    if name.startswith("estargz"):
+        tar = gzip.decompress(blob)
+    else:
+        tar = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True).read()
+    assert sha(tar) == meta["diff_id"]
+    assert layer.uncompressed_size == len(tar)
+    assert layer.read_range(0, len(tar) + 10) == tar
+    assert layer.read_range(len(tar) // 3, 5000) == tar[len(tar) // 3 : len(tar) // 3 + 5000]
+
+
+def test_zstd_chunked_vector_needs_no_pass_for_tar_ranges() -> None:
+    blob, meta = vector("zstdchunked-cstorage")
+    layer, source = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
+    tar = (VECTORS / "estargz/source.tar").read_bytes()
+    assert layer.read_range(0, len(tar)) == tar
+    assert source.streamed == 0  # TOC + tar-split gave every offset: no forward pass
+    assert layer.index().tar_offsets
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
+def test_one_small_file_costs_the_tail_and_its_chunk(name: str) -> None:
+    blob, meta = vector(name)
+    layer, source = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
+    assert sha(layer.open("etc/hostname").read()) == SOURCE_FILES["etc/hostname"]
+    toc_start = int(
+        meta["annotations"]
+        .get("io.github.containers.zstd-chunked.manifest-position", f"{meta.get('toc_offset')}:")
+        .split(":")[0]
+    )
+    assert len(source.calls) == 2 and source.streamed == 0
+    tail, chunk = source.calls
+    assert tail[0] <= toc_start and tail[0] + tail[1] == len(blob)
+    assert chunk[1] < 200  # the member / frames of an 8-byte file
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
+def test_a_flipped_byte_in_a_chunk_is_an_integrity_error(name: str) -> None:
+    blob, meta = vector(name)
+    good, _ = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
+    spans = good.index().spans
+    entry = good.find("big/random.bin")
+    assert entry is not None
+    target = next(
+        s for s in spans if s.uncompressed_start <= entry.data_offset + 70_000 < s.uncompressed_end
+    )
+    bad = bytearray(blob)
+    bad[(target.compressed_start + target.compressed_end) // 2] ^= 0x40
+    layer, _ = layer_of(bytes(bad), meta["annotations"], media_type=meta["media_type"])
+    with pytest.raises(seekoci.IntegrityError, match="chunk digest"):
+        layer.open("big/random.bin").read()
+    assert sha(layer.open("big/text.txt").read()) == SOURCE_FILES["big/text.txt"]
+
+
+@pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
+def test_a_toc_that_does_not_match_its_annotation(name: str) -> None:
+    blob, meta = vector(name)
+    annotations = {
+        k: ("sha256:" + "0" * 64 if k.endswith(("toc.digest", "manifest-checksum")) else v)
+        for k, v in meta["annotations"].items()
+    }
+    layer, _ = layer_of(blob, annotations, media_type=meta["media_type"])
+    with pytest.raises(seekoci.IntegrityError, match="TOC"):
+        layer.open("etc/hostname")
+
+
+def test_the_toc_digest_is_the_annotation() -> None:
+    for name in ("estargz-prefetch", "estargz-noprefetch"):
+        toc = (VECTORS / VECTOR_BLOBS[name]).with_suffix(".toc.json").read_bytes()
+        _, meta = vector(name)
+        assert sha(toc) == meta["annotations"]["containerd.io/snapshot/stargz/toc.digest"]
+
+
+def test_open_layer_detects_the_format_from_the_bytes(tmp_path: Path) -> None:
+    for name in VECTOR_BLOBS:
+        blob, _ = vector(name)
+        path = tmp_path / name
+        path.write_bytes(blob)
+        layer = seekoci.open_layer(path, cache_dir=False)
+        assert layer.index_status in ("none", "embedded")
+        assert sha(layer.open("big/text.txt").read()) == SOURCE_FILES["big/text.txt"]
+        assert layer.index_status == "embedded" and layer.random_access
+
+
+# ------------------------------------------------------------------ variants (tocwriter)
+
+
+def corpus() -> bytes:
+    return build_tar(
+        [
+            *random_tree("toc", files=12, max_size=9000),
+            file("big/text.txt", text_bytes("toc-big", 150_000)),
+            file("big/zeros.bin", bytes(200_000)),
+            file("empty", b""),
+            symlink("link", "big/text.txt"),
+        ]
+    )
+
+
+def files_of(tar: bytes) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        return {
+            m.name: tf.extractfile(m).read()  # type: ignore[union-attr]
+            for m in tf.getmembers()
+            if m.isreg()
+        }
+
+
+VARIANTS = {
+    "estargz": lambda tar: estargz(tar, chunk_size=32 << 10),
+    "estargz-packed": lambda tar: estargz(tar, chunk_size=32 << 10, pack_below=4096),
+    "stargz-legacy": lambda tar: estargz(tar, legacy=True),
+    "zstd:chunked": lambda tar: zstd_chunked(tar, chunk_size=32 << 10),
+    "zstd:chunked-old-footer": lambda tar: zstd_chunked(tar, old_footer=True),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("annotated", [True, False], ids=["annotated", "footer"])
+def test_variants_read_back(variant: str, annotated: bool) -> None:
+    tar = corpus()
+    made: Made = VARIANTS[variant](tar)
+    layer, source = layer_of(made.blob, made.annotations if annotated else None)
+    for name, content in files_of(tar).items():
+        assert layer.open(name).read() == content, name
+    assert layer.index_status == "embedded" and source.streamed == 0
+    assert layer.read_range(0, len(made.tar) + 1) == made.tar
+    assert layer.uncompressed_size == len(made.tar)
+    if variant == "stargz-legacy":
+        assert "legacy stargz" in layer.index().verification
+    if variant == "estargz-packed":
+        assert any(s.skip for s in layer.index().spans)
+
+
+def test_zero_chunks_are_not_fetched() -> None:
+    made = zstd_chunked(corpus(), chunk_size=32 << 10)
+    layer, source = layer_of(made.blob, made.annotations)
+    assert layer.open("big/zeros.bin").read() == bytes(200_000)
+    assert len(source.calls) == 1  # the TOC: nothing for the zeros
+
+
+def test_a_legacy_stargz_registry_layer_is_built_not_trusted() -> None:
+    made = estargz(corpus(), legacy=True)
+    layer, source = layer_of(made.blob, digest=sha(made.blob))
+    assert layer.open("big/text.txt").read() == text_bytes("toc-big", 150_000)
+    assert layer.index_status in ("partial", "built") and source.streamed
+
+
+def test_a_footer_without_annotation_is_not_trusted_for_a_digest() -> None:
+    made = zstd_chunked(corpus())
+    layer, _ = layer_of(made.blob, digest=sha(made.blob))
+    layer.index()
+    assert layer.index_status == "built"  # verified against the digest by the pass
+
+
+# ------------------------------------------------------------------------- bad input
+
+
+def _chunk(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(e for e in doc["entries"] if e.get("name") == name)
+
+
+BAD_TOCS = {
+    "offset-outside": lambda doc: _chunk(doc, "big/text.txt").update(offset=10**9),
+    "negative-size": lambda doc: _chunk(doc, "big/text.txt").update(chunkSize=-5),
+    "unknown-type": lambda doc: _chunk(doc, "link").update(type="socket"),
+    "bad-digest-form": lambda doc: _chunk(doc, "big/text.txt").update(chunkDigest="md5:00"),
+    "no-entries": lambda doc: doc.pop("entries"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(BAD_TOCS))
+@pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
+def test_a_malformed_toc_is_a_format_error(writer: Any, edit: str) -> None:
+    made = writer(corpus(), chunk_size=32 << 10, edit=BAD_TOCS[edit])
+    layer, _ = layer_of(made.blob, made.annotations)
+    with pytest.raises(seekoci.FormatError):
+        layer.open("big/text.txt").read()
+
+
+def test_a_toc_that_is_not_json() -> None:
+    made = estargz(corpus(), toc_bytes=b"{not json")
+    layer, _ = layer_of(made.blob, made.annotations)
+    with pytest.raises(seekoci.FormatError, match="not JSON"):
+        layer.listdir("/")
+
+
+def test_a_lying_chunk_digest_is_an_integrity_error() -> None:
+    def lie(doc: dict[str, Any]) -> None:
+        for e in doc["entries"]:
+            if e.get("name") == "big/text.txt" and e.get("chunkOffset") == 32 << 10:
+                e["chunkDigest"] = "sha256:" + "ab" * 32
+
+    for writer in (estargz, zstd_chunked):
+        made = writer(corpus(), chunk_size=32 << 10, edit=lie)
+        layer, _ = layer_of(made.blob, made.annotations)
+        with layer.open("big/text.txt") as f:
+            assert f.read(1000) == text_bytes("toc-big", 150_000)[:1000]  # chunk 0 is fine
+            with pytest.raises(seekoci.IntegrityError):
+                f.read()
+
+
+@pytest.mark.parametrize("cut", [1, 20, 51, 72])
+def test_a_truncated_footer(cut: int) -> None:
+    made = estargz(corpus())
+    layer, _ = layer_of(made.blob[:-cut], made.annotations)  # annotated: the TOC is needed
+    with pytest.raises(seekoci.FormatError, match="footer"):
+        layer.listdir("/")
+    for made, footer in ((estargz(corpus()), 51), (zstd_chunked(corpus()), 72)):
+        # not recognised without its footer: read as a plain stream, which ends too early
+        # (a whole footer cut off leaves a valid plain stream, read as one)
+        layer, _ = layer_of(made.blob[:-cut])
+        assert layer.format == "tar"
+        if cut == footer:
+            assert layer.listdir("/")
+            continue
+        with pytest.raises(seekoci.FormatError):
+            layer.listdir("/")
+
+
+def test_a_toc_position_outside_the_blob() -> None:
+    made = zstd_chunked(corpus())
+    annotations = dict(made.annotations)
+    key = "io.github.containers.zstd-chunked.manifest-position"
+    annotations[key] = f"{len(made.blob) + 100}:50:50:1"
+    layer, _ = layer_of(made.blob, annotations)
+    with pytest.raises(seekoci.FormatError, match="outside"):
+        layer.listdir("/")
+
+
+# ------------------------------------------------------------------------ image view
+
+
+@pytest.mark.parametrize("name", ["estargz-prefetch", "estargz-noprefetch"])
+def test_landmarks_and_the_toc_are_in_the_layer_not_the_image(name: str) -> None:
+    from seekoci.image import Image
+
+    blob, meta = vector(name)
+    layer, _ = layer_of(blob, meta["annotations"], digest=meta["blob_digest"])
+    landmark = ".prefetch.landmark" if name == "estargz-prefetch" else ".no.prefetch.landmark"
+    assert landmark in layer.listdir("/") and "stargz.index.json" in layer.listdir("/")
+    assert layer.open("stargz.index.json").read() == (
+        (VECTORS / VECTOR_BLOBS[name]).with_suffix(".toc.json").read_bytes()
+    )
+    img = Image(
+        reference="test",
+        digest="sha256:" + "0" * 64,
+        platform="linux/amd64",
+        config={},
+        manifest={},
+        layers=[layer],
+    )
+    assert not {landmark, "stargz.index.json"} & set(img.listdir("/"))
+    for hidden in (landmark, "stargz.index.json"):
+        assert not img.exists("/" + hidden)
+        with pytest.raises(FileNotFoundError):
+            img.read_bytes("/" + hidden)
+    assert sha(img.read_bytes("/big/text.txt")) == SOURCE_FILES["big/text.txt"]
+
+
+def test_an_embedded_toc_is_never_written_as_seekoci_index() -> None:
+    from seekoci.formats.index import index_file, parse_header
+
+    blob, meta = vector("estargz-prefetch")
+    layer, _ = layer_of(blob, meta["annotations"], digest=meta["blob_digest"])
+    with pytest.raises(seekoci.FormatError, match="not written"):
+        index_file(layer.index())
+    built = layer.pass_index()  # what publish_native and the cache get: a pass's index
+    assert built.tar_offsets and not built.format
+    assert parse_header(index_file(built)) is not None
+    assert layer.index_status == "embedded"  # reads still go through the TOC
+
+
+def test_a_footer_that_points_far_from_the_end_is_refused() -> None:
+    """A lying footer must not make a reader fetch the whole blob as 'the TOC'."""
+    made = zstd_chunked(corpus())
+    blob = bytearray(made.blob)
+    struct.pack_into("<Q", blob, len(blob) - 64, 100)  # the TOC "at" offset 100
+    layer, source = layer_of(bytes(blob))  # no annotations: the footer is all there is
+    with pytest.raises(seekoci.FormatError, match="outside"):
+        layer.listdir("/")
+    assert source.bytes_read < 70_000
