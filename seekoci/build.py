@@ -6,13 +6,30 @@ digest), feeds the format's span indexer (checkpoints, span digests) and the tar
 (the table of contents), and hands decoded spans to the layer's span LRU for the reads
 that follow. Only a pass that went to the end *and* whose bytes matched the layer digest
 becomes a saved index (the layer decides, see :meth:`seekoci.layer.Layer._complete`).
+
+Three threads overlap the work, linked by bounded queues (so a pass holds a few MiB,
+whatever the layer's size, and a lookup that stops early has read only a little past
+what it needed):
+
+* the *reader* pulls the blob stream and hashes it (``hashlib`` releases the GIL);
+* the *inflater* feeds the span indexer (inflate, CRC, span digests, checkpoints: C code
+  that releases the GIL for most of its time);
+* the caller of :meth:`IndexBuild.step` parses tar headers (pure Python) and keeps spans.
+
+The indexer belongs to the inflater thread: anything else reading it (windows and chunk
+tables of a partial pass) goes through :meth:`IndexBuild.window` /
+:meth:`IndexBuild.chunk_table`, under the pass's lock. The spans the caller sees are its own
+list (:attr:`IndexBuild.spans`), extended from the queue: a span appears there only once the
+scanner has seen every byte of it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from . import formats
 from .errors import FormatError, IntegrityError
@@ -20,7 +37,7 @@ from .formats.tar import TarScanner
 from .spans import SPAN_LRU_BYTES
 
 if TYPE_CHECKING:
-    from .formats.base import SpanIndexer
+    from .formats.base import ChunkTable, Span, SpanIndexer
     from .layer import Layer
 
 #: gzip and tar spans are verified in chunks of this many compressed bytes, so a small read
@@ -28,6 +45,152 @@ if TYPE_CHECKING:
 #: (~500 KB saved on an average small-file read at 1 MiB spans; 36 bytes a chunk in the
 #: index).
 CHUNK_SIZE = 64 << 10
+
+#: Blob chunks (1 MiB each from the sources) read ahead of the inflater.
+_READ_AHEAD = 4
+#: Decoded pieces (up to 256 KiB each) inflated ahead of the tar scanner.
+_DECODE_AHEAD = 16
+#: How often a blocked thread looks whether the pass was closed.
+_POLL_S = 0.25
+
+
+class _Closed(Exception):
+    """The pass was closed: a worker thread stops."""
+
+
+class _Pipe:
+    """A bounded queue between two of the pass's threads that either side can abandon."""
+
+    def __init__(self, size: int, stop: threading.Event) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(size)
+        self._stop = stop
+
+    def put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+        raise _Closed
+
+    def get(self) -> Any:
+        while not self._stop.is_set():
+            try:
+                return self._q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        raise _Closed
+
+
+#: What the inflater sends the scanner: decoded bytes, the spans closed before them, and
+#: the blob bytes consumed so far; or the end, with the blob's digest; or an error.
+_Piece = tuple[bytes, list["Span"], int]
+
+
+class _Workers:
+    """The reader and inflater threads of one pass. Holds no reference to the
+    :class:`IndexBuild`, so dropping an unfinished pass stops them (see its ``__del__``)."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[bytes]],
+        indexer: SpanIndexer,
+        lock: threading.Lock,
+        blob_hash: Any,
+        size: int,
+        name: str,
+    ) -> None:
+        self.stop = threading.Event()
+        self.chunks = _Pipe(_READ_AHEAD, self.stop)
+        self.pieces = _Pipe(_DECODE_AHEAD, self.stop)
+        self._open_stream = open_stream
+        self._indexer = indexer
+        self._lock = lock
+        self._hash = blob_hash
+        self._size = size
+        self._name = name
+        self._threads = [
+            threading.Thread(target=self._read, name="seekoci-build-read", daemon=True),
+            threading.Thread(target=self._inflate, name="seekoci-build-inflate", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self) -> None:
+        """Blob chunks, hashed, to the inflater; then None and the digest."""
+        stream: Iterator[bytes] | None = None
+        try:
+            stream = self._open_stream()
+            fed = 0
+            for chunk in stream:
+                self._hash.update(chunk)
+                fed += len(chunk)
+                if fed > self._size:
+                    raise IntegrityError(f"layer {self._name}: blob is longer than {self._size}")
+                self.chunks.put(chunk)
+                if self.stop.is_set():
+                    return
+            self.chunks.put(None)
+            self.chunks.put(f"{self._hash.name}:{self._hash.hexdigest()}")
+        except _Closed:
+            pass
+        except BaseException as exc:
+            self._send_error(self.chunks, exc)
+        finally:
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()
+
+    def _inflate(self) -> None:
+        indexer, lock = self._indexer, self._lock
+        published = 0
+        fed = 0
+
+        def closed() -> list[Span]:
+            nonlocal published
+            spans = indexer.spans
+            new = list(spans[published:])
+            published = len(spans)
+            return new
+
+        try:
+            while True:
+                chunk = self.chunks.get()
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if chunk is None:
+                    break
+                fed += len(chunk)
+                decoded = indexer.feed(chunk)
+                while True:
+                    with lock:
+                        out = next(decoded, None)
+                        new = closed()
+                    if out is None:
+                        break
+                    self.pieces.put((out, new, fed))
+                self.pieces.put((b"", new, fed))
+            with lock:
+                indexer.finish()
+                new = closed()
+            self.pieces.put((b"", new, fed))
+            self.pieces.put(self.chunks.get())  # the digest
+        except _Closed:
+            pass
+        except BaseException as exc:
+            self._send_error(self.pieces, exc)
+
+    def _send_error(self, pipe: _Pipe, exc: BaseException) -> None:
+        try:
+            pipe.put(exc)
+        except _Closed:
+            pass
+
+    def close(self, wait: float = 5.0) -> None:
+        self.stop.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(wait)
 
 
 class IndexBuild:
@@ -46,42 +209,71 @@ class IndexBuild:
         alg = (layer.digest or "sha256:").partition(":")[0]
         if alg not in ("sha256", "sha384", "sha512"):
             raise FormatError(f"layer {layer.name}: digest algorithm {alg!r} is not supported")
-        self.blob_hash = hashlib.new(alg)
-        self.stream: Iterator[bytes] | None = None
-        self.fed = 0
+        self._alg = alg
+        self._lock = threading.Lock()  # the indexer, between the inflater and everyone else
+        self._workers: _Workers | None = None
+        #: spans whose bytes the scanner has seen (this thread's view of the indexer's)
+        self.spans: list[Span] = []
+        self.fed = 0  # blob bytes consumed by the indexer, as of the last piece
         self.done = False
         self.keep_spans = True
+        self._out = 0  # uncompressed bytes seen by the scanner
         self._pending = bytearray()  # uncompressed bytes of the open span
         self._pending_start = 0
         self._spans_kept = 0
 
+    # -- the indexer, for readers of a partial pass -------------------------------------------
+    def window(self, span_index: int) -> bytes | None:
+        with self._lock:
+            return self.indexer.window(span_index)
+
+    def chunk_table(self, span_index: int) -> ChunkTable | None:
+        with self._lock:
+            return self.indexer.chunk_table(span_index)
+
+    # -- the pass ---------------------------------------------------------------------------
     def step(self) -> None:
-        """Advance by one chunk of the blob (opens the stream on first use)."""
-        if self.stream is None:
-            self.stream = self.layer.source.iter_from(0)
-        chunk = next(self.stream, None)
-        if chunk is None:
-            self._finish()
+        """Advance by one decoded piece of the blob (starts the pass on first use)."""
+        if self.done:
             return
-        self.blob_hash.update(chunk)
-        self.fed += len(chunk)
-        for out in self.indexer.feed(chunk):
+        if self._workers is None:
+            layer = self.layer
+            self._workers = _Workers(
+                layer.source.iter_from,
+                self.indexer,
+                self._lock,
+                hashlib.new(self._alg),
+                layer.size,
+                layer.name,
+            )
+        try:
+            item = self._workers.pieces.get()
+        except _Closed:
+            raise FormatError(f"layer {self.layer.name}: its index pass was closed") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if isinstance(item, str):
+            self._finish(item)
+            return
+        out, new, self.fed = item
+        if out:
             self.scanner.feed(out)
-            if self.keep_spans:
-                self._pending += out
-                if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
-                    self.keep_spans = False
+            self._out += len(out)
+        self.spans += new
+        if self.keep_spans and out:
+            self._pending += out
+            if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
+                self.keep_spans = False
         if self.keep_spans:
             self._keep_spans()
         elif self._pending:
             self._pending.clear()
-            self._pending_start = self.indexer.uncompressed_size
-        if self.fed > self.layer.size:
-            raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
+            self._pending_start = self._out
 
     def _keep_spans(self) -> None:
         """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
-        spans = self.indexer.spans
+        spans = self.spans
         while self._spans_kept < len(spans):
             span = spans[self._spans_kept]
             if span.uncompressed_start >= self._pending_start:
@@ -94,26 +286,28 @@ class IndexBuild:
                 self._pending_start = span.uncompressed_end
             self._spans_kept += 1
 
-    def _finish(self) -> None:
-        self.indexer.finish()
+    def _finish(self, actual: str) -> None:
+        self.close()
         self.scanner.finish()
         if self.keep_spans:
             self._keep_spans()
         self._pending.clear()
         self.done = True
-        self.stream = None
         layer = self.layer
         if self.fed != layer.size and layer.size_known:
             raise IntegrityError(
                 f"layer {layer.name}: blob has {self.fed} bytes, the manifest says {layer.size}"
             )
-        if layer.digest is not None:
-            actual = f"{self.blob_hash.name}:{self.blob_hash.hexdigest()}"
-            if actual != layer.digest:
-                layer.spans.lru.clear()
-                raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
+        if layer.digest is not None and actual != layer.digest:
+            layer.spans.lru.clear()
+            raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
 
     def close(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is not None and hasattr(stream, "close"):
-            stream.close()
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.close()
+
+    def __del__(self) -> None:
+        workers = getattr(self, "_workers", None)
+        if workers is not None:
+            workers.stop.set()

@@ -259,7 +259,7 @@ class Layer:
             blob_size=build.fed,
             uncompressed_size=indexer.uncompressed_size,
             span_size=self.span_size,
-            spans=list(indexer.spans),
+            spans=list(build.spans),
             entries=build.scanner.entries,
             tool=TOOL,
             chunk_size=getattr(indexer, "chunk_size", 0),
@@ -344,7 +344,7 @@ class Layer:
                     if entry is None or self._build is None:
                         return False
                     end = entry.data_offset + entry.size
-                    spans = self._build.indexer.spans
+                    spans = self._build.spans
                     return bool(spans) and spans[-1].uncompressed_end >= end
 
                 self._advance(seen)
@@ -399,7 +399,7 @@ class Layer:
         if self._index is not None:
             return self._index.spans
         if self._build is not None:
-            return self._build.indexer.spans
+            return self._build.spans
         return []
 
     def read_range(self, offset: int, length: int) -> bytes:
@@ -542,7 +542,7 @@ class _Tables:
             return index.window(span.index)
         if build is None:  # another thread's pass failed and was dropped meanwhile
             raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
-        return build.indexer.window(span.index)
+        return build.window(span.index)
 
     def chunk_table(self, span: Span) -> ChunkTable | None:
         if not span.chunk_size:
@@ -552,4 +552,4 @@ class _Tables:
             return index.chunk_table(span.index)
         if build is None:
             raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
-        return build.indexer.chunk_table(span.index)
+        return build.chunk_table(span.index)

@@ -24,6 +24,7 @@ import ctypes
 import ctypes.util
 import os
 import threading
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ..errors import FormatError
@@ -157,12 +158,24 @@ def library_name() -> str:
     return _load().name
 
 
-def crc32(data: bytes, crc: int = 0) -> int:
-    """CRC-32 of ``data`` continuing ``crc``, by the same library (zlib-ng's is ~3x
-    Python's ``zlib.crc32`` here). The GIL is released while it runs."""
+def _library_crc32(data: bytes, crc: int = 0) -> int:
     if not data:
         return crc
     return int(_load().crc32(crc, data, len(data)))
+
+
+def _pick_crc32() -> Any:
+    try:  # ISA-L's folding CRC: ~30 GB/s here, against ~2 (zlib-ng) and ~0.5 (zlib)
+        from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
+
+        return isal_zlib.crc32
+    except ImportError:
+        return _library_crc32
+
+
+#: ``crc32(data, crc=0)``: CRC-32 of ``data`` continuing ``crc``, the fastest one installed
+#: (python-isal's, else the inflate library's). The build pass checks every member's CRC.
+crc32: Callable[[bytes, int], int] = _pick_crc32()
 
 
 class BlockInflater:
