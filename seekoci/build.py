@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from . import formats
 from .errors import FormatError, IntegrityError
 from .formats.tar import TarScanner
+from .source import STREAM_CHUNK_SIZE
 from .spans import SPAN_LRU_BYTES
 
 if TYPE_CHECKING:
@@ -48,6 +49,10 @@ CHUNK_SIZE = 64 << 10
 
 #: Blob chunks (1 MiB each from the sources) read ahead of the inflater.
 _READ_AHEAD = 4
+#: Most blob bytes the reader runs ahead of what the tar scanner has seen. The lead starts
+#: at one chunk and grows with the bytes the scanner has seen (doubling), so a lookup that
+#: stops near the start of a blob has read little more than it needed.
+_MAX_LEAD = 4 << 20
 #: Decoded pieces (up to 256 KiB each) inflated ahead of the tar scanner.
 _DECODE_AHEAD = 16
 #: How often a blocked thread looks whether the pass was closed.
@@ -102,6 +107,8 @@ class _Workers:
         name: str,
     ) -> None:
         self.stop = threading.Event()
+        self._seen = threading.Condition()
+        self._seen_to = 0  # blob bytes whose output the scanner has seen
         self.chunks = _Pipe(_READ_AHEAD, self.stop)
         self.pieces = _Pipe(_DECODE_AHEAD, self.stop)
         self._open_stream = open_stream
@@ -123,14 +130,16 @@ class _Workers:
         try:
             stream = self._open_stream()
             fed = 0
-            for chunk in stream:
+            while True:
+                self._wait_for_scanner(fed)
+                chunk = next(stream, None)
+                if chunk is None:
+                    break
                 self._hash.update(chunk)
                 fed += len(chunk)
                 if fed > self._size:
                     raise IntegrityError(f"layer {self._name}: blob is longer than {self._size}")
                 self.chunks.put(chunk)
-                if self.stop.is_set():
-                    return
             self.chunks.put(None)
             self.chunks.put(f"{self._hash.name}:{self._hash.hexdigest()}")
         except _Closed:
@@ -140,6 +149,24 @@ class _Workers:
         finally:
             if stream is not None and hasattr(stream, "close"):
                 stream.close()
+
+    def seen(self, fed: int) -> None:
+        """The scanner has seen the output of the blob's first ``fed`` bytes."""
+        with self._seen:
+            if fed > self._seen_to:
+                self._seen_to = fed
+                self._seen.notify_all()
+
+    def _wait_for_scanner(self, fed: int) -> None:
+        with self._seen:
+            while True:
+                seen = self._seen_to
+                lead = min(_MAX_LEAD, max(STREAM_CHUNK_SIZE, seen))
+                if fed - seen < lead:
+                    return
+                if self.stop.is_set():
+                    raise _Closed
+                self._seen.wait(_POLL_S)
 
     def _inflate(self) -> None:
         indexer, lock = self._indexer, self._lock
@@ -257,6 +284,7 @@ class IndexBuild:
             self._finish(item)
             return
         out, new, self.fed = item
+        self._workers.seen(self.fed)
         if out:
             self.scanner.feed(out)
             self._out += len(out)

@@ -95,6 +95,7 @@ class Layer:
         self.remote: RemoteIndexes | None = None
         self._remote_tried = False
         self._cache_refused = False  # the cached index was malformed: build instead
+        self._building = threading.Event()  # a pass is open (readable without the lock)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -218,6 +219,7 @@ class Layer:
         if self._build is not None:
             self._build.close()
             self._build = None
+            self._building.clear()
 
     def index(self, progress: Progress | None = None) -> LayerIndex:
         """The complete index: loaded from the cache or built (and then saved)."""
@@ -241,12 +243,14 @@ class Layer:
     def _builder(self) -> IndexBuild:
         if self._build is None:
             self._build = IndexBuild(self, self.compression)
+            self._building.set()
         return self._build
 
     def _abandon_build(self) -> None:
         if self._build is not None:
             self._build.close()
             self._build = None
+            self._building.clear()
         self._by_name.clear()
         self._named_upto = 0
 
@@ -320,11 +324,13 @@ class Layer:
         i = self._by_name.get(name)
         return None if i is None else self._entries()[i]
 
-    def find(self, name: str) -> TarEntry | None:
+    def find(self, name: str, *, stop: threading.Event | None = None) -> TarEntry | None:
         """The entry stored under ``name`` (normalised), indexing only as far as needed.
 
         Without a complete index the pass runs until the entry and its data have gone by,
-        so a file near the start of a layer costs only the bytes up to it.
+        so a file near the start of a layer costs only the bytes up to it. ``stop``: a
+        lookup another thread may call off (then None means "not seen yet", not "absent";
+        the pass stays resumable).
         """
         name = normalize_name(name)
         with self._lock:
@@ -339,6 +345,8 @@ class Layer:
             if self._index is None and not self._try_cache():
 
                 def seen() -> bool:
+                    if stop is not None and stop.is_set():
+                        return True
                     self._index_names()
                     entry = self._named(name)
                     if entry is None or self._build is None:
@@ -350,6 +358,19 @@ class Layer:
                 self._advance(seen)
             self._index_names()
             return self._named(name)
+
+    @property
+    def building(self) -> bool:
+        """True while an index pass over the blob is open (any thread may ask, at any time)."""
+        return self._building.is_set()
+
+    def indexed_locally(self) -> bool:
+        """True when the complete index is at hand without the network (built here, or in
+        the cache directory)."""
+        with self._lock:
+            if self._index is not None:
+                return True
+            return self.digest is not None and self._build is None and self._try_cache_dir()
 
     def complete(self) -> bool:
         """True when the whole layer is indexed."""
