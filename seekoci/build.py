@@ -26,6 +26,7 @@ scanner has seen every byte of it.
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -107,6 +108,7 @@ class _Workers:
         name: str,
     ) -> None:
         self.stop = threading.Event()
+        self.pid = os.getpid()  # a forked child has none of these threads
         self._seen = threading.Condition()
         self._seen_to = 0  # blob bytes whose output the scanner has seen
         self.chunks = _Pipe(_READ_AHEAD, self.stop)
@@ -272,6 +274,12 @@ class IndexBuild:
                 hashlib.new(self._alg),
                 layer.size,
                 layer.name,
+            )
+        if self._workers.pid != os.getpid():
+            self._workers = None  # its threads live in the parent process
+            raise FormatError(
+                f"layer {self.layer.name}: its index pass was started in another process "
+                "(fork); retry to start one here"
             )
         try:
             item = self._workers.pieces.get()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import threading
 from collections.abc import Iterator
 
@@ -126,3 +127,22 @@ def test_a_dropped_partial_pass_stops_its_threads() -> None:
     for t in threads:
         t.join(30)
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_pass_inherited_through_fork_is_refused_then_restarted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forked child inherits the pass but not its threads: it must not wait for them."""
+    tar, blob = parts()
+    layer = open_layer(BytesSource(blob))
+    assert layer.find("first") is not None
+    assert layer._build is not None and layer._build._workers is not None
+    inherited = layer._build._workers  # in a real child these threads would not exist
+    pid = os.getpid()
+    monkeypatch.setattr(seekoci.build.os, "getpid", lambda: pid + 1)
+    with pytest.raises(seekoci.FormatError, match="another process"):
+        layer.find("last")
+    assert layer.index_status == "none"
+    assert layer.find("last") is not None  # a new pass, in "this" process
+    assert layer.index().uncompressed_size == len(tar)
+    inherited.close()
