@@ -109,6 +109,7 @@ class _Workers:
     ) -> None:
         self.stop = threading.Event()
         self.pid = os.getpid()  # a forked child has none of these threads
+        self.read_all = threading.Event()  # the reader reached the end of the blob
         self._seen = threading.Condition()
         self._seen_to = 0  # blob bytes whose output the scanner has seen
         self.chunks = _Pipe(_READ_AHEAD, self.stop)
@@ -141,7 +142,10 @@ class _Workers:
                 fed += len(chunk)
                 if fed > self._size:
                     raise IntegrityError(f"layer {self._name}: blob is longer than {self._size}")
+                if fed == self._size:  # before the last chunk can be seen: no race
+                    self.read_all.set()
                 self.chunks.put(chunk)
+            self.read_all.set()
             self.chunks.put(None)
             self.chunks.put(f"{self._hash.name}:{self._hash.hexdigest()}")
         except _Closed:
@@ -259,6 +263,13 @@ class IndexBuild:
     def chunk_table(self, span_index: int) -> ChunkTable | None:
         with self._lock:
             return self.indexer.chunk_table(span_index)
+
+    @property
+    def read_all(self) -> bool:
+        """True once the whole blob has been read: finishing the pass then costs no more
+        bytes, and checks the layer digest before anything read so far is trusted."""
+        workers = self._workers
+        return workers is not None and workers.read_all.is_set()
 
     # -- the pass ---------------------------------------------------------------------------
     def step(self) -> None:

@@ -290,7 +290,8 @@ class Layer:
         """Run the build until ``until()`` holds or the blob ends."""
         build = self._builder()
         try:
-            while not build.done and not until():
+            # once the whole blob is in, finish: no more bytes, and the digest is checked
+            while not build.done and (build.read_all or not until()):
                 build.step()
         except BaseException:
             self._abandon_build()

@@ -146,3 +146,17 @@ def test_a_pass_inherited_through_fork_is_refused_then_restarted(
     assert layer.find("last") is not None  # a new pass, in "this" process
     assert layer.index().uncompressed_size == len(tar)
     inherited.close()
+
+
+def test_a_lookup_whose_pass_has_read_the_whole_blob_checks_the_digest() -> None:
+    """No more bytes to fetch: the pass finishes, so a blob that does not match its digest
+    fails the lookup instead of serving bytes nothing verified."""
+    tar = build_tar([file("first", b"early\n"), file("second", text_bytes(1, 50_000))])
+    blob = compress_layer(tar, "python")
+    assert len(blob) < MIB  # one chunk of the stream
+    good = open_layer(BytesSource(blob), sha256_digest(blob))
+    assert good.find("first") is not None
+    assert good.index_status == "built"  # finished, not partial
+    wrong = "sha256:" + "0" * 64
+    with pytest.raises(seekoci.IntegrityError, match="blob digest"):
+        open_layer(BytesSource(blob), wrong).find("first")
