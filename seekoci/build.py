@@ -25,6 +25,7 @@ scanner has seen every byte of it.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 import queue
@@ -56,6 +57,9 @@ _READ_AHEAD = 4
 _MAX_LEAD = 4 << 20
 #: Decoded pieces (up to 256 KiB each) inflated ahead of the tar scanner.
 _DECODE_AHEAD = 16
+#: Decoded bytes of the last spans a pass keeps for the layer's LRU (a quarter of a 1 GiB
+#: layer's spans would otherwise be copied into an LRU that keeps only the last 64 MiB).
+_RECENT_BYTES = 32 << 20
 #: How often a blocked thread looks whether the pass was closed.
 _POLL_S = 0.25
 
@@ -251,9 +255,14 @@ class IndexBuild:
         self.done = False
         self.keep_spans = True
         self._out = 0  # uncompressed bytes seen by the scanner
-        self._pending = bytearray()  # uncompressed bytes of the open span
-        self._pending_start = 0
+        # decoded pieces not yet handed to the LRU (joined once per span: one copy)
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
+        self._pending_start = 0  # uncompressed offset of the first pending piece
+        self._pending_size = 0
         self._spans_kept = 0
+        # the last spans decoded, as pieces: joined for the LRU only when the pass pauses
+        self._recent: collections.deque[tuple[Span, list[bytes | memoryview]]] = collections.deque()
+        self._recent_size = 0
 
     # -- the indexer, for readers of a partial pass -------------------------------------------
     def window(self, span_index: int) -> bytes | None:
@@ -309,36 +318,74 @@ class IndexBuild:
             self._out += len(out)
         self.spans += new
         if self.keep_spans and out:
-            self._pending += out
-            if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
+            self._pending.append(out)
+            self._pending_size += len(out)
+            if self._pending_size > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
                 self.keep_spans = False
         if self.keep_spans:
             self._keep_spans()
-        elif self._pending:
-            self._pending.clear()
-            self._pending_start = self._out
+        elif self._pending_size or self._recent:
+            self._drop_pending()
+            self._recent.clear()
+            self._recent_size = 0
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+        self._pending_start = self._out
 
     def _keep_spans(self) -> None:
-        """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
+        """Keep the last decoded spans of the pass (up to :data:`_RECENT_BYTES`) for the
+        layer's LRU: the reads right after a lookup need them. Nothing is copied until
+        :meth:`pause` (a lookup near the end of a big layer would copy every span else)."""
         spans = self.spans
         while self._spans_kept < len(spans):
             span = spans[self._spans_kept]
             if span.uncompressed_start >= self._pending_start:
-                a = span.uncompressed_start - self._pending_start
-                b = span.uncompressed_end - self._pending_start
-                self.layer.spans.lru.put(
-                    (span.uncompressed_start, span.digest), bytes(self._pending[a:b])
-                )
-                del self._pending[:b]
-                self._pending_start = span.uncompressed_end
+                parts = self._take(span.uncompressed_start, span.uncompressed_end)
+                self._recent.append((span, parts))
+                self._recent_size += span.uncompressed_size
+                while self._recent_size > _RECENT_BYTES and len(self._recent) > 1:
+                    self._recent_size -= self._recent.popleft()[0].uncompressed_size
             self._spans_kept += 1
+
+    def pause(self) -> None:
+        """The caller stops stepping for now: hand the spans kept to the layer's LRU."""
+        recent, self._recent = self._recent, collections.deque()
+        self._recent_size = 0
+        lru = self.layer.spans.lru
+        for span, parts in recent:
+            lru.put((span.uncompressed_start, span.digest), b"".join(parts))
+
+    def _take(self, start: int, end: int) -> list[bytes | memoryview]:
+        """Uncompressed bytes ``[start, end)`` out of the pending pieces (which hold them),
+        as pieces; everything before ``end`` is dropped."""
+        pending = self._pending
+        parts: list[bytes | memoryview] = []
+        pos = self._pending_start
+        while pending and pos < end:
+            piece = pending[0]
+            a, b = max(start - pos, 0), min(end - pos, len(piece))
+            if b < len(piece):  # the rest of the piece belongs to the next span
+                parts.append(memoryview(piece)[a:b])
+                pending[0] = memoryview(piece)[b:]
+                pos += b
+                break
+            pending.popleft()
+            parts.append(piece[a:] if a else piece)
+            pos += len(piece)
+        self._pending_size -= pos - self._pending_start
+        self._pending_start = pos
+        return parts
 
     def _finish(self, actual: str) -> None:
         self.close()
         self.scanner.finish()
         if self.keep_spans:
             self._keep_spans()
-        self._pending.clear()
+            self.pause()
+        self._drop_pending()
+        self._recent.clear()
         self.done = True
         layer = self.layer
         if self.fed != layer.size and layer.size_known:

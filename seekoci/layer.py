@@ -296,6 +296,7 @@ class Layer:
         except BaseException:
             self._abandon_build()
             raise
+        build.pause()  # the spans just decoded, for the reads that follow
         if build.done:
             self._complete(build)
 

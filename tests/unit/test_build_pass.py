@@ -160,3 +160,31 @@ def test_a_lookup_whose_pass_has_read_the_whole_blob_checks_the_digest() -> None
     wrong = "sha256:" + "0" * 64
     with pytest.raises(seekoci.IntegrityError, match="blob digest"):
         open_layer(BytesSource(blob), wrong).find("first")
+
+
+class CountingRanges(CountingStream):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.ranges = 0
+
+    def read_range(self, offset: int, length: int) -> bytes:
+        self.ranges += 1
+        return super().read_range(offset, length)
+
+
+def test_spans_decoded_by_a_lookup_serve_the_reads_after_it() -> None:
+    tar, blob = parts()
+    source = CountingRanges(blob)
+    layer = open_layer(source)
+    found = {}
+    for name in ("text3", "text5"):  # spans of both are in the LRU, whole and exact
+        entry = layer.find(name)
+        assert entry is not None
+        found[name] = entry
+    assert layer.index_status == "partial"
+    before = source.ranges
+    for name, entry in found.items():
+        data = layer.read_range(entry.data_offset, entry.size)
+        assert data == text_bytes(int(name[4:]), 300_000)
+        assert data == tar[entry.data_offset : entry.data_offset + entry.size]
+    assert source.ranges == before  # no range request: the pass's spans were kept
