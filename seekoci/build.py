@@ -93,14 +93,13 @@ class _Pipe:
         raise _Closed
 
 
-#: What the inflater sends the scanner: decoded bytes, the spans closed before them, and
-#: the blob bytes consumed so far; or the end, with the blob's digest; or an error.
-_Piece = tuple[bytes, list["Span"], int]
-
-
 class _Workers:
     """The reader and inflater threads of one pass. Holds no reference to the
-    :class:`IndexBuild`, so dropping an unfinished pass stops them (see its ``__del__``)."""
+    :class:`IndexBuild`, so dropping an unfinished pass stops them (see its ``__del__``).
+
+    The inflater sends the scanner ``(decoded bytes, spans closed before them, blob bytes
+    consumed so far)``, then the blob's digest (a str) at the end, or an exception.
+    """
 
     def __init__(
         self,
