@@ -167,7 +167,7 @@ class FileLayer(Layer):
         return None
 
     # -- lookups -------------------------------------------------------------------------------
-    def find(self, name: str) -> TarEntry | None:
+    def find(self, name: str, *, stop: threading.Event | None = None) -> TarEntry | None:
         return self.entry if normalize_name(name) == self.file_name else None
 
     def complete(self) -> bool:

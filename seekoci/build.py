@@ -6,22 +6,41 @@ digest), feeds the format's span indexer (checkpoints, span digests) and the tar
 (the table of contents), and hands decoded spans to the layer's span LRU for the reads
 that follow. Only a pass that went to the end *and* whose bytes matched the layer digest
 becomes a saved index (the layer decides, see :meth:`seekoci.layer.Layer._complete`).
+
+Three threads overlap the work, linked by bounded queues (so a pass holds a few MiB,
+whatever the layer's size, and a lookup that stops early has read only a little past
+what it needed):
+
+* the *reader* pulls the blob stream and hashes it (``hashlib`` releases the GIL);
+* the *inflater* feeds the span indexer (inflate, CRC, span digests, checkpoints: C code
+  that releases the GIL for most of its time);
+* the caller of :meth:`IndexBuild.step` parses tar headers (pure Python) and keeps spans.
+
+The indexer belongs to the inflater thread: anything else reading it (windows and chunk
+tables of a partial pass) goes through :meth:`IndexBuild.window` /
+:meth:`IndexBuild.chunk_table`, under the pass's lock. The spans the caller sees are its own
+list (:attr:`IndexBuild.spans`), extended from the queue: a span appears there only once the
+scanner has seen every byte of it.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
+import os
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import formats
 from .errors import FormatError, IntegrityError
 from .formats.tar import TarEntry, TarScanner
+from .source import STREAM_CHUNK_SIZE
 from .spans import SPAN_LRU_BYTES
 
 if TYPE_CHECKING:
-    from .formats.base import SpanIndexer
+    from .formats.base import ChunkTable, Span, SpanIndexer
     from .layer import Layer
 
 #: gzip and tar spans are verified in chunks of this many compressed bytes, so a small read
@@ -30,10 +49,190 @@ if TYPE_CHECKING:
 #: index).
 CHUNK_SIZE = 64 << 10
 
+#: tee(tar_offset, data, entries_so_far): sees the whole uncompressed stream of a pass
 Tee = Callable[[int, bytes, Sequence[TarEntry]], None]
 
 #: Decoded bytes a zstd pass keeps behind it (see IndexBuild.forward).
 FORWARD_WINDOW = 32 << 20
+
+#: Blob chunks (1 MiB each from the sources) read ahead of the inflater.
+_READ_AHEAD = 4
+#: Most blob bytes the reader runs ahead of what the tar scanner has seen. The lead starts
+#: at one chunk and grows with the bytes the scanner has seen (doubling), so a lookup that
+#: stops near the start of a blob has read little more than it needed.
+_MAX_LEAD = 4 << 20
+#: Decoded pieces (up to 256 KiB each) inflated ahead of the tar scanner.
+_DECODE_AHEAD = 16
+#: Decoded bytes of the last spans a pass keeps for the layer's LRU (a quarter of a 1 GiB
+#: layer's spans would otherwise be copied into an LRU that keeps only the last 64 MiB).
+_RECENT_BYTES = 32 << 20
+#: How often a blocked thread looks whether the pass was closed.
+_POLL_S = 0.25
+
+
+class _Closed(Exception):
+    """The pass was closed: a worker thread stops."""
+
+
+class _Pipe:
+    """A bounded queue between two of the pass's threads that either side can abandon."""
+
+    def __init__(self, size: int, stop: threading.Event) -> None:
+        self._q: queue.Queue[Any] = queue.Queue(size)
+        self._stop = stop
+
+    def put(self, item: Any) -> None:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+        raise _Closed
+
+    def get(self) -> Any:
+        while not self._stop.is_set():
+            try:
+                return self._q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+        raise _Closed
+
+
+class _Workers:
+    """The reader and inflater threads of one pass. Holds no reference to the
+    :class:`IndexBuild`, so dropping an unfinished pass stops them (see its ``__del__``).
+
+    The inflater sends the scanner ``(decoded bytes, spans closed before them, blob bytes
+    consumed so far)``, then the blob's digest (a str) at the end, or an exception.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[], Iterator[bytes]],
+        indexer: SpanIndexer,
+        lock: threading.Lock,
+        blob_hash: Any,
+        size: int,
+        name: str,
+    ) -> None:
+        self.stop = threading.Event()
+        self.pid = os.getpid()  # a forked child has none of these threads
+        self.read_all = threading.Event()  # the reader reached the end of the blob
+        self._seen = threading.Condition()
+        self._seen_to = 0  # blob bytes whose output the scanner has seen
+        self.chunks = _Pipe(_READ_AHEAD, self.stop)
+        self.pieces = _Pipe(_DECODE_AHEAD, self.stop)
+        self._open_stream = open_stream
+        self._indexer = indexer
+        self._lock = lock
+        self._hash = blob_hash
+        self._size = size
+        self._name = name
+        self._threads = [
+            threading.Thread(target=self._read, name="seekoci-build-read", daemon=True),
+            threading.Thread(target=self._inflate, name="seekoci-build-inflate", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _read(self) -> None:
+        """Blob chunks, hashed, to the inflater; then None and the digest."""
+        stream: Iterator[bytes] | None = None
+        try:
+            stream = self._open_stream()
+            fed = 0
+            while True:
+                self._wait_for_scanner(fed)
+                chunk = next(stream, None)
+                if chunk is None:
+                    break
+                self._hash.update(chunk)
+                fed += len(chunk)
+                if fed > self._size:
+                    raise IntegrityError(f"layer {self._name}: blob is longer than {self._size}")
+                if fed == self._size:  # before the last chunk can be seen: no race
+                    self.read_all.set()
+                self.chunks.put(chunk)
+            self.read_all.set()
+            self.chunks.put(None)
+            self.chunks.put(f"{self._hash.name}:{self._hash.hexdigest()}")
+        except _Closed:
+            pass
+        except BaseException as exc:
+            self._send_error(self.chunks, exc)
+        finally:
+            if stream is not None and hasattr(stream, "close"):
+                stream.close()
+
+    def seen(self, fed: int) -> None:
+        """The scanner has seen the output of the blob's first ``fed`` bytes."""
+        with self._seen:
+            if fed > self._seen_to:
+                self._seen_to = fed
+                self._seen.notify_all()
+
+    def _wait_for_scanner(self, fed: int) -> None:
+        with self._seen:
+            while True:
+                seen = self._seen_to
+                lead = min(_MAX_LEAD, max(STREAM_CHUNK_SIZE, seen))
+                if fed - seen < lead:
+                    return
+                if self.stop.is_set():
+                    raise _Closed
+                self._seen.wait(_POLL_S)
+
+    def _inflate(self) -> None:
+        indexer, lock = self._indexer, self._lock
+        published = 0
+        fed = 0
+
+        def closed() -> list[Span]:
+            nonlocal published
+            spans = indexer.spans
+            new = list(spans[published:])
+            published = len(spans)
+            return new
+
+        try:
+            while True:
+                chunk = self.chunks.get()
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if chunk is None:
+                    break
+                fed += len(chunk)
+                decoded = indexer.feed(chunk)
+                while True:
+                    with lock:
+                        out = next(decoded, None)
+                        new = closed()
+                    if out is None:
+                        break
+                    self.pieces.put((out, new, fed))
+                self.pieces.put((b"", new, fed))
+            with lock:
+                indexer.finish()
+                new = closed()
+            self.pieces.put((b"", new, fed))
+            self.pieces.put(self.chunks.get())  # the digest
+        except _Closed:
+            pass
+        except BaseException as exc:
+            self._send_error(self.pieces, exc)
+
+    def _send_error(self, pipe: _Pipe, exc: BaseException) -> None:
+        try:
+            pipe.put(exc)
+        except _Closed:
+            pass
+
+    def close(self, wait: float = 5.0) -> None:
+        self.stop.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(wait)
 
 
 class IndexBuild:
@@ -52,17 +251,26 @@ class IndexBuild:
         alg = (layer.digest or "sha256:").partition(":")[0]
         if alg not in ("sha256", "sha384", "sha512"):
             raise FormatError(f"layer {layer.name}: digest algorithm {alg!r} is not supported")
-        self.blob_hash = hashlib.new(alg)
-        self.stream: Iterator[bytes] | None = None
-        self.fed = 0
+        self._alg = alg
+        self._lock = threading.Lock()  # the indexer, between the inflater and everyone else
+        self._workers: _Workers | None = None
+        #: spans whose bytes the scanner has seen (this thread's view of the indexer's)
+        self.spans: list[Span] = []
+        self.fed = 0  # blob bytes consumed by the indexer, as of the last piece
         self.done = False
         self.keep_spans = True
+        self._out = 0  # uncompressed bytes seen by the scanner
+        # decoded pieces not yet handed to the LRU (joined once per span: one copy)
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
+        self._pending_start = 0  # uncompressed offset of the first pending piece
+        self._pending_size = 0
+        self._spans_kept = 0
+        # the last spans decoded, as pieces: joined for the LRU only when the pass pauses
+        self._recent: collections.deque[tuple[Span, list[bytes | memoryview]]] = collections.deque()
+        self._recent_size = 0
         #: tee(tar_offset, data, entries_so_far): sees the whole uncompressed stream as it
         #: passes, after the scanner (extraction without an index: seekoci/extract.py)
         self.tee: Tee | None = None
-        self._pending = bytearray()  # uncompressed bytes of the open span
-        self._pending_start = 0
-        self._spans_kept = 0
         # the last bytes a zstd pass decoded: a file of a single-frame layer (one span,
         # closed only at the blob's end) is served from here as soon as the pass has gone
         # past it, without decoding on to the end or again from the start
@@ -72,19 +280,59 @@ class IndexBuild:
         self.forward_start = 0  # stream offset of forward[0]
         self.forward_bytes = 0
 
+    # -- the indexer, for readers of a partial pass -------------------------------------------
+    def window(self, span_index: int) -> bytes | None:
+        with self._lock:
+            return self.indexer.window(span_index)
+
+    def chunk_table(self, span_index: int) -> ChunkTable | None:
+        with self._lock:
+            return self.indexer.chunk_table(span_index)
+
+    @property
+    def read_all(self) -> bool:
+        """True once the whole blob has been read: finishing the pass then costs no more
+        bytes, and checks the layer digest before anything read so far is trusted."""
+        workers = self._workers
+        return workers is not None and workers.read_all.is_set()
+
+    # -- the pass ---------------------------------------------------------------------------
     def step(self) -> None:
-        """Advance by one chunk of the blob (opens the stream on first use)."""
-        if self.stream is None:
-            self.stream = self.layer.source.iter_from(0)
-        chunk = next(self.stream, None)
-        if chunk is None:
-            self._finish()
+        """Advance by one decoded piece of the blob (starts the pass on first use)."""
+        if self.done:
             return
-        self.blob_hash.update(chunk)
-        self.fed += len(chunk)
-        for out in self.indexer.feed(chunk):
-            at = self.scanner.position
+        if self._workers is None:
+            layer = self.layer
+            self._workers = _Workers(
+                layer.source.iter_from,
+                self.indexer,
+                self._lock,
+                hashlib.new(self._alg),
+                layer.size,
+                layer.name,
+            )
+        if self._workers.pid != os.getpid():
+            self._workers = None  # its threads live in the parent process
+            raise FormatError(
+                f"layer {self.layer.name}: its index pass was started in another process "
+                "(fork); retry to start one here"
+            )
+        try:
+            item = self._workers.pieces.get()
+        except _Closed:
+            raise FormatError(f"layer {self.layer.name}: its index pass was closed") from None
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        if isinstance(item, str):
+            self._finish(item)
+            return
+        out, new, self.fed = item
+        self._workers.seen(self.fed)
+        if out:
+            at = self._out
             self.scanner.feed(out)
+            self._out += len(out)
             if self.tee is not None:  # after the scanner: entries whose data start here are in
                 self.tee(at, out, self.scanner.entries)
             if self.forward is not None:  # whole pieces dropped: no copying
@@ -94,32 +342,72 @@ class IndexBuild:
                     first = self.forward.popleft()
                     self.forward_bytes -= len(first)
                     self.forward_start += len(first)
-            if self.keep_spans:
-                self._pending += out
-                if len(self._pending) > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
-                    self.keep_spans = False
+        self.spans += new
+        if self.keep_spans and out:
+            self._pending.append(out)
+            self._pending_size += len(out)
+            if self._pending_size > SPAN_LRU_BYTES:  # a span too big to keep (zstd)
+                self.keep_spans = False
         if self.keep_spans:
             self._keep_spans()
-        elif self._pending:
-            self._pending.clear()
-            self._pending_start = self.indexer.uncompressed_size
-        if self.fed > self.layer.size:
-            raise IntegrityError(f"layer {self.layer.name}: blob is longer than {self.layer.size}")
+        elif self._pending_size or self._recent:
+            self._drop_pending()
+            self._recent.clear()
+            self._recent_size = 0
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        self._pending_size = 0
+        self._pending_start = self._out
 
     def _keep_spans(self) -> None:
-        """Hand decoded spans of the pass to the layer's LRU (the reads right after need them)."""
-        spans = self.indexer.spans
+        """Keep the last decoded spans of the pass (up to :data:`_RECENT_BYTES`) for the
+        layer's LRU: the reads right after a lookup need them. Nothing is copied until
+        :meth:`pause` (a lookup near the end of a big layer would copy every span else)."""
+        spans = self.spans
         while self._spans_kept < len(spans):
             span = spans[self._spans_kept]
             if span.uncompressed_start >= self._pending_start:
-                a = span.uncompressed_start - self._pending_start
-                b = span.uncompressed_end - self._pending_start
-                self.layer.spans.lru.put(
-                    (span.uncompressed_start, span.digest), bytes(self._pending[a:b])
-                )
-                del self._pending[:b]
-                self._pending_start = span.uncompressed_end
+                parts = self._take(span.uncompressed_start, span.uncompressed_end)
+                self._recent.append((span, parts))
+                self._recent_size += span.uncompressed_size
+                while self._recent_size > _RECENT_BYTES and len(self._recent) > 1:
+                    self._recent_size -= self._recent.popleft()[0].uncompressed_size
             self._spans_kept += 1
+
+    def pause(self) -> None:
+        """The caller stops stepping for now: hand the spans kept to the layer's LRU."""
+        recent, self._recent = self._recent, collections.deque()
+        self._recent_size = 0
+        lru = self.layer.spans.lru
+        for span, parts in recent:
+            lru.put((span.uncompressed_start, span.digest), b"".join(parts))
+
+    def _take(self, start: int, end: int) -> list[bytes | memoryview]:
+        """Uncompressed bytes ``[start, end)`` out of the pending pieces (which hold them),
+        as pieces; everything before ``end`` is dropped."""
+        pending = self._pending
+        parts: list[bytes | memoryview] = []
+        pos = self._pending_start
+        while pending and pos < end:
+            piece = pending[0]
+            a, b = max(start - pos, 0), min(end - pos, len(piece))
+            if b < len(piece):  # the rest of the piece belongs to the next span
+                parts.append(memoryview(piece)[a:b])
+                pending[0] = memoryview(piece)[b:]
+                pos += b
+                break
+            pending.popleft()
+            parts.append(piece[a:] if a else piece)
+            pos += len(piece)
+        self._pending_size -= pos - self._pending_start
+        self._pending_start = pos
+        return parts
+
+    @property
+    def produced(self) -> int:
+        """Uncompressed bytes the tar scanner has seen so far."""
+        return self._out
 
     def forward_range(self, offset: int, end: int) -> bytes | None:
         """Bytes ``[offset, end)`` if the forward window holds them (zstd passes)."""
@@ -137,27 +425,31 @@ class IndexBuild:
             pos += len(piece)
         return b"".join(parts)
 
-    def _finish(self) -> None:
+    def _finish(self, actual: str) -> None:
         self.forward = None
-        self.indexer.finish()
+        self.close()
         self.scanner.finish()
         if self.keep_spans:
             self._keep_spans()
-        self._pending.clear()
+            self.pause()
+        self._drop_pending()
+        self._recent.clear()
         self.done = True
-        self.stream = None
         layer = self.layer
         if self.fed != layer.size and layer.size_known:
             raise IntegrityError(
                 f"layer {layer.name}: blob has {self.fed} bytes, the manifest says {layer.size}"
             )
-        if layer.digest is not None:
-            actual = f"{self.blob_hash.name}:{self.blob_hash.hexdigest()}"
-            if actual != layer.digest:
-                layer.spans.lru.clear()
-                raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
+        if layer.digest is not None and actual != layer.digest:
+            layer.spans.lru.clear()
+            raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
 
     def close(self) -> None:
-        stream, self.stream = self.stream, None
-        if stream is not None and hasattr(stream, "close"):
-            stream.close()
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.close()
+
+    def __del__(self) -> None:
+        workers = getattr(self, "_workers", None)
+        if workers is not None:
+            workers.stop.set()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import errno
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .fileinfo import FileInfo, entry_info
@@ -33,6 +35,95 @@ def _shown(layer: Layer) -> Sequence[TarEntry]:
 
 def _abs(path: str) -> str:
     return "/" + normalize_name(path)
+
+
+#: Layers whose index passes run at once: each pass keeps about one core busy inflating
+#: (its tar parsing and hashing take part of another), so two fill a 2-core machine and a
+#: third would only split the cores further.
+PARALLEL_LAYERS = 2
+
+
+def index_layers(layers: list[Layer], progress: Progress | None = None) -> None:
+    """Make sure every layer has its index, up to :data:`PARALLEL_LAYERS` passes at once
+    (the first failure is raised once all have stopped)."""
+    todo = [layer for layer in layers if not layer.complete()]
+    if len(todo) < 2:
+        for layer in todo:
+            layer.index(progress)
+        return
+    if progress is not None:  # one callable drawn from several threads
+        progress = _serialized(progress)
+    with concurrent.futures.ThreadPoolExecutor(
+        min(PARALLEL_LAYERS, len(todo)), thread_name_prefix="seekoci-layer"
+    ) as pool:
+        futures = [pool.submit(layer.index, progress) for layer in todo]
+    for future in futures:
+        future.result()
+
+
+def _serialized(progress: Progress) -> Progress:
+    lock = threading.Lock()
+
+    def call(name: str, done: int, total: int) -> None:
+        with lock:
+            progress(name, done, total)
+
+    return call
+
+
+_Lookups = Generator[tuple[Layer, TarEntry | None], None, None]
+
+
+def _lookups(layers: list[Layer], name: str) -> _Lookups:
+    """``(layer, layer.find(name))`` for ``layers`` in order, looking in up to
+    :data:`PARALLEL_LAYERS` of them at once.
+
+    A path found only in a lower layer needs every layer above indexed whole (to show it is
+    not there) and that layer up to the path: while a layer's lookup runs an index pass, the
+    next layer's lookup starts next to it. When the caller stops consuming (found, or
+    hidden), lookups still running are called off; their passes stay resumable, so that
+    work serves the next lookup. A layer indexed already answers on the calling thread, and
+    a lookup that loads a published index starts nothing next to it (no extra requests).
+    """
+    stops: dict[int, threading.Event] = {}
+    futures: dict[int, concurrent.futures.Future[TarEntry | None]] = {}
+    pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def start(j: int) -> None:
+        nonlocal pool
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(
+                PARALLEL_LAYERS, thread_name_prefix="seekoci-lookup"
+            )
+        stops[j] = threading.Event()
+        futures[j] = pool.submit(layers[j].find, name, stop=stops[j])
+
+    try:
+        for i, layer in enumerate(layers):
+            if i not in futures:
+                if i + 1 == len(layers) or layer.indexed_locally():
+                    yield layer, layer.find(name)
+                    continue
+                start(i)
+            future = futures[i]
+            while not future.done():
+                concurrent.futures.wait([future], timeout=_LOOK_AHEAD_AFTER_S)
+                running = sum(1 for f in futures.values() if not f.done())
+                ahead = len(futures)  # layers are started in order
+                if layer.building and running < PARALLEL_LAYERS and ahead < len(layers):
+                    start(ahead)
+            yield layer, future.result()
+    finally:
+        for stop in stops.values():
+            stop.set()
+        if pool is not None:
+            pool.shutdown(wait=True)
+    # lookups called off are not the caller's answer: their errors (if any) come back when
+    # a later lookup needs that layer
+
+
+#: How long a lookup runs alone before the next layer's starts next to it (if it builds).
+_LOOK_AHEAD_AFTER_S = 0.05
 
 
 class Image:
@@ -81,6 +172,7 @@ class Image:
         """The merged tree (indexes every layer)."""
         with self._lock:
             if self._tree is None:
+                index_layers(self.layers)
                 self._tree = Tree.merged(
                     (layer.digest or layer.name, _shown(layer)) for layer in self.layers
                 )
@@ -98,10 +190,20 @@ class Image:
         if not parts or any(p == ".." for p in parts):
             return None
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
-        for layer in reversed(self.layers):
+        lookups = _lookups(list(reversed(self.layers)), name)
+        with contextlib.closing(lookups):
+            return self._first_visible(lookups, name, parts, ancestors)
+
+    def _first_visible(
+        self,
+        lookups: Iterator[tuple[Layer, TarEntry | None]],
+        name: str,
+        parts: list[str],
+        ancestors: list[str],
+    ) -> tuple[Layer, TarEntry] | None:
+        for layer, entry in lookups:
             if name in layer.hidden_names:  # the merged tree leaves it out
                 return None
-            entry = layer.find(name)
             if entry is not None:
                 if entry.type != "file":  # hard links may point into lower layers
                     return None
@@ -209,8 +311,7 @@ class Image:
             from .progress import ProgressBar
 
             progress = ProgressBar(sys.stderr, force=True)
-        for layer in self.layers:
-            layer.index(progress or None)
+        index_layers(self.layers, progress or None)
 
     def extract(
         self,

@@ -107,6 +107,7 @@ class Layer:
         self.remote: RemoteIndexes | None = None
         self._remote_tried = False
         self._cache_refused = False  # the cached index was malformed: build instead
+        self._building = threading.Event()  # a pass is open (readable without the lock)
 
     # -- identity ---------------------------------------------------------------------------
     @property
@@ -358,6 +359,7 @@ class Layer:
         if self._build is not None:
             self._build.close()
             self._build = None
+            self._building.clear()
 
     def index(self, progress: Progress | None = None, *, tee: Tee | None = None) -> LayerIndex:
         """The complete index: loaded from the cache or built (and then saved).
@@ -400,12 +402,14 @@ class Layer:
     def _builder(self) -> IndexBuild:
         if self._build is None:
             self._build = IndexBuild(self, self.compression)
+            self._building.set()
         return self._build
 
     def _abandon_build(self) -> None:
         if self._build is not None:
             self._build.close()
             self._build = None
+            self._building.clear()
         self._by_name.clear()
         self._named_upto = 0
 
@@ -418,7 +422,7 @@ class Layer:
             blob_size=build.fed,
             uncompressed_size=indexer.uncompressed_size,
             span_size=self.span_size,
-            spans=list(indexer.spans),
+            spans=list(build.spans),
             entries=build.scanner.entries,
             tool=TOOL,
             chunk_size=getattr(indexer, "chunk_size", 0),
@@ -445,11 +449,13 @@ class Layer:
         """Run the build until ``until()`` holds or the blob ends."""
         build = self._builder()
         try:
-            while not build.done and not until():
+            # once the whole blob is in, finish: no more bytes, and the digest is checked
+            while not build.done and (build.read_all or not until()):
                 build.step()
         except BaseException:
             self._abandon_build()
             raise
+        build.pause()  # the spans just decoded, for the reads that follow
         if build.done:
             self._complete(build)
 
@@ -479,11 +485,13 @@ class Layer:
         i = self._by_name.get(name)
         return None if i is None else self._entries()[i]
 
-    def find(self, name: str) -> TarEntry | None:
+    def find(self, name: str, *, stop: threading.Event | None = None) -> TarEntry | None:
         """The entry stored under ``name`` (normalised), indexing only as far as needed.
 
         Without a complete index the pass runs until the entry and its data have gone by,
-        so a file near the start of a layer costs only the bytes up to it.
+        so a file near the start of a layer costs only the bytes up to it. ``stop``: a
+        lookup another thread may call off (then None means "not seen yet", not "absent";
+        the pass stays resumable).
         """
         name = normalize_name(name)
         with self._lock:
@@ -498,19 +506,34 @@ class Layer:
             if self._index is None and not self._try_cache():
 
                 def seen() -> bool:
+                    if stop is not None and stop.is_set():
+                        return True
                     self._index_names()
                     entry = self._named(name)
                     if entry is None or self._build is None:
                         return False
                     end = entry.data_offset + entry.size
-                    spans = self._build.indexer.spans
+                    spans = self._build.spans
                     if self._build.forward is not None:  # its data went by (zstd pass)
-                        return self._build.indexer.uncompressed_size >= end
+                        return self._build.produced >= end
                     return bool(spans) and spans[-1].uncompressed_end >= end
 
                 self._advance(seen)
             self._index_names()
             return self._named(name)
+
+    @property
+    def building(self) -> bool:
+        """True while an index pass over the blob is open (any thread may ask, at any time)."""
+        return self._building.is_set()
+
+    def indexed_locally(self) -> bool:
+        """True when the complete index is at hand without the network (built here, or in
+        the cache directory)."""
+        with self._lock:
+            if self._index is not None:
+                return True
+            return self.digest is not None and self._build is None and self._try_cache_dir()
 
     def complete(self) -> bool:
         """True when the whole layer is indexed."""
@@ -560,7 +583,7 @@ class Layer:
         if self._index is not None:
             return self._index.spans
         if self._build is not None:
-            return self._build.indexer.spans
+            return self._build.spans
         return []
 
     def read_range(self, offset: int, length: int) -> bytes:
@@ -652,8 +675,7 @@ class Layer:
         build = self._build
         if build is None or build.forward is None:
             return False
-        produced = build.indexer.uncompressed_size
-        return produced >= end and build.forward_start <= offset
+        return build.produced >= end and build.forward_start <= offset
 
     def _span_codec(self) -> formats.LayerFormat:
         """The plug-in that decodes the spans of the index in use."""
@@ -781,7 +803,7 @@ class _Tables:
             return index.window(span.index)
         if build is None:  # another thread's pass failed and was dropped meanwhile
             raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
-        return build.indexer.window(span.index)
+        return build.window(span.index)
 
     def chunk_table(self, span: Span) -> ChunkTable | None:
         if not span.chunk_size:
@@ -791,4 +813,4 @@ class _Tables:
             return index.chunk_table(span.index)
         if build is None:
             raise FormatError(f"layer {self._layer.name}: its index pass was abandoned; retry")
-        return build.indexer.chunk_table(span.index)
+        return build.chunk_table(span.index)

@@ -24,14 +24,13 @@ import collections
 import concurrent.futures
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .._threads import shared_pool
 from ..errors import FormatError
 from ._inflate import INFLATE_ERRORS, raw_inflater
-from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater
+from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater, crc32
 from .base import (
     ChunkTable,
     IndexerBase,
@@ -334,7 +333,7 @@ class GzipIndexer(IndexerBase):
                 self._out += len(out)
                 self._member_out += len(out)
                 if self._check_crc:
-                    self._member_crc = zlib.crc32(out, self._member_crc)
+                    self._member_crc = crc32(out, self._member_crc)
                 yield out
             if self.chunk_size:
                 self._observe(self._member_deflate_start + inflater.total_in)

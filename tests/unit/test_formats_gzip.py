@@ -268,6 +268,40 @@ def test_real_producers(producer: str) -> None:
         )
 
 
+@pytest.mark.parametrize("library", ["zlib", "zlib-ng"])
+def test_either_inflate_library_gives_the_same_checkpoints(
+    library: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build pass runs on zlib-ng when installed (the `fast` and `test` extras), else
+    the system zlib: same SOCI checkpoints, span digests, windows and CRCs either way."""
+    from seekoci.formats import _zlib
+
+    loaded = _zlib._load_zlib_ng() if library == "zlib-ng" else _zlib._load_zlib()
+    assert loaded is not None and loaded.name.startswith(library + " ")
+    monkeypatch.setattr(_zlib, "_lib", loaded)
+    assert _zlib.library_name() == loaded.name
+    for crc in (_zlib.crc32, _zlib._library_crc32):
+        assert crc(b"seekoci" * 999, 7) == zlib.crc32(b"seekoci" * 999, 7)
+        assert crc(b"", 7) == 7
+    vectors, blob, tar, span_size, points = soci_case()
+    indexer, out = index_blob(blob, span_size)
+    assert out == tar
+    assert [
+        (s.compressed_start + (1 if s.bits else 0), s.uncompressed_start, s.bits)
+        for s in indexer.spans
+    ] == [(p.cin, p.cout, p.bits) for p in points]
+    expected = vectors["cases"]["layer.tar.gz"]["span_digests"]  # type: ignore[index]
+    assert ["sha256:" + s.digest for s in indexer.spans] == expected
+    for span, point in zip(indexer.spans, points, strict=True):
+        window = indexer.window(span.index) or b""
+        assert bytes(WINDOW - len(window)) + window == point.window, span.index
+    # a CRC mismatch is still caught through the library's crc32
+    bad = bytearray(blob)
+    bad[-8] ^= 1
+    with pytest.raises(FormatError, match="CRC"):
+        index_blob(bytes(bad), span_size)
+
+
 # --------------------------------------------------------------------------- headers
 
 
