@@ -29,10 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FormatError, IntegrityError
-from .base import Span, SpanIndexer
+from .base import Span
 from .gzip import GzipFormat
 from .index import LayerIndex
-from .plugin import NO_ANNOTATIONS, LayerFormat, ReadRange
+from .plugin import NO_ANNOTATIONS, ReadRange
 from .tar import BLOCK, TarScanner
 from .toc import MAX_TOC_SIZE, Chunk, TocFile, build_index, digest_hex, entry_of, load_json
 
@@ -47,8 +47,6 @@ LANDMARKS = frozenset({".prefetch.landmark", ".no.prefetch.landmark", TOC_NAME})
 #: Bytes of the blob's end fetched to find footer and TOC in one read (a TOC of ~1500
 #: files compresses to about this much; a larger one costs a second read).
 TAIL_GUESS = 64 << 10
-
-_GZIP = GzipFormat()
 
 
 def parse_footer(tail: bytes) -> tuple[int, int] | None:
@@ -184,11 +182,13 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -
     return bool(hexdigest)
 
 
-class EstargzFormat(LayerFormat):
-    """eStargz and legacy stargz: gzip layers that carry their TOC."""
+class EstargzFormat(GzipFormat):
+    """eStargz and legacy stargz: gzip layers that carry their TOC (a pass over one indexes
+    it as the gzip tar it also is: the indexer is gzip's)."""
 
     name = layer_format = "estargz"
     compression = "gzip"
+    media_types: frozenset[str] = frozenset()  # found by annotation or footer, not type
     hidden_names = LANDMARKS
 
     def sniff(
@@ -201,23 +201,6 @@ class EstargzFormat(LayerFormat):
         if TOC_DIGEST in annotations:
             return True
         return tail is not None and parse_footer(tail) is not None
-
-    def new_indexer(
-        self,
-        span_size: int,
-        *,
-        name: str,
-        check_crc: bool = True,
-        elide_windows: bool = False,
-        chunk_size: int = 0,
-    ) -> SpanIndexer:
-        return _GZIP.new_indexer(
-            span_size,
-            name=name,
-            check_crc=check_crc,
-            elide_windows=elide_windows,
-            chunk_size=chunk_size,
-        )
 
     def decode_span(
         self,

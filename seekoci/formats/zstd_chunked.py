@@ -32,9 +32,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import FormatError, IntegrityError
-from .base import Span, SpanIndexer, decompress_bounded
+from .base import decompress_bounded
 from .index import LayerIndex
-from .plugin import NO_ANNOTATIONS, LayerFormat, ReadRange
+from .plugin import NO_ANNOTATIONS, ReadRange
 from .toc import (
     MAX_TOC_SIZE,
     Chunk,
@@ -54,8 +54,6 @@ MAGIC, OLD_MAGIC = b"GNUlInUx", b"GnUlInUx"
 _PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
 #: See estargz.TAIL_GUESS: footer, TOC and tar-split in one read for layers of ~1000 files.
 TAIL_GUESS = 64 << 10
-
-_ZSTD = ZstdFormat()
 
 
 def annotation(annotations: Mapping[str, str], key: str) -> str | None:
@@ -179,12 +177,13 @@ def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
     return items
 
 
-class ZstdChunkedFormat(LayerFormat):
-    """zstd:chunked (containers/storage, podman, skopeo, buildah; stargz-snapshotter)."""
+class ZstdChunkedFormat(ZstdFormat):
+    """zstd:chunked (containers/storage, podman, skopeo, buildah; stargz-snapshotter); a pass
+    over one indexes it frame by frame, as the zstd tar it also is."""
 
     name = layer_format = "zstd:chunked"
     compression = "zstd"
-    decode_stream = _ZSTD.decode_stream
+    media_types: frozenset[str] = frozenset()  # found by annotation or footer, not type
 
     def sniff(
         self,
@@ -196,28 +195,6 @@ class ZstdChunkedFormat(LayerFormat):
         if annotation(annotations, "manifest-checksum") is not None:
             return True
         return tail is not None and parse_footer(tail) is not None
-
-    def new_indexer(
-        self,
-        span_size: int,
-        *,
-        name: str,
-        check_crc: bool = True,
-        elide_windows: bool = False,
-        chunk_size: int = 0,
-    ) -> SpanIndexer:
-        return _ZSTD.new_indexer(span_size, name=name)
-
-    def decode_span(
-        self,
-        span: Span,
-        data: bytes,
-        window: bytes | None,
-        *,
-        name: str = "layer",
-        partial: bool = False,
-    ) -> bytes:
-        return _ZSTD.decode_span(span, data, window, name=name)
 
     def embedded_index(
         self,
