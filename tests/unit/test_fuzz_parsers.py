@@ -348,3 +348,51 @@ def test_damaged_estargz_and_zstd_chunked_blobs(kind: str, changes, cut) -> None
     except SeekociError:
         return
     assert data == blob and got == whole
+
+
+# --------------------------------------------------------------------------- GZIDX
+
+
+@functools.cache
+def sample_gzidx() -> tuple[bytes, bytes]:
+    """A gzip layer (a few spans) and the GZIDX file seekoci exports for it."""
+    from seekoci.gzidx import export_gzidx
+
+    blob = compress_layer(sample_tar() + build_tar([file("big", text_bytes("g", 300_000))]), "gzip")
+    layer = seekoci.open_layer(BytesSource(blob), cache_dir=False, span_size=32 << 10)
+    return blob, export_gzidx(layer)
+
+
+@CI
+@given(changes=damage, cut=cuts)
+def test_gzidx_files(changes, cut) -> None:
+    """A damaged GZIDX file is a FormatError at parse time or when imported against its blob
+    (never another exception, never wrong bytes)."""
+    from seekoci.formats.gzidx import read
+    from seekoci.gzidx import import_gzidx
+
+    blob, gzidx = sample_gzidx()
+    data = damaged(gzidx, changes, cut)
+    try:
+        read(data)
+    except FormatError:
+        pass
+    layer = seekoci.open_layer(BytesSource(blob), cache_dir=False)
+    try:
+        import_gzidx(layer, data)
+    except FormatError:
+        return
+    tar = sample_tar()
+    assert layer.read_range(0, len(tar)) == tar  # an index that passed its check reads right
+
+
+@CI
+@given(st.binary(max_size=400))
+def test_gzidx_garbage(data: bytes) -> None:
+    from seekoci.formats.gzidx import MAGIC, read
+
+    for attempt in (data, MAGIC + data):
+        try:
+            read(attempt)
+        except FormatError:
+            pass
