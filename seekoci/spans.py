@@ -363,6 +363,7 @@ class SpanReader:
         key = span_key(span)
         if (
             index is None
+            or index.records_local  # the record is a local read: no round trip to hide
             or index.has_record(span.index)
             or key in self._prefixes
             or self._cache.has_prefix(span.digest)

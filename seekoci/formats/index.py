@@ -117,6 +117,8 @@ class LayerIndex:
     #: ``window_locations`` are byte ranges of one blob (an index file), so that the records
     #: of neighbouring spans can be read with one request (:meth:`prefetch_records`)
     records_by_offset: bool = False
+    #: records come from a local file (a cached index): reading one costs no round trip
+    records_local: bool = False
     #: the format plug-in whose ``decode_span`` decodes the spans ("" : the compression's,
     #: :func:`seekoci.formats.get`); an embedded index names its own (``estargz``, ...)
     format: str = ""
@@ -646,6 +648,7 @@ def parse_cached(
             raise FormatError(f"{where}: file digests of page {i} are damaged")
     spans.preload(read_at(header.span_offset, header.metadata_end - header.span_offset))
     _finish_spans(index, spans)
+    index.records_local = True
     return index
 
 
