@@ -194,6 +194,10 @@ def test_inspect_plain(cli, ref: str) -> None:
 def test_index_fills_the_cache(cli, ref: str) -> None:
     result = ok(cli("index", ref))
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
+    lines = result.stdout.decode().splitlines()
+    for lay in IMAGE.layers:  # one line a layer, then how long all of them took together
+        assert any(line.startswith(f"{lay.digest}  built  ") for line in lines), lines
+    assert lines[-1].startswith(f"{len(IMAGE.layers)} layers in ")
     assert any(p.is_file() for p in cli.cache.rglob("*"))
     assert ok(cli("cat", ref, "/opt/app/data.bin")).stdout == BIN
 
