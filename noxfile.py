@@ -27,7 +27,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.8", "types-requests")
+    # the optional extras too: their modules are typed, and seekoci imports them where used
+    session.install("-e", ".[models,seekable,fsspec]", "mypy>=1.8", "types-requests")
     session.run("mypy", "seekoci")
 
 
