@@ -27,7 +27,7 @@ from functools import partial
 
 from . import spans as spans_module
 from ._threads import shared_pool
-from .formats.base import CHECK_COMPRESSED, Span, span_matches
+from .formats.base import CHECK_COMPRESSED, ChunkTable, Span, span_matches
 from .spans import SpanReader
 
 #: Compressed bytes in one coalesced range request: large enough that a request's latency
@@ -62,6 +62,19 @@ class _Step:
     end: int
     future: concurrent.futures.Future[bytes] | None = None
     ready: bytes | None = None
+    #: the read ends inside this chunked span: only its first chunks are fetched (and how
+    #: many, with the table that checks them); None: the whole span
+    cut: tuple[ChunkTable, int] | None = None
+
+    @property
+    def compressed_end(self) -> int:
+        """Where this step's bytes end in the blob (its first chunks only, when cut)."""
+        if self.cut is None:
+            return self.span.compressed_end
+        return min(
+            self.span.compressed_end,
+            self.span.compressed_start + self.cut[1] * self.span.chunk_size,
+        )
 
 
 def _settle(target: concurrent.futures.Future[bytes], work: Callable[[], bytes]) -> None:
@@ -170,28 +183,40 @@ class SpanStream:
         """One request for the run's bytes; when they are in, one decode task per span."""
         if not run:
             return
+        last = run[-1]
+        if last.end < last.span.uncompressed_size:  # the read ends inside it: its start only
+            last.cut = self._reader.local_cut(last.span, last.end)
         for step in run:
             step.future = concurrent.futures.Future()
         base = run[0].span.compressed_start
-        fetched = _fetch_pool().submit(self._fetch, [step.span for step in run])
+        fetched = _fetch_pool().submit(
+            self._fetch, [step.span for step in run], last.compressed_end
+        )
 
         def decode_all(done: concurrent.futures.Future[bytes]) -> None:
             for step in run:
                 assert step.future is not None
-                work = partial(self._decode, done, base, step.span)
+                work = partial(self._decode, done, base, step)
                 _decode_pool().submit(_settle, step.future, work)
 
         fetched.add_done_callback(decode_all)
 
-    def _fetch(self, spans: list[Span]) -> bytes:
+    def _fetch(self, spans: list[Span], end: int) -> bytes:
         if self._closed:
             return b""
         self._reader.prefetch_windows(spans)
         start = spans[0].compressed_start
-        return self._reader.source.read_range(start, spans[-1].compressed_end - start)
+        return self._reader.source.read_range(start, end - start)
 
-    def _decode(self, fetched: concurrent.futures.Future[bytes], base: int, span: Span) -> bytes:
+    def _decode(self, fetched: concurrent.futures.Future[bytes], base: int, step: _Step) -> bytes:
         blob = fetched.result()  # done: this runs from its callback (re-raises its error)
+        span = step.span
+        if step.cut is not None:
+            piece = memoryview(blob)[span.compressed_start - base : step.compressed_end - base]
+            data = self._reader.decode_start(span, bytes(piece), step.cut, step.end)
+            if data is not None:
+                return data
+            return self._reader.data(span, step.end)  # damaged or short: the reader's way
         piece = memoryview(blob)[span.compressed_start - base : span.compressed_end - base]
         if span_matches(span, piece):
             compressed = bytes(piece)

@@ -26,6 +26,7 @@ from ._threads import shared_pool
 from .cache import Cache
 from .errors import FormatError, IntegrityError
 from .formats.base import (
+    CHECK_COMPRESSED,
     CHECK_NONE,
     CHECK_UNCOMPRESSED,
     ChunkTable,
@@ -353,6 +354,39 @@ class SpanReader:
         )
 
     # -- the start of a chunked span ----------------------------------------------------
+    def local_cut(self, span: Span, need: int) -> tuple[ChunkTable, int] | None:
+        """For a read that needs only the first ``need`` uncompressed bytes of a chunked
+        span: its chunk table and how many chunks cover them, when the table is at hand
+        without a round trip (a built or cached index, or a record already read) and fewer
+        than all chunks will do; else None (fetch the span whole)."""
+        if not span.chunk_size or span.check != CHECK_COMPRESSED:
+            return None
+        index = self._tables.loaded_index()
+        if index is not None and not (index.records_local or index.has_record(span.index)):
+            return None
+        table = self._tables.chunk_table(span)
+        if table is None:
+            return None
+        count = table.chunks_for(need)
+        return (table, count) if count < span.chunk_count else None
+
+    def decode_start(
+        self, span: Span, compressed: bytes, cut: tuple[ChunkTable, int], need: int
+    ) -> bytes | None:
+        """The first chunks of a span (``cut``), checked chunk by chunk and decoded; None
+        when they do not check out or decode to fewer than ``need`` bytes."""
+        table, count = cut
+        if good_chunks(compressed, table, span.chunk_size) < count:
+            return None
+        data = self.codec().decode_span(
+            span, compressed, self._tables.window(span), name=self.where, partial=True
+        )
+        if len(data) < need:
+            return None
+        self._prefixes.put(span_key(span), compressed)  # a read further in continues from it
+        self.lru.put(span_key(span), data)
+        return data
+
     def _chunk_table_and_guess(self, span: Span, want: int) -> ChunkTable | None:
         """The span's chunk table. When its record must be fetched first (a published index
         read by range), the chunks a read of ``want`` bytes probably needs -- estimated from
