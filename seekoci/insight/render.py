@@ -64,8 +64,12 @@ def squarify(
             row.append(areas[j])
             j += 1
         s = sum(row)
+        # the last row takes exactly what is left of the box: computed from the areas, the
+        # rounding of every row before it would carry it past the edge (sizes 134585355,
+        # 1, 1 in 640 x 360: 9.5e-6 beyond)
+        last = j >= len(areas)
         if w >= h:  # a column on the left
-            cw = s / h if h else 0
+            cw = w if last else (s / h if h else 0)
             cy = y
             for a in row:
                 rh = a / cw if cw else 0
@@ -73,7 +77,7 @@ def squarify(
                 cy += rh
             x, w = x + cw, w - cw
         else:  # a row on top
-            rh = s / w if w else 0
+            rh = h if last else (s / w if w else 0)
             cx = x
             for a in row:
                 rw = a / rh if rh else 0
