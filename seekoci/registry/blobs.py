@@ -12,6 +12,8 @@ with one warning.
 
 from __future__ import annotations
 
+import http.client
+import io
 import logging
 import re
 import threading
@@ -107,9 +109,12 @@ class HTTPRangeSource:
         if offset >= end:
             return b""
         what = f"{self._name} bytes {offset}-{end - 1}"
-        data = b"".join(self._stream(offset, end, _READ_PIECE, what=what, forward=False))
-        assert len(data) == end - offset
-        return data
+        buffer = bytearray(end - offset)
+        for _ in self._stream(
+            offset, end, _READ_PIECE, what=what, forward=False, into=memoryview(buffer)
+        ):
+            pass
+        return bytes(buffer)
 
     def iter_from(self, offset: int = 0, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:
         if offset < 0:
@@ -127,8 +132,12 @@ class HTTPRangeSource:
         *,
         what: str,
         forward: bool,
+        into: memoryview | None = None,
     ) -> Iterator[bytes]:
         """Bytes ``[first, end)`` in chunks, resumed after failures where they stopped.
+
+        ``into`` (``end - first`` bytes, not ``forward``): the body is received straight
+        into it, and nothing is yielded.
 
         ``forward``: a stream to the end of the blob. From offset 0 its first request is a
         GET without ``Range`` (200, the whole blob); else it asks for ``bytes=N-``. If the
@@ -150,7 +159,12 @@ class HTTPRangeSource:
                     response, pos, end, ranged=ranged, skip_ok=skip_ok, what=what + tried
                 )
                 started = pos
-                for chunk in _body(response, chunk_size, what=what):
+                if into is not None:
+                    for n in _body_into(response, into[pos - first :], what=what):
+                        attempts.received()
+                        self._stats.add_bytes(n)
+                        pos += n
+                for chunk in () if into is not None else _body(response, chunk_size, what=what):
                     attempts.received()
                     self._stats.add_bytes(len(chunk))
                     if skip:
@@ -258,6 +272,62 @@ def _body(response: Response, chunk_size: int, *, what: str) -> Iterator[bytes]:
         if len(piece) >= chunk_size:
             yield bytes(piece)
             piece.clear()
+
+
+def _receive(fp: io.BufferedReader, view: memoryview) -> int:
+    """One receive of a body into ``view`` (what the buffer holds, or one socket read)."""
+    return fp.readinto1(view)
+
+
+def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[int]:
+    """Receive a body straight into ``view`` (the socket fills it: no copy); yield the size
+    of each receive, so a broken connection keeps what came before it. A body longer than
+    ``view`` is an error. A body without a length (chunked) is received in pieces and
+    copied in."""
+    raw = response.raw
+    inner = getattr(raw, "_fp", None)
+    fp = getattr(inner, "fp", None)
+    if (
+        not isinstance(inner, http.client.HTTPResponse)
+        or inner.chunked
+        or inner.length is None
+        or not isinstance(fp, io.BufferedReader)
+    ):
+        at = 0
+        for chunk in _body(response, _READ_PIECE, what=what):
+            if len(chunk) > len(view) - at:
+                raise RegistryError(f"{what}: server sent more than the bytes asked for")
+            view[at : at + len(chunk)] = chunk
+            at += len(chunk)
+            yield len(chunk)
+        return
+    left = inner.length
+    if left > len(view):
+        raise RegistryError(
+            f"{what}: server sends {left} bytes, more than the {len(view)} asked for"
+        )
+    at = 0
+    # what came with the headers first: a receive into the rest of ``view`` that fails
+    # would lose the bytes it had copied out of the buffer
+    with transport_errors(what):
+        piece = len(fp.peek(0)) or _READ_PIECE
+    while left:
+        with transport_errors(what):
+            n = _receive(fp, view[at : at + min(piece, left)])
+        piece = _READ_PIECE
+        if not n:  # cut short, as urllib3 would say it: the caller asks again for the rest
+            with transport_errors(what):
+                raise http.client.IncompleteRead(view[:at].tobytes()[-16:], left)
+        at += n
+        left -= n
+        inner.length = left  # what http.client still expects (we read under it)
+        yield n
+    with transport_errors(what):
+        inner.read()  # nothing left: http.client marks the response done
+    # read under urllib3 too: hand the connection back to its pool for the next request
+    release = getattr(raw, "release_conn", None)
+    if release is not None and inner.isclosed():
+        release()
 
 
 class RegistryBlobSource(HTTPRangeSource):
