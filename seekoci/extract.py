@@ -78,7 +78,11 @@ class _Inside:
 
 
 def _mode(info: FileInfo, keep_special_bits: bool) -> int:
-    return info.mode & (0o7777 if keep_special_bits else ~_SPECIAL_BITS & 0o7777)
+    return _mode_bits(info.mode, keep_special_bits)
+
+
+def _mode_bits(mode: int, keep_special_bits: bool) -> int:
+    return mode & (0o7777 if keep_special_bits else ~_SPECIAL_BITS & 0o7777)
 
 
 class _Copied:
@@ -119,12 +123,12 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _finish_file(fd: int, info: FileInfo, keep_special: bool) -> None:
+def _finish_file(fd: int, mode: int, mtime: float) -> None:
     """Mode and time of a file written through ``fd`` (set on the descriptor: no path
     lookups, and no link can be in the way)."""
-    os.fchmod(fd, _mode(info, keep_special))
+    os.fchmod(fd, mode)
     try:
-        os.utime(fd, (info.mtime, info.mtime))
+        os.utime(fd, (mtime, mtime))
     except (OverflowError, ValueError, OSError):
         pass  # a time the platform cannot hold (past time_t) leaves the file's own
 
@@ -139,7 +143,7 @@ def _write_file(
             while chunk := f.read(1 << 20):
                 _write_all(fd, chunk)
                 copied.add(len(chunk))
-        _finish_file(fd, info, keep_special)
+        _finish_file(fd, _mode(info, keep_special), info.mtime)
     finally:
         os.close(fd)
 
@@ -152,15 +156,16 @@ def _set_mtime(path: str, mtime: float, *, follow_symlinks: bool = True) -> None
         pass
 
 
-@dataclass
+@dataclass(slots=True)
 class _File:
-    """A regular file to write: where its bytes are, where they go, and its metadata."""
+    """A regular file to write: where its bytes are, where they go, its mode and time.
+    (A whole image holds one per file until it is written: no more than that.)"""
 
     layer: Layer
     entry: TarEntry  # the entry holding the bytes (a hard link's target)
-    src: str
     dst: str
-    info: FileInfo
+    mode: int  # the bits to set (special bits already kept or dropped)
+    mtime: float
     #: the file's bytes, written already while its layer was indexed (see _Stager)
     staged: str | None = None
 
@@ -252,6 +257,17 @@ def _extract(
                 warn(f"skipped {src}: it would be written outside {root_dest}")
                 continue
             node = tree.resolve(src, follow_symlinks=False)
+            if node.entry is not None and node.entry.type in ("file", "hardlink"):
+                # the common case first, with no FileInfo made (a whole image: 66k files)
+                holder = _holder(img, node)
+                if holder is None:
+                    linkname = img._info(node, src).linkname
+                    warn(f"skipped {src}: hard link to {linkname}, which is not in the image")
+                    continue
+                staged = None if staging is None else staging.take(holder[1])
+                mode = _mode_bits(node.entry.mode, keep_special_bits)
+                files.append(_File(holder[0], holder[1], dst, mode, node.entry.mtime, staged))
+                continue
             item = img._info(node, src)
             if item.type == "dir":
                 os.makedirs(dst, exist_ok=True)
@@ -264,18 +280,11 @@ def _extract(
                     os.unlink(dst)
                 os.symlink(item.linkname, dst)
                 _set_mtime(dst, item.mtime, follow_symlinks=False)
-            elif item.type == "file":
-                holder = _holder(img, node)
-                if holder is None:
-                    warn(f"skipped {src}: hard link to {item.linkname}, which is not in the image")
-                    continue
-                staged = None if staging is None else staging.take(holder[1])
-                files.append(_File(holder[0], holder[1], src, dst, item, staged))
             else:
                 warn(f"skipped {src}: {item.type} device or fifo")
     copied = _Copied(sum(f.entry.size for f in files), progress)
-    _place_staged([f for f in files if f.staged is not None], keep_special_bits, copied)
-    _write_files([f for f in files if f.staged is None], keep_special_bits, copied)
+    _place_staged([f for f in files if f.staged is not None], copied)
+    _write_files([f for f in files if f.staged is None], copied)
     if staging is not None:  # what is left there the merged view does not show
         staging.remove()
     # directory modes and times last (children would change their mtime); deepest first
@@ -401,7 +410,7 @@ class _Staging:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _place_staged(files: list[_File], keep: bool, copied: _Copied) -> None:
+def _place_staged(files: list[_File], copied: _Copied) -> None:
     """Move staged files into place (a rename: same filesystem); a second file of the same
     staged bytes (hard links to one entry) is copied from the first."""
     placed: dict[str, str] = {}
@@ -426,7 +435,7 @@ def _place_staged(files: list[_File], keep: bool, copied: _Copied) -> None:
                     os.close(fd)
         fd = os.open(f.dst, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
-            _finish_file(fd, f.info, keep)
+            _finish_file(fd, f.mode, f.mtime)
         finally:
             os.close(fd)
         copied.add(f.entry.size)
@@ -467,17 +476,17 @@ def _segments(files: list[_File]) -> list[list[_File]]:
     return segments
 
 
-def _write_files(files: list[_File], keep: bool, copied: _Copied) -> None:
+def _write_files(files: list[_File], copied: _Copied) -> None:
     """Write every file, segment by segment, a few segments at once."""
     segments = _segments(files)
     if len(segments) <= 1:
         for seg in segments:
-            _write_segment(seg, keep, copied)
+            _write_segment(seg, copied)
         return
     with concurrent.futures.ThreadPoolExecutor(
         PARALLEL_SEGMENTS, thread_name_prefix="seekoci-extract"
     ) as pool:
-        futures = [pool.submit(_write_segment, seg, keep, copied) for seg in segments]
+        futures = [pool.submit(_write_segment, seg, copied) for seg in segments]
         try:
             for future in futures:
                 future.result()
@@ -487,7 +496,7 @@ def _write_files(files: list[_File], keep: bool, copied: _Copied) -> None:
             raise
 
 
-def _write_segment(files: list[_File], keep: bool, copied: _Copied) -> None:
+def _write_segment(files: list[_File], copied: _Copied) -> None:
     """Stream the tar bytes under ``files`` (one layer, in tar order) and write each file
     as its bytes pass. Several files may share their bytes (hard links to one entry).
     Their parents were made and checked by the walk, and only files are made after it, so
@@ -509,7 +518,7 @@ def _write_segment(files: list[_File], keep: bool, copied: _Copied) -> None:
             open_files.remove(item)
             f, fd = item
             try:
-                _finish_file(fd, f.info, keep)
+                _finish_file(fd, f.mode, f.mtime)
             finally:
                 os.close(fd)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import errno
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .formats.tar import TarEntry, normalize_name
 
@@ -18,7 +18,7 @@ OPAQUE_MARKER = ".wh..wh..opq"
 MAX_SYMLINKS = 40
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """A path in a tree. ``entry`` is None for directories implied by deeper names."""
 
@@ -27,8 +27,9 @@ class Node:
     children: dict[str, Node] | None = None
     #: for hard links in a merged tree: the node of the file they link to
     target: Node | None = None
-    #: every layer that contributed to this node (upper last) - for directories
-    layers: list[str] = field(default_factory=list)
+    #: every layer that contributed to this node (upper last) - directories only: None
+    #: for the rest (an image's tree has one node per file; no empty list for each)
+    layers: list[str] | None = None
 
     @property
     def type(self) -> str:
@@ -48,7 +49,7 @@ class Tree:
     """A directory tree with lookups, ``listdir`` and ``walk``."""
 
     def __init__(self, layer: str = "") -> None:
-        self.root = Node(None, layer, {})
+        self.root = Node(None, layer, {}, layers=[])
         #: entries left out because their stored name is absolute or climbs with ``..``
         self.skipped: list[tuple[str, TarEntry]] = []
 
@@ -109,6 +110,7 @@ class Tree:
         if not parts:  # the root directory itself
             if entry.type == "dir":
                 self.root.entry = entry
+                assert self.root.layers is not None
                 self.root.layers.append(layer)
             return
         node = self.root
@@ -126,6 +128,8 @@ class Tree:
             if existing is not None and existing.children is not None:
                 existing.entry = entry
                 existing.layer = layer
+                if existing.layers is None:
+                    existing.layers = []
                 existing.layers.append(layer)
                 return
             node.children[name] = Node(entry, layer, {}, layers=[layer])
