@@ -30,6 +30,7 @@ import hashlib
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,34 @@ _DECODE_AHEAD = 16
 _RECENT_BYTES = 32 << 20
 #: How often a blocked thread looks whether the pass was closed.
 _POLL_S = 0.25
+
+
+class PassMeter:
+    """Where a layer's pass spends its reader's time: waiting for the blob's bytes (the
+    network), or for the threads after it (inflate, tar scanning: the CPU). Shared by the
+    pass's reader thread (writes) and any thread asking (reads); one per layer."""
+
+    #: Seconds of reader time measured before the meter answers.
+    SETTLED_S = 0.15
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._network = 0.0
+        self._behind = 0.0
+
+    def add(self, network: float, behind: float) -> None:
+        with self._lock:
+            self._network += network
+            self._behind += behind
+
+    def waits_on_network(self) -> bool | None:
+        """True when the reader waited more for bytes than for the CPU work after it; None
+        until it has run long enough to tell."""
+        with self._lock:
+            network, behind = self._network, self._behind
+        if network + behind < self.SETTLED_S:
+            return None
+        return network > behind
 
 
 class _Closed(Exception):
@@ -115,8 +144,10 @@ class _Workers:
         blob_hash: Any,
         size: int,
         name: str,
+        meter: PassMeter | None = None,
     ) -> None:
         self.stop = threading.Event()
+        self._meter = meter
         self.pid = os.getpid()  # a forked child has none of these threads
         self.read_all = threading.Event()  # the reader reached the end of the blob
         self._seen = threading.Condition()
@@ -142,9 +173,17 @@ class _Workers:
         try:
             stream = self._open_stream()
             fed = 0
+            clock, meter = time.perf_counter, self._meter
+            got = clock()
             while True:
                 self._wait_for_scanner(fed)
+                asked = clock()
                 chunk = next(stream, None)
+                # network: waiting for this chunk; CPU: hashing the last one, and waiting
+                # until the threads after this one took it and wanted more
+                last, got = got, clock()
+                if meter is not None:
+                    meter.add(got - asked, asked - last)
                 if chunk is None:
                     break
                 self._hash.update(chunk)
@@ -310,6 +349,7 @@ class IndexBuild:
                 hashlib.new(self._alg),
                 layer.size,
                 layer.name,
+                getattr(layer, "pass_meter", None),
             )
         if self._workers.pid != os.getpid():
             self._workers = None  # its threads live in the parent process

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import formats
 from . import spans as _spans
-from .build import CHUNK_SIZE, IndexBuild, Tee
+from .build import CHUNK_SIZE, IndexBuild, PassMeter, Tee
 from .cache import Cache
 from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
@@ -108,6 +108,8 @@ class Layer:
         self._remote_tried = False
         self._cache_refused = False  # the cached index was malformed: build instead
         self._building = threading.Event()  # a pass is open (readable without the lock)
+        #: what this layer's passes wait on (readable without the layer's lock)
+        self.pass_meter = PassMeter()
 
     # -- identity ---------------------------------------------------------------------------
     @property
