@@ -8,14 +8,18 @@ three-layer image (a ~12 MB middle layer), publishes its native index (``seekoci
 process through a counting proxy that adds 50 ms to every request: *cold* with an empty
 cache directory, *warm* again with the same one. A round trip is counted once however many
 requests go out together (the longest chain of requests each sent after the one before
-was answered). Prints a Markdown table.
+was answered), and each run's wall time (a fresh interpreter included). Prints a Markdown
+table; ``nox -s bench`` runs the same through ``test_round_trips.py`` and writes
+``docs/performance-round-trips.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -25,6 +29,28 @@ from imagebuilder import file, image, layer, random_bytes, text_bytes  # noqa: E
 from servers import CountingProxy, RegistryServer  # noqa: E402
 
 DELAY = 0.05
+
+
+@dataclasses.dataclass
+class Row:
+    command: str
+    holds: str  # what the registry holds beside the image
+    ref: str  # "tag" or "digest"
+    cold: tuple[int, int, float]  # requests, sequential round trips, wall seconds
+    warm: tuple[int, int, float]
+
+    def markdown(self) -> str:
+        (cr, ct, cs), (wr, wt, ws) = self.cold, self.warm
+        return (
+            f"| `{self.command}` | {self.holds} | {self.ref} | {cr} / {ct} | {cs:.2f} s "
+            f"| {wr} / {wt} | {ws:.2f} s |"
+        )
+
+
+HEADER = (
+    "| command | registry holds | reference | cold: requests / round trips | cold: time "
+    "| warm: requests / round trips | warm: time |\n|---|---|---|---:|---:|---:|---:|"
+)
 
 
 def run(args: list[str], cache: Path) -> None:
@@ -37,8 +63,8 @@ def run(args: list[str], cache: Path) -> None:
         raise SystemExit(f"seekoci {' '.join(args)}: {done.stderr.decode()}")
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="seekoci-rtt-"))
+def measure(work: Path) -> list[Row]:
+    """Every command, cold then warm, against a registry started in ``work``."""
     registry = RegistryServer(work / "registry").start()
     try:
         big = layer(
@@ -53,11 +79,14 @@ def main() -> None:
             digest = registry.push(repo, "v1", img)
         run(["index", registry.ref("rtt/published", "v1"), "--push"], work / "publisher")
         proxy = CountingProxy(registry.url, delay=DELAY)
-        rows = []
+        rows: list[Row] = []
         commands = [
             ("cat REF /opt/needle.txt", ["cat", "{ref}", "/opt/needle.txt"]),
             ("stat REF /opt/needle.txt", ["stat", "{ref}", "/opt/needle.txt"]),
-            ("get REF /opt/needle.txt -o F", ["get", "{ref}", "/opt/needle.txt", "-o", "{out}"]),
+            (
+                "get REF /opt/needle.txt -o F",
+                ["get", "{ref}", "/opt/needle.txt", "-o", "{out}", "--force"],
+            ),
             ("ls REF /opt", ["ls", "{ref}", "/opt"]),
             ("inspect REF", ["inspect", "{ref}"]),
             ("index REF", ["index", "{ref}"]),
@@ -71,22 +100,24 @@ def main() -> None:
                     figures = []
                     for _phase in ("cold", "warm"):
                         proxy.reset()
+                        started = time.perf_counter()
                         run(args, cache)
-                        figures.append((proxy.requests(), proxy.sequential_round_trips()))
-                    (cr, ct), (wr, wt) = figures
+                        elapsed = time.perf_counter() - started
+                        figures.append((proxy.requests(), proxy.sequential_round_trips(), elapsed))
                     what = (
                         "native index published" if repo == "rtt/published" else "nothing published"
                     )
-                    rows.append(f"| `{label}` | {what} | {how} | {cr} / {ct} | {wr} / {wt} |")
-        print(
-            "| command | registry holds | reference | cold: requests / round trips "
-            "| warm: requests / round trips |"
-        )
-        print("|---|---|---|---:|---:|")
-        print("\n".join(rows))
+                    rows.append(Row(label, what, how, figures[0], figures[1]))
         proxy.stop()
     finally:
         registry.stop()
+    return rows
+
+
+def main() -> None:
+    rows = measure(Path(tempfile.mkdtemp(prefix="seekoci-rtt-")))
+    print(HEADER)
+    print("\n".join(row.markdown() for row in rows))
 
 
 if __name__ == "__main__":
