@@ -31,7 +31,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import formats
@@ -69,6 +69,24 @@ _DECODE_AHEAD = 16
 _RECENT_BYTES = 32 << 20
 #: How often a blocked thread looks whether the pass was closed.
 _POLL_S = 0.25
+
+
+def window_range(start: int, pieces: Iterable[bytes], offset: int, end: int) -> bytes | None:
+    """Bytes ``[offset, end)`` of consecutive ``pieces`` beginning at stream offset ``start``,
+    or None if they do not hold all of them."""
+    if offset < start:
+        return None
+    parts, pos = [], start
+    for piece in pieces:
+        if pos >= end:
+            break
+        a, b = max(offset - pos, 0), min(end - pos, len(piece))
+        if a < b:
+            parts.append(piece[a:b])
+        pos += len(piece)
+    if pos < end:
+        return None
+    return b"".join(parts)
 
 
 class PassMeter:
@@ -317,6 +335,8 @@ class IndexBuild:
             collections.deque() if compression == "zstd" else None
         )
         self.forward_start = 0  # stream offset of forward[0]
+        #: a finished zstd pass: (offset, pieces) of its forward window (see window_range)
+        self.tail: tuple[int, tuple[bytes, ...]] | None = None
         self.forward_bytes = 0
 
     # -- the indexer, for readers of a partial pass -------------------------------------------
@@ -451,21 +471,13 @@ class IndexBuild:
 
     def forward_range(self, offset: int, end: int) -> bytes | None:
         """Bytes ``[offset, end)`` if the forward window holds them (zstd passes)."""
-        if self.forward is None or offset < self.forward_start:
+        if self.forward is None:
             return None
-        if end > self.forward_start + self.forward_bytes:
-            return None
-        parts, pos = [], self.forward_start
-        for piece in self.forward:
-            if pos >= end:
-                break
-            a, b = max(offset - pos, 0), min(end - pos, len(piece))
-            if a < b:
-                parts.append(piece[a:b])
-            pos += len(piece)
-        return b"".join(parts)
+        return window_range(self.forward_start, self.forward, offset, end)
 
     def _finish(self, actual: str) -> None:
+        if self.forward is not None:  # what the pass ended with, for the read that follows
+            self.tail = (self.forward_start, tuple(self.forward))
         self.forward = None
         self.close()
         self.scanner.finish()

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import formats
 from . import spans as _spans
-from .build import CHUNK_SIZE, IndexBuild, PassMeter, Tee
+from .build import CHUNK_SIZE, IndexBuild, PassMeter, Tee, window_range
 from .cache import Cache
 from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
@@ -108,6 +108,8 @@ class Layer:
         self._remote_tried = False
         self._cache_refused = False  # the cached index was malformed: build instead
         self._building = threading.Event()  # a pass is open (readable without the lock)
+        #: the last bytes a finished forward-only pass decoded (see _complete)
+        self._pass_end: tuple[int, tuple[bytes, ...]] | None = None
         #: what this layer's passes wait on (readable without the layer's lock)
         self.pass_meter = PassMeter()
 
@@ -417,6 +419,9 @@ class Layer:
 
     def _complete(self, build: IndexBuild) -> LayerIndex:
         indexer = build.indexer
+        # a forward-only stream (one zstd frame) has one span: a read of the tar's last bytes
+        # right after the pass is served from what the pass ended with, not a decode anew
+        self._pass_end = build.tail
         index = LayerIndex(
             layer_digest=self.digest or "",
             media_type=self.media_type,
@@ -654,6 +659,10 @@ class Layer:
                 build = self._build
                 served = build.forward_range(offset, end) if build is not None else None
                 if served is not None:  # a forward-only read, from the pass
+                    return served
+            if self._pass_end is not None:
+                served = window_range(*self._pass_end, offset, end)
+                if served is not None:  # the end of a finished forward-only pass
                     return served
             spans = self._spans()
             if isinstance(spans, PagedSpans):  # its last page may not be loaded

@@ -167,3 +167,21 @@ def test_a_single_frame_layer_is_read_forward_and_stops_once_the_file_is_served(
     assert source.streamed <= len(blob) + (1 << 16)  # type: ignore[attr-defined]
     assert lay.read_range(0, len(tar)) == tar
     assert lay.random_access is False
+
+
+def test_the_last_file_of_a_single_frame_is_served_by_the_pass_that_found_it() -> None:
+    # the pass reads the whole blob to reach the last file and completes the index; the
+    # file's bytes come from what it decoded last, not from decoding the one span again
+    tar = build_tar(
+        [file(f"bulk/{i}", random_bytes(f"bulk{i}", 400_000)) for i in range(6)]
+        + [file("last.txt", text_bytes("last", 5_000))]
+    )
+    blob = compress_layer(tar, "zstd")
+    lay = layer(blob)
+    source = lay.source
+    assert lay.open("last.txt").read() == text_bytes("last", 5_000)
+    assert lay.complete()
+    assert source.streamed <= len(blob) + (1 << 16)  # type: ignore[attr-defined]
+    assert source.bytes_read <= 72  # type: ignore[attr-defined]  # the tail probe only
+    # bytes further back than the pass kept come from decoding the span again
+    assert lay.read_range(0, 1000) == tar[:1000]
