@@ -43,14 +43,18 @@ _SPECIAL_BITS = 0o6000  # setuid, setgid
 #: Files closer together than this in a layer's tar stream are read as one stream: the
 #: spans between them would be fetched anyway, or nearly (one span is 1 MiB by default).
 SEGMENT_GAP = 1 << 20
+#: A segment ends at the first file past this many tar bytes from its start, so one big
+#: layer (most of an image) is written by several threads, not by one while the others idle.
+SEGMENT_SPLIT = 64 << 20
 #: Segments read at once (each is a pipeline stream; they share its connections and
 #: inflate threads): two keep both cores inflating while files are created.
 PARALLEL_SEGMENTS = 2
 #: Readahead of one segment's stream (uncompressed bytes in flight; runs of up to half of
 #: it are fetched at once). With two segments this bounds what extraction holds in flight
-#: to ~50 MiB (measured peak RSS of a whole 1.3 GB image: 373 MiB with three segments of
-#: 32 MiB, the tree of its 66k entries included).
-SEGMENT_WINDOW = 16 << 20
+#: to ~40 MiB. Peak RSS of a whole 1.3 GB image (66k files, their tree included): 373 MiB
+#: with three segments of 32 MiB; with two, 233-258 MiB at 16 MiB and 224-232 MiB at 12 MiB
+#: (within the noise on time).
+SEGMENT_WINDOW = 12 << 20
 #: Layers streamed and indexed at once when none has an index (each pass keeps about a
 #: core busy inflating).
 STAGING_PASSES = 2
@@ -465,7 +469,10 @@ def _segments(files: list[_File]) -> list[list[_File]]:
         current: list[_File] = []
         end = 0
         for f in group:
-            if current and f.start - end > SEGMENT_GAP:
+            if current and (
+                f.start - end > SEGMENT_GAP
+                or (f.start - current[0].start >= SEGMENT_SPLIT and f.start != current[-1].start)
+            ):
                 segments.append(current)
                 current = []
             current.append(f)
