@@ -664,6 +664,7 @@ class Layer:
                 served = window_range(*self._pass_end, offset, end)
                 if served is not None:  # the end of a finished forward-only pass
                     return served
+                self._pass_end = None  # the reader moved on: its 32 MiB are not held on to
             spans = self._spans()
             if isinstance(spans, PagedSpans):  # its last page may not be loaded
                 total = self._index.uncompressed_size if self._index is not None else 0
