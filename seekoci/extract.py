@@ -254,13 +254,18 @@ def _extract(
     files: list[_File] = []
     for dirpath, dirnames, filenames in tree.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
+        # the walk descends real directories only: a child is its parent's, no lookup
+        # from the root for each of them (a whole image: 66k)
+        children = tree.resolve(dirpath).children
+        assert children is not None
+        base_dst = os.path.join(root, *rel.split("/")) if rel else root
         for name in dirnames + filenames:
             src = posixpath.join(dirpath, name)
-            dst = os.path.join(root, *rel.split("/"), name) if rel else os.path.join(root, name)
+            dst = os.path.join(base_dst, name)
             if "/" in name or name in ("..", ".") or not inside(dst):
                 warn(f"skipped {src}: it would be written outside {root_dest}")
                 continue
-            node = tree.resolve(src, follow_symlinks=False)
+            node = children[name]
             if node.entry is not None and node.entry.type in ("file", "hardlink"):
                 # the common case first, with no FileInfo made (a whole image: 66k files)
                 holder = _holder(img, node)
