@@ -369,7 +369,7 @@ class IndexBuild:
                 hashlib.new(self._alg),
                 layer.size,
                 layer.name,
-                getattr(layer, "pass_meter", None),
+                layer.pass_meter,
             )
         if self._workers.pid != os.getpid():
             self._workers = None  # its threads live in the parent process
