@@ -128,8 +128,7 @@ class Tree:
             if existing is not None and existing.children is not None:
                 existing.entry = entry
                 existing.layer = layer
-                if existing.layers is None:
-                    existing.layers = []
+                assert existing.layers is not None  # every node with children has its list
                 existing.layers.append(layer)
                 return
             node.children[name] = Node(entry, layer, {}, layers=[layer])

@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping
+from typing import cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from requests import Response
@@ -122,7 +123,11 @@ class HTTPRangeSource:
         if offset >= self._size:
             return
         what = f"{self._name} from byte {offset}"
-        yield from self._stream(offset, self._size, chunk_size, what=what, forward=True)
+        # without ``into`` the chunks are the body's own bytes
+        yield from cast(
+            "Iterator[bytes]",
+            self._stream(offset, self._size, chunk_size, what=what, forward=True),
+        )
 
     def _stream(
         self,
@@ -133,11 +138,11 @@ class HTTPRangeSource:
         what: str,
         forward: bool,
         into: memoryview | None = None,
-    ) -> Iterator[bytes]:
+    ) -> Iterator[bytes | memoryview]:
         """Bytes ``[first, end)`` in chunks, resumed after failures where they stopped.
 
         ``into`` (``end - first`` bytes, not ``forward``): the body is received straight
-        into it, and nothing is yielded.
+        into it; the chunks yielded are views of it.
 
         ``forward``: a stream to the end of the blob. From offset 0 its first request is a
         GET without ``Range`` (200, the whole blob); else it asks for ``bytes=N-``. If the
@@ -159,12 +164,12 @@ class HTTPRangeSource:
                     response, pos, end, ranged=ranged, skip_ok=skip_ok, what=what + tried
                 )
                 started = pos
-                if into is not None:
-                    for n in _body_into(response, into[pos - first :], what=what):
-                        attempts.received()
-                        self._stats.add_bytes(n)
-                        pos += n
-                for chunk in () if into is not None else _body(response, chunk_size, what=what):
+                body = (
+                    _body(response, chunk_size, what=what)
+                    if into is None
+                    else _body_into(response, into[pos - first :], what=what)
+                )
+                for chunk in body:
                     attempts.received()
                     self._stats.add_bytes(len(chunk))
                     if skip:
@@ -279,10 +284,10 @@ def _receive(fp: io.BufferedReader, view: memoryview) -> int:
     return fp.readinto1(view)
 
 
-def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[int]:
-    """Receive a body straight into ``view`` (the socket fills it: no copy); yield the size
-    of each receive, so a broken connection keeps what came before it. A body longer than
-    ``view`` is an error. A body without a length (chunked) is received in pieces and
+def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[memoryview]:
+    """Receive a body straight into ``view`` (the socket fills it: no copy); yield the part
+    each receive filled, so a broken connection keeps what came before it. A body longer
+    than ``view`` is an error. A body without a length (chunked) is received in pieces and
     copied in."""
     raw = response.raw
     inner = getattr(raw, "_fp", None)
@@ -299,7 +304,7 @@ def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[i
                 raise RegistryError(f"{what}: server sent more than the bytes asked for")
             view[at : at + len(chunk)] = chunk
             at += len(chunk)
-            yield len(chunk)
+            yield view[at - len(chunk) : at]
         return
     left = inner.length
     if left > len(view):
@@ -321,7 +326,7 @@ def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[i
         at += n
         left -= n
         inner.length = left  # what http.client still expects (we read under it)
-        yield n
+        yield view[at - n : at]
     with transport_errors(what):
         inner.read()  # nothing left: http.client marks the response done
     # read under urllib3 too: hand the connection back to its pool for the next request
