@@ -369,4 +369,10 @@ class Image:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
+        self.flush()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the spans, indexes and blobs this image queued for the cache directory
+        are on disk (they are written by a background thread); ``False`` if ``timeout``
+        seconds passed first. Leaving a ``with open_image(...)`` block flushes."""
+        return all([layer.flush(timeout) for layer in self.layers])

@@ -778,6 +778,10 @@ class Layer:
     def build_index(self, progress: Progress | None = None) -> None:
         self.index(progress)
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait for this layer's queued cache-directory writes (see ``Image.flush``)."""
+        return self._cache.flush(timeout)
+
     def __repr__(self) -> str:
         return (
             f"<seekoci.Layer {self.name} {self.media_type} size={self.size} "

@@ -153,6 +153,9 @@ def setup(basic_registry, tmp_path_factory) -> Setup:
     )
     built.build_index()
     assert built.read_bytes(VICTIM) == middle
+    # span files are written by a background thread: wait for them, or one landing after
+    # the removal below would serve the "span read" cases from disk
+    assert built.flush(30)
     # keep only the index: the span reads must go to the network
     shutil.rmtree(seed / "spans", ignore_errors=True)
     return Setup(basic_registry, lay.digest, middle, seed, work)

@@ -227,3 +227,32 @@ def test_processes_sharing_a_capped_directory_never_see_damage(tmp_path: Path) -
         assert cache.load_span(path.name) is not None, path
     total = sum(p.stat().st_size for p in files)
     assert total <= 40_000 + 40_000 // 16 + 4 * 64 * 1000
+
+
+def test_layer_flush_waits_for_its_queued_writes(tmp_path: Path) -> None:
+    """``Layer.flush`` (and ``Image.flush``, run when a ``with`` block ends) returns only once
+    the spans queued for the background writer are files: a caller that copies or prunes the
+    directory right after a read sees them."""
+    from layers import build_tar, compress_layer, file, random_bytes
+
+    import seekoci
+
+    tar = build_tar([file("data.bin", random_bytes("flush", 300_000))])
+    blob = compress_layer(tar, "python")
+    path = tmp_path / "layer.tar.gz"
+    path.write_bytes(blob)
+    cache = tmp_path / "cache"
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()  # a layer known by digest is cached
+    seekoci.open_layer(str(path), digest=digest, cache_dir=cache).build_index()
+    layer = seekoci.open_layer(str(path), digest=digest, cache_dir=cache)  # index, no span
+    assert layer.flush(10)
+    assert not (cache / "spans").exists() or not any((cache / "spans").rglob("*"))
+    writer = layer._cache._writer  # type: ignore[attr-defined]
+    assert writer is not None
+    gate = threading.Event()
+    writer.submit_job(gate.wait)  # hold the writer back
+    assert layer.read_range(0, 1000) == tar[:1000]
+    assert not layer.flush(0.2)  # the writer is held: not on disk yet
+    gate.set()
+    assert layer.flush(10)
+    assert any(p.is_file() for p in (cache / "spans").rglob("*"))
