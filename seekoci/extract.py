@@ -34,7 +34,7 @@ from .fileinfo import FileInfo
 from .formats.tar import TarEntry
 from .image import Image
 from .layer import Layer
-from .tree import Node
+from .tree import Node, Tree
 
 Warn = Callable[[str], None]
 #: progress(bytes_done, bytes_total)
@@ -58,6 +58,9 @@ SEGMENT_WINDOW = 12 << 20
 #: Layers streamed and indexed at once when none has an index (each pass keeps about a
 #: core busy inflating).
 STAGING_PASSES = 2
+#: Files of one layer the walk may find behind the segments already under way before the
+#: layer stops starting segments during the walk (see _SegmentFeed).
+LATE_FILES = 64
 
 
 class _Inside:
@@ -101,9 +104,14 @@ class _Copied:
     def add(self, n: int) -> None:
         with self._lock:
             self.done += n
-            done = self.done
+            done, total = self.done, self.total
         if self._progress is not None:
-            self._progress(done, self.total)
+            self._progress(done, total)
+
+    def expect(self, n: int) -> None:
+        """``n`` more bytes to copy (the walk finds files while the first are written)."""
+        with self._lock:
+            self.total += n
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
@@ -251,7 +259,43 @@ def _extract(
         _refuse_overwrites(img, top, root)
     inside = _Inside(root)
     dirs: list[tuple[str, FileInfo]] = []
-    files: list[_File] = []
+    staged_files: list[_File] = []
+    copied = _Copied(0, progress)
+    feed = _SegmentFeed(copied)
+    try:
+        _walk(img, tree, top, root, root_dest, inside, staging, keep_special_bits, warn,
+              dirs, staged_files, feed)  # fmt: skip
+        feed.finish()
+    finally:
+        feed.close()
+    _place_staged(staged_files, copied)
+    if staging is not None:  # what is left there the merged view does not show
+        staging.remove()
+    # directory modes and times last (children would change their mtime); deepest first
+    for dst, item in [*reversed(dirs), (root, info)]:
+        try:
+            os.chmod(dst, _mode(item, keep_special_bits))
+        except OSError as exc:
+            warn(f"could not set the mode of {dst}: {exc.strerror}")
+        _set_mtime(dst, item.mtime)
+
+
+def _walk(
+    img: Image,
+    tree: Tree,
+    top: str,
+    root: str,
+    root_dest: str,
+    inside: _Inside,
+    staging: _Staging | None,
+    keep_special_bits: bool,
+    warn: Warn,
+    dirs: list[tuple[str, FileInfo]],
+    staged_files: list[_File],
+    feed: _SegmentFeed,
+) -> None:
+    """Walk the merged view under ``top``: make directories and symlinks in walk order, and
+    hand each regular file to ``feed`` (or to ``staged_files`` when a pass wrote it)."""
     for dirpath, dirnames, filenames in tree.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         # the walk descends real directories only: a child is its parent's, no lookup
@@ -275,7 +319,11 @@ def _extract(
                     continue
                 staged = None if staging is None else staging.take(holder[1])
                 mode = _mode_bits(node.entry.mode, keep_special_bits)
-                files.append(_File(holder[0], holder[1], dst, mode, node.entry.mtime, staged))
+                found = _File(holder[0], holder[1], dst, mode, node.entry.mtime, staged)
+                if staged is None:
+                    feed.add(found)
+                else:
+                    staged_files.append(found)
                 continue
             item = img._info(node, src)
             if item.type == "dir":
@@ -291,18 +339,6 @@ def _extract(
                 _set_mtime(dst, item.mtime, follow_symlinks=False)
             else:
                 warn(f"skipped {src}: {item.type} device or fifo")
-    copied = _Copied(sum(f.entry.size for f in files), progress)
-    _place_staged([f for f in files if f.staged is not None], copied)
-    _write_files([f for f in files if f.staged is None], copied)
-    if staging is not None:  # what is left there the merged view does not show
-        staging.remove()
-    # directory modes and times last (children would change their mtime); deepest first
-    for dst, item in [*reversed(dirs), (root, info)]:
-        try:
-            os.chmod(dst, _mode(item, keep_special_bits))
-        except OSError as exc:
-            warn(f"could not set the mode of {dst}: {exc.strerror}")
-        _set_mtime(dst, item.mtime)
 
 
 def _exists(path: str, count: int) -> FileExistsError:
@@ -488,24 +524,109 @@ def _segments(files: list[_File]) -> list[list[_File]]:
     return segments
 
 
-def _write_files(files: list[_File], copied: _Copied) -> None:
-    """Write every file, segment by segment, a few segments at once."""
-    segments = _segments(files)
-    if len(segments) <= 1:
-        for seg in segments:
-            _write_segment(seg, copied)
-        return
-    with concurrent.futures.ThreadPoolExecutor(
-        PARALLEL_SEGMENTS, thread_name_prefix="seekoci-extract"
-    ) as pool:
-        futures = [pool.submit(_write_segment, seg, copied) for seg in segments]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+class _Run:
+    """A layer's files in tar order the walk has found and no segment has taken yet."""
+
+    __slots__ = ("early", "end", "files", "frontier", "late")
+
+    def __init__(self) -> None:
+        self.files: list[_File] = []
+        self.end = 0  # where the data of ``files`` ends in the tar stream
+        self.frontier = -1  # the last data offset handed to a segment (or to ``files``)
+        self.late: list[_File] = []  # found behind the frontier: written at the end
+        self.early = True  # segments start during the walk (the layer is in walk order)
+
+
+class _SegmentFeed:
+    """Segments written while the walk goes on. The walk finds files in path order, which
+    is the tar order of a layer written in walk order (what image builders write): each
+    layer's files are cut into segments as they come (the rule of :func:`_segments`), and
+    the segments run on a pool while the walk makes the directories after them, so the
+    walk (1.2-1.6 s of a 66k-file image) is no longer a step before the first byte.
+
+    A file found behind what its layer already handed on (a hard link to an earlier entry,
+    a layer in another order) waits for the end, where the late files are cut as usual; past
+    :data:`LATE_FILES` of them the layer stops cutting early (a layer in no useful order is
+    written as it was before: every segment once its files are all known)."""
+
+    def __init__(self, copied: _Copied) -> None:
+        self._copied = copied
+        self._runs: dict[int, _Run] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._futures: list[concurrent.futures.Future[None]] = []
+        self._lock = threading.Lock()  # _failed: set by the pool's threads
+        self._failed: concurrent.futures.Future[None] | None = None
+
+    def add(self, f: _File) -> None:
+        self._copied.expect(f.entry.size)
+        run = self._runs.get(id(f.layer))
+        if run is None:
+            run = self._runs[id(f.layer)] = _Run()
+        if not run.early:
+            run.files.append(f)
+            return
+        if f.start < run.frontier:
+            run.late.append(f)
+            if len(run.late) > LATE_FILES:
+                run.early = False
+            return
+        files = run.files
+        if files and (
+            f.start - run.end > SEGMENT_GAP
+            or (f.start - files[0].start >= SEGMENT_SPLIT and f.start != files[-1].start)
+        ):
+            self._submit(files)
+            run.files, run.end = [], 0
+        run.files.append(f)
+        run.frontier = f.start
+        run.end = max(run.end, f.end)
+
+    def _submit(self, segment: list[_File]) -> None:
+        self._raise_failed()
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                PARALLEL_SEGMENTS, thread_name_prefix="seekoci-extract"
+            )
+        future = self._pool.submit(_write_segment, segment, self._copied)
+        future.add_done_callback(self._done)
+        self._futures.append(future)
+
+    def _done(self, future: concurrent.futures.Future[None]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            with self._lock:
+                if self._failed is None:
+                    self._failed = future
+
+    def _raise_failed(self) -> None:
+        """A segment that failed stops the walk at its next segment."""
+        with self._lock:
+            failed = self._failed
+        if failed is not None:
+            failed.result()
+
+    def finish(self) -> None:
+        """Cut and write what is left; wait for every segment (the first error is raised)."""
+        rest: list[_File] = []
+        for run in self._runs.values():
+            if run.early and run.files:
+                self._submit(run.files)
+            else:
+                rest += run.files
+            rest += run.late
+        self._runs.clear()
+        for segment in _segments(rest):
+            self._submit(segment)
+        for future in self._futures:
+            future.result()
+
+    def close(self) -> None:
+        """Stop: segments not started are cancelled, running ones finish (never left
+        writing behind the caller's back)."""
+        for future in self._futures:
+            future.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _write_segment(files: list[_File], copied: _Copied) -> None:

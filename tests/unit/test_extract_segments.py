@@ -91,3 +91,136 @@ def _all_files(img: Image) -> list[extract._File]:
             assert holder is not None
             out.append(extract._File(holder[0], holder[1], src, 0o644, 0.0))
     return out
+
+
+class _Recorder:
+    """Stands in for ``_write_segment``: records each segment's offsets, may fail one."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        import threading
+
+        self.segments: list[list[int]] = []
+        self.fail_at = fail_at
+        self._lock = threading.Lock()
+
+    def __call__(self, files: list[extract._File], copied: object) -> None:
+        with self._lock:
+            self.segments.append([f.start for f in files])
+        if self.fail_at is not None and files[0].start == self.fail_at:
+            raise seekoci.FormatError("segment failed")
+
+
+def _wait_for(pred: object, timeout: float = 10.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_segments_start_while_the_walk_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files found in tar order are cut as they come: the first segment is being written
+    before the walk has handed over its last file."""
+    monkeypatch.setattr(extract, "SEGMENT_SPLIT", 1000)
+    recorder = _Recorder()
+    monkeypatch.setattr(extract, "_write_segment", recorder)
+    layer = object()
+    copied = extract._Copied(0, None)
+    feed = extract._SegmentFeed(copied)
+    try:
+        for f in files_at(layer, (0, 400), (512, 400), (1024, 400), (1536, 400)):
+            feed.add(f)
+        assert _wait_for(lambda: recorder.segments == [[0, 512]])  # before finish()
+        feed.add(files_at(layer, (2048, 4000))[0])
+        feed.finish()
+    finally:
+        feed.close()
+    assert sorted(recorder.segments) == [[0, 512], [1024, 1536], [2048]]
+    assert copied.total == 4 * 400 + 4000
+
+
+def test_files_found_behind_the_segments_are_written_at_the_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(extract, "SEGMENT_SPLIT", 1000)
+    recorder = _Recorder()
+    monkeypatch.setattr(extract, "_write_segment", recorder)
+    layer = object()
+    files = files_at(layer, (0, 400), (512, 400), (1024, 400), (1536, 400), (100, 10))
+    feed = extract._SegmentFeed(extract._Copied(0, None))
+    try:
+        for f in files:
+            feed.add(f)
+        feed.finish()
+    finally:
+        feed.close()
+    written = sorted(at for seg in recorder.segments for at in seg)
+    assert written == sorted(f.start for f in files)  # every file once
+    assert [100] in recorder.segments  # the late one in a segment of its own, at the end
+
+
+def test_a_layer_in_no_order_is_cut_only_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past LATE_FILES files behind its frontier a layer stops cutting early: what is left
+    is cut once every file is known, into as few segments as a sorted list gives."""
+    monkeypatch.setattr(extract, "LATE_FILES", 2)
+    recorder = _Recorder()
+    monkeypatch.setattr(extract, "_write_segment", recorder)
+    layer = object()
+    starts = [9000, 8000, 7000, 6000, 5000, 4000, 3000, 2000, 1000, 0]
+    feed = extract._SegmentFeed(extract._Copied(0, None))
+    try:
+        for f in files_at(layer, *[(at, 100) for at in starts]):
+            feed.add(f)
+        feed.finish()
+    finally:
+        feed.close()
+    assert sorted(at for seg in recorder.segments for at in seg) == sorted(starts)
+    assert len(recorder.segments) <= 2  # [9000] early, the rest as one sorted segment
+
+
+def test_a_failed_segment_stops_the_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(extract, "SEGMENT_SPLIT", 1000)
+    recorder = _Recorder(fail_at=0)
+    monkeypatch.setattr(extract, "_write_segment", recorder)
+    layer = object()
+    feed = extract._SegmentFeed(extract._Copied(0, None))
+    with pytest.raises(seekoci.FormatError, match="segment failed"):
+        try:
+            at = 0
+            for _ in range(10_000):  # the walk goes on until the failure reaches it
+                for f in files_at(layer, (at, 400)):
+                    feed.add(f)
+                at += 1024
+                if at > 2048:
+                    _wait_for(lambda: bool(recorder.segments), 1.0)
+            feed.finish()
+        finally:
+            feed.close()
+    assert len(recorder.segments) < 10_000
+
+
+def test_a_tree_whose_layer_is_in_reverse_order_comes_out_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A layer written in no walk order (its files found behind the segments) is still
+    written whole, each file once."""
+    monkeypatch.setattr(extract, "SEGMENT_SPLIT", 64 << 10)
+    monkeypatch.setattr(extract, "LATE_FILES", 5)
+    names = [f"lib/m{i:02d}.py" for i in range(40)]
+    declared = [file(n, text_bytes(n, 9_000 + 777 * i)) for i, n in enumerate(names)]
+    blob = compress_layer(build_tar(list(reversed(declared))), "python")
+    layer = seekoci.Layer(
+        BytesSource(blob, name="layer"),
+        cache=MemoryCache(),
+        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
+        span_size=32 << 10,
+    )
+    img = Image(
+        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
+    )
+    img.extract("/", str(tmp_path / "out"))
+    for i, n in enumerate(names):
+        assert (tmp_path / "out" / n).read_bytes() == text_bytes(n, 9_000 + 777 * i)
