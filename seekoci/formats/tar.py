@@ -21,8 +21,10 @@ import concurrent.futures
 import decimal
 import hashlib
 import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
+from zlib import adler32
 
 from ..errors import FormatError
 
@@ -49,6 +51,13 @@ _SKIP_TYPES = (b"V", b"N")  # volume label, old GNU long name list: no entry
 _NO_DATA_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")
 #: Shared by every entry without xattrs / extra PAX records (nearly all of them): two empty
 #: dicts per entry were 15% of a large layer's index memory. Never mutated.
+_ZERO_BLOCK = bytes(BLOCK)
+#: A ustar/GNU header's fields in order (name, mode, uid, gid, size, mtime, chksum,
+#: typeflag, linkname, magic, version, uname, gname, devmajor, devminor, prefix).
+_USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
+#: Entries with no PAX records and no GNU long names take :meth:`TarScanner._plain_entry`
+#: (the tests turn it off to compare both paths).
+PLAIN_FAST_PATH = True
 _NO_XATTRS: dict[str, bytes] = {}
 _NO_PAX: dict[str, str] = {}
 #: sha256 of no bytes: the digest of every empty regular file
@@ -156,7 +165,14 @@ def _checksum_ok(block: bytes) -> bool:
         stored = int(stored_field, 8) if stored_field else -1
     except ValueError:
         return False
-    unsigned = sum(block[:148]) + 8 * 32 + sum(block[156:])
+    # The sum of the bytes, the checksum field counted as spaces. Adler-32's low half is
+    # 1 + the sum of the bytes mod 65521, exact for 256 bytes (at most 65,280): two C calls
+    # instead of summing 504 ints in Python (3.2 -> 1 us a header).
+    unsigned = (
+        ((adler32(block[:256]) & 0xFFFF) + (adler32(block[256:]) & 0xFFFF) - 2)
+        - sum(block[148:156])
+        + 8 * 32
+    )
     if stored == unsigned:
         return True
     # some old tars summed signed chars
@@ -342,7 +358,7 @@ class TarScanner:
 
     # -- headers ---------------------------------------------------------------------------
     def _header(self, block: bytes, at: int) -> None:
-        if block.count(0) == BLOCK:
+        if block == _ZERO_BLOCK:
             self._zero_blocks += 1
             if self._zero_blocks >= 2:
                 self.done = True
@@ -414,7 +430,55 @@ class TarScanner:
         self._meta_type = b""
         self._meta.clear()
 
+    def _plain_entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
+        """:meth:`_entry` for a header with no PAX records and no GNU long name or link
+        before it (most entries of most layers): the same entry, the fields cut by one
+        ``struct`` call and no PAX lookups (12 -> 6 us an entry)."""
+        (name_f, mode_f, uid_f, gid_f, _, mtime_f, _, _, link_f, magic, _, uname_f, gname_f,
+         major_f, minor_f, prefix_f) = _USTAR.unpack(block)  # fmt: skip
+        raw_name = name_f.partition(b"\x00")[0]
+        if magic == b"ustar\x00":  # POSIX: prefix field (GNU uses those bytes for times)
+            prefix = prefix_f.partition(b"\x00")[0]
+            if prefix:
+                raw_name = prefix + b"/" + raw_name
+        name = raw_name.decode("utf-8", "surrogateescape")
+        kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
+        if kind == "file" and name.endswith("/") and typeflag in (b"0", b"\x00"):
+            kind = "dir"  # v7 tars mark directories with a trailing slash
+        mtime_ns = _number(mtime_f, "mtime", at) * 1_000_000_000
+        device = kind in ("char", "block")
+        return TarEntry(
+            name=normalize_name(name),
+            type=kind,
+            size=size,
+            mode=_number(mode_f, "mode", at),
+            uid=_number(uid_f, "uid", at),
+            gid=_number(gid_f, "gid", at),
+            mtime=mtime_ns / 1e9,
+            mtime_ns=mtime_ns,
+            linkname=link_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
+            uname=uname_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
+            gname=gname_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
+            devmajor=_number(major_f, "devmajor", at) if device else 0,
+            devminor=_number(minor_f, "devminor", at) if device else 0,
+            xattrs=_NO_XATTRS,
+            header_offset=self._first_header,
+            data_offset=at + BLOCK,
+            pax=_NO_PAX,
+            raw_name=name,
+            unsafe=name.startswith("/") or ".." in name.split("/"),
+            pax_records=None,
+        )
+
     def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
+        if (
+            PLAIN_FAST_PATH
+            and not self._pax
+            and not self._global_pax
+            and self._long_name is None
+            and self._long_link is None
+        ):
+            return self._plain_entry(block, typeflag, size, at)
         pax = {**self._global_pax, **self._pax} if self._global_pax else self._pax
         magic = block[257:263]
         raw_name = _cstr(block[0:100])
