@@ -23,6 +23,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import queue
 import shutil
 import tempfile
 import threading
@@ -61,6 +62,8 @@ STAGING_PASSES = 2
 #: Files of one layer the walk may find behind the segments already under way before the
 #: layer stops starting segments during the walk (see _SegmentFeed).
 LATE_FILES = 64
+#: Decoded pieces (up to 256 KiB each) a staging pass hands its file writer ahead of it.
+STAGE_QUEUE = 32
 
 
 class _Inside:
@@ -373,41 +376,89 @@ def _unindexed(img: Image) -> bool:
 
 class _Stager:
     """The tee of one layer's index build: writes its regular files to ``directory/N``
-    (N: the entry's position in the layer) as their bytes pass."""
+    (N: the entry's position in the layer) as their bytes pass.
+
+    The pass's thread (which also parses the tar headers) only names the files and hands
+    the bytes on; a thread of the stager's own creates and writes them (system calls that
+    release the GIL), so 50k file creations are not a step of the pass. At most
+    :data:`STAGE_QUEUE` pieces wait for it. A write that fails (a full disk) is raised by
+    :meth:`close` (and by the next piece handed over)."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
-        self.staged: dict[int, str] = {}  # id(entry) -> staged path
+        self.staged: dict[int, str] = {}  # id(entry) -> staged path (the pass's thread only)
         self._seen = 0  # entries looked at so far
-        self._open: list[tuple[int, int, int]] = []  # (data start, data end, fd)
+        self._queue: queue.Queue[tuple[int, bytes, list[tuple[str, int, int]]] | None] = (
+            queue.Queue(STAGE_QUEUE)
+        )
+        self._lock = threading.Lock()  # _error: set by the writer thread
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write, name="seekoci-stage-write", daemon=True)
+        self._thread.start()
 
     def __call__(self, at: int, data: bytes, entries: Sequence[TarEntry]) -> None:
+        new: list[tuple[str, int, int]] = []  # (path, data start, data end)
         while self._seen < len(entries):
             entry = entries[self._seen]
             if entry.type == "file" and not entry.unsafe:
                 path = os.path.join(self.directory, str(self._seen))
-                fd = os.open(path, _CREATE | os.O_EXCL, 0o600)
                 self.staged[id(entry)] = path
-                if entry.size:
-                    self._open.append((entry.data_offset, entry.data_offset + entry.size, fd))
-                else:
-                    os.close(fd)
+                new.append((path, entry.data_offset, entry.data_offset + entry.size))
             self._seen += 1
+        with self._lock:
+            error = self._error
+        if error is not None:
+            raise error
+        if not isinstance(data, bytes):  # a view of a buffer its owner may reuse
+            data = bytes(data)
+        self._queue.put((at, data, new))  # the writer drains the queue even after an error
+
+    def _write(self) -> None:
+        open_files: list[tuple[int, int, int]] = []  # (data start, data end, fd)
+        try:
+            while (item := self._queue.get()) is not None:
+                with self._lock:
+                    failed = self._error is not None
+                if failed:
+                    continue  # keep draining: the pass's thread must never wait on a dead writer
+                try:
+                    self._write_piece(item, open_files)
+                except BaseException as exc:
+                    with self._lock:
+                        self._error = exc
+        finally:
+            for _, _, fd in open_files:
+                os.close(fd)
+
+    def _write_piece(
+        self,
+        item: tuple[int, bytes, list[tuple[str, int, int]]],
+        open_files: list[tuple[int, int, int]],
+    ) -> None:
+        at, data, new = item
+        for path, start, stop in new:
+            fd = os.open(path, _CREATE | os.O_EXCL, 0o600)
+            if stop > start:
+                open_files.append((start, stop, fd))
+            else:
+                os.close(fd)
         end = at + len(data)
         view = memoryview(data)
-        for item in list(self._open):
-            start, stop, fd = item
+        for entry in list(open_files):
+            start, stop, fd = entry
             a, b = max(at, start), min(end, stop)
             if a < b:
                 _write_all(fd, view[a - at : b - at])
             if stop <= end:
                 os.close(fd)
-                self._open.remove(item)
+                open_files.remove(entry)
 
-    def close(self) -> None:
-        for _, _, fd in self._open:
-            os.close(fd)
-        self._open.clear()
+    def close(self) -> BaseException | None:
+        """Wait until every piece handed over is written; the first error, if any."""
+        self._queue.put(None)
+        self._thread.join()
+        with self._lock:
+            return self._error
 
 
 class _Staging:
@@ -441,7 +492,9 @@ class _Staging:
         try:
             layer.index(tee=stager)
         finally:
-            stager.close()
+            error = stager.close()
+        if error is not None:
+            raise error
         with self._lock:
             self._staged.update(stager.staged)
 

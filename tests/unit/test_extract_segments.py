@@ -224,3 +224,27 @@ def test_a_tree_whose_layer_is_in_reverse_order_comes_out_whole(
     img.extract("/", str(tmp_path / "out"))
     for i, n in enumerate(names):
         assert (tmp_path / "out" / n).read_bytes() == text_bytes(n, 9_000 + 777 * i)
+
+
+def test_a_staged_write_that_fails_is_raised_not_lost(tmp_path: Path) -> None:
+    """The staging tee writes on a thread of its own: a failure there (here: its directory
+    is gone) comes back to the pass, and the pass's thread never waits on a dead writer."""
+    stager = extract._Stager(str(tmp_path / "gone"))
+    entries = [entry("a", 512, 10_000), entry("b", 11_264, 10)]
+    stager(0, bytes(20_000), entries)  # handed over; the writer fails on it
+    with pytest.raises(FileNotFoundError):
+        for _ in range(10_000):  # until the failure is seen: never a hang on a full queue
+            stager(20_000, bytes(1000), entries)
+    assert isinstance(stager.close(), FileNotFoundError)
+
+
+def test_staged_files_hold_their_bytes(tmp_path: Path) -> None:
+    stager = extract._Stager(str(tmp_path))
+    data = bytes(range(256)) * 100
+    entries = [entry("a", 512, 10_000), entry("b", 11_264, 0), entry("c", 11_264, 5_000)]
+    for at in range(0, len(data), 777):  # pieces that cut files anywhere
+        stager(at, data[at : at + 777], entries)
+    assert stager.close() is None
+    assert Path(stager.staged[id(entries[0])]).read_bytes() == data[512:10_512]
+    assert Path(stager.staged[id(entries[1])]).read_bytes() == b""
+    assert Path(stager.staged[id(entries[2])]).read_bytes() == data[11_264:16_264]
