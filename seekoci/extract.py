@@ -183,6 +183,8 @@ class _File:
     mtime: float
     #: the file's bytes, written already while its layer was indexed (see _Stager)
     staged: str | None = None
+    #: the staged file has this mode and time already (its own entry, not a hard link's)
+    finished: bool = False
 
     @property
     def start(self) -> int:
@@ -216,7 +218,11 @@ def extract(
     top = posixpath.normpath("/" + "/".join(p for p in path.split("/") if p not in ("", ".")))
     # the whole image with layers not indexed anywhere: stream each layer once, writing its
     # files while it is indexed (any other path may be a file: a lookup stops early there)
-    staging = _Staging(img, dest or "rootfs") if top == "/" and _unindexed(img) else None
+    staging = (
+        _Staging(img, dest or "rootfs", keep_special_bits)
+        if top == "/" and _unindexed(img)
+        else None
+    )
     try:
         _extract(img, path, top, dest, staging, keep_special_bits, overwrite, warn, progress)
     finally:
@@ -323,6 +329,7 @@ def _walk(
                 staged = None if staging is None else staging.take(holder[1])
                 mode = _mode_bits(node.entry.mode, keep_special_bits)
                 found = _File(holder[0], holder[1], dst, mode, node.entry.mtime, staged)
+                found.finished = staged is not None and node.entry is holder[1]
                 if staged is None:
                     feed.add(found)
                 else:
@@ -374,6 +381,17 @@ def _unindexed(img: Image) -> bool:
     return any(not layer.complete() and not layer.pass_started() for layer in img.layers)
 
 
+@dataclass(slots=True)
+class _Staged:
+    """A file the staging tee writes: where, its data's place in the tar, its mode and time."""
+
+    path: str
+    start: int
+    end: int
+    mode: int
+    mtime: float
+
+
 class _Stager:
     """The tee of one layer's index build: writes its regular files to ``directory/N``
     (N: the entry's position in the layer) as their bytes pass.
@@ -384,26 +402,27 @@ class _Stager:
     :data:`STAGE_QUEUE` pieces wait for it. A write that fails (a full disk) is raised by
     :meth:`close` (and by the next piece handed over)."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, keep_special_bits: bool = False) -> None:
         self.directory = directory
+        self._keep_special_bits = keep_special_bits
         self.staged: dict[int, str] = {}  # id(entry) -> staged path (the pass's thread only)
         self._seen = 0  # entries looked at so far
-        self._queue: queue.Queue[tuple[int, bytes, list[tuple[str, int, int]]] | None] = (
-            queue.Queue(STAGE_QUEUE)
-        )
+        self._queue: queue.Queue[tuple[int, bytes, list[_Staged]] | None] = queue.Queue(STAGE_QUEUE)
         self._lock = threading.Lock()  # _error: set by the writer thread
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._write, name="seekoci-stage-write", daemon=True)
         self._thread.start()
 
     def __call__(self, at: int, data: bytes, entries: Sequence[TarEntry]) -> None:
-        new: list[tuple[str, int, int]] = []  # (path, data start, data end)
+        new: list[_Staged] = []
         while self._seen < len(entries):
             entry = entries[self._seen]
             if entry.type == "file" and not entry.unsafe:
                 path = os.path.join(self.directory, str(self._seen))
                 self.staged[id(entry)] = path
-                new.append((path, entry.data_offset, entry.data_offset + entry.size))
+                mode = _mode_bits(entry.mode, self._keep_special_bits)
+                end = entry.data_offset + entry.size
+                new.append(_Staged(path, entry.data_offset, end, mode, entry.mtime))
             self._seen += 1
         with self._lock:
             error = self._error
@@ -414,7 +433,7 @@ class _Stager:
         self._queue.put((at, data, new))  # the writer drains the queue even after an error
 
     def _write(self) -> None:
-        open_files: list[tuple[int, int, int]] = []  # (data start, data end, fd)
+        open_files: list[tuple[_Staged, int]] = []  # (file, fd)
         try:
             while (item := self._queue.get()) is not None:
                 with self._lock:
@@ -427,31 +446,32 @@ class _Stager:
                     with self._lock:
                         self._error = exc
         finally:
-            for _, _, fd in open_files:
+            for _, fd in open_files:
                 os.close(fd)
 
     def _write_piece(
-        self,
-        item: tuple[int, bytes, list[tuple[str, int, int]]],
-        open_files: list[tuple[int, int, int]],
+        self, item: tuple[int, bytes, list[_Staged]], open_files: list[tuple[_Staged, int]]
     ) -> None:
+        """Create the files that start in this piece, write what it holds of each open file,
+        and finish the files it ends: their mode and time set on the descriptor, so moving
+        them into place later is one rename."""
         at, data, new = item
-        for path, start, stop in new:
-            fd = os.open(path, _CREATE | os.O_EXCL, 0o600)
-            if stop > start:
-                open_files.append((start, stop, fd))
-            else:
-                os.close(fd)
+        for staged in new:
+            fd = os.open(staged.path, _CREATE | os.O_EXCL, 0o600)
+            open_files.append((staged, fd))
         end = at + len(data)
         view = memoryview(data)
         for entry in list(open_files):
-            start, stop, fd = entry
-            a, b = max(at, start), min(end, stop)
+            staged, fd = entry
+            a, b = max(at, staged.start), min(end, staged.end)
             if a < b:
                 _write_all(fd, view[a - at : b - at])
-            if stop <= end:
-                os.close(fd)
+            if staged.end <= end:
                 open_files.remove(entry)
+                try:
+                    _finish_file(fd, staged.mode, staged.mtime)
+                finally:
+                    os.close(fd)
 
     def close(self) -> BaseException | None:
         """Wait until every piece handed over is written; the first error, if any."""
@@ -466,8 +486,9 @@ class _Staging:
     their files staged inside the destination (the same filesystem) for
     :func:`_place_staged`; what the merged view does not show is removed with it."""
 
-    def __init__(self, img: Image, root_dest: str) -> None:
+    def __init__(self, img: Image, root_dest: str, keep_special_bits: bool) -> None:
         self._img = img
+        self._keep_special_bits = keep_special_bits
         os.makedirs(root_dest, exist_ok=True)
         self.directory = tempfile.mkdtemp(prefix=".seekoci-staging-", dir=root_dest)
         self._staged: dict[int, str] = {}
@@ -488,7 +509,7 @@ class _Staging:
             return
         directory = os.path.join(self.directory, str(n))
         os.mkdir(directory)
-        stager = _Stager(directory)
+        stager = _Stager(directory, self._keep_special_bits)
         try:
             layer.index(tee=stager)
         finally:
@@ -516,9 +537,8 @@ def _place_staged(files: list[_File], copied: _Copied) -> None:
         assert f.staged is not None
         first = placed.get(f.staged)
         if first is None:
-            if os.path.isdir(f.dst) and not os.path.islink(f.dst):
-                raise IsADirectoryError(errno.EISDIR, "a directory is in the way", f.dst)
-            os.replace(f.staged, f.dst)  # replaces a link there, never follows it
+            # replaces a link there, never follows it; a directory in the way: EISDIR
+            os.replace(f.staged, f.dst)
             placed[f.staged] = f.dst
             source = f.dst
         else:
@@ -531,6 +551,9 @@ def _place_staged(files: list[_File], copied: _Copied) -> None:
                         _write_all(fd, chunk)
                 finally:
                     os.close(fd)
+        elif f.finished:  # its mode and time were set when it was staged
+            copied.add(f.entry.size)
+            continue
         fd = os.open(f.dst, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             _finish_file(fd, f.mode, f.mtime)

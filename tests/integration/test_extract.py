@@ -105,6 +105,9 @@ def test_the_whole_image_comes_out_as_a_container_sees_it(
     assert stat.S_IMODE((dest / "opt/tool").stat().st_mode) == 0o755  # setuid dropped
     assert int((dest / "usr/lib/replaced.txt").stat().st_mtime) == MTIME
     assert int((dest / "usr").stat().st_mtime) == MTIME
+    for rel, content in EXPECTED.items():  # every file's time, staged or streamed
+        if isinstance(content, bytes):
+            assert int((dest / rel).stat().st_mtime) == MTIME, rel
     # the index is a by-product of the pull: a new reader finds it in the cache
     again = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
     assert [layer.index_status for layer in again.layers] == ["cached", "cached"]
@@ -135,3 +138,15 @@ def test_a_subtree_without_an_index_and_progress(ref: str, tmp_path: Path) -> No
     total = 2 * len(BIG) + len(b"the upper version\n")
     assert seen and seen[-1] == (total, total)
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "indexed"])
+def test_special_bits_are_kept_when_asked(ref: str, tmp_path: Path, indexed: bool) -> None:
+    cache = tmp_path / "cache"
+    if indexed:
+        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
+    img = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    dest = tmp_path / "rootfs"
+    assert img.extract("/", dest, keep_special_bits=True) == []
+    assert stat.S_IMODE((dest / "opt/tool").stat().st_mode) == 0o4755
+    assert stat.S_IMODE((dest / "usr/lib/libbig.so").stat().st_mode) == 0o755

@@ -248,3 +248,19 @@ def test_staged_files_hold_their_bytes(tmp_path: Path) -> None:
     assert Path(stager.staged[id(entries[0])]).read_bytes() == data[512:10_512]
     assert Path(stager.staged[id(entries[1])]).read_bytes() == b""
     assert Path(stager.staged[id(entries[2])]).read_bytes() == data[11_264:16_264]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_staged_files_are_finished_with_their_mode_and_time(tmp_path: Path, keep: bool) -> None:
+    """A staged file leaves the writer with its entry's mode (setuid/setgid dropped unless
+    kept) and time, so placing it is one rename."""
+    import os
+
+    stager = extract._Stager(str(tmp_path), keep_special_bits=keep)
+    a = TarEntry(name="a", type="file", size=100, mode=0o4755, uid=0, gid=0, mtime=1_000_000.5,
+                 data_offset=512)  # fmt: skip
+    stager(0, bytes(1024), [a])
+    assert stager.close() is None
+    st = os.stat(stager.staged[id(a)])
+    assert st.st_mode & 0o7777 == (0o4755 if keep else 0o755)
+    assert st.st_mtime == 1_000_000.5
