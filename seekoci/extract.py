@@ -96,18 +96,27 @@ def _mode_bits(mode: int, keep_special_bits: bool) -> int:
 
 
 class _Copied:
-    """Bytes copied so far, reported to ``progress(done, total)`` if there is one."""
+    """Bytes copied so far, reported to ``progress(done, total)`` if there is one.
 
-    def __init__(self, total: int, progress: Progress | None) -> None:
+    A tree's total grows while the walk finds files (:meth:`expect`) and the first ones are
+    written already: until :meth:`settle` the total reported is one byte more than what is
+    done at least, so that a progress bar never sees the copy complete before it is."""
+
+    def __init__(self, total: int, progress: Progress | None, *, growing: bool = False) -> None:
         self.total = total
         self.done = 0
+        self._growing = growing
         self._progress = progress
         self._lock = threading.Lock()
+
+    def _shown(self) -> tuple[int, int]:
+        total = max(self.total, self.done + 1) if self._growing else self.total
+        return self.done, total
 
     def add(self, n: int) -> None:
         with self._lock:
             self.done += n
-            done, total = self.done, self.total
+            done, total = self._shown()
         if self._progress is not None:
             self._progress(done, total)
 
@@ -115,6 +124,14 @@ class _Copied:
         """``n`` more bytes to copy (the walk finds files while the first are written)."""
         with self._lock:
             self.total += n
+
+    def settle(self) -> None:
+        """Every file is known: from now on the total is the real one."""
+        with self._lock:
+            self._growing = False
+            done, total = self._shown()
+        if self._progress is not None:
+            self._progress(done, total)
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
@@ -269,11 +286,12 @@ def _extract(
     inside = _Inside(root)
     dirs: list[tuple[str, FileInfo]] = []
     staged_files: list[_File] = []
-    copied = _Copied(0, progress)
+    copied = _Copied(0, progress, growing=True)
     feed = _SegmentFeed(copied)
     try:
         _walk(img, tree, top, root, root_dest, inside, staging, keep_special_bits, warn,
-              dirs, staged_files, feed)  # fmt: skip
+              dirs, staged_files, feed, copied)  # fmt: skip
+        copied.settle()
         feed.finish()
     finally:
         feed.close()
@@ -302,9 +320,11 @@ def _walk(
     dirs: list[tuple[str, FileInfo]],
     staged_files: list[_File],
     feed: _SegmentFeed,
+    copied: _Copied,
 ) -> None:
     """Walk the merged view under ``top``: make directories and symlinks in walk order, and
-    hand each regular file to ``feed`` (or to ``staged_files`` when a pass wrote it)."""
+    hand each regular file to ``feed`` (or to ``staged_files`` when a pass wrote it),
+    counting its bytes into ``copied``'s total."""
     for dirpath, dirnames, filenames in tree.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         # the walk descends real directories only: a child is its parent's, no lookup
@@ -330,6 +350,7 @@ def _walk(
                 mode = _mode_bits(node.entry.mode, keep_special_bits)
                 found = _File(holder[0], holder[1], dst, mode, node.entry.mtime, staged)
                 found.finished = staged is not None and node.entry is holder[1]
+                copied.expect(holder[1].size)
                 if staged is None:
                     feed.add(found)
                 else:
@@ -634,7 +655,6 @@ class _SegmentFeed:
         self._failed: concurrent.futures.Future[None] | None = None
 
     def add(self, f: _File) -> None:
-        self._copied.expect(f.entry.size)
         run = self._runs.get(id(f.layer))
         if run is None:
             run = self._runs[id(f.layer)] = _Run()

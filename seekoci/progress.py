@@ -80,6 +80,8 @@ class ProgressBar:
                 leave=self._notebook,  # a notebook keeps its finished bars; a terminal not
             )
             self._bars[name] = bar
+        if bar.total != total:  # a tree's total grows while its walk finds files
+            bar.total = total
         bar.update(done - bar.n)
         if done >= total:
             bar.close()

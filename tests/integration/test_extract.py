@@ -138,6 +138,22 @@ def test_a_subtree_without_an_index_and_progress(ref: str, tmp_path: Path) -> No
     total = 2 * len(BIG) + len(b"the upper version\n")
     assert seen and seen[-1] == (total, total)
     assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
+    # the copy is never shown complete before it is (the total grows during the walk)
+    assert all(done < shown for done, shown in seen[:-1])
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "indexed"])
+def test_progress_of_the_whole_image(ref: str, tmp_path: Path, indexed: bool) -> None:
+    cache = tmp_path / "cache"
+    if indexed:
+        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
+    img = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    seen: list[tuple[int, int]] = []
+    img.extract("/", tmp_path / "out", progress=lambda done, total: seen.append((done, total)))
+    total = sum(len(v) for v in EXPECTED.values() if isinstance(v, bytes))
+    assert seen[-1] == (total, total)
+    assert all(done < shown for done, shown in seen[:-1])
+    assert all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
 
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "indexed"])

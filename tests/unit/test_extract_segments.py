@@ -139,7 +139,18 @@ def test_segments_start_while_the_walk_goes_on(monkeypatch: pytest.MonkeyPatch) 
     finally:
         feed.close()
     assert sorted(recorder.segments) == [[0, 512], [1024, 1536], [2048]]
-    assert copied.total == 4 * 400 + 4000
+
+
+def test_a_growing_total_is_never_shown_complete_early() -> None:
+    seen: list[tuple[int, int]] = []
+    copied = extract._Copied(0, lambda done, total: seen.append((done, total)), growing=True)
+    copied.expect(100)
+    copied.add(100)  # all that is known so far is done, but the walk goes on
+    copied.expect(50)
+    copied.add(20)
+    copied.settle()
+    copied.add(30)
+    assert seen == [(100, 101), (120, 150), (120, 150), (150, 150)]
 
 
 def test_files_found_behind_the_segments_are_written_at_the_end(
