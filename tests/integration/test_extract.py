@@ -81,6 +81,14 @@ def _tree(root: Path) -> dict[str, bytes | str]:
     return out
 
 
+def _opened(ref: str, tmp_path: Path, indexed: bool) -> seekoci.Image:
+    """The image with an empty cache directory, or with every layer's index in it."""
+    cache = tmp_path / "cache"
+    if indexed:
+        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
+    return seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+
+
 @pytest.fixture(scope="module")
 def ref(registry) -> str:
     registry.push("extract/tree", "v1", image(BASE, UPPER))
@@ -91,10 +99,7 @@ def ref(registry) -> str:
 def test_the_whole_image_comes_out_as_a_container_sees_it(
     ref: str, tmp_path: Path, indexed: bool
 ) -> None:
-    cache = tmp_path / "cache"
-    if indexed:
-        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
-    img = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    img = _opened(ref, tmp_path, indexed)
     before = [layer.index_status for layer in img.layers]
     assert before == (["cached", "cached"] if indexed else ["none", "none"])
     dest = tmp_path / "rootfs"
@@ -109,7 +114,7 @@ def test_the_whole_image_comes_out_as_a_container_sees_it(
         if isinstance(content, bytes):
             assert int((dest / rel).stat().st_mtime) == MTIME, rel
     # the index is a by-product of the pull: a new reader finds it in the cache
-    again = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    again = seekoci.open_image(ref, cache_dir=tmp_path / "cache", span_size=64 << 10)
     assert [layer.index_status for layer in again.layers] == ["cached", "cached"]
     assert again.read_bytes("/usr/lib/libbig.so") == BIG
 
@@ -144,10 +149,7 @@ def test_a_subtree_without_an_index_and_progress(ref: str, tmp_path: Path) -> No
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "indexed"])
 def test_progress_of_the_whole_image(ref: str, tmp_path: Path, indexed: bool) -> None:
-    cache = tmp_path / "cache"
-    if indexed:
-        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
-    img = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    img = _opened(ref, tmp_path, indexed)
     seen: list[tuple[int, int]] = []
     img.extract("/", tmp_path / "out", progress=lambda done, total: seen.append((done, total)))
     total = sum(len(v) for v in EXPECTED.values() if isinstance(v, bytes))
@@ -158,10 +160,7 @@ def test_progress_of_the_whole_image(ref: str, tmp_path: Path, indexed: bool) ->
 
 @pytest.mark.parametrize("indexed", [False, True], ids=["no-index", "indexed"])
 def test_special_bits_are_kept_when_asked(ref: str, tmp_path: Path, indexed: bool) -> None:
-    cache = tmp_path / "cache"
-    if indexed:
-        seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10).build_index()
-    img = seekoci.open_image(ref, cache_dir=cache, span_size=64 << 10)
+    img = _opened(ref, tmp_path, indexed)
     dest = tmp_path / "rootfs"
     assert img.extract("/", dest, keep_special_bits=True) == []
     assert stat.S_IMODE((dest / "opt/tool").stat().st_mode) == 0o4755

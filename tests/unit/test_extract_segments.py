@@ -62,23 +62,28 @@ def test_a_tree_cut_into_many_segments_comes_out_whole(
     monkeypatch.setattr(extract, "SEGMENT_SPLIT", 64 << 10)
     declared = [file(f"lib/m{i}.py", text_bytes(f"m{i}", 20_000 + 999 * i)) for i in range(40)]
     declared.append(hardlink("lib/again.py", "lib/m7.py"))
-    blob = compress_layer(build_tar(declared), "python")
-    layer = seekoci.Layer(
-        BytesSource(blob, name="layer"),
-        cache=MemoryCache(),
-        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
-        span_size=32 << 10,
-    )
-    img = Image(
-        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
-    )
-    layer.index()
+    img = _one_layer_image(build_tar(declared))
+    img.layers[0].index()
     assert len(extract._segments(_all_files(img))) > 5
     img.extract("/", str(tmp_path / "out"))
     for i in range(40):
         got = (tmp_path / "out" / "lib" / f"m{i}.py").read_bytes()
         assert got == text_bytes(f"m{i}", 20_000 + 999 * i)
     assert (tmp_path / "out" / "lib" / "again.py").read_bytes() == text_bytes("m7", 20_000 + 6993)
+
+
+def _one_layer_image(tar: bytes) -> Image:
+    """An image of one gzip layer of ``tar`` (32 KiB spans), its bytes in memory."""
+    blob = compress_layer(tar, "python")
+    layer = seekoci.Layer(
+        BytesSource(blob, name="layer"),
+        cache=MemoryCache(),
+        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
+        span_size=32 << 10,
+    )
+    return Image(
+        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
+    )
 
 
 def _all_files(img: Image) -> list[extract._File]:
@@ -222,16 +227,7 @@ def test_a_tree_whose_layer_is_in_reverse_order_comes_out_whole(
     monkeypatch.setattr(extract, "LATE_FILES", 5)
     names = [f"lib/m{i:02d}.py" for i in range(40)]
     declared = [file(n, text_bytes(n, 9_000 + 777 * i)) for i, n in enumerate(names)]
-    blob = compress_layer(build_tar(list(reversed(declared))), "python")
-    layer = seekoci.Layer(
-        BytesSource(blob, name="layer"),
-        cache=MemoryCache(),
-        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
-        span_size=32 << 10,
-    )
-    img = Image(
-        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
-    )
+    img = _one_layer_image(build_tar(list(reversed(declared))))
     img.extract("/", str(tmp_path / "out"))
     for i, n in enumerate(names):
         assert (tmp_path / "out" / n).read_bytes() == text_bytes(n, 9_000 + 777 * i)
