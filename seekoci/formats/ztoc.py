@@ -1236,11 +1236,19 @@ def _entry_names(raw: list[bytes]) -> tuple[list[str], dict[int, bool]]:
     joined = b"\n".join(raw)
     if joined.count(b"\n") == max(len(raw) - 1, 0):
         text = "\n" + joined.decode("utf-8", "surrogateescape") + "\n"
+        # a directory's trailing slash (what Go's archive/tar and GNU tar write) and one
+        # leading "./" (tar -C DIR .) are dropped from all names at once; anything still
+        # odd after that takes the loop below
+        if "/\n" in text:
+            text = text.replace("/\n", "\n")
+        if "\n./" in text:
+            text = text.replace("\n./", "\n")
         names = text[1:-1].split("\n") if raw else []
         marks = ("//", "/./", "\n/", "\n./", "/\n", "/.\n", "\n.\n", "\n\n")
         if len(names) == len(raw) and not any(m in text for m in marks):
             unsafe = {}
-            if ".." in text:
+            # a ".." component has "/" or a name's end on both sides
+            if any(m in text for m in ("/../", "\n../", "/..\n", "\n..\n")):
                 unsafe = {i: True for i, n in enumerate(names) if ".." in n.split("/")}
             return names, unsafe
     names, unsafe = [], {}

@@ -130,6 +130,28 @@ def test_unsafe_and_odd_names() -> None:
     assert_same(encode_ztoc(ztoc))
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["dir/", "dir/f", "dir/sub/", "dir/sub/g"],  # directories as Go's and GNU tar name them
+        ["./lead/", "./lead/x", "./y"],  # tar -C DIR .
+        ["a..b", "x/..y", "..z/w", "w/z.."],  # dots that are not a ".." component
+        ["ok/", "up/../z", "t/..", "../top"],  # ".." components among the fast path's
+        ["./", "./a//b/", "././c", "d/./"],  # what the names' own loop must still mend
+    ],
+)
+def test_names_the_joined_fast_path_takes(names: list[str]) -> None:
+    ztoc = decode_ztoc(small_ztoc())
+    first = ztoc.files[0]
+    ztoc.files = [
+        dataclasses.replace(first, name=n, type="dir", uncompressed_size=0,
+                            uncompressed_offset=512 + 1024 * i)
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    ztoc.uncompressed_size = max(ztoc.uncompressed_size, 512 + 1024 * len(names))
+    assert_same(encode_ztoc(ztoc))
+
+
 @pytest.mark.parametrize("producer", ["small-blocks", "none"])
 def test_truncated_ztocs(producer: str) -> None:
     data = small_ztoc(producer)
