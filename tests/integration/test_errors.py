@@ -161,6 +161,26 @@ def test_tampered_blob_is_never_returned(registry, producer: str, cache_dir: Pat
 
 
 @pytest.mark.parametrize("producer", ["python", "none"])
+def test_a_tampered_blob_fails_a_whole_image_copy_cleanly(
+    registry, producer: str, tmp_path: Path
+) -> None:
+    """``get /`` with no index streams the layer and stages its files as they pass (on a
+    writer thread): a blob that fails its digest fails the copy with the layer named, no
+    staged file is left behind and nothing of the tampered bytes is placed."""
+    img, lay, _ = tamper_case(f"extract-{producer}", producer)
+    repo = f"errors/tampered-extract-{producer}"
+    registry.push(repo, "v1", img)
+    registry.tamper_blob(lay.digest, len(lay.blob) // 2, b"TAMPERED")
+    opened = seekoci.open_image(registry.ref(repo, "v1"), cache_dir=tmp_path / "cache")
+    dest = tmp_path / "rootfs"
+    with pytest.raises((seekoci.IntegrityError, seekoci.FormatError)) as excinfo:
+        opened.extract("/", dest)
+    assert names_digest(excinfo.value, lay.digest)
+    left = [p.relative_to(dest) for p in dest.rglob("*")] if dest.exists() else []
+    assert left == [], left  # the staging directory went with the error
+
+
+@pytest.mark.parametrize("producer", ["python", "none"])
 def test_tampered_after_indexing_never_returns_wrong_bytes(
     registry, producer: str, tmp_path: Path
 ) -> None:
