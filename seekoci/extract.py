@@ -285,17 +285,16 @@ def _extract(
         _refuse_overwrites(img, top, root)
     inside = _Inside(root)
     dirs: list[tuple[str, FileInfo]] = []
-    staged_files: list[_File] = []
     copied = _Copied(0, progress, growing=True)
     feed = _SegmentFeed(copied)
     try:
         _walk(img, tree, top, root, root_dest, inside, staging, keep_special_bits, warn,
-              dirs, staged_files, feed, copied)  # fmt: skip
+              dirs, feed)  # fmt: skip
         copied.settle()
         feed.finish()
     finally:
         feed.close()
-    _place_staged(staged_files, copied)
+    _place_staged(feed.staged, copied)
     if staging is not None:  # what is left there the merged view does not show
         staging.remove()
     # directory modes and times last (children would change their mtime); deepest first
@@ -318,13 +317,10 @@ def _walk(
     keep_special_bits: bool,
     warn: Warn,
     dirs: list[tuple[str, FileInfo]],
-    staged_files: list[_File],
     feed: _SegmentFeed,
-    copied: _Copied,
 ) -> None:
     """Walk the merged view under ``top``: make directories and symlinks in walk order, and
-    hand each regular file to ``feed`` (or to ``staged_files`` when a pass wrote it),
-    counting its bytes into ``copied``'s total."""
+    hand each regular file to ``feed``."""
     for dirpath, dirnames, filenames in tree.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         # the walk descends real directories only: a child is its parent's, no lookup
@@ -350,11 +346,7 @@ def _walk(
                 mode = _mode_bits(node.entry.mode, keep_special_bits)
                 found = _File(holder[0], holder[1], dst, mode, node.entry.mtime, staged)
                 found.finished = staged is not None and node.entry is holder[1]
-                copied.expect(holder[1].size)
-                if staged is None:
-                    feed.add(found)
-                else:
-                    staged_files.append(found)
+                feed.add(found)
                 continue
             item = img._info(node, src)
             if item.type == "dir":
@@ -455,15 +447,15 @@ class _Stager:
 
     def _write(self) -> None:
         open_files: list[tuple[_Staged, int]] = []  # (file, fd)
+        failed = False  # this thread alone sets _error
         try:
             while (item := self._queue.get()) is not None:
-                with self._lock:
-                    failed = self._error is not None
                 if failed:
                     continue  # keep draining: the pass's thread must never wait on a dead writer
                 try:
                     self._write_piece(item, open_files)
                 except BaseException as exc:
+                    failed = True
                     with self._lock:
                         self._error = exc
         finally:
@@ -644,10 +636,14 @@ class _SegmentFeed:
     A file found behind what its layer already handed on (a hard link to an earlier entry,
     a layer in another order) waits for the end, where the late files are cut as usual; past
     :data:`LATE_FILES` of them the layer stops cutting early (a layer in no useful order is
-    written as it was before: every segment once its files are all known)."""
+    written as it was before: every segment once its files are all known). Every file is
+    counted into the copy's total as it is found; files a staging pass wrote already are
+    only kept (:attr:`staged`), for :func:`_place_staged`."""
 
     def __init__(self, copied: _Copied) -> None:
         self._copied = copied
+        #: files a staging pass wrote already: moved into place after the walk
+        self.staged: list[_File] = []
         self._runs: dict[int, _Run] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._futures: list[concurrent.futures.Future[None]] = []
@@ -655,6 +651,12 @@ class _SegmentFeed:
         self._failed: concurrent.futures.Future[None] | None = None
 
     def add(self, f: _File) -> None:
+        """A regular file the walk found: counted into the copy's total, and written by a
+        segment (or, when a pass staged it, kept for :func:`_place_staged`)."""
+        self._copied.expect(f.entry.size)
+        if f.staged is not None:
+            self.staged.append(f)
+            return
         run = self._runs.get(id(f.layer))
         if run is None:
             run = self._runs[id(f.layer)] = _Run()

@@ -49,8 +49,6 @@ _META_TYPES = (b"x", b"g", b"L", b"K")
 _UNSUPPORTED = {b"S": "GNU sparse file", b"M": "GNU multi-volume continuation"}
 _SKIP_TYPES = (b"V", b"N")  # volume label, old GNU long name list: no entry
 _NO_DATA_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")
-#: Shared by every entry without xattrs / extra PAX records (nearly all of them): two empty
-#: dicts per entry were 15% of a large layer's index memory. Never mutated.
 _ZERO_BLOCK = bytes(BLOCK)
 #: A ustar/GNU header's fields in order (name, mode, uid, gid, size, mtime, chksum,
 #: typeflag, linkname, magic, version, uname, gname, devmajor, devminor, prefix).
@@ -58,6 +56,8 @@ _USTAR = struct.Struct("100s8s8s8s12s12s8s1s100s6s2s32s32s8s8s155s12x")
 #: Entries with no PAX records and no GNU long names take :meth:`TarScanner._plain_entry`
 #: (the tests turn it off to compare both paths).
 PLAIN_FAST_PATH = True
+#: Shared by every entry without xattrs / extra PAX records (nearly all of them): two empty
+#: dicts per entry were 15% of a large layer's index memory. Never mutated.
 _NO_XATTRS: dict[str, bytes] = {}
 _NO_PAX: dict[str, str] = {}
 #: sha256 of no bytes: the digest of every empty regular file

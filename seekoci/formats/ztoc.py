@@ -1239,10 +1239,7 @@ def _entry_names(raw: list[bytes]) -> tuple[list[str], dict[int, bool]]:
         # a directory's trailing slash (what Go's archive/tar and GNU tar write) and one
         # leading "./" (tar -C DIR .) are dropped from all names at once; anything still
         # odd after that takes the loop below
-        if "/\n" in text:
-            text = text.replace("/\n", "\n")
-        if "\n./" in text:
-            text = text.replace("\n./", "\n")
+        text = text.replace("/\n", "\n").replace("\n./", "\n")
         names = text[1:-1].split("\n") if raw else []
         marks = ("//", "/./", "\n/", "\n./", "/\n", "/.\n", "\n.\n", "\n\n")
         if len(names) == len(raw) and not any(m in text for m in marks):
