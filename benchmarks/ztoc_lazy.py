@@ -1,7 +1,8 @@
 """A SOCI-only cold read's index step on a zTOC of ~150k entries: decoding it whole
 (``decode_ztoc`` + ``ztoc_to_layer_index``, what a read did before) against the lazy reader
-(``lazy_layer_index``: every check, entries made on demand), each followed by what a read
-of one file needs (the name map and that one entry).
+(``lazy_layer_index``), each followed by what a read of one file needs: a lookup of its name
+(the tables it finds checked), and, for the lazy reader, what a listing needs too (every
+table checked, the name map).
 
     python benchmarks/ztoc_lazy.py [ENTRIES]
 
@@ -72,17 +73,23 @@ def main() -> None:
         names = {e.name: i for i, e in enumerate(index.entries)}
         assert index.entries[names[wanted]].name == wanted
 
-    def lazy() -> None:
+    def lazy() -> None:  # what a read of one file does: look its name up
+        index = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=decode_size)
+        found = index.entries.lookup(wanted)  # type: ignore[attr-defined]
+        assert found is not None and found.name == wanted
+
+    def lazy_whole() -> None:  # what a listing does: every table checked
         index = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=decode_size)
         names = index.entries.name_map()  # type: ignore[attr-defined]
         assert index.entries[names[wanted]].name == wanted
 
     decode_size = decode_ztoc(data).compressed_size
     sha = best(lambda: hashlib.sha256(data).digest())
-    before, after = best(eager, 3), best(lazy)
+    before, after, whole = best(eager, 3), best(lazy), best(lazy_whole)
     print(f"zTOC: {count} entries, {len(data):,} bytes; sha256 of it: {sha:.3f} s")
-    print(f"decode whole + index + lookup: {before:.3f} s CPU")
-    print(f"lazy index + lookup:           {after:.3f} s CPU ({before / after:.1f}x)")
+    print(f"decode whole + index + lookup:  {before:.3f} s CPU")
+    print(f"lazy index + every table + map: {whole:.3f} s CPU ({before / whole:.1f}x)")
+    print(f"lazy index + one lookup:        {after:.3f} s CPU ({before / after:.1f}x)")
 
 
 if __name__ == "__main__":

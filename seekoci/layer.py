@@ -27,7 +27,7 @@ from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile, Stream
 from .formats import seekable
 from .formats.base import CHECK_COMPRESSED, ChunkTable, Span
-from .formats.entries import EntryTable
+from .formats.entries import EntryTable, NameLookup
 from .formats.estargz import LEGACY_FOOTER_SIZE as LEGACY_STARGZ_FOOTER
 from .formats.estargz import parse_footer as estargz_footer
 from .formats.index import (
@@ -480,7 +480,7 @@ class Layer:
             self._by_name.clear()
             self._named_upto = 0
         start = self._named_upto
-        if isinstance(entries, EntryTable | PagedEntries):  # from the names: no entry objects
+        if isinstance(entries, EntryTable | NameLookup):  # names, no entries
             self._by_name.update(entries.name_map(start))
         else:
             for i in range(start, len(entries)):
@@ -504,7 +504,8 @@ class Layer:
         with self._lock:
             if self._index is not None or self._try_cache():
                 entries = self._entries()
-                if isinstance(entries, PagedEntries):  # only the pages that may hold it
+                # only the pages that may hold it; only the zTOC tables a search finds
+                if isinstance(entries, NameLookup):
                     try:
                         return entries.lookup(name)
                     except FormatError as exc:
@@ -732,7 +733,7 @@ class Layer:
         self.find(name)  # index at least that far
         with self._lock:
             entries = self._entries()
-            names = entries.names if isinstance(entries, EntryTable | PagedEntries) else None
+            names = entries.names if isinstance(entries, EntryTable | NameLookup) else None
             for i in range(self._position(entries, link) - 1, -1, -1):
                 if (names[i] if names is not None else entries[i].name) == name:
                     candidate = entries[i]

@@ -659,7 +659,8 @@ class RemoteIndexes:
         if blob.size > MAX_ZTOC_SIZE:
             raise FormatError(f"zTOC {blob.digest} of layer {layer_digest} is too large")
         data = self._ztoc(blob)  # verified against its digest
-        # every check of decode_ztoc, but entries become objects only when a read needs them
+        # the checks of decode_ztoc, each entry's when a read uses it (every table's when a
+        # listing does): a lookup by name reads the tables it finds
         return lazy_layer_index(
             data, layer_digest=layer_digest, media_type=media_type, blob_size=blob_size
         )

@@ -182,6 +182,23 @@ def _absolute(
     return headers, datas
 
 
+class NameLookup(IndexedSequence[TarEntry]):
+    """Entries that answer a lookup by name without being read whole (the pages of a
+    published native index, the tables of a zTOC); ``names`` and ``name_map`` read them
+    whole."""
+
+    @property
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def name_map(self, start: int = 0) -> dict[str, int]:
+        raise NotImplementedError
+
+    def lookup(self, name: str) -> TarEntry | None:
+        """The entry stored under ``name`` (normalised): the last one whose name is safe."""
+        raise NotImplementedError
+
+
 class EntryTable(IndexedSequence[TarEntry]):
     """Entries of one layer, column-wise; ``table[i]`` builds (and keeps) a TarEntry."""
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import FormatError
 from .base import IndexedSequence, Span, decompress_bounded
-from .entries import EntryTable
+from .entries import EntryTable, NameLookup
 from .tar import TarEntry
 
 #: Entries per page of the table of contents (~5 KB compressed each).
@@ -114,7 +114,7 @@ class PageInfo:
 Companion = Callable[[list[int]], tuple[list[tuple[int, int]], Callable[[list[bytes]], None]]]
 
 
-class PagedEntries(IndexedSequence[TarEntry]):
+class PagedEntries(NameLookup):
     """A layer's entries, page by page; pages load (and are checked) when first touched."""
 
     def __init__(

@@ -44,13 +44,14 @@ import operator
 import re
 import struct
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from .base import WINDOW_SIZE, Span
-from .entries import EntryTable
+from .entries import EntryTable, NameLookup
 from .gzip import GZIP_MAGIC, GzipIndexer
 from .index import LayerIndex
 from .plain import PlainIndexer
@@ -1300,14 +1301,231 @@ class ZtocEntries(EntryTable):
         return entry
 
 
+#: More distinct FileMetadata vtables than this and a zTOC is read whole (a builder shares
+#: one vtable among the tables with the same fields present: real zTOCs have a handful)
+_LOOKUP_VTABLES = 32
+#: Names spelt so that normalising them takes more than dropping a leading ``./`` and a
+#: trailing ``/`` (``a//b``, ``a/./b``, ``a/.``), in the names joined by NULs
+_ODD_NAMES = re.compile(rb"//|/\.[/\x00]")
+
+
+def _lookup_columns(
+    buf: _Buffer, start: int, count: int
+) -> tuple[list[int], dict[bytes, int]] | None:
+    """What lookups by name need of a TOC of ``count`` FileMetadata tables: ``(table
+    positions, {name as stored: the last table of that name})``, or None where a zTOC is
+    unusual and has to be read whole.
+
+    Every column of all tables at once, by ``map`` over C functions: the positions (in
+    the buffer, 4-byte aligned), the vtables (few, each checked), the names (strings in
+    the buffer, ended by a NUL) and the data offsets, which must grow from table to table
+    (the tar's order, which a header offset depends on). The rest of a table is checked
+    when an entry is made of it. None also when a name is spelt in a way a lookup of its
+    normal form would miss."""
+    data, size = buf.data, buf.size
+    if sys.byteorder != "little" or size % 4 or start & 3 or not count:
+        return None
+    words = memoryview(data).cast("I")
+    word, add, rshift, and_ = words.__getitem__, operator.add, operator.rshift, operator.and_
+    two, three, four = itertools.repeat(2), itertools.repeat(3), itertools.repeat(4)
+    last = size - 4
+    first = start >> 2
+    pos = list(map(add, words[first : first + count].tolist(), range(start, start + 4 * count, 4)))
+    if len(pos) != count or max(pos) > last or any(map(and_, pos, three)):
+        return None
+    signed = memoryview(data).cast("i")
+    vts = list(map(operator.sub, pos, map(signed.__getitem__, map(rshift, pos, two))))
+    distinct = set(vts)
+    if len(distinct) > _LOOKUP_VTABLES:
+        return None
+    try:
+        layouts = {vt: _file_vtable(buf, pos[vts.index(vt)]) for vt in distinct}
+    except FormatError:
+        return None  # the whole read says which table is wrong
+    name_at = {vt: dict(layout[1]).get(0, 0) for vt, layout in layouts.items()}
+    offset_at = {vt: layout[2] for vt, layout in layouts.items()}
+    if not all(name_at.values()) or not all(offset_at.values()):
+        return None
+    table_size = {vt: layout[0] for vt, layout in layouts.items()}
+    if max(map(add, pos, map(table_size.__getitem__, vts))) > size:
+        return None
+    fields = list(map(add, pos, map(name_at.__getitem__, vts)))
+    if any(map(and_, fields, three)):
+        return None
+    targets = list(map(add, fields, map(word, map(rshift, fields, two))))
+    if max(targets) > last or any(map(and_, targets, three)):
+        return None
+    begins = list(map(add, targets, four))
+    ends = list(map(add, begins, map(word, map(rshift, targets, two))))
+    if max(ends) >= size or any(map(data.__getitem__, ends)):  # past the buffer, no NUL
+        return None
+    offsets = map(add, pos, map(offset_at.__getitem__, vts))
+    tar_offsets = list(
+        map(operator.itemgetter(0), map(_I64.unpack_from, itertools.repeat(data), offsets))
+    )
+    if any(map(operator.ge, tar_offsets, itertools.islice(tar_offsets, 1, None))):
+        return None
+    names = list(map(data.__getitem__, map(slice, begins, ends)))
+    if _ODD_NAMES.search(b"\x00".join(names) + b"\x00"):
+        return None
+    return pos, dict(zip(names, range(count), strict=True))
+
+
+class ZtocLookup(NameLookup):
+    """A zTOC's entries for a read that looks a few names up: a name is found among the
+    names as stored (every spelling a tar gives it: ``name``, ``name/``, ``./name``,
+    ``./name/``), and the entry it belongs to is checked as the eager reader checks it --
+    every field of its table, its type, its extent, its place after the entry before --
+    when it is made. Anything that needs every entry (a listing, the names,
+    a walk) reads the zTOC whole first (:class:`ZtocEntries`, every table checked), so a
+    damaged table is an error whenever it is used and never an answer.
+
+    :func:`_lookup_columns` gives the positions of the tables and their stored names."""
+
+    def __init__(
+        self,
+        buf: _Buffer,
+        positions: list[int],
+        stored: dict[bytes, int],
+        every_entry: Callable[[], ZtocEntries],
+        *,
+        uncompressed_size: int,
+        where: str,
+    ) -> None:
+        self._buf = buf
+        self._positions = positions
+        self._stored = stored
+        self._every_entry = every_entry
+        self._limit = uncompressed_size
+        self._where = where
+        self._lock = threading.Lock()
+        self._whole: ZtocEntries | None = None
+        self._map: dict[str, int] | None = None
+        self._files: dict[int, ZtocFile] = {}
+        self._made: dict[int, TarEntry] = {}
+
+    def __len__(self) -> int:
+        return len(self._positions)
+
+    # -- read whole ---------------------------------------------------------------------
+    def whole(self) -> ZtocEntries:
+        """Every entry, every table checked (once)."""
+        with self._lock:
+            if self._whole is None:
+                self._whole = self._every_entry()
+            return self._whole
+
+    @property
+    def names(self) -> list[str]:
+        return self.whole().names
+
+    def name_map(self, start: int = 0) -> dict[str, int]:
+        if start:
+            return self.whole().name_map(start)
+        whole = self.whole()
+        with self._lock:
+            if self._map is None:
+                self._map = whole.name_map()
+            return self._map
+
+    def unsafe(self, i: int) -> bool:
+        return self.whole().unsafe(i)
+
+    def unsafe_positions(self) -> list[int]:
+        return self.whole().unsafe_positions()
+
+    def encoded(self) -> dict[str, Any]:
+        return self.whole().encoded()
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        return iter(self.whole())
+
+    def data_end(self) -> int:
+        last = self[-1]
+        return last.data_offset + last.size
+
+    # -- one entry ----------------------------------------------------------------------
+    def _at(self, i: int) -> TarEntry:
+        with self._lock:
+            whole, made = self._whole, self._made.get(i)
+        if whole is not None:
+            return whole[i]
+        return made if made is not None else self._make(i)
+
+    def _file(self, i: int) -> ZtocFile:
+        with self._lock:
+            f = self._files.get(i)
+        if f is None:
+            try:
+                f = _decode_file(self._buf, self._positions[i])
+            except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+                raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
+            with self._lock:
+                self._files[i] = f
+        return f
+
+    def _make(self, i: int) -> TarEntry:
+        """Entry ``i``, with the checks the whole read makes of it (the offsets grow from
+        table to table: :func:`_lookup_columns` saw them all)."""
+        f = self._file(i)
+        where = self._where
+        if f.type not in FILE_TYPES:
+            raise FormatError(f"{where}: entry {f.name!r} has unknown type {f.type[:40]!r}")
+        offset, size = f.uncompressed_offset, f.uncompressed_size
+        if offset < 0 or size < 0:
+            raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
+        if offset + size > self._limit:
+            raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
+        header = 0
+        if i:
+            before = self._file(i - 1)
+            end = before.uncompressed_offset + before.uncompressed_size
+            header = (end + BLOCK - 1) & -BLOCK
+        if offset - header < BLOCK or (offset - header) % BLOCK:
+            raise FormatError(
+                f"{where}: entry {f.name!r} at offset {offset} overlaps the entry before it "
+                f"or does not follow a tar header (next header at {header})"
+            )
+        entry = _tar_entry(f, header)
+        with self._lock:
+            self._made[i] = entry
+        return entry
+
+    def lookup(self, name: str) -> TarEntry | None:
+        """The last entry stored under ``name`` (normalised) whose name is safe, or None."""
+        with self._lock:
+            whole = self._whole
+        if whole is not None:
+            i = self.name_map().get(name)
+            return None if i is None else whole[i]
+        if ".." in name.split("/"):
+            return None  # never a safe name
+        if not name or normalize_name(name) != name:
+            return self._whole_lookup(name)
+        raw = name.encode("utf-8", "surrogateescape")
+        stored = self._stored
+        found = max(
+            stored.get(raw, -1),
+            stored.get(raw + b"/", -1),
+            stored.get(b"./" + raw, -1),
+            stored.get(b"./" + raw + b"/", -1),
+        )
+        return None if found < 0 else self[found]
+
+    def _whole_lookup(self, name: str) -> TarEntry | None:
+        i = self.name_map().get(name)
+        return None if i is None else self.whole()[i]
+
+
 def lazy_layer_index(
     data: bytes, *, layer_digest: str, media_type: str, blob_size: int
 ) -> LayerIndex:
-    """:func:`ztoc_to_layer_index` of :func:`decode_ztoc` of ``data``, with the same checks,
-    without decoding every entry: the file tables are scanned for names, types, offsets
-    and sizes (every field of every table bounds-checked), and an entry becomes a
-    :class:`TarEntry` when a lookup or a listing touches it. On 150k entries: ~0.3 s
-    instead of ~2.5 s (docs/performance.md)."""
+    """:func:`ztoc_to_layer_index` of :func:`decode_ztoc` of ``data``, without decoding
+    every entry. The zTOC's own tables (root, compression info, checkpoints) are checked
+    at once; the entries come as a :class:`ZtocLookup` when the file tables allow lookups
+    by name without reading every name (real zTOCs do), else as a :class:`ZtocEntries`,
+    every table checked up front. Either way an entry is checked as the eager reader
+    checks it before anything of it is used, and a listing checks them all."""
     where = f"zTOC of {layer_digest}"
     data = bytes(data)
     cut = data.find(PREFETCH_SEPARATOR)
@@ -1330,7 +1548,8 @@ def lazy_layer_index(
         max_span_id = info.scalar(1, _I32, 0)
         span_digests = [_text(d) for d in info.strings(2)]
         checkpoints = data[start : start + count]
-        columns = _scan_files(buf, root.table(4, "TOC"))
+        toc = root.table(4, "TOC")
+        files = toc.vector(0, 4) if toc is not None else (0, 0)
     except FormatError:
         raise
     except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
@@ -1339,6 +1558,48 @@ def lazy_layer_index(
     _check_archive(
         compressed_size, uncompressed_size, algorithm, max_span_id, span_digests, checkpoints, where
     )
+    if blob_size != compressed_size:
+        raise FormatError(f"{where}: for a blob of {compressed_size} bytes, not {blob_size}")
+
+    def every_entry() -> ZtocEntries:
+        return _ztoc_entries(buf, toc, uncompressed_size, where)
+
+    entries: Sequence[TarEntry] | None = None
+    columns = _lookup_columns(buf, *files)
+    if columns is not None:
+        entries = ZtocLookup(
+            buf,
+            *columns,
+            every_entry,
+            uncompressed_size=uncompressed_size,
+            where=where,
+        )
+    return _layer_index(
+        algorithm,
+        checkpoints,
+        span_digests,
+        uncompressed_size,
+        entries if entries is not None else every_entry(),
+        layer_digest=layer_digest,
+        media_type=media_type,
+        blob_size=blob_size,
+        tool=tool,
+        where=where,
+    )
+
+
+def _ztoc_entries(
+    buf: _Buffer, toc: _Table | None, uncompressed_size: int, where: str
+) -> ZtocEntries:
+    """Every entry of the TOC as :func:`decode_ztoc` and :func:`check_ztoc` would take
+    them -- every table checked -- without making them objects: the file tables are
+    scanned for names, types, offsets and sizes."""
+    try:
+        columns = _scan_files(buf, toc)
+    except FormatError:
+        raise
+    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+        raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
     positions, raw_names, kinds, offsets, sizes = columns
     bad = set(kinds) - _FILE_TYPE_BYTES
     if bad:
@@ -1359,8 +1620,6 @@ def lazy_layer_index(
                 raise FormatError(
                     f"{where}: entry {_text(raw_names[i])!r} lies past the end of the layer"
                 )
-    if blob_size != compressed_size:
-        raise FormatError(f"{where}: for a blob of {compressed_size} bytes, not {blob_size}")
     order: Sequence[int] = range(len(offsets))
     if any(a > b for a, b in itertools.pairwise(offsets)):
         order = sorted(order, key=offsets.__getitem__)
@@ -1383,25 +1642,13 @@ def lazy_layer_index(
     data_end = 0
     if offsets:  # the last entry's data ends last: entries never overlap
         data_end = offsets[-1] + (sizes[-1] if kinds[order[-1]] == b"reg" else 0)
-    entries = ZtocEntries(
+    return ZtocEntries(
         buf,
         positions if in_order else [positions[i] for i in order],
         headers,
         names,
         unsafe,
         data_end,
-        where=where,
-    )
-    return _layer_index(
-        algorithm,
-        checkpoints,
-        span_digests,
-        uncompressed_size,
-        entries,
-        layer_digest=layer_digest,
-        media_type=media_type,
-        blob_size=blob_size,
-        tool=tool,
         where=where,
     )
 
@@ -1411,7 +1658,9 @@ __all__ = [
     "FILE_TYPES",
     "Checkpoint",
     "Ztoc",
+    "ZtocEntries",
     "ZtocFile",
+    "ZtocLookup",
     "check_ztoc",
     "decode_ztoc",
     "encode_ztoc",

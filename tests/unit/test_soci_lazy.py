@@ -1,6 +1,8 @@
 """The lazy zTOC reader (what a SOCI-only read uses) against the eager one: the same
-index for every zTOC the eager reader accepts, a FormatError for every one it refuses
-(the hostile zTOCs of test_soci_ztoc, each damaged byte, each truncation)."""
+index, the same lookups and the same entries for every zTOC the eager reader accepts; for
+every one it refuses (the hostile zTOCs of test_soci_ztoc, each damaged byte, each
+truncation) a FormatError -- when it is loaded, or, for a damaged file table behind
+lookups by name (:class:`ZtocLookup`), as soon as that table or the whole TOC is used."""
 
 from __future__ import annotations
 
@@ -23,7 +25,13 @@ from test_soci_ztoc import (
 
 from seekoci import soci
 from seekoci.errors import FormatError
-from seekoci.formats.ztoc import ZtocEntries, decode_ztoc, encode_ztoc, lazy_layer_index
+from seekoci.formats.ztoc import (
+    ZtocEntries,
+    ZtocLookup,
+    decode_ztoc,
+    encode_ztoc,
+    lazy_layer_index,
+)
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -64,16 +72,41 @@ def _claimed_size(data: bytes) -> int:
 def assert_same(data: bytes) -> None:
     eager, lazy = both(data)
     if isinstance(eager, FormatError):
-        assert isinstance(lazy, FormatError), "the lazy reader accepted a zTOC the eager refused"
+        if isinstance(lazy, FormatError):
+            return
+        # loaded for lookups: every table is checked when it is used, the whole TOC when
+        # anything needs all of it -- so using all of it fails, and no entry is made of a
+        # table the eager reader would refuse
+        entries = lazy.entries
+        assert isinstance(entries, ZtocLookup), "the lazy reader accepted a zTOC the eager refused"
+        for i in range(len(entries)):
+            try:
+                entries[i]
+            except FormatError:
+                pass
+        with pytest.raises(FormatError):
+            list(entries)
+        with pytest.raises(FormatError):
+            entries.names  # noqa: B018
         return
     assert not isinstance(lazy, FormatError), f"the lazy reader refused a good zTOC: {lazy}"
-    assert isinstance(lazy.entries, ZtocEntries)
-    assert lazy.entries.names == [e.name for e in eager.entries]
-    assert lazy.entries.name_map() == _name_map(eager.entries)
-    assert list(lazy.entries) == list(eager.entries)
-    assert lazy.entries.data_end() == max(
-        (e.data_offset + e.size for e in eager.entries), default=0
-    )
+    entries = lazy.entries
+    assert isinstance(entries, ZtocEntries | ZtocLookup)
+    expected = _name_map(eager.entries)
+    if isinstance(entries, ZtocLookup):  # lookups before anything reads the TOC whole
+        for name, i in expected.items():
+            if name:  # the root ("./") is looked up in the whole TOC
+                assert entries.lookup(name) == eager.entries[i], name
+        for name in ("no/such/name", *(n + "x" for n in expected)):
+            if name not in expected:
+                assert entries.lookup(name) is None, name
+        assert entries._whole is None, "a lookup read the whole zTOC"
+        assert entries.data_end() == max((e.data_offset + e.size for e in eager.entries), default=0)
+        assert [entries[i] for i in range(len(entries))] == list(eager.entries)
+    assert entries.names == [e.name for e in eager.entries]
+    assert entries.name_map() == expected
+    assert list(entries) == list(eager.entries)
+    assert entries.data_end() == max((e.data_offset + e.size for e in eager.entries), default=0)
     assert list(lazy.spans) == list(eager.spans)
     assert list(lazy.window_locations) == list(eager.window_locations)
     assert lazy.uncompressed_size == eager.uncompressed_size
@@ -97,37 +130,77 @@ def test_the_same_index_for_good_ztocs() -> None:
     assert_same(encode_ztoc(full_ztoc()) + b"---SOCI-PREFETCH---[]")
 
 
-def test_entries_are_made_only_when_touched() -> None:
+def _ztoc_of(names: list[str], *, kinds: list[str] | None = None) -> bytes:
+    """small_ztoc's first entry under each of ``names`` (directories unless ``kinds``
+    says), in that order, 1 KiB apart in the tar."""
+    ztoc = decode_ztoc(small_ztoc())
+    first = ztoc.files[0]
+    ztoc.files = [
+        dataclasses.replace(first, name=n, type=(kinds or ["dir"] * len(names))[i],
+                            uncompressed_size=0, uncompressed_offset=512 + 1024 * i)
+        for i, n in enumerate(names)
+    ]  # fmt: skip
+    ztoc.uncompressed_size = max(ztoc.uncompressed_size, 512 + 1024 * len(names))
+    return encode_ztoc(ztoc)
+
+
+def _lazy(data: bytes) -> Any:
+    size = _claimed_size(data)
+    return lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=size).entries
+
+
+def test_a_lookup_reads_the_tables_it_finds() -> None:
     tar = build_tar([dir("a"), *(file(f"a/f{i}", b"x" * i) for i in range(50)), symlink("l", "a")])
-    data = soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096)
-    size = decode_ztoc(data).compressed_size
-    index = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=size)
-    entries = index.entries
+    entries = _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
+    assert isinstance(entries, ZtocLookup)
+    found = entries.lookup("a/f7")
+    assert found is not None and found.size == 7 and found.type == "file"
+    assert len(entries._made) == 1
+    assert len(entries._files) == 2  # its table and the one before (where its header is)
+    assert entries.lookup("a") is not None and entries.lookup("a").type == "dir"
+    assert entries.lookup("a/f") is None and entries.lookup("f7") is None
+    assert entries._whole is None
+    assert entries.names[:2] == ["a", "a/f0"]  # a listing reads it whole: every table
+    assert entries._whole is not None and entries.lookup("l").type == "symlink"
+
+
+def test_the_toc_read_whole_still_makes_entries_on_demand() -> None:
+    data = _ztoc_of(["a//b", "c"])  # a spelling a byte search would miss
+    entries = _lazy(data)
     assert isinstance(entries, ZtocEntries)
-    position = entries.name_map()["a/f7"]
+    position = entries.name_map()["c"]
     assert entries._made.count(None) == len(entries)
-    assert entries[position].size == 7 and entries[position].type == "file"
+    assert entries[position].name == "c"
     assert entries._made.count(None) == len(entries) - 1
 
 
-def test_a_wrong_blob_size_is_refused() -> None:
-    data = small_ztoc()
-    size = decode_ztoc(data).compressed_size
-    with pytest.raises(FormatError, match="blob"):
-        lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=size + 1)
+@pytest.mark.parametrize(
+    ("names", "wanted", "position"),
+    [
+        (["x", "y", "x"], "x", 2),  # the last of a name
+        (["x/", "./x", "y"], "x", 1),
+        (["x", "/x"], "x", 0),  # an unsafe one is never the answer
+        (["./", "./d/", "./d/e"], "d/e", 2),  # tar -C DIR .
+        (["d/", "d/e/", "e/"], "d/e", 1),
+        (["d", "dd", "xd"], "d", 0),  # names that end alike
+    ],
+)
+def test_every_spelling_of_a_name(names: list[str], wanted: str, position: int) -> None:
+    entries = _lazy(_ztoc_of(names))
+    assert isinstance(entries, ZtocLookup)
+    found = entries.lookup(wanted)
+    assert found is not None and found.data_offset == 512 + 1024 * position
+    assert entries._whole is None
 
 
-def test_unsafe_and_odd_names() -> None:
-    ztoc = decode_ztoc(small_ztoc())
-    first = ztoc.files[0]
-    names = ["/abs/x", "./dot/y", "a//b", "up/../z", "t/", "n\nl", "..", "ok/.."]
-    ztoc.files = [
-        dataclasses.replace(first, name=n, uncompressed_offset=512 + 1024 * i)
-        for i, n in enumerate(names)
-    ]
-    ztoc.files = [dataclasses.replace(f, type="dir", uncompressed_size=0) for f in ztoc.files]
-    ztoc.uncompressed_size = max(ztoc.uncompressed_size, 512 + 1024 * len(names))
-    assert_same(encode_ztoc(ztoc))
+def test_a_damaged_table_fails_when_it_is_used() -> None:
+    entries = _lazy(_ztoc_of(["a", "b", "c"], kinds=["dir", "sparse", "dir"]))
+    assert isinstance(entries, ZtocLookup)
+    assert entries.lookup("a").name == "a"
+    with pytest.raises(FormatError, match="unknown type"):
+        entries.lookup("b")
+    with pytest.raises(FormatError, match="unknown type"):
+        entries.names  # noqa: B018
 
 
 @pytest.mark.parametrize(
