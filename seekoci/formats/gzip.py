@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from .._threads import shared_pool
 from ..errors import FormatError
 from ._inflate import INFLATE_ERRORS, raw_inflater
-from ._zlib import DT_UNUSED_BITS, Z_BLOCK, Z_NO_FLUSH, BlockInflater, crc32
 from .base import (
     ChunkTable,
     IndexerBase,
@@ -180,7 +179,11 @@ class GzipIndexer(IndexerBase):
         # file, most of them one deflate block, so block ends alone would leave a whole
         # layer in one span. Off for SOCI's zTOC, whose placement rule has no such point.
         self._member_checkpoints = member_checkpoints
-        self._inflater = BlockInflater()
+        # the ctypes binding of zlib: imported by the first pass (reads never need it)
+        from . import _zlib
+
+        self._zlib = _zlib
+        self._inflater = _zlib.BlockInflater()
         self._hasher: SpanHasher | None = None
         self._state = "header"
         self._buf = bytearray()  # header/trailer bytes being collected
@@ -313,7 +316,7 @@ class GzipIndexer(IndexerBase):
             pos = stop
 
     def _inflate_fed(self) -> Iterator[bytes]:
-        inflater = self._inflater
+        inflater, zlib = self._inflater, self._zlib
         while True:
             # Until the open span holds span_size bytes no block end can take a checkpoint,
             # so inflate in large Z_NO_FLUSH calls that stop exactly there; only then stop
@@ -321,9 +324,9 @@ class GzipIndexer(IndexerBase):
             short = self.span_size - (self._out - self._span_ustart)
             try:
                 if short > 0:
-                    out = inflater.step(Z_NO_FLUSH, short)
+                    out = inflater.step(zlib.Z_NO_FLUSH, short)
                 else:
-                    out = inflater.step(Z_BLOCK)
+                    out = inflater.step(zlib.Z_BLOCK)
             except FormatError as exc:
                 at = self._member_deflate_start + inflater.total_in
                 raise self._fail(str(exc), at) from None
@@ -333,7 +336,7 @@ class GzipIndexer(IndexerBase):
                 self._out += len(out)
                 self._member_out += len(out)
                 if self._check_crc:
-                    self._member_crc = crc32(out, self._member_crc)
+                    self._member_crc = zlib.crc32(out, self._member_crc)
                 yield out
             if self.chunk_size:
                 self._observe(self._member_deflate_start + inflater.total_in)
@@ -365,7 +368,7 @@ class GzipIndexer(IndexerBase):
         inflater = self._inflater
         assert self._hasher is not None
         cin = self._member_deflate_start + inflater.total_in
-        bits = inflater.data_type & DT_UNUSED_BITS
+        bits = inflater.data_type & self._zlib.DT_UNUSED_BITS
         start = cin - 1 if bits else cin
         digest = self._hasher.cut(cin, start)
         self._close_span(cin, digest)
