@@ -44,12 +44,13 @@ MAX_STORED_BLOB = 256 << 20
 
 class BlobStore(Protocol):
     """Content-addressed bytes kept between runs: ``get`` returns bytes that match
-    ``digest`` or None; ``put`` may keep them (or not). Callers verify what ``get`` gives
-    again, so a damaged store costs a refetch, never wrong bytes."""
+    ``digest`` or None; ``put`` may keep them (or not; ``verified``: the caller has just
+    checked them against ``digest``). Callers verify what ``get`` gives again, so a
+    damaged store costs a refetch, never wrong bytes."""
 
     def get(self, digest: str) -> bytes | None: ...
 
-    def put(self, digest: str, data: bytes) -> None: ...
+    def put(self, digest: str, data: bytes, *, verified: bool = False) -> None: ...
 
 
 #: Config media types that must hold an image config (a JSON object); "" for old manifests
@@ -97,9 +98,9 @@ class RegistryStore:
             return None
         return data
 
-    def _keep(self, digest: str, data: bytes) -> None:
+    def _keep(self, digest: str, data: bytes, *, verified: bool = False) -> None:
         if self.blobs is not None and len(data) <= MAX_STORED_BLOB:
-            self.blobs.put(digest, data)
+            self.blobs.put(digest, data, verified=verified)
 
     def manifest_bytes(self, digest: str, *, where: str) -> bytes:
         """A manifest by digest, verified: from the blob store, else the registry."""
@@ -140,7 +141,7 @@ class RegistryStore:
         if stored is not None and len(stored) == descriptor.size:
             return stored
         data = fetch_blob(self.client, self.reference.repository, descriptor)
-        self._keep(descriptor.digest, data)
+        self._keep(descriptor.digest, data, verified=True)  # fetch_blob checked it
         return data
 
     def blob_source(self, descriptor: Descriptor) -> RegistryBlobSource:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from seekoci import cli
-from seekoci.cache import DiskCache, MemoryCache, _Writer, parse_size
+from seekoci.cache import ContentStore, DiskCache, MemoryCache, _Writer, parse_size
 
 LAYER = "sha256:" + "ab" * 32
 
@@ -155,6 +155,28 @@ def test_a_damaged_blob_is_not_returned(tmp_path: Path) -> None:
     assert cache.load_blob("sha256:" + "00" * 32) is None
     (tmp_path / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(b"other")
     assert cache.load_blob(digest) is None
+
+
+def test_a_blob_just_verified_is_not_hashed_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import seekoci.cache
+    from seekoci.registry.resolve import RegistryStore
+
+    data = b"a zTOC's bytes" * 1000
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    hashed: list[int] = []
+    real = seekoci.cache._matches_digest
+    monkeypatch.setattr(
+        seekoci.cache, "_matches_digest", lambda d, g: hashed.append(len(d)) or real(d, g)
+    )
+    cache = DiskCache(tmp_path)
+    store = RegistryStore(client=None, reference=None, blobs=ContentStore(cache))  # type: ignore[arg-type]
+    store._keep(digest, data, verified=True)  # as fetch_blob does after its own check
+    assert hashed == []
+    assert cache.load_blob(digest) == data  # a load checks it, as always
+    store._keep("sha256:" + "00" * 32, b"not those bytes")  # unverified: checked, not kept
+    assert hashed[1:] == [15] and cache.load_blob("sha256:" + "00" * 32) is None
 
 
 def test_the_build_lock_lets_one_holder_in_at_a_time(tmp_path: Path) -> None:
