@@ -107,7 +107,9 @@ def window_uses(window: bytes, decode: Callable[[bytes], bytes], real: bytes) ->
     )  # 0xFF where the byte came from the window
     # block numbers where copied, 0xFF elsewhere (dropped before the set: most bytes may be
     # literals); block 255 itself shows where only copied bytes are kept
-    used = set((first | (copied ^ ones)).to_bytes(m, "little").translate(None, b"\xff"))
+    marks = (first | (copied ^ ones)).to_bytes(m, "little").translate(None, b"\xff")
+    # which of the 255 values occur: a memchr each is ~10x faster than set() of 33k bytes
+    used = {k for k in range(255) if k in marks}
     if b"\xff" in (first & copied).to_bytes(m, "little"):
         used.add(0xFF)
     if not used:
