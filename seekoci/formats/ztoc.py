@@ -1380,32 +1380,43 @@ class ZtocLookup(NameLookup):
     a walk) reads the zTOC whole first (:class:`ZtocEntries`, every table checked), so a
     damaged table is an error whenever it is used and never an answer.
 
-    :func:`_lookup_columns` gives the positions of the tables and their stored names."""
+    :func:`_lookup_columns`, run by the first lookup, gives the positions of the tables and
+    their stored names; a zTOC it cannot take is read whole then."""
 
     def __init__(
         self,
         buf: _Buffer,
-        positions: list[int],
-        stored: dict[bytes, int],
+        files: tuple[int, int],
         every_entry: Callable[[], ZtocEntries],
         *,
         uncompressed_size: int,
         where: str,
     ) -> None:
         self._buf = buf
-        self._positions = positions
-        self._stored = stored
+        self._vector = files  # (start, count) of the TOC's FileMetadata offsets
         self._every_entry = every_entry
         self._limit = uncompressed_size
         self._where = where
         self._lock = threading.Lock()
+        self._columns: tuple[list[int], dict[bytes, int]] | None = None
+        self._columns_tried = False
         self._whole: ZtocEntries | None = None
         self._map: dict[str, int] | None = None
         self._files: dict[int, ZtocFile] = {}
         self._made: dict[int, TarEntry] = {}
 
     def __len__(self) -> int:
-        return len(self._positions)
+        return self._vector[1]
+
+    def _lookups(self) -> tuple[list[int], dict[bytes, int]] | None:
+        """What lookups need (:func:`_lookup_columns`), made by the first one that asks:
+        a listing that comes first reads the zTOC whole without making them. None: the
+        zTOC has to be read whole."""
+        with self._lock:
+            if not self._columns_tried:
+                self._columns_tried = True
+                self._columns = _lookup_columns(self._buf, *self._vector)
+            return self._columns
 
     # -- read whole ---------------------------------------------------------------------
     def whole(self) -> ZtocEntries:
@@ -1450,14 +1461,18 @@ class ZtocLookup(NameLookup):
             whole, made = self._whole, self._made.get(i)
         if whole is not None:
             return whole[i]
-        return made if made is not None else self._make(i)
+        if made is not None:
+            return made
+        return self.whole()[i] if self._lookups() is None else self._make(i)
 
     def _file(self, i: int) -> ZtocFile:
         with self._lock:
             f = self._files.get(i)
         if f is None:
+            columns = self._lookups()
+            assert columns is not None  # entries are made here only when there are columns
             try:
-                f = _decode_file(self._buf, self._positions[i])
+                f = _decode_file(self._buf, columns[0][i])
             except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
                 raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
             with self._lock:
@@ -1502,8 +1517,11 @@ class ZtocLookup(NameLookup):
             return None  # never a safe name
         if not name or normalize_name(name) != name:
             return self._whole_lookup(name)
+        columns = self._lookups()
+        if columns is None:
+            return self._whole_lookup(name)
         raw = name.encode("utf-8", "surrogateescape")
-        stored = self._stored
+        stored = columns[1]
         found = max(
             stored.get(raw, -1),
             stored.get(raw + b"/", -1),
@@ -1522,10 +1540,10 @@ def lazy_layer_index(
 ) -> LayerIndex:
     """:func:`ztoc_to_layer_index` of :func:`decode_ztoc` of ``data``, without decoding
     every entry. The zTOC's own tables (root, compression info, checkpoints) are checked
-    at once; the entries come as a :class:`ZtocLookup` when the file tables allow lookups
-    by name without reading every name (real zTOCs do), else as a :class:`ZtocEntries`,
-    every table checked up front. Either way an entry is checked as the eager reader
-    checks it before anything of it is used, and a listing checks them all."""
+    at once; the entries come as a :class:`ZtocLookup`: a lookup by name reads what it
+    needs of every file table and checks the entry it finds as the eager reader does, a
+    listing checks every table first (:class:`ZtocEntries`). A damaged file table is an
+    error when it is used, before any of its fields is."""
     where = f"zTOC of {layer_digest}"
     data = bytes(data)
     cut = data.find(PREFETCH_SEPARATOR)
@@ -1564,22 +1582,17 @@ def lazy_layer_index(
     def every_entry() -> ZtocEntries:
         return _ztoc_entries(buf, toc, uncompressed_size, where)
 
-    entries: Sequence[TarEntry] | None = None
-    columns = _lookup_columns(buf, *files)
-    if columns is not None:
-        entries = ZtocLookup(
-            buf,
-            *columns,
-            every_entry,
-            uncompressed_size=uncompressed_size,
-            where=where,
-        )
+    entries: Sequence[TarEntry] = (
+        every_entry()
+        if not files[1]
+        else ZtocLookup(buf, files, every_entry, uncompressed_size=uncompressed_size, where=where)
+    )
     return _layer_index(
         algorithm,
         checkpoints,
         span_digests,
         uncompressed_size,
-        entries if entries is not None else every_entry(),
+        entries,
         layer_digest=layer_digest,
         media_type=media_type,
         blob_size=blob_size,
