@@ -12,13 +12,14 @@ with one warning.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import logging
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from typing import cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from requests import Response
@@ -372,12 +373,18 @@ def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) 
     """A whole (small) blob, verified against its descriptor; IntegrityError if it is not it
     (after one refetch: a byte damaged in transit is not the blob's fault)."""
     what = f"{client.registry}/{repository} blob {descriptor.digest}"
+    algorithm = descriptor.digest.partition(":")[0]
+    fed: list[Any] = []  # the hasher of the latest attempt, fed as the body arrived
+
+    def hasher() -> Any:
+        fed[:] = [hashlib.new(algorithm)]
+        return fed[0]
 
     def check(_: Response, data: bytes) -> None:
         if len(data) != descriptor.size:
             got = "more than" if len(data) > descriptor.size else f"only {len(data)} of"
             raise IntegrityError(f"{what}: got {got} the {descriptor.size} bytes it should have")
-        verify_digest(data, descriptor.digest, what=what)
+        verify_digest(data, descriptor.digest, what=what, hashed=fed[0] if fed else None)
 
     _, data = client.get_small(
         f"/v2/{repository}/blobs/{descriptor.digest}",
@@ -385,6 +392,7 @@ def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) 
         what=what,
         limit=descriptor.size,
         check=check,
+        hasher=hasher if algorithm in hashlib.algorithms_available else None,
     )
     return data
 

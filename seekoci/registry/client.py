@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn, cast
+from typing import Any, NoReturn, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -281,13 +281,16 @@ class RegistryClient:
         headers: Mapping[str, str] | None = None,
         check: Callable[[requests.Response, bytes], None] | None = None,
         where_status: str | None = None,
+        hasher: Callable[[], Any] | None = None,
     ) -> tuple[requests.Response, bytes]:
         """GET a small document whole (a manifest, a config): the response (closed) and at
         most ``limit + 1`` bytes of its body.
 
         A body cut or broken in transit is fetched again within the request's retry budget;
         so is one that ``check`` rejects with IntegrityError, once (a byte damaged on the way
-        is not the document's fault; a second mismatch is).
+        is not the document's fault; a second mismatch is). ``hasher()`` gives a fresh
+        hashlib object for each attempt, fed the body as it arrives (``check`` finds it
+        where ``hasher`` put it).
         """
         attempts = self.policy.begin(what)
         refetched = False
@@ -297,7 +300,8 @@ class RegistryClient:
             )
             check_status(response, where=where_status or what)
             try:
-                body = read_body(response, limit=limit, what=what)
+                fed = hasher() if hasher is not None else None
+                body = read_body(response, limit=limit, what=what, hasher=fed)
                 if check is not None:
                     check(response, body)
             except IntegrityError as exc:

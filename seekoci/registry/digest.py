@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from ..errors import IntegrityError
 
@@ -44,16 +45,21 @@ def compute_digest(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
-def verify_digest(data: bytes, digest: str, *, what: str) -> None:
+def verify_digest(data: bytes, digest: str, *, what: str, hashed: Any = None) -> None:
     """Raise IntegrityError unless ``data`` hashes to ``digest``.
 
     ``what`` names the object in the message (a reference or a layer digest); the data itself
-    is never quoted, it could be anything.
+    is never quoted, it could be anything. ``hashed``: a hashlib object of the digest's
+    algorithm that has already been fed exactly ``data`` (as it arrived), used instead of
+    hashing it again.
     """
     problem = digest_problem(digest)
     if problem is not None:
         raise IntegrityError(f"{what}: cannot verify against digest {digest!r}: {problem}")
     algorithm = digest.split(":", 1)[0]
-    actual = compute_digest(data, algorithm)
+    if hashed is not None and hashed.name == algorithm:
+        actual = f"{algorithm}:{hashed.hexdigest()}"
+    else:
+        actual = compute_digest(data, algorithm)
     if actual != digest:
         raise IntegrityError(f"{what}: content has digest {actual}, expected {digest}")

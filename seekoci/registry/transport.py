@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -433,10 +434,12 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def read_body(response: requests.Response, *, limit: int, what: str) -> bytes:
+def read_body(response: requests.Response, *, limit: int, what: str, hasher: Any = None) -> bytes:
     """Read a whole (small) body as sent, at most ``limit`` bytes; closes the response.
 
     Returns ``limit + 1`` bytes at most, so the caller can tell "too long" from "exact".
+    ``hasher`` (a hashlib object) is fed each piece as it arrives: a 19 MB zTOC is hashed
+    while the rest of it is still on the way.
     """
     try:
         chunks: list[bytes] = []
@@ -448,6 +451,8 @@ def read_body(response: requests.Response, *, limit: int, what: str) -> bytes:
                     break
                 chunks.append(chunk)
                 total += len(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
         return b"".join(chunks)
     finally:
         response.close()

@@ -211,3 +211,25 @@ def test_fetch_blob_verifies(fake_registry):
     fake_registry.blobs[img.layers[0].digest] = b"layer-bytes-and-more"
     with pytest.raises(IntegrityError):
         img.fetch_blob(img.layers[0])
+
+
+def test_fetch_blob_hashes_each_attempt_afresh(fake_registry):
+    # the body is hashed as it arrives: a copy damaged on the way is refetched, and the
+    # second attempt is checked with a hasher of its own (not one fed both bodies)
+    fake_registry.add_image("w", tags=("x",), layers=(b"layer-bytes" * 1000,))
+    img = resolve_image(f"{fake_registry.netloc}/w:x")
+    digest = img.layers[0].digest
+    good = fake_registry.blobs[digest]
+    served: list[bytes] = []
+
+    class OnceDamaged(dict):  # type: ignore[type-arg]
+        def get(self, key, default=None):
+            value = super().get(key, default)
+            if key == digest:
+                value = good.replace(b"bytes", b"BYTES", 1) if not served else good
+                served.append(value)
+            return value
+
+    fake_registry.blobs = OnceDamaged(fake_registry.blobs)
+    assert img.fetch_blob(img.layers[0]) == good
+    assert len(served) == 2 and served[0] != good
