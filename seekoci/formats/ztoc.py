@@ -1331,7 +1331,8 @@ def _lookup_columns(
     last = size - 4
     first = start >> 2
     pos = list(map(add, words[first : first + count].tolist(), range(start, start + 4 * count, 4)))
-    if len(pos) != count or max(pos) > last or any(map(and_, pos, three)):
+    highest = max(pos) if len(pos) == count else size
+    if highest > last or any(map(and_, pos, three)):
         return None
     signed = memoryview(data).cast("i")
     vts = list(map(operator.sub, pos, map(signed.__getitem__, map(rshift, pos, two))))
@@ -1347,11 +1348,20 @@ def _lookup_columns(
     if not all(name_at.values()) or not all(offset_at.values()):
         return None
     table_size = {vt: layout[0] for vt, layout in layouts.items()}
-    if max(map(add, pos, map(table_size.__getitem__, vts))) > size:
+    if highest + max(table_size.values()) > size and (
+        max(map(add, pos, map(table_size.__getitem__, vts))) > size
+    ):
         return None
-    fields = list(map(add, pos, map(name_at.__getitem__, vts)))
-    if any(map(and_, fields, three)):
+    if any(off & 3 for off in name_at.values()):  # the tables' positions are aligned
         return None
+
+    def column(at: dict[int, int]) -> list[int]:
+        """``pos`` plus each table's field offset (one offset for all: no look-up each)."""
+        offsets = set(at.values())
+        each = itertools.repeat(offsets.pop()) if len(offsets) == 1 else map(at.__getitem__, vts)
+        return list(map(add, pos, each))
+
+    fields = column(name_at)
     targets = list(map(add, fields, map(word, map(rshift, fields, two))))
     if max(targets) > last or any(map(and_, targets, three)):
         return None
@@ -1359,7 +1369,7 @@ def _lookup_columns(
     ends = list(map(add, begins, map(word, map(rshift, targets, two))))
     if max(ends) >= size or any(map(data.__getitem__, ends)):  # past the buffer, no NUL
         return None
-    offsets = map(add, pos, map(offset_at.__getitem__, vts))
+    offsets = column(offset_at)
     tar_offsets = list(
         map(operator.itemgetter(0), map(_I64.unpack_from, itertools.repeat(data), offsets))
     )
