@@ -297,9 +297,11 @@ def format_mod_time(mtime_ns: int) -> str:
 
 @functools.lru_cache(maxsize=4096)  # a layer's entries share a handful of times
 def parse_mod_time(text: str) -> int | None:
-    """Nanoseconds since the epoch of an RFC 3339 time; None when it is not one."""
+    """Nanoseconds since the epoch of an RFC 3339 time; None when it is not one that Go
+    reads back (a year of four digits: a hostile zTOC's 400-digit year is no time, not an
+    overflow)."""
     m = _RFC3339.match(text)
-    if not m:
+    if not m or len(m.group(1)) != 4:
         return None
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
@@ -1331,7 +1333,9 @@ def _lookup_columns(
     last = size - 4
     first = start >> 2
     pos = list(map(add, words[first : first + count].tolist(), range(start, start + 4 * count, 4)))
-    highest = max(pos) if len(pos) == count else size
+    if len(pos) != count:  # the TOC's vector was checked to fit: never, but cheap
+        return None
+    highest = max(pos)
     if highest > last or any(map(and_, pos, three)):
         return None
     signed = memoryview(data).cast("i")
@@ -1430,10 +1434,14 @@ class ZtocLookup(NameLookup):
 
     # -- read whole ---------------------------------------------------------------------
     def whole(self) -> ZtocEntries:
-        """Every entry, every table checked (once)."""
+        """Every entry, every table checked (once). Entries lookups made already are
+        handed over (the same objects: a hard link is found by identity)."""
         with self._lock:
             if self._whole is None:
-                self._whole = self._every_entry()
+                whole = self._every_entry()
+                for i, made in self._made.items():  # tables in tar order: the same positions
+                    whole._made[i] = made
+                self._whole = whole
             return self._whole
 
     @property
@@ -1491,7 +1499,9 @@ class ZtocLookup(NameLookup):
 
     def _make(self, i: int) -> TarEntry:
         """Entry ``i``, with the checks the whole read makes of it (the offsets grow from
-        table to table: :func:`_lookup_columns` saw them all)."""
+        table to table: :func:`_lookup_columns` saw them all). Table ``i - 1`` is decoded
+        (every field in bounds) for the header offset; its own type and extent are
+        checked when an entry is made of it."""
         f = self._file(i)
         where = self._where
         if f.type not in FILE_TYPES:
@@ -1511,13 +1521,17 @@ class ZtocLookup(NameLookup):
                 f"{where}: entry {f.name!r} at offset {offset} overlaps the entry before it "
                 f"or does not follow a tar header (next header at {header})"
             )
-        entry = _tar_entry(f, header)
+        try:
+            entry = _tar_entry(f, header)
+        except (ValueError, OverflowError, UnicodeError) as exc:
+            raise FormatError(f"{where}: entry {i} is malformed ({exc})") from None
         with self._lock:
             self._made[i] = entry
         return entry
 
     def lookup(self, name: str) -> TarEntry | None:
-        """The last entry stored under ``name`` (normalised) whose name is safe, or None."""
+        """The last entry stored under ``name`` whose name is safe, or None. ``name`` is
+        normalised (as :meth:`Layer.find` gives it); any other reads the zTOC whole."""
         with self._lock:
             whole = self._whole
         if whole is not None:
@@ -1530,7 +1544,12 @@ class ZtocLookup(NameLookup):
         columns = self._lookups()
         if columns is None:
             return self._whole_lookup(name)
-        raw = name.encode("utf-8", "surrogateescape")
+        try:  # stored names are decoded with surrogateescape: only its results can match
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return None
+        if raw.decode("utf-8", "surrogateescape") != name:
+            return None
         stored = columns[1]
         found = max(
             stored.get(raw, -1),

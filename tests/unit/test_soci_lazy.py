@@ -212,6 +212,45 @@ def test_a_damaged_table_fails_when_it_is_used() -> None:
         entries.names  # noqa: B018
 
 
+def test_a_hard_link_reads_the_entry_before_it_after_a_lookup() -> None:
+    # lookups make entries before anything reads the zTOC whole; the hard link's target is
+    # then found by identity among all entries: they must be the same objects
+    from layers import hardlink
+
+    from seekoci import Layer
+    from seekoci.cache import MemoryCache
+    from seekoci.source import BytesSource
+
+    blob = compress_layer(
+        build_tar([file("a", b"OLD"), hardlink("l", "a"), file("a", b"NEW")]), "python"
+    )
+    data = soci.build_ztoc(io.BytesIO(blob), span_size=4096)
+    index = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=len(blob))
+    layer = Layer(BytesSource(blob, name="blob"), cache=MemoryCache(), digest=None)
+    layer._set_index(index, "soci")
+    assert isinstance(index.entries, ZtocLookup)
+    assert layer.open("l").read() == b"OLD"
+    assert layer.open("a").read() == b"NEW"
+
+
+def test_a_time_no_clock_holds_is_no_time() -> None:
+    ztoc = decode_ztoc(small_ztoc())
+    ztoc.files[1] = dataclasses.replace(ztoc.files[1], mod_time="9" * 400 + "-01-01T00:00:00Z")
+    assert_same(encode_ztoc(ztoc))
+    entries = _lazy(encode_ztoc(ztoc))
+    assert entries.lookup(entries.names[1]).mtime == 0.0  # as Go reads it: the zero time
+
+
+def test_names_no_stored_name_decodes_to() -> None:
+    entries = _lazy(_ztoc_of(["\u00e9", "\udcff", "b"]))  # b"\xc3\xa9", b"\xff", b"b"
+    assert isinstance(entries, ZtocLookup)
+    assert entries.lookup("\udcc3\udca9") is None  # what surrogateescape makes of "é"
+    assert entries.lookup("\ud800") is None  # no bytes decode to it
+    assert entries.lookup("\u00e9").name == "\u00e9"
+    assert entries.lookup("\udcff").raw_name == "\udcff"  # a name that is not UTF-8
+    assert entries._whole is None
+
+
 @pytest.mark.parametrize(
     "names",
     [
