@@ -1525,8 +1525,12 @@ class ZtocLookup(NameLookup):
             entry = _tar_entry(f, header)
         except (ValueError, OverflowError, UnicodeError) as exc:
             raise FormatError(f"{where}: entry {i} is malformed ({exc})") from None
-        with self._lock:
-            self._made[i] = entry
+        with self._lock:  # one object per entry, whichever thread made it first
+            entry = self._made.setdefault(i, entry)
+            whole = self._whole
+            if whole is not None:  # read whole meanwhile: the same object there too
+                entry = whole._made[i] or entry
+                whole._made[i] = entry
         return entry
 
     def lookup(self, name: str) -> TarEntry | None:

@@ -325,3 +325,32 @@ def test_garbage(data: bytes) -> None:
 def test_a_text_layer() -> None:
     tar = build_tar([file(f"d/{i}.txt", text_bytes(str(i), 700)) for i in range(200)])
     assert_same(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=8192))
+
+
+def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    import seekoci.formats.ztoc as ztoc
+
+    tar = build_tar([dir("d"), *(file(f"d/f{i}", b"x" * i) for i in range(20))])
+    entries = _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
+    both_made = threading.Barrier(2, timeout=10)
+    real = ztoc._tar_entry
+
+    def made_together(*args: Any) -> Any:  # each thread makes its own object, then waits
+        entry = real(*args)
+        both_made.wait()
+        return entry
+
+    monkeypatch.setattr(ztoc, "_tar_entry", made_together)
+    got: list[Any] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(entries.lookup("d/f15"))) for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 2 and got[0] is got[1]
+    monkeypatch.setattr(ztoc, "_tar_entry", real)
+    assert entries.names[16] == "d/f15" and entries[16] is got[0]  # and once read whole
