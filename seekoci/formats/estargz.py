@@ -113,7 +113,9 @@ def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> 
         raise FormatError(f"{where}: the TOC member holds no tar entry")
     entry = scanner.entries[0]
     digest = hashlib.sha256(toc).hexdigest()
-    return TocFile(entry, [Chunk(start, end, len(toc), entry.data_offset, digest)])
+    landmark = TocFile(entry)
+    landmark.add(Chunk(start, end, len(toc), entry.data_offset, digest))
+    return landmark
 
 
 def toc_of_member(member: bytes, *, where: str) -> bytes:
@@ -167,7 +169,7 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -
     if not isinstance(offset, int) or offset not in ends:
         raise FormatError(f"{at}: offset {offset!r} is not inside the blob's data")
     chunk_offset = raw.get("chunkOffset", 0) or 0
-    done = sum(c.size for c in f.chunks)
+    done = f.filled
     if chunk_offset != done:
         raise FormatError(f"{at}: chunk at {chunk_offset!r} of {f.entry.name!r}, expected {done}")
     size = raw.get("chunkSize") or f.entry.size - done
@@ -178,7 +180,7 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -
         raise FormatError(f"{at}: innerOffset {inner!r} is not valid")
     digest = raw.get("chunkDigest")
     hexdigest = digest_hex(digest, where=at) if digest else ""
-    f.chunks.append(Chunk(offset, ends[offset], size, inner, hexdigest))
+    f.add(Chunk(offset, ends[offset], size, inner, hexdigest))
     return bool(hexdigest)
 
 

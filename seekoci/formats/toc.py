@@ -67,6 +67,13 @@ class Chunk:
 class TocFile:
     entry: TarEntry
     chunks: list[Chunk] = field(default_factory=list)
+    #: bytes of the file its chunks hold so far (kept as they are added: summing them for
+    #: each new chunk made a file of 10k chunks cost 1.6 s)
+    filled: int = 0
+
+    def add(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+        self.filled += chunk.size
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,7 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], at: str) -> None:
     offset = raw.get("offset")
     if not isinstance(offset, int) or offset < 0:
         raise FormatError(f"{at}: offset {offset!r} is not valid")
-    done = sum(c.size for c in f.chunks)
+    done = f.filled
     if (raw.get("chunkOffset", 0) or 0) != done:
         raise FormatError(f"{at}: chunk of {f.entry.name!r} does not follow the one before")
     size = raw.get("chunkSize") or f.entry.size - done
@@ -139,7 +139,7 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], at: str) -> None:
         raise FormatError(f"{at}: chunk of {f.entry.name!r} has no digest")
     zeros = raw.get("chunkType", "") == "zeros"
     # the end is the next chunk's offset, filled in by _close_file
-    f.chunks.append(Chunk(offset, offset, size, 0, digest_hex(digest, where=at), zeros))
+    f.add(Chunk(offset, offset, size, 0, digest_hex(digest, where=at), zeros))
 
 
 def _close_file(f: TocFile, end: int, *, where: str) -> None:

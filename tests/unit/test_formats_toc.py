@@ -253,6 +253,19 @@ def test_a_footer_without_annotation_is_not_trusted_for_a_digest() -> None:
     assert layer.index_status == "built"  # verified against the digest by the pass
 
 
+@pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
+def test_a_file_of_thousands_of_chunks(writer: Any) -> None:
+    # each chunk's place is checked against the bytes the chunks before it hold (kept as
+    # they are added: summing them again for every chunk was quadratic in the chunks)
+    data = text_bytes("many", 3_000_000)
+    made = writer(build_tar([file("many.txt", data), file("after", b"x")]), chunk_size=1024)
+    layer, _ = layer_of(made.blob, made.annotations)
+    spans = layer.index().spans
+    assert sum(1 for s in spans if s.uncompressed_end - s.uncompressed_start == 1024) > 2900
+    assert layer.open("many.txt").read() == data
+    assert layer.open("after").read() == b"x"
+
+
 # ------------------------------------------------------------------------- bad input
 
 
@@ -266,6 +279,9 @@ BAD_TOCS = {
     "unknown-type": lambda doc: _chunk(doc, "link").update(type="socket"),
     "bad-digest-form": lambda doc: _chunk(doc, "big/text.txt").update(chunkDigest="md5:00"),
     "no-entries": lambda doc: doc.pop("entries"),
+    "chunk-out-of-place": lambda doc: next(
+        e for e in doc["entries"] if e.get("type") == "chunk"
+    ).update(chunkOffset=1),
 }
 
 
