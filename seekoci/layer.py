@@ -504,7 +504,7 @@ class Layer:
         with self._lock:
             if self._index is not None or self._try_cache():
                 entries = self._entries()
-                # only the pages that may hold it; only the zTOC tables a search finds
+                # only the index pages, or the zTOC tables, that may hold it
                 if isinstance(entries, NameLookup):
                     try:
                         return entries.lookup(name)

@@ -656,15 +656,31 @@ def _header_offsets(files: Sequence[ZtocFile], where: str) -> list[tuple[int, Zt
     out = []
     next_header = 0
     for f in sorted(files, key=lambda f: f.uncompressed_offset):
-        gap = f.uncompressed_offset - next_header
-        if gap < BLOCK or gap % BLOCK:
-            raise FormatError(
-                f"{where}: entry {f.name!r} at offset {f.uncompressed_offset} overlaps the "
-                f"entry before it or does not follow a tar header (next header at {next_header})"
-            )
+        _check_follows(f, next_header, where)
         out.append((next_header, f))
         next_header = _align(f.uncompressed_offset + f.uncompressed_size)
     return out
+
+
+def _check_follows(f: ZtocFile, header: int, where: str) -> None:
+    """``f``'s data must start a block or more after ``header`` (where the entry before it
+    leaves the next tar header), on a block boundary."""
+    gap = f.uncompressed_offset - header
+    if gap < BLOCK or gap % BLOCK:
+        raise FormatError(
+            f"{where}: entry {f.name!r} at offset {f.uncompressed_offset} overlaps the "
+            f"entry before it or does not follow a tar header (next header at {header})"
+        )
+
+
+def _check_file(f: ZtocFile, uncompressed_size: int, where: str) -> None:
+    """One entry's own facts: a known type, and data inside the layer."""
+    if f.type not in FILE_TYPES:
+        raise FormatError(f"{where}: entry {f.name!r} has unknown type {f.type[:40]!r}")
+    if f.uncompressed_offset < 0 or f.uncompressed_size < 0:
+        raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
+    if f.uncompressed_offset + f.uncompressed_size > uncompressed_size:
+        raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
 
 
 def _check_archive(
@@ -717,12 +733,7 @@ def check_ztoc(z: Ztoc, *, where: str = "zTOC") -> None:
         where,
     )
     for f in z.files:
-        if f.type not in FILE_TYPES:
-            raise FormatError(f"{where}: entry {f.name!r} has unknown type {f.type[:40]!r}")
-        if f.uncompressed_offset < 0 or f.uncompressed_size < 0:
-            raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
-        if f.uncompressed_offset + f.uncompressed_size > z.uncompressed_size:
-            raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
+        _check_file(f, z.uncompressed_size, where)
     z._checked = (id(z.files), len(z.files), _header_offsets(z.files, where))
 
 
@@ -1504,23 +1515,12 @@ class ZtocLookup(NameLookup):
         checked when an entry is made of it."""
         f = self._file(i)
         where = self._where
-        if f.type not in FILE_TYPES:
-            raise FormatError(f"{where}: entry {f.name!r} has unknown type {f.type[:40]!r}")
-        offset, size = f.uncompressed_offset, f.uncompressed_size
-        if offset < 0 or size < 0:
-            raise FormatError(f"{where}: entry {f.name!r} has a negative offset or size")
-        if offset + size > self._limit:
-            raise FormatError(f"{where}: entry {f.name!r} lies past the end of the layer")
+        _check_file(f, self._limit, where)
         header = 0
         if i:
             before = self._file(i - 1)
-            end = before.uncompressed_offset + before.uncompressed_size
-            header = (end + BLOCK - 1) & -BLOCK
-        if offset - header < BLOCK or (offset - header) % BLOCK:
-            raise FormatError(
-                f"{where}: entry {f.name!r} at offset {offset} overlaps the entry before it "
-                f"or does not follow a tar header (next header at {header})"
-            )
+            header = _align(before.uncompressed_offset + before.uncompressed_size)
+        _check_follows(f, header, where)
         try:
             entry = _tar_entry(f, header)
         except (ValueError, OverflowError, UnicodeError) as exc:
@@ -1539,8 +1539,7 @@ class ZtocLookup(NameLookup):
         with self._lock:
             whole = self._whole
         if whole is not None:
-            i = self.name_map().get(name)
-            return None if i is None else whole[i]
+            return self._whole_lookup(name)
         if ".." in name.split("/"):
             return None  # never a safe name
         if not name or normalize_name(name) != name:
