@@ -588,6 +588,16 @@ def _holder(img: Image, node: Node) -> tuple[Layer, TarEntry] | None:
     return img._layer_of(node), entry
 
 
+def _cuts_before(f: _File, current: list[_File], end: int) -> bool:
+    """Whether the next file of a layer in tar order starts a new segment after ``current``
+    (whose data ends at ``end``): a gap too wide to read through, or a segment long enough
+    (files at one offset, hard links to one entry, stay together)."""
+    return bool(current) and (
+        f.start - end > SEGMENT_GAP
+        or (f.start - current[0].start >= SEGMENT_SPLIT and f.start != current[-1].start)
+    )
+
+
 def _segments(files: list[_File]) -> list[list[_File]]:
     """Files grouped per layer into runs close together in the tar stream, largest first."""
     by_layer: dict[int, list[_File]] = {}
@@ -599,10 +609,7 @@ def _segments(files: list[_File]) -> list[list[_File]]:
         current: list[_File] = []
         end = 0
         for f in group:
-            if current and (
-                f.start - end > SEGMENT_GAP
-                or (f.start - current[0].start >= SEGMENT_SPLIT and f.start != current[-1].start)
-            ):
+            if _cuts_before(f, current, end):
                 segments.append(current)
                 current = []
             current.append(f)
@@ -668,12 +675,8 @@ class _SegmentFeed:
             if len(run.late) > LATE_FILES:
                 run.early = False
             return
-        files = run.files
-        if files and (
-            f.start - run.end > SEGMENT_GAP
-            or (f.start - files[0].start >= SEGMENT_SPLIT and f.start != files[-1].start)
-        ):
-            self._submit(files)
+        if _cuts_before(f, run.files, run.end):
+            self._submit(run.files)
             run.files, run.end = [], 0
         run.files.append(f)
         run.frontier = f.start
