@@ -41,7 +41,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
@@ -50,15 +49,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .formats.index import INDEX_VERSION, READABLE_VERSIONS
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 #: read(offset, length) -> bytes
 ReadAt = Callable[[int, int], bytes]
@@ -162,16 +152,27 @@ def _matches_digest(data: bytes, digest: str) -> bool:
         return False
 
 
+def _new_temporary(directory: Path) -> tuple[int, str]:
+    """A new file ``.tmp-<random>`` in ``directory``, open for writing, with the mode a
+    shared cache needs (0666 less the umask): what ``tempfile.mkstemp`` does, without its
+    import (~5 ms of a cold read) or its 0600."""
+    while True:
+        tmp = os.path.join(directory, f".tmp-{os.urandom(8).hex()}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+
+
 def _atomic_write(path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    fd, tmp = _new_temporary(path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             if callable(data):
                 data(f)
             else:
                 f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a shared cache needs more
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

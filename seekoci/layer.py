@@ -25,7 +25,6 @@ from .cache import Cache
 from .errors import FormatError
 from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile, Stream
-from .formats import seekable
 from .formats.base import CHECK_COMPRESSED, ChunkTable, Span
 from .formats.entries import EntryTable, NameLookup
 from .formats.estargz import LEGACY_FOOTER_SIZE as LEGACY_STARGZ_FOOTER
@@ -38,7 +37,6 @@ from .formats.index import (
 )
 from .formats.pages import PagedEntries, PagedSpans
 from .formats.plugin import TAIL_BYTES
-from .formats.seekable import FOOTER_SIZE as SEEK_TABLE_FOOTER
 from .formats.tar import TarEntry, normalize_name
 from .pipeline import MAX_WINDOW, BytesStream, SpanStream
 from .source import RangeSource
@@ -168,7 +166,9 @@ class Layer:
         if index is not None:
             return len(index.spans) > 1
         if self._seekable is None:  # one small read, once
-            n = min(self.size, SEEK_TABLE_FOOTER)
+            from .formats import seekable  # zstd layers only
+
+            n = min(self.size, seekable.FOOTER_SIZE)
             self._seekable = bool(n) and seekable.is_seekable(
                 self.source.read_range(self.size - n, n)
             )

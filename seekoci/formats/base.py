@@ -19,13 +19,10 @@ import hashlib
 import itertools
 import os
 import struct
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, overload
-
-import zstandard
 
 from ..errors import FormatError
 
@@ -316,6 +313,8 @@ class WindowStore:
 
     def __init__(self) -> None:
         # lives as long as the index that reads from it; closed (and gone) when collected
+        import tempfile  # not at import: a read from a published index never needs it
+
         self._file = tempfile.TemporaryFile(prefix="seekoci-windows-")  # noqa: SIM115
         self._end = 0
         self._locations: list[tuple[int, int]] = []
@@ -447,6 +446,8 @@ class WindowPacker:
     for the same size, which is ~10% of an index build)."""
 
     def __init__(self) -> None:
+        import zstandard  # imported by what packs or unpacks windows, not by every read
+
         self._zstd = zstandard.ZstdCompressor(level=3)
 
     def pack(self, window: bytes) -> bytes:
@@ -458,6 +459,8 @@ def decompress_bounded(data: bytes, limit: int, *, what: str) -> bytes:
 
     zstandard allocates whatever size a frame header claims: the claim is checked first,
     and a frame that does not say is read at most one byte past the limit."""
+    import zstandard
+
     try:
         claimed = zstandard.frame_content_size(data)
         if claimed > limit:

@@ -52,8 +52,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-import zstandard
-
 from ..errors import FormatError
 from .base import ChunkTable, Span, decompress_bounded, unpack_window
 from .entries import encode as encode_entries
@@ -246,6 +244,8 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so every page is valid
     # JSON text for any reader and round-trips to the same str. zstd level 9 (what a reader
     # of a published index downloads).
+    import zstandard  # what writes an index, not what reads one
+
     compressor = zstandard.ZstdCompressor(level=9, write_checksum=True)
     entries = index.entries
     paged = entries if isinstance(entries, PagedEntries) else None

@@ -22,8 +22,6 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import zstandard
-
 from ..errors import FormatError, IntegrityError
 from .zstd import MAX_WINDOW
 
@@ -110,6 +108,8 @@ class SeekTable:
         """A frame's bytes from its compressed bytes, checked against the table."""
         where = f"{self.name}: frame at compressed {frame.compressed_start}"
         want = frame.uncompressed_end - frame.uncompressed_start
+        import zstandard
+
         try:
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
             with dctx.stream_reader(data, read_across_frames=False) as reader:

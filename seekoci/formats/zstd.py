@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Mapping
-
-import zstandard
+from typing import TYPE_CHECKING
 
 from ..errors import FormatError
 from .base import IndexerBase, Span, SpanHasher, SpanIndexer
 from .plugin import NO_ANNOTATIONS, LayerFormat
+
+if TYPE_CHECKING:  # imported where used: a gzip layer's read never loads zstandard
+    import zstandard
 
 #: Largest decoder window accepted (zstd's long mode goes to 2 GiB; 1 GiB is plenty for
 #: layers and bounds memory on hostile input).
@@ -40,6 +42,8 @@ class ZstdIndexer(IndexerBase):
         chunk_size: int = 0,
     ) -> None:
         # frames are read whole (a span is decoded from its first frame): no chunks
+        import zstandard
+
         super().__init__(span_size, name=name)
         self._dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._frame: zstandard.ZstdDecompressionObj | None = None
@@ -56,6 +60,8 @@ class ZstdIndexer(IndexerBase):
         self._span_ustart = self._out
 
     def feed(self, data: bytes) -> Iterator[bytes]:
+        import zstandard
+
         if self._finished:
             raise RuntimeError("feed() after finish()")
         offset = self._fed
@@ -103,6 +109,8 @@ def decode_span(
     partial: bool = False,  # zstd spans are never chunked: always whole
 ) -> bytes:
     """The uncompressed bytes of a run of whole frames."""
+    import zstandard
+
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     want = span.uncompressed_size
     try:
@@ -120,6 +128,8 @@ def decode_stream(
 ) -> bytes:
     """Bytes ``[start, end)`` of the output of a run of frames fed as ``chunks``, decoding
     forward and keeping only the requested range in memory."""
+    import zstandard
+
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     parts: list[bytes] = []
     pos = 0

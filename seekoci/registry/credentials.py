@@ -16,8 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +143,9 @@ def run_credential_helper(helper: str, server: str) -> Credentials | None:
     if not _HELPER_NAME_RE.match(helper):
         log.warning("ignoring credential helper with an invalid name %r", helper)
         return None
+    import shutil  # not at import: few reads run a helper
+    import subprocess
+
     program = shutil.which(f"docker-credential-{helper}")
     if program is None:
         log.debug("credential helper docker-credential-%s not found on PATH", helper)

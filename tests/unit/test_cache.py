@@ -55,6 +55,18 @@ def test_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     assert [p.name for p in files_under(tmp_path)] == [f"{HEX}.v{INDEX_VERSION}"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_files_are_readable_as_the_umask_allows(umask: int, tmp_path: Path) -> None:
+    # a cache directory shared by users in a group needs more than a private 0600
+    old = os.umask(umask)
+    try:
+        DiskCache(tmp_path).save_index(DIGEST, b"index bytes")
+    finally:
+        os.umask(old)
+    (path,) = files_under(tmp_path)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_a_damaged_span_file_is_not_returned(tmp_path: Path) -> None:
     cache = DiskCache(tmp_path)
     data = b"the real bytes"

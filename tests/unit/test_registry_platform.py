@@ -129,5 +129,5 @@ def test_bad_platform_strings(text):
     ],
 )
 def test_host_platform(monkeypatch, machine, expected):
-    monkeypatch.setattr("platform.machine", lambda: machine)
+    monkeypatch.setattr("seekoci.registry.platform._machine", lambda: machine)
     assert str(host_platform()) == expected

@@ -78,9 +78,9 @@ def test_index_resolves_to_requested_platform(fake_registry, docker):
 
 def test_default_platform_is_the_host(fake_registry, monkeypatch):
     _, amd, arm, _ = multi_platform(fake_registry)
-    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    monkeypatch.setattr("seekoci.registry.platform._machine", lambda: "aarch64")
     assert resolve_image(f"{fake_registry.netloc}/multi:v1").digest == arm["digest"]
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr("seekoci.registry.platform._machine", lambda: "x86_64")
     assert resolve_image(f"{fake_registry.netloc}/multi:v1").digest == amd["digest"]
 
 
@@ -104,7 +104,7 @@ def test_missing_platform(fake_registry):
 
 def test_single_platform_checked_only_when_asked(fake_registry, monkeypatch):
     fake_registry.add_image("solo", tags=("latest",), platform="linux/arm64")
-    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr("seekoci.registry.platform._machine", lambda: "x86_64")
     assert resolve_image(f"{fake_registry.netloc}/solo").platform == "linux/arm64"
     assert (
         resolve_image(f"{fake_registry.netloc}/solo", platform="linux/arm64/v8").platform
