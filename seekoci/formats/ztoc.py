@@ -1320,43 +1320,34 @@ _LOOKUP_VTABLES = 32
 #: Names spelt so that normalising them takes more than dropping a leading ``./`` and a
 #: trailing ``/`` (``a//b``, ``a/./b``, ``a/.``), in the names joined by NULs
 _ODD_NAMES = re.compile(rb"//|/\.[/\x00]")
-#: Bytes whose two low bits are clear: what a 4-aligned little-endian word starts with
-_ALIGNED_LOW_BYTES = bytes(range(0, 256, 4))
-#: Lookups answered by searching the buffer before the names of all tables are read into
-#: a map (each search is one scan of the zTOC; the map costs a few dozen of them)
-_SEARCHED_LOOKUPS = 8
-#: A search that finds the name's last part in more places than this gives up: the map
-#: of all names is made instead (a short or common last part, ``__init__.py``)
-_SEARCH_PLACES = 256
 
 
-def _lookup_targets(buf: _Buffer, start: int, count: int) -> tuple[list[int], list[int]] | None:
+def _lookup_columns(
+    buf: _Buffer, start: int, count: int
+) -> tuple[list[int], dict[bytes, int]] | None:
     """What lookups by name need of a TOC of ``count`` FileMetadata tables: ``(table
-    positions, the position of each table's name string)``, or None where a zTOC is
+    positions, {name as stored: the last table of that name})``, or None where a zTOC is
     unusual and has to be read whole.
 
     Every column of all tables at once, by ``map`` over C functions: the positions (in
-    the buffer, 4-byte aligned), the vtables (few, each checked), the name strings (in the
-    buffer, 4-byte aligned, shorter than 16 MiB -- :func:`_search_name` depends on it)
-    and the data offsets, which must grow from table to table (the tar's order, which a
-    header offset and "the last entry of a name" depend on). The rest of a table is
-    checked when an entry is made of it."""
+    the buffer, 4-byte aligned), the vtables (few, each checked), the names (strings in
+    the buffer, ended by a NUL) and the data offsets, which must grow from table to table
+    (the tar's order, which a header offset depends on). The rest of a table is checked
+    when an entry is made of it. None also when a name is spelt in a way a lookup of its
+    normal form would miss."""
     data, size = buf.data, buf.size
     if sys.byteorder != "little" or size % 4 or start & 3 or not count:
         return None
-    offsets_bytes = data[start : start + 4 * count]
-    if len(offsets_bytes) != 4 * count:  # the TOC's vector was checked to fit: never, but cheap
-        return None
-    if offsets_bytes[::4].translate(None, _ALIGNED_LOW_BYTES):
-        return None  # a table not 4-aligned (every position is the vector's, 4-aligned, plus it)
     words = memoryview(data).cast("I")
     word, add, rshift, and_ = words.__getitem__, operator.add, operator.rshift, operator.and_
-    two = itertools.repeat(2)
+    two, three, four = itertools.repeat(2), itertools.repeat(3), itertools.repeat(4)
     last = size - 4
     first = start >> 2
     pos = list(map(add, words[first : first + count].tolist(), range(start, start + 4 * count, 4)))
+    if len(pos) != count:  # the TOC's vector was checked to fit: never, but cheap
+        return None
     highest = max(pos)
-    if highest > last:
+    if highest > last or any(map(and_, pos, three)):
         return None
     signed = memoryview(data).cast("i")
     vts = list(map(operator.sub, pos, map(signed.__getitem__, map(rshift, pos, two))))
@@ -1387,67 +1378,22 @@ def _lookup_targets(buf: _Buffer, start: int, count: int) -> tuple[list[int], li
 
     fields = column(name_at)
     targets = list(map(add, fields, map(word, map(rshift, fields, two))))
-    if max(targets) > last or any(map(and_, targets, itertools.repeat(3))):
+    if max(targets) > last or any(map(and_, targets, three)):
         return None
-    if size > 1 << 24 and max(map(word, map(rshift, targets, two))) >> 24:
-        return None  # a name of 16 MiB or more
+    begins = list(map(add, targets, four))
+    ends = list(map(add, begins, map(word, map(rshift, targets, two))))
+    if max(ends) >= size or any(map(data.__getitem__, ends)):  # past the buffer, no NUL
+        return None
     offsets = column(offset_at)
     tar_offsets = list(
         map(operator.itemgetter(0), map(_I64.unpack_from, itertools.repeat(data), offsets))
     )
     if any(map(operator.ge, tar_offsets, itertools.islice(tar_offsets, 1, None))):
         return None
-    return pos, targets
-
-
-def _lookup_names(buf: _Buffer, targets: list[int]) -> dict[bytes, int] | None:
-    """{name as stored: the last table of that name} of the tables whose names start at
-    ``targets`` (in bounds, aligned: :func:`_lookup_targets`), or None when a name is
-    not ended by a NUL or is spelt in a way a lookup of its normal form would miss."""
-    data, size = buf.data, buf.size
-    word = memoryview(data).cast("I").__getitem__
-    add = operator.add
-    begins = list(map(add, targets, itertools.repeat(4)))
-    ends = list(map(add, begins, map(word, map(operator.rshift, targets, itertools.repeat(2)))))
-    if max(ends) >= size or any(map(data.__getitem__, ends)):  # past the buffer, no NUL
-        return None
     names = list(map(data.__getitem__, map(slice, begins, ends)))
     if _ODD_NAMES.search(b"\x00".join(names) + b"\x00"):
         return None
-    return dict(zip(names, range(len(names)), strict=True))
-
-
-def _search_name(data: bytes, targets: list[int], raw: bytes) -> int | None:
-    """The last table (-1: none) whose name, as stored and safe, normalises to ``raw`` (a
-    normalised name, no NUL), found by searching ``data`` for the places of its last part:
-    the string around each is the one that starts after the NUL before it (the high byte
-    of the string's length, under 16 MiB: :func:`_lookup_targets`) -- a name that
-    normalises to ``raw`` has no NUL. None: that part is in too many places."""
-    part = raw.rpartition(b"/")[2]
-    found = -1
-    seen: set[int] = set()
-    at = data.find(part)
-    for _ in range(_SEARCH_PLACES):
-        if at < 0:
-            return found
-        t = data.rfind(b"\x00", 0, at) - 3
-        if t >= 0 and not t & 3 and t not in seen:
-            seen.add(t)
-            end = t + 4 + int.from_bytes(data[t : t + 4], "little")
-            stored = data[t + 4 : end] if end >= at + len(part) else b""
-            if (
-                stored
-                and stored[0] != 0x2F  # "/...": unsafe, never the answer
-                and (stored == raw or b"/".join(_parts(stored)) == raw)
-                and t in targets
-            ):
-                found = max(found, len(targets) - 1 - targets[::-1].index(t))
-        at = data.find(part, at + 1)
-    return None if at >= 0 else found
-
-
-def _parts(stored: bytes) -> list[bytes]:
-    return [p for p in stored.split(b"/") if p and p != b"."]
+    return pos, dict(zip(names, range(count), strict=True))
 
 
 class ZtocLookup(NameLookup):
@@ -1459,11 +1405,8 @@ class ZtocLookup(NameLookup):
     a walk) reads the zTOC whole first (:class:`ZtocEntries`, every table checked), so a
     damaged table is an error whenever it is used and never an answer.
 
-    :func:`_lookup_targets`, run by the first lookup, gives the positions of the tables and
-    of their names; a zTOC it cannot take is read whole then. The first lookups search
-    the buffer for the name (:func:`_search_name`: a scan, no work per table); later ones,
-    or one whose name's last part is common, use a map of every stored name
-    (:func:`_lookup_names`), made once."""
+    :func:`_lookup_columns`, run by the first lookup, gives the positions of the tables and
+    their stored names; a zTOC it cannot take is read whole then."""
 
     def __init__(
         self,
@@ -1480,11 +1423,8 @@ class ZtocLookup(NameLookup):
         self._limit = uncompressed_size
         self._where = where
         self._lock = threading.Lock()
-        self._targets: tuple[list[int], list[int]] | None = None
-        self._targets_tried = False
-        self._names: dict[bytes, int] | None = None
-        self._names_tried = False
-        self._search_budget = _SEARCHED_LOOKUPS
+        self._columns: tuple[list[int], dict[bytes, int]] | None = None
+        self._columns_tried = False
         self._whole: ZtocEntries | None = None
         self._map: dict[str, int] | None = None
         self._files: dict[int, ZtocFile] = {}
@@ -1493,33 +1433,15 @@ class ZtocLookup(NameLookup):
     def __len__(self) -> int:
         return self._vector[1]
 
-    def _lookups(self) -> tuple[list[int], list[int]] | None:
-        """What lookups need (:func:`_lookup_targets`), made by the first one that asks:
+    def _lookups(self) -> tuple[list[int], dict[bytes, int]] | None:
+        """What lookups need (:func:`_lookup_columns`), made by the first one that asks:
         a listing that comes first reads the zTOC whole without making them. None: the
         zTOC has to be read whole."""
         with self._lock:
-            if not self._targets_tried:
-                self._targets_tried = True
-                self._targets = _lookup_targets(self._buf, *self._vector)
-            return self._targets
-
-    def _name_table(self, targets: list[int]) -> dict[bytes, int] | None:
-        """The map of every stored name (:func:`_lookup_names`), made once. None: the zTOC
-        has to be read whole."""
-        with self._lock:
-            if not self._names_tried:
-                self._names_tried = True
-                self._names = _lookup_names(self._buf, targets)
-            return self._names
-
-    def _search(self, targets: list[int], raw: bytes) -> int | None:
-        """The last table whose name normalises to ``raw`` (-1: none), by a search, while
-        searches are cheaper than the map of every name; None: use the map."""
-        with self._lock:
-            if self._names_tried or self._search_budget <= 0:
-                return None
-            self._search_budget -= 1
-        return _search_name(self._buf.data, targets, raw)
+            if not self._columns_tried:
+                self._columns_tried = True
+                self._columns = _lookup_columns(self._buf, *self._vector)
+            return self._columns
 
     # -- read whole ---------------------------------------------------------------------
     def whole(self) -> ZtocEntries:
@@ -1588,7 +1510,7 @@ class ZtocLookup(NameLookup):
 
     def _make(self, i: int) -> TarEntry:
         """Entry ``i``, with the checks the whole read makes of it (the offsets grow from
-        table to table: :func:`_lookup_targets` saw them all). Table ``i - 1`` is decoded
+        table to table: :func:`_lookup_columns` saw them all). Table ``i - 1`` is decoded
         (every field in bounds) for the header offset; its own type and extent are
         checked when an entry is made of it."""
         f = self._file(i)
@@ -1631,12 +1553,7 @@ class ZtocLookup(NameLookup):
             return None
         if raw.decode("utf-8", "surrogateescape") != name:
             return None
-        found_by_search = None if b"\x00" in raw else self._search(columns[1], raw)
-        if found_by_search is not None:
-            return None if found_by_search < 0 else self[found_by_search]
-        stored = self._name_table(columns[1])
-        if stored is None:
-            return self._whole_lookup(name)
+        stored = columns[1]
         found = max(
             stored.get(raw, -1),
             stored.get(raw + b"/", -1),

@@ -26,7 +26,6 @@ from test_soci_ztoc import (
 from seekoci import soci
 from seekoci.errors import FormatError
 from seekoci.formats.ztoc import (
-    _SEARCH_PLACES,
     ZtocEntries,
     ZtocLookup,
     decode_ztoc,
@@ -95,17 +94,15 @@ def assert_same(data: bytes) -> None:
     assert isinstance(entries, ZtocEntries | ZtocLookup)
     expected = _name_map(eager.entries)
     if isinstance(entries, ZtocLookup):  # lookups before anything reads the TOC whole
-        # every lookup by a search of the buffer, then every one by the map of all names
-        searched = _lazy(data)
-        searched._search_budget = 10**9
-        entries._search_budget = 0
-        for way in (searched, entries):
-            _same_lookups(way, eager, expected)
-        assert (searched._whole is None) == (searched._targets is not None), "read whole"
-        gave_up = any(_search_gives_up(name, data) for name in expected)
-        assert gave_up or not searched._names_tried, "a search used the map of all names"
-        # with the map: the zTOC is read whole when the map cannot be made (odd spellings)
-        assert (entries._whole is None) == (entries._names is not None), "read whole"
+        for name, i in expected.items():
+            if name:  # the root ("./") is looked up in the whole TOC
+                assert entries.lookup(name) == eager.entries[i], name
+        for name in ("no/such/name", *(n + "x" for n in expected)):
+            if name not in expected:
+                assert entries.lookup(name) is None, name
+        # lookups read no other table, unless the zTOC is one they cannot take (odd
+        # spellings, tables out of order): then the first one read it whole
+        assert (entries._whole is None) == (entries._columns is not None), "read whole"
         assert entries.data_end() == max((e.data_offset + e.size for e in eager.entries), default=0)
         assert [entries[i] for i in range(len(entries))] == list(eager.entries)
     assert entries.names == [e.name for e in eager.entries]
@@ -118,23 +115,6 @@ def assert_same(data: bytes) -> None:
     assert lazy.tool == eager.tool and lazy.compression == eager.compression
     for i in range(len(eager.spans)):
         assert lazy.window(i) == eager.window(i)
-
-
-def _search_gives_up(name: str, data: bytes) -> bool:
-    """Whether a search for ``name`` leaves it to the map of all names: a name with a NUL,
-    or one whose last part is in too many places."""
-    raw = name.encode("utf-8", "surrogateescape")
-    return b"\x00" in raw or data.count(raw.rpartition(b"/")[2]) > _SEARCH_PLACES
-
-
-def _same_lookups(entries: ZtocLookup, eager: Any, expected: dict[str, int]) -> None:
-    """Every name's lookup in ``entries`` is the eager reader's entry; others find none."""
-    for name, i in expected.items():
-        if name:  # the root ("./") is looked up in the whole TOC
-            assert entries.lookup(name) == eager.entries[i], name
-    for name in ("no/such/name", *(n + "x" for n in expected)):
-        if name not in expected:
-            assert entries.lookup(name) is None, name
 
 
 def _name_map(entries: Any) -> dict[str, int]:
@@ -186,51 +166,21 @@ def test_a_lookup_reads_the_tables_it_finds() -> None:
     assert entries._whole is not None and entries.lookup("l").type == "symlink"
 
 
-def test_odd_spellings_are_searched_and_the_map_of_names_reads_them_whole() -> None:
-    data = _ztoc_of(["a/b", "c", "a//b", "./d/./e/.", "d/e"])
-    entries = _lazy(data)
+def test_a_ztoc_lookups_cannot_take_is_read_whole_by_the_first() -> None:
+    entries = _lazy(_ztoc_of(["a//b", "c"]))  # a spelling lookups by name would miss
     assert isinstance(entries, ZtocLookup) and entries._whole is None
-    found = entries.lookup("a/b")  # a search finds every spelling: the last one wins
-    assert found is not None and found.raw_name == "a//b" and found.data_offset == 512 + 2048
-    found = entries.lookup("d/e")
-    assert found is not None and found.raw_name == "d/e" and found.data_offset == 512 + 4096
-    assert entries._whole is None and not entries._names_tried
-    # the map of all names cannot hold spellings a lookup of the normal form misses: the
-    # first lookup that uses it reads the zTOC whole
-    entries._search_budget = 0
-    assert entries.lookup("c").name == "c"
+    assert entries.lookup("a/b").raw_name == "a//b"
     whole = entries._whole
     assert isinstance(whole, ZtocEntries)
-    assert whole._made.count(None) == len(whole) - 3  # entries still made on demand
-    assert entries.lookup("a/b") is whole[2] and whole[2].raw_name == "a//b"
-
-
-def test_a_common_last_part_is_looked_up_in_the_map_of_names() -> None:
-    names = [f"d{i}/x" for i in range(_SEARCH_PLACES + 10)]
-    entries = _lazy(_ztoc_of(names))
-    assert isinstance(entries, ZtocLookup)
-    found = entries.lookup("d7/x")
-    assert found is not None and found.data_offset == 512 + 1024 * 7
-    assert entries._names_tried and entries._names is not None and entries._whole is None
-    assert entries.lookup("d7") is None and entries._search_budget == 8 - 1  # one gave up
-
-
-def test_lookups_search_until_the_map_of_names_is_cheaper() -> None:
-    names = [f"f{i}" for i in range(40)]
-    entries = _lazy(_ztoc_of(names))
-    assert isinstance(entries, ZtocLookup)
-    for i in range(12):
-        assert entries.lookup(f"f{i}").data_offset == 512 + 1024 * i
-        assert entries._names_tried == (i >= 8), i  # eight searches, then the map
-    assert entries._whole is None
+    assert whole._made.count(None) == len(whole) - 1  # entries still made on demand
 
 
 def test_a_listing_first_reads_every_table_without_the_lookup_columns() -> None:
     entries = _lazy(_ztoc_of(["a", "b", "c"]))
     assert entries.names == ["a", "b", "c"]
-    assert entries._whole is not None and not entries._targets_tried
+    assert entries._whole is not None and not entries._columns_tried
     assert entries.lookup("b").name == "b"
-    assert not entries._targets_tried
+    assert not entries._columns_tried
 
 
 @pytest.mark.parametrize(
@@ -404,15 +354,3 @@ def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch
     assert len(got) == 2 and got[0] is got[1]
     monkeypatch.setattr(ztoc, "_tar_entry", real)
     assert entries.names[16] == "d/f15" and entries[16] is got[0]  # and once read whole
-
-
-def test_a_name_of_16_mib_reads_the_ztoc_whole() -> None:
-    # a search finds a name's string after the NUL before its last part: the high byte of
-    # the string's length, zero only under 16 MiB
-    long_name = "d/" + "./" * (1 << 23) + "x"  # normalises to "d/x"
-    data = _ztoc_of(["d/x", long_name, "y"])
-    entries = _lazy(data)
-    assert isinstance(entries, ZtocLookup)
-    found = entries.lookup("d/x")
-    assert found is not None and found.data_offset == 512 + 1024  # the last of that name
-    assert entries._targets is None and entries._whole is not None
