@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import zlib
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import Span
@@ -34,9 +34,7 @@ from .gzip import GzipFormat
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
 from .tar import BLOCK, TarScanner
-
-if TYPE_CHECKING:  # the TOC module is loaded by the first TOC read, not at import
-    from .toc import TocFile
+from .toc import MAX_TOC_SIZE, Chunk, TocFile, build_index, digest_hex, entry_of, load_json
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
@@ -109,8 +107,6 @@ def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
 def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> TocFile:
     """The tar entry ``stargz.index.json`` itself (it is part of the tar, so a layer lists
     it as a pass-built index would), read from its member and checked against the TOC."""
-    from .toc import Chunk, TocFile
-
     scanner = TarScanner(name=where)
     scanner.feed(gunzip(member, BLOCK * 3 + len(toc) + 2 * BLOCK, what=f"{where}: TOC member"))
     if not scanner.entries:
@@ -124,8 +120,6 @@ def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> 
 
 def toc_of_member(member: bytes, *, where: str) -> bytes:
     """The TOC JSON bytes from the (decoded) tar entry ``stargz.index.json``."""
-    from .toc import MAX_TOC_SIZE
-
     tar = gunzip(member, MAX_TOC_SIZE + 2 * BLOCK, what=f"{where}: TOC member")
     header = tar[:BLOCK]
     if len(header) < BLOCK or header[:100].rstrip(b"\0") != TOC_NAME.encode():
@@ -143,8 +137,6 @@ def toc_of_member(member: bytes, *, where: str) -> bytes:
 def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[TocFile], bool]:
     """The TOC's entries with their chunks, and whether every chunk has a digest. A chunk's
     compressed bytes run from its member's ``offset`` to the next member's."""
-    from .toc import TocFile, entry_of
-
     raw_entries = doc["entries"]
     # a chunk's offset must be a member start before the TOC: others have no end here
     starts = {e.get("offset") for e in raw_entries if isinstance(e, dict)}
@@ -173,8 +165,6 @@ def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[
 
 
 def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -> bool:
-    from .toc import Chunk, digest_hex
-
     offset = raw.get("offset")
     if not isinstance(offset, int) or offset not in ends:
         raise FormatError(f"{at}: offset {offset!r} is not inside the blob's data")
@@ -237,8 +227,6 @@ class EstargzFormat(GzipFormat):
         name: str,
         require_verified: bool = False,
     ) -> LayerIndex | None:
-        from .toc import build_index, load_json
-
         expected = annotations.get(TOC_DIGEST)
         if require_verified and not expected:
             return None

@@ -29,16 +29,24 @@ import hashlib
 import json
 import struct
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import decompress_bounded
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
+from .toc import (
+    MAX_TOC_SIZE,
+    Chunk,
+    Payload,
+    Segment,
+    TocFile,
+    build_index,
+    digest_hex,
+    entry_of,
+    load_json,
+)
 from .zstd import SKIPPABLE_MAGIC, ZstdFormat
-
-if TYPE_CHECKING:  # the TOC module is loaded by the first TOC read, not at import
-    from .toc import Payload, Segment, TocFile
 
 _FOOTER = struct.Struct("<7Q8s")
 _OLD_FOOTER = struct.Struct("<4Q8s")
@@ -89,8 +97,6 @@ def _position(value: str, fields: int, *, where: str) -> tuple[int, int, int]:
 def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
     """The TOC's entries with their chunks; a chunk's compressed bytes run to the next
     chunk's ``offset``, the file's last one to its ``endOffset``."""
-    from .toc import TocFile, entry_of
-
     files: list[TocFile] = []
     ends: dict[int, int] = {}  # position in files -> the file's endOffset
     current: TocFile | None = None
@@ -119,8 +125,6 @@ def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
 
 
 def _add_chunk(f: TocFile, raw: dict[str, Any], at: str) -> None:
-    from .toc import Chunk, digest_hex
-
     offset = raw.get("offset")
     if not isinstance(offset, int) or offset < 0:
         raise FormatError(f"{at}: offset {offset!r} is not valid")
@@ -139,8 +143,6 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], at: str) -> None:
 
 
 def _close_file(f: TocFile, end: int, *, where: str) -> None:
-    from .toc import Chunk
-
     ends = [c.compressed_start for c in f.chunks[1:]] + [end]
     closed = []
     for c, e in zip(f.chunks, ends, strict=True):
@@ -153,8 +155,6 @@ def _close_file(f: TocFile, end: int, *, where: str) -> None:
 def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
     """The tar layout from tar-split's JSON lines (type 1: an entry and its payload size,
     type 2: raw tar bytes, base64), parsed as one JSON array (a call per line costs ~3x)."""
-    from .toc import Payload, Segment
-
     lines = [line for line in data.splitlines() if line.strip()]
     try:
         records = json.loads(b"[" + b",".join(lines) + b"]")
@@ -205,8 +205,6 @@ class ZstdChunkedFormat(ZstdFormat):
         name: str,
         require_verified: bool = False,
     ) -> LayerIndex | None:
-        from .toc import MAX_TOC_SIZE, build_index, load_json
-
         expected = annotation(annotations, "manifest-checksum")
         if require_verified and not expected:
             return None
