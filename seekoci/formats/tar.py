@@ -110,6 +110,14 @@ class TarEntry:
 def normalize_name(name: str) -> str:
     """``./usr/bin/`` -> ``usr/bin``; ``/`` and ``.`` -> ``""``. ``..`` is kept (callers
     decide what to do with names that climb out)."""
+    if not (
+        name.startswith(("/", "./"))
+        or name.endswith(("/", "/."))
+        or "//" in name
+        or "/./" in name
+        or name in ("", ".")
+    ):
+        return name  # no empty or "." part: nothing to drop (~5x faster than splitting)
     parts = [p for p in name.split("/") if p not in ("", ".")]
     normalized = "/".join(parts)
     # the same object when nothing changed: a 160k-entry layer keeps one string per name

@@ -447,3 +447,13 @@ def test_the_fast_path_agrees_on_arbitrary_headers(header: bytes, good_checksum:
         head[148:156] = b"%06o\x00 " % sum(head)
     fast, slow = _scan_both(bytes(head) + end_of_archive())
     assert fast == slow
+
+
+@given(st.text(alphabet="/.a\u00e9", max_size=12))
+def test_normalize_name_drops_empty_and_dot_parts_only(name: str) -> None:
+    # the fast path (a name with nothing to drop is returned as it is) against the rule
+    expected = "/".join(p for p in name.split("/") if p not in ("", "."))
+    got = normalize_name(name)
+    assert got == expected
+    if got == name:
+        assert got is name  # one string per name in a 160k-entry layer
