@@ -88,6 +88,9 @@ _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
+#: What reading a malformed flatbuffer's fields raises before a check can say what is wrong
+#: (an offset out of bounds, a field cut short, bytes that are no UTF-8): a FormatError then
+_MALFORMED = (struct.error, IndexError, ValueError, OverflowError, UnicodeError)
 
 
 @dataclass
@@ -617,7 +620,7 @@ def decode_ztoc(data: bytes, *, where: str = "zTOC") -> Ztoc:
         ztoc = _decode(_Buffer(data, where))
     except FormatError:
         raise
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+    except _MALFORMED as exc:
         raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
     check_ztoc(ztoc, where=where)
     return ztoc
@@ -1308,7 +1311,7 @@ class ZtocEntries(EntryTable):
     def _make(self, i: int) -> TarEntry:
         try:
             entry = _tar_entry(_decode_file(self._buf, self._positions[i]), self._headers[i])
-        except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+        except _MALFORMED as exc:
             raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
         self._made[i] = entry
         return entry
@@ -1502,7 +1505,7 @@ class ZtocLookup(NameLookup):
             assert columns is not None  # entries are made here only when there are columns
             try:
                 f = _decode_file(self._buf, columns[0][i])
-            except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+            except _MALFORMED as exc:
                 raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
             with self._lock:
                 self._files[i] = f
@@ -1602,7 +1605,7 @@ def lazy_layer_index(
         files = toc.vector(0, 4) if toc is not None else (0, 0)
     except FormatError:
         raise
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+    except _MALFORMED as exc:
         raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
     algorithm = _ALGORITHMS[algorithm_id]
     _check_archive(
@@ -1643,7 +1646,7 @@ def _ztoc_entries(
         columns = _scan_files(buf, toc)
     except FormatError:
         raise
-    except (struct.error, IndexError, ValueError, OverflowError, UnicodeError) as exc:
+    except _MALFORMED as exc:
         raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
     positions, raw_names, kinds, offsets, sizes = columns
     bad = set(kinds) - _FILE_TYPE_BYTES
