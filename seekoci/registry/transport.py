@@ -442,6 +442,11 @@ def read_body(response: requests.Response, *, limit: int, what: str, hasher: Any
     while the rest of it is still on the way.
     """
     try:
+        whole = _read_declared(response, limit, what)
+        if whole is not None:
+            if hasher is not None:
+                hasher.update(whole)
+            return whole
         chunks: list[bytes] = []
         total = 0
         with transport_errors(what):
@@ -456,6 +461,37 @@ def read_body(response: requests.Response, *, limit: int, what: str, hasher: Any
         return b"".join(chunks)
     finally:
         response.close()
+
+
+def _read_declared(response: requests.Response, limit: int, what: str) -> bytes | None:
+    """A body of a declared length (``Content-Length``, not chunked, at most ``limit``)
+    received whole in one read from http.client's buffered socket file: the bytes object
+    it returns is the one the socket fills, where reading pieces and joining them copies
+    every byte once more into a new object (a 19 MB zTOC: 44 -> 25 ms, most of the
+    difference the page faults of the second buffer). None: not such a body (the caller
+    reads it in pieces). A body cut short is the error a broken transfer is."""
+    inner = getattr(response.raw, "_fp", None)
+    if (
+        not isinstance(inner, http.client.HTTPResponse)
+        or inner.chunked
+        or inner.length is None
+        or inner.length > limit
+    ):
+        return None
+    length = inner.length
+    with transport_errors(what):
+        data = _read_whole(inner, length)
+        if len(data) < length:
+            raise http.client.IncompleteRead(data[-16:], length - len(data))
+    release = getattr(response.raw, "release_conn", None)
+    if release is not None and inner.isclosed():
+        release()  # read under urllib3: hand the connection back to its pool
+    return data
+
+
+def _read_whole(inner: http.client.HTTPResponse, length: int) -> bytes:
+    """One read of ``length`` bytes (http.client counts its length down and closes at 0)."""
+    return inner.read(length)
 
 
 def iter_body(response: requests.Response, *, chunk_size: int, what: str) -> Iterator[bytes]:

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from seekoci.errors import ImageNotFoundError, InvalidReferenceError, RegistryError
-from seekoci.registry import blobs, open_url_source, resolve_image
+from seekoci.registry import blobs, open_url_source, resolve_image, transport
 from seekoci.registry.blobs import URLSource
 from seekoci.registry.retry import RetryPolicy
 from seekoci.registry.transport import HttpClient, new_session
@@ -456,8 +456,10 @@ def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch,
         ),
         (
             "urllib3.response.HTTPResponse.read urllib3.response.HTTPResponse.read1",
-            [stream_all, stream_tail, resolve],
+            [stream_all, stream_tail],
         ),
+        # a small document of a declared length is received whole under urllib3
+        ("seekoci.registry.transport._read_whole", [resolve]),
         # range reads receive under urllib3, straight from the socket into their buffer
         ("seekoci.registry.blobs._receive", [read_range, url_read]),
     ]
@@ -470,3 +472,92 @@ def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch,
                     call()
                 assert caught.value.__cause__ is not None
                 assert "Pa55" not in str(caught.value) and "SIGNATURE" not in str(caught.value)
+
+
+def _cut_small_body(times: int | None, *, drop: bool):
+    """A hook for whole-blob GETs (no Range): the full Content-Length, half the body, then
+    a close (``drop``: the socket shut down), ``times`` times (None: always)."""
+    served = []
+
+    def hook(h, request):
+        if "/blobs/" not in request.path or "Range" in request.headers:
+            return False
+        if times is not None and len(served) >= times:
+            return False
+        served.append(1)
+        data = h.server.owner.blobs[request.path.rpartition("/")[2]]
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data[: len(data) // 2])
+        h.wfile.flush()
+        h.close_connection = True
+        if drop:
+            h.connection.shutdown(socket.SHUT_RDWR)
+        return True
+
+    return hook
+
+
+def _small_blob(reg, data: bytes):
+    from seekoci.registry.client import RegistryClient
+    from seekoci.registry.manifest import Descriptor
+
+    descriptor = Descriptor.from_json(reg.add_blob(data), where="test")
+    return RegistryClient(reg.netloc), descriptor
+
+
+def test_a_whole_small_blob_is_one_read_on_a_kept_connection(fake_registry, monkeypatch):
+    data = random.Random(3).randbytes(3_000_000)
+    client, descriptor = _small_blob(fake_registry, data)
+    ports = []
+
+    def note_connection(h, request):
+        ports.append(h.client_address[1])
+        return False
+
+    fake_registry.hook = note_connection
+    reads = []
+    real_read_whole = transport._read_whole
+
+    def read_whole(inner, length):
+        reads.append(length)
+        return real_read_whole(inner, length)
+
+    monkeypatch.setattr(transport, "_read_whole", read_whole)
+    for _ in range(3):
+        assert blobs.fetch_blob(client, "blobs/small", descriptor) == data
+    assert reads == [len(data)] * 3  # each body in one read, not in pieces joined
+    assert len(ports) >= 3 and len(set(ports[-3:])) == 1, "the connection was not kept"
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["short", "dropped"])
+def test_a_small_blob_cut_short_is_fetched_again(fake_registry, drop):
+    data = bytes(range(256)) * 400
+    client, descriptor = _small_blob(fake_registry, data)
+    fake_registry.hook = _cut_small_body(1, drop=drop)
+    assert blobs.fetch_blob(client, "blobs/small", descriptor) == data
+    gets = [p for p in fake_registry.paths("GET") if p.endswith(descriptor.digest)]
+    assert len(gets) == 2
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["short", "dropped"])
+def test_a_small_blob_always_cut_short_fails_naming_it(fake_registry, drop, monkeypatch):
+    monkeypatch.setenv("SEEKOCI_RETRIES", "2")
+    data = bytes(range(256)) * 400
+    client, descriptor = _small_blob(fake_registry, data)
+    fake_registry.hook = _cut_small_body(None, drop=drop)
+    with pytest.raises(RegistryError, match=f"blob {descriptor.digest}.*3 attempts"):
+        blobs.fetch_blob(client, "blobs/small", descriptor)
+
+
+def test_a_body_longer_than_the_limit_is_read_only_to_the_limit(fake_registry):
+    from seekoci.registry.transport import read_body
+
+    data = b"x" * 5000
+    digest = fake_registry.add_blob(data)["digest"]
+    session = new_session()
+    response = session.get(f"{fake_registry.url}/v2/blobs/small/blobs/{digest}", stream=True)
+    assert read_body(response, limit=1000, what="a body") == data[:1001]
+    response = session.get(f"{fake_registry.url}/v2/blobs/small/blobs/{digest}", stream=True)
+    assert read_body(response, limit=5000, what="a body") == data
