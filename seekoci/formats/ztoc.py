@@ -1325,6 +1325,13 @@ _LOOKUP_VTABLES = 32
 _ODD_NAMES = re.compile(rb"//|/\.[/\x00]")
 
 
+def _gather(source: Any, indexes: Iterable[int]) -> tuple[Any, ...]:
+    """``source[i]`` for each of ``indexes`` (at least two) in one C loop, itemgetter's:
+    ``map`` over a bound ``__getitem__`` costs ~2.5x as much (54k words of a memoryview:
+    10.3 -> 3.8 ms)."""
+    return operator.itemgetter(*indexes)(source)  # type: ignore[no-any-return]
+
+
 def _lookup_columns(
     buf: _Buffer, start: int, count: int
 ) -> tuple[list[int], dict[bytes, int]] | None:
@@ -1339,10 +1346,10 @@ def _lookup_columns(
     when an entry is made of it. None also when a name is spelt in a way a lookup of its
     normal form would miss."""
     data, size = buf.data, buf.size
-    if sys.byteorder != "little" or size % 4 or start & 3 or not count:
-        return None
+    if sys.byteorder != "little" or size % 4 or start & 3 or count < 2:
+        return None  # (one table: reading it whole costs no more)
     words = memoryview(data).cast("I")
-    word, add, rshift, and_ = words.__getitem__, operator.add, operator.rshift, operator.and_
+    add, rshift, and_ = operator.add, operator.rshift, operator.and_
     two, three, four = itertools.repeat(2), itertools.repeat(3), itertools.repeat(4)
     last = size - 4
     first = start >> 2
@@ -1353,7 +1360,7 @@ def _lookup_columns(
     if highest > last or any(map(and_, pos, three)):
         return None
     signed = memoryview(data).cast("i")
-    vts = list(map(operator.sub, pos, map(signed.__getitem__, map(rshift, pos, two))))
+    vts = list(map(operator.sub, pos, _gather(signed, map(rshift, pos, two))))
     distinct = set(vts)
     if len(distinct) > _LOOKUP_VTABLES:
         return None
@@ -1380,20 +1387,25 @@ def _lookup_columns(
         return list(map(add, pos, each))
 
     fields = column(name_at)
-    targets = list(map(add, fields, map(word, map(rshift, fields, two))))
+    targets = list(map(add, fields, _gather(words, map(rshift, fields, two))))
     if max(targets) > last or any(map(and_, targets, three)):
         return None
     begins = list(map(add, targets, four))
-    ends = list(map(add, begins, map(word, map(rshift, targets, two))))
-    if max(ends) >= size or any(map(data.__getitem__, ends)):  # past the buffer, no NUL
+    ends = list(map(add, begins, _gather(words, map(rshift, targets, two))))
+    if max(ends) >= size or any(_gather(data, ends)):  # past the buffer, no NUL
         return None
     offsets = column(offset_at)
-    tar_offsets = list(
-        map(operator.itemgetter(0), map(_I64.unpack_from, itertools.repeat(data), offsets))
-    )
+    tar_offsets: Sequence[int]
+    if any(map(and_, offsets, itertools.repeat(7))):
+        tar_offsets = list(
+            map(operator.itemgetter(0), map(_I64.unpack_from, itertools.repeat(data), offsets))
+        )
+    else:  # int64s aligned as a flatbuffer builder aligns them: one gather
+        longs = memoryview(data)[: size & ~7].cast("q")
+        tar_offsets = _gather(longs, map(rshift, offsets, three))
     if any(map(operator.ge, tar_offsets, itertools.islice(tar_offsets, 1, None))):
         return None
-    names = list(map(data.__getitem__, map(slice, begins, ends)))
+    names = [data[b:e] for b, e in zip(begins, ends, strict=True)]
     if _ODD_NAMES.search(b"\x00".join(names) + b"\x00"):
         return None
     return pos, dict(zip(names, range(count), strict=True))
