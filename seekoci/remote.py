@@ -88,6 +88,19 @@ MAX_ZTOC_SIZE = 1 << 30
 MAX_PREFETCH_ZTOC_BYTES = 256 << 20
 
 
+class _Ztoc:
+    """A zTOC fetched and verified, and what reading it for ``layer`` (digest, media type,
+    size: the image manifest's, when it was fetched ahead) made of it."""
+
+    __slots__ = ("data", "error", "index", "layer")
+
+    def __init__(self, layer: tuple[str, str, int] | None) -> None:
+        self.layer = layer
+        self.data = b""
+        self.index: LayerIndex | None = None
+        self.error: FormatError | None = None
+
+
 class _CachedRanges:
     """Range reads of an immutable blob (a published index) through the cache directory:
     each range fetched is kept under the blob's digest (with its own sha256), and a later
@@ -188,7 +201,7 @@ class RemoteIndexes:
         self._soci_loaded: concurrent.futures.Future[None] | None = None
         self._soci_pending: list[str] = []
         self._heads: dict[str, concurrent.futures.Future[bytes]] = {}
-        self._ztocs: dict[str, concurrent.futures.Future[bytes]] = {}
+        self._ztocs: dict[str, concurrent.futures.Future[_Ztoc]] = {}
         self._ztocs_started: set[str] = set()
         #: an index repository looked in after the image's own referrers
         self.index_repo = index_repo
@@ -484,12 +497,41 @@ class RemoteIndexes:
                     continue
                 budget -= soci.blob.size
                 self._ztocs_started.add(soci.blob.digest)
-                self._ztocs[soci.blob.digest] = _pool().submit(self._fetch_ztoc, soci.blob)
+                self._ztocs[soci.blob.digest] = _pool().submit(
+                    self._fetch_ztoc, soci.blob, self._layer_of(layer)
+                )
 
-    def _fetch_ztoc(self, blob: Descriptor) -> bytes:
-        return self._store.fetch_blob(blob)  # type: ignore[no-any-return]  # verified
+    def _layer_of(self, layer_digest: str) -> tuple[str, str, int] | None:
+        """``(digest, media type, size)`` of a layer as the image manifest lists it."""
+        layers = self._manifest_doc.get("layers")
+        for d in layers if isinstance(layers, list) else ():
+            if isinstance(d, dict) and d.get("digest") == layer_digest:
+                media_type, size = d.get("mediaType"), d.get("size")
+                if isinstance(media_type, str) and type(size) is int:
+                    return layer_digest, media_type, size
+        return None
 
-    def _ztoc(self, blob: Descriptor) -> bytes:
+    def _fetch_ztoc(self, blob: Descriptor, layer: tuple[str, str, int] | None) -> _Ztoc:
+        """The zTOC ``blob``, verified; read for ``layer`` (when given) while its digest is
+        computed in another thread (the read is kept only if the digest is right)."""
+        fetched = _Ztoc(layer)
+
+        def read(data: bytes) -> None:
+            from .formats.ztoc import lazy_layer_index
+
+            assert layer is not None
+            fetched.index = fetched.error = None  # a refetch reads the new body
+            try:
+                fetched.index = lazy_layer_index(
+                    data, layer_digest=layer[0], media_type=layer[1], blob_size=layer[2]
+                )
+            except FormatError as exc:
+                fetched.error = exc
+
+        fetched.data = self._store.fetch_blob(blob, use=None if layer is None else read)
+        return fetched
+
+    def _ztoc(self, blob: Descriptor, layer: tuple[str, str, int]) -> _Ztoc:
         with self._lock:
             future = self._ztocs.pop(blob.digest, None)
         if future is not None:
@@ -497,7 +539,7 @@ class RemoteIndexes:
                 return future.result()
             except SeekociError:
                 pass  # fetched again below, where the error is reported
-        return self._fetch_ztoc(blob)
+        return self._fetch_ztoc(blob, layer)
 
     # -- loading ----------------------------------------------------------------------------
     def load(
@@ -658,9 +700,15 @@ class RemoteIndexes:
         blob = published.blob
         if blob.size > MAX_ZTOC_SIZE:
             raise FormatError(f"zTOC {blob.digest} of layer {layer_digest} is too large")
-        data = self._ztoc(blob)  # verified against its digest
+        layer = (layer_digest, media_type, blob_size)
+        fetched = self._ztoc(blob, layer)  # verified against its digest
         # the checks of decode_ztoc, each entry's when a read uses it (every table's when a
         # listing does): a lookup by name reads the tables it finds
+        if fetched.layer == layer:  # read while it was verified
+            if fetched.error is not None:
+                raise fetched.error
+            if fetched.index is not None:
+                return fetched.index
         return lazy_layer_index(
-            data, layer_digest=layer_digest, media_type=media_type, blob_size=blob_size
+            fetched.data, layer_digest=layer_digest, media_type=media_type, blob_size=blob_size
         )

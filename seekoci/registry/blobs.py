@@ -18,7 +18,7 @@ import io
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -369,11 +369,25 @@ class RegistryBlobSource(HTTPRangeSource):
         return f"RegistryBlobSource({self._client.registry}/{self._repository}@{self._name})"
 
 
-def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) -> bytes:
+def fetch_blob(
+    client: RegistryClient,
+    repository: str,
+    descriptor: Descriptor,
+    *,
+    use: Callable[[bytes], object] | None = None,
+) -> bytes:
     """A whole (small) blob, verified against its descriptor; IntegrityError if it is not it
-    (after one refetch: a byte damaged in transit is not the blob's fault)."""
+    (after one refetch: a byte damaged in transit is not the blob's fault).
+
+    ``use(body)`` runs on the calling thread while another thread computes the body's digest
+    (hashlib lets go of the GIL): parsing a 19 MB zTOC and hashing it overlap. Whatever
+    ``use`` makes of the body is the caller's to keep only once this returns: a body that
+    does not match its digest is an IntegrityError (or a refetch, then ``use`` runs again)
+    whatever ``use`` returned or raised; an error ``use`` raises on the right bytes is
+    raised as it is."""
     what = f"{client.registry}/{repository} blob {descriptor.digest}"
     algorithm = descriptor.digest.partition(":")[0]
+    known = algorithm in hashlib.algorithms_available
     fed: list[Any] = []  # the hasher of the latest attempt, fed as the body arrived
 
     def hasher() -> Any:
@@ -384,7 +398,24 @@ def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) 
         if len(data) != descriptor.size:
             got = "more than" if len(data) > descriptor.size else f"only {len(data)} of"
             raise IntegrityError(f"{what}: got {got} the {descriptor.size} bytes it should have")
-        verify_digest(data, descriptor.digest, what=what, hashed=fed[0] if fed else None)
+        if use is None or not known:
+            verify_digest(data, descriptor.digest, what=what, hashed=fed[0] if fed else None)
+            if use is not None:
+                use(data)
+            return
+        hashed = hashlib.new(algorithm)
+        hashing = threading.Thread(
+            target=hashed.update, args=(data,), name="seekoci-verify", daemon=True
+        )
+        hashing.start()
+        try:
+            use(data)
+        except Exception:
+            hashing.join()
+            verify_digest(data, descriptor.digest, what=what, hashed=hashed)  # not the blob?
+            raise
+        hashing.join()
+        verify_digest(data, descriptor.digest, what=what, hashed=hashed)
 
     _, data = client.get_small(
         f"/v2/{repository}/blobs/{descriptor.digest}",
@@ -392,7 +423,7 @@ def fetch_blob(client: RegistryClient, repository: str, descriptor: Descriptor) 
         what=what,
         limit=descriptor.size,
         check=check,
-        hasher=hasher if algorithm in hashlib.algorithms_available else None,
+        hasher=hasher if known and use is None else None,
     )
     return data
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import FormatError, ImageNotFoundError, IntegrityError
@@ -153,8 +154,10 @@ class LayoutStore:
             raise FormatError(f"{where}: cannot read blob {digest}: {exc.strerror}") from exc
         return data
 
-    def fetch_blob(self, descriptor: Descriptor) -> bytes:
-        """A whole (small) blob, verified against its descriptor."""
+    def fetch_blob(
+        self, descriptor: Descriptor, *, use: Callable[[bytes], object] | None = None
+    ) -> bytes:
+        """A whole (small) blob, verified against its descriptor, then ``use(blob)``."""
         where = f"{self.reference} blob {descriptor.digest}"
         data = self._read_blob(descriptor.digest, where=where, limit=descriptor.size)
         if len(data) != descriptor.size:
@@ -162,6 +165,8 @@ class LayoutStore:
                 f"{where}: has {len(data)} bytes, descriptor says {descriptor.size}"
             )
         verify_digest(data, descriptor.digest, what=where)
+        if use is not None:
+            use(data)
         return data
 
     def blob_source(self, descriptor: Descriptor) -> FileSource:

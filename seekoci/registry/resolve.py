@@ -68,7 +68,13 @@ class ImageStore(Protocol):
         """The manifest or index an index entry points to, verified."""
         ...
 
-    def fetch_blob(self, descriptor: Descriptor) -> bytes: ...
+    def fetch_blob(
+        self, descriptor: Descriptor, *, use: Callable[[bytes], object] | None = None
+    ) -> bytes:
+        """A whole small blob, verified; ``use(body)`` is run on it (while it is being
+        verified, where the store can): what it makes of the body is good once this
+        returns."""
+        ...
 
     def blob_source(self, descriptor: Descriptor) -> RangeSource: ...
 
@@ -136,11 +142,15 @@ class RegistryStore:
             body, hint = fetched.body, hint or fetched.media_type
         return parse_manifest(body, media_type_hint=hint, digest=entry.digest, where=where)
 
-    def fetch_blob(self, descriptor: Descriptor) -> bytes:
+    def fetch_blob(
+        self, descriptor: Descriptor, *, use: Callable[[bytes], object] | None = None
+    ) -> bytes:
         stored = self._stored(descriptor.digest)
         if stored is not None and len(stored) == descriptor.size:
+            if use is not None:
+                use(stored)
             return stored
-        data = fetch_blob(self.client, self.reference.repository, descriptor)
+        data = fetch_blob(self.client, self.reference.repository, descriptor, use=use)
         self._keep(descriptor.digest, data, verified=True)  # fetch_blob checked it
         return data
 

@@ -16,6 +16,8 @@ from imagebuilder import file, image, layer, random_bytes, text_bytes
 import seekoci
 from seekoci import soci
 
+from .faults import Fault, FaultProxy
+
 pytestmark = pytest.mark.integration
 
 NEEDLE = b"found through a published index\n" * 10
@@ -191,6 +193,61 @@ def test_soci_index_serves_an_empty_cache(
     assert reader.read_bytes("/needle/needle.txt") == NEEDLE
     big = published_image.layers[1]
     assert proxy.bytes("blob") < big.size / 2, proxy.summary()
+
+
+def test_a_soci_read_reads_the_ztoc_while_its_digest_is_checked(
+    published_image: Any, registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The zTOC is fetched ahead in a worker, which reads it (lazy_layer_index) while
+    another thread hashes it: the read uses that index, and reads the zTOC no second time."""
+    import threading
+
+    from seekoci.formats import ztoc
+
+    ref = registry.ref("publish/soci", "v1")
+    pushed = seekoci_cli("index", ref, "--push", "--format", "soci", cache=tmp_path / "p")
+    assert pushed.returncode == 0, pushed.stderr
+    calls: list[tuple[str, str]] = []
+    real = ztoc.lazy_layer_index
+
+    def lazy_layer_index(data: bytes, **kwargs: Any) -> Any:
+        calls.append((threading.current_thread().name, kwargs["layer_digest"]))
+        return real(data, **kwargs)
+
+    monkeypatch.setattr(ztoc, "lazy_layer_index", lazy_layer_index)
+    reader = seekoci.open_image(ref, cache_dir=tmp_path / "empty")
+    assert reader.read_bytes("/needle/needle.txt") == NEEDLE
+    assert reader.layers[1].index_status == "soci"
+    big = published_image.layers[1]
+    assert [digest for _, digest in calls] == [big.digest]
+    assert calls[0][0] != threading.current_thread().name, "not read in the fetching worker"
+
+
+def test_a_ztoc_that_is_not_its_digest_is_not_used(
+    published_image: Any, registry: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every copy of the zTOC arrives with one byte changed: whatever reading it made of it
+    is dropped, the layer is indexed another way, and the bytes are still right."""
+    ref = registry.ref("publish/soci", "v1")
+    pushed = seekoci_cli("index", ref, "--push", "--format", "soci", cache=tmp_path / "p")
+    assert pushed.returncode == 0, pushed.stderr
+    subject = published_image.digest
+    listed = [
+        m for m in referrers(registry, "publish/soci", subject) if m.get("artifactType") == SOCI_V1
+    ]
+    ztocs = [manifest(registry, "publish/soci", m["digest"])[0]["layers"][0] for m in listed]
+    proxy = FaultProxy(registry.url)
+    try:
+        proxy.faults = [Fault("flip", None, match=z["digest"]) for z in ztocs]
+        reader = seekoci.open_image(proxy.ref("publish/soci", "v1"), cache_dir=tmp_path / "e")
+        with caplog.at_level("WARNING", logger="seekoci"):
+            assert reader.read_bytes("/needle/needle.txt") == NEEDLE
+        # the zTOC and its refetch (fetched ahead, then once more)
+        assert sum(f.hits for f in proxy.faults) >= 2
+        assert reader.layers[1].index_status != "soci"
+        assert "content has digest" in caplog.text, caplog.text
+    finally:
+        proxy.stop()
 
 
 def test_both_kinds_coexist_and_other_referrers_survive(

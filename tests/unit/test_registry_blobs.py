@@ -16,7 +16,13 @@ import urllib3.exceptions
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seekoci.errors import ImageNotFoundError, InvalidReferenceError, RegistryError
+from seekoci.errors import (
+    FormatError,
+    ImageNotFoundError,
+    IntegrityError,
+    InvalidReferenceError,
+    RegistryError,
+)
 from seekoci.registry import blobs, open_url_source, resolve_image, transport
 from seekoci.registry.blobs import URLSource
 from seekoci.registry.retry import RetryPolicy
@@ -561,3 +567,74 @@ def test_a_body_longer_than_the_limit_is_read_only_to_the_limit(fake_registry):
     assert read_body(response, limit=1000, what="a body") == data[:1001]
     response = session.get(f"{fake_registry.url}/v2/blobs/small/blobs/{digest}", stream=True)
     assert read_body(response, limit=5000, what="a body") == data
+
+
+def _flip_small_body(times: int | None):
+    """A hook for whole-blob GETs: the blob with its first byte flipped, ``times`` times."""
+    served = []
+
+    def hook(h, request):
+        if "/blobs/" not in request.path or "Range" in request.headers:
+            return False
+        if times is not None and len(served) >= times:
+            return False
+        served.append(1)
+        data = h.server.owner.blobs[request.path.rpartition("/")[2]]
+        h.reply(200, bytes([data[0] ^ 1]) + data[1:])
+        return True
+
+    return hook
+
+
+def test_use_runs_on_the_body_while_it_is_verified(fake_registry):
+    data = random.Random(5).randbytes(1_000_000)
+    client, descriptor = _small_blob(fake_registry, data)
+    seen = []
+    threads = []
+
+    def use(body):
+        threads.append(threading.current_thread().name)
+        seen.append(body)
+
+    assert blobs.fetch_blob(client, "blobs/small", descriptor, use=use) == data
+    assert seen == [data]
+    assert threads == [threading.current_thread().name]  # on the caller's thread
+
+
+def test_use_of_a_damaged_body_is_run_again_on_the_refetched_one(fake_registry):
+    data = random.Random(6).randbytes(100_000)
+    client, descriptor = _small_blob(fake_registry, data)
+    fake_registry.hook = _flip_small_body(1)
+    seen = []
+    assert blobs.fetch_blob(client, "blobs/small", descriptor, use=seen.append) == data
+    assert [body == data for body in seen] == [False, True]
+
+
+def test_use_cannot_make_a_wrong_body_right(fake_registry):
+    data = random.Random(7).randbytes(100_000)
+    client, descriptor = _small_blob(fake_registry, data)
+    fake_registry.hook = _flip_small_body(None)
+    seen = []
+    with pytest.raises(IntegrityError, match=f"blob {descriptor.digest}: content has digest"):
+        blobs.fetch_blob(client, "blobs/small", descriptor, use=seen.append)
+    assert len(seen) == 2 and data not in seen  # the body, then the refetched body
+
+    def refuse(body):
+        raise FormatError("not a zTOC")
+
+    # what use says of a wrong body does not matter: the body was not the blob
+    with pytest.raises(IntegrityError):
+        blobs.fetch_blob(client, "blobs/small", descriptor, use=refuse)
+
+
+def test_an_error_use_raises_on_the_right_body_is_raised(fake_registry):
+    data = random.Random(8).randbytes(100_000)
+    client, descriptor = _small_blob(fake_registry, data)
+
+    def refuse(body):
+        raise FormatError("not a zTOC")
+
+    with pytest.raises(FormatError, match="not a zTOC"):
+        blobs.fetch_blob(client, "blobs/small", descriptor, use=refuse)
+    gets = [p for p in fake_registry.paths("GET") if p.endswith(descriptor.digest)]
+    assert len(gets) == 1  # a good body is not fetched again
