@@ -302,9 +302,33 @@ class SpanReader:
             compressed = self.fetch(span)
             window = pending.result()
         else:
-            compressed = self.fetch(span)
             window = self._tables.window(span)
+            decoded = self._fetch_decoding(span, window)
+            if decoded is not None:
+                return decoded
+            compressed = self.fetch(span)
         return self.decode(span, compressed, window)
+
+    def _fetch_decoding(self, span: Span, window: bytes | None) -> bytes | None:
+        """A whole span fetched with its bytes inflated as they arrive (the inflate of a
+        SOCI span overlaps its transfer instead of following it), checked against its
+        digest before anything decoded is used, kept like :meth:`fetch` keeps it. None
+        where that is not the way: the span is kept locally, chunked, checked only once
+        decoded, its source or format cannot stream, or the bytes that came are not the
+        span's (then :meth:`fetch` asks again and says so)."""
+        read_fed = getattr(self.source, "read_range_fed", None)
+        if read_fed is None or span.chunk_size or span.check != CHECK_COMPRESSED:
+            return None
+        decoder = self.codec().span_decoder(span, window, name=self.where)
+        if decoder is None or self._cache.has_span(span.digest):
+            return None
+        data = read_fed(span.compressed_start, span.compressed_size, decoder.feed)
+        if not span_matches(span, data):
+            return None
+        self._cache.save_span(span.digest, data)
+        decoded = decoder.result()  # the bytes are the span's: an error now is the format's
+        self.lru.put(span_key(span), decoded)
+        return decoded
 
     def remote_window(self, span: Span) -> bool:
         """Whether the span's window must still be fetched (a published index read by
@@ -312,6 +336,7 @@ class SpanReader:
         index = self._tables.loaded_index()
         return (
             index is not None
+            and not index.records_local
             and bool(index.window_locations[span.index][1])
             and index.read_windows is not None
             and not index.has_record(span.index)

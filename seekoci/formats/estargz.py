@@ -218,6 +218,9 @@ class EstargzFormat(GzipFormat):
         out = gunzip(data, span.skip + span.uncompressed_size, what=what)
         return out[span.skip :]
 
+    def span_decoder(self, span: Span, window: bytes | None, *, name: str = "layer") -> None:
+        return None  # a chunk is its own gzip members, decoded whole (decode_span)
+
     def embedded_index(
         self,
         read_range: ReadRange,

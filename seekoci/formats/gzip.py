@@ -590,6 +590,109 @@ def splice_prefix(bits: int, byte: int) -> bytes:
     return w.getvalue()
 
 
+#: What feeding a decoder can raise (kept for :meth:`SpanDecoder.result`)
+_DECODE_ERRORS: tuple[type[Exception], ...] = (FormatError, *INFLATE_ERRORS)
+
+
+class SpanDecoder:
+    """:func:`decode_span` fed piece by piece: a span's compressed bytes inflated as they
+    arrive, so the inflate works while the rest is still on the way. Nothing is raised
+    while feeding: the bytes are not checked yet, and damaged bytes are a refetch, not a
+    format error. :meth:`result` (after the last piece, once the caller has checked them)
+    gives the span's bytes or the error.
+
+    Crosses gzip member boundaries inside the span. Produces at most the span's size
+    (a decompression bomb cannot make it allocate more). ``partial``: the bytes fed are
+    only the start of the span's; :meth:`result` gives what they decode to.
+    """
+
+    def __init__(
+        self, span: Span, window: bytes | None, *, name: str = "gzip blob", partial: bool = False
+    ) -> None:
+        self._where = (
+            f"{name}: span {span.index} (compressed {span.compressed_start}-{span.compressed_end})"
+        )
+        self._bits = span.bits
+        self._want = span.uncompressed_size
+        self._partial = partial
+        self._decomp = raw_inflater(window, whole=not partial)
+        self._out: list[bytes] = []
+        self._produced = 0
+        self._started = False
+        #: after a member's end: its trailer and the next member's header, as they come
+        self._between: bytearray | None = None
+        self._error: Exception | None = None
+
+    def feed(self, data: bytes | memoryview) -> None:
+        """Inflate the next compressed bytes of the span (as far as they go)."""
+        if self._error is not None or self._produced >= self._want or not data:
+            return
+        try:
+            piece = bytes(data)
+            if not self._started:
+                self._started = True
+                if self._bits:
+                    piece = splice_prefix(self._bits, piece[0]) + piece[1:]
+            pending: bytes | None = piece
+            if self._between is not None:
+                self._between += piece
+                pending = self._next_member()
+            if pending is not None:
+                self._inflate(pending)
+        except _DECODE_ERRORS as exc:
+            self._error = exc
+
+    def _next_member(self) -> bytes | None:
+        """Once a member's trailer and the next member's header are in: a fresh inflater,
+        and the bytes after the header (None until then)."""
+        between = self._between
+        assert between is not None
+        header_len = parse_gzip_header(between[_TRAILER_SIZE:], where=f" ({self._where})")
+        if header_len is None:
+            return None
+        self._between = None
+        self._decomp = raw_inflater(None, whole=not self._partial)
+        return bytes(between[_TRAILER_SIZE + header_len :])
+
+    def _inflate(self, pending: bytes) -> None:
+        decomp = self._decomp
+        while self._produced < self._want:
+            chunk = decomp.decompress(pending, self._want - self._produced)
+            self._out.append(chunk)
+            self._produced += len(chunk)
+            left = decomp.unconsumed_tail
+            if decomp.eof:
+                if self._produced >= self._want:
+                    return
+                self._between = bytearray(decomp.unused_data)
+                after = self._next_member()
+                if after is None:
+                    return
+                pending, decomp = after, self._decomp
+            elif not chunk and (not left or len(left) == len(pending)):
+                return  # all in (or nothing more comes of it without more bytes)
+            else:
+                pending = left
+
+    def result(self) -> bytes:
+        """The span's uncompressed bytes from everything fed (FormatError if they are not
+        them; with ``partial``, what they decode to)."""
+        where = self._where
+        if self._bits and not self._started:
+            raise FormatError(f"{where}: no data")
+        if self._error is not None:
+            if isinstance(self._error, FormatError):
+                raise self._error
+            raise FormatError(f"{where}: corrupt deflate data ({self._error})") from self._error
+        short = self._produced < self._want
+        if short and self._between is not None and not self._partial:
+            raise FormatError(f"{where}: data ends inside a gzip member header")
+        result = b"".join(self._out)
+        if short and not self._partial:
+            raise FormatError(f"{where}: produced {len(result)} bytes, index says {self._want}")
+        return result
+
+
 def decode_span(
     span: Span,
     data: bytes,
@@ -604,43 +707,9 @@ def decode_span(
     (a decompression bomb cannot make it allocate more). ``partial``: ``data`` is only the
     start of the span's bytes; return what it decodes to.
     """
-    where = f"{name}: span {span.index} (compressed {span.compressed_start}-{span.compressed_end})"
-    if span.bits:
-        if not data:
-            raise FormatError(f"{where}: no data")
-        data = splice_prefix(span.bits, data[0]) + data[1:]
-    want = span.uncompressed_size
-    out: list[bytes] = []
-    produced = 0
-    pending = data
-    decomp = raw_inflater(window, whole=not partial)
-    try:
-        while produced < want:
-            chunk = decomp.decompress(pending, want - produced)
-            out.append(chunk)
-            produced += len(chunk)
-            pending = decomp.unconsumed_tail
-            if decomp.eof:
-                rest = decomp.unused_data[_TRAILER_SIZE:]
-                if produced >= want:
-                    break
-                if partial and len(decomp.unused_data) <= _TRAILER_SIZE:
-                    break
-                header_len = parse_gzip_header(rest, where=f" ({where})")
-                if header_len is None:
-                    if partial:
-                        break
-                    raise FormatError(f"{where}: data ends inside a gzip member header")
-                pending = rest[header_len:]
-                decomp = raw_inflater(None, whole=not partial)
-            elif not chunk and not pending:
-                break
-    except INFLATE_ERRORS as exc:
-        raise FormatError(f"{where}: corrupt deflate data ({exc})") from exc
-    result = b"".join(out)
-    if len(result) != want and not partial:
-        raise FormatError(f"{where}: produced {len(result)} bytes, index says {want}")
-    return result
+    decoder = SpanDecoder(span, window, name=name, partial=partial)
+    decoder.feed(data)
+    return decoder.result()
 
 
 class GzipFormat(LayerFormat):
@@ -694,3 +763,8 @@ class GzipFormat(LayerFormat):
         partial: bool = False,
     ) -> bytes:
         return decode_span(span, data, window, name=name, partial=partial)
+
+    def span_decoder(
+        self, span: Span, window: bytes | None, *, name: str = "layer"
+    ) -> SpanDecoder | None:
+        return SpanDecoder(span, window, name=name)

@@ -41,6 +41,16 @@ DecodeStream = Callable[..., bytes]
 NO_ANNOTATIONS: Mapping[str, str] = {}
 
 
+class StreamDecoder(Protocol):
+    """One span's compressed bytes decoded as they arrive (:meth:`LayerFormat.span_decoder`):
+    ``feed`` each piece in order (it never raises: the bytes are not checked yet), then
+    ``result`` once all are in and checked: the span's bytes, or the FormatError."""
+
+    def feed(self, data: bytes | memoryview) -> None: ...
+
+    def result(self) -> bytes: ...
+
+
 class LayerFormat(Protocol):
     """One layer format. Subclass it to inherit the defaults (no embedded index, spans
     small enough to decode whole)."""
@@ -93,6 +103,14 @@ class LayerFormat(Protocol):
         """One span's uncompressed bytes from its compressed bytes (checked already when the
         span's ``check`` is ``compressed``, checked by the caller after this otherwise)."""
         raise NotImplementedError
+
+    def span_decoder(
+        self, span: Span, window: bytes | None, *, name: str = "layer"
+    ) -> StreamDecoder | None:
+        """A decoder fed the span's compressed bytes as they arrive (what
+        :meth:`decode_span` makes of them all, so the inflate overlaps the transfer), or
+        None where the format decodes a span only whole."""
+        return None
 
     def embedded_index(
         self,

@@ -1062,6 +1062,7 @@ def _layer_index(
         read_windows=read_windows,
         tool=tool,
         windows_packed=False,
+        records_local=True,  # the windows are slices of the zTOC in hand
     )
 
 

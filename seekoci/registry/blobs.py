@@ -105,6 +105,15 @@ class HTTPRangeSource:
         return text
 
     def read_range(self, offset: int, length: int) -> bytes:
+        return self.read_range_fed(offset, length, None)
+
+    def read_range_fed(
+        self, offset: int, length: int, feed: Callable[[memoryview], None] | None
+    ) -> bytes:
+        """:meth:`read_range`, handing each piece to ``feed`` as it arrives (in order, each
+        byte once, retries resuming after what came): a caller can work on the start of
+        the range while the rest is on the way. ``feed`` gets views of the buffer being
+        filled: it uses or copies them before it returns."""
         if offset < 0 or length < 0:
             raise ValueError(f"bad range {offset}+{length} of {self._name}")
         end = min(offset + length, self._size)
@@ -112,10 +121,11 @@ class HTTPRangeSource:
             return b""
         what = f"{self._name} bytes {offset}-{end - 1}"
         buffer = bytearray(end - offset)
-        for _ in self._stream(
+        for piece in self._stream(
             offset, end, _READ_PIECE, what=what, forward=False, into=memoryview(buffer)
         ):
-            pass
+            if feed is not None:
+                feed(cast("memoryview", piece))
         return bytes(buffer)
 
     def iter_from(self, offset: int = 0, chunk_size: int = STREAM_CHUNK_SIZE) -> Iterator[bytes]:

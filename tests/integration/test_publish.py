@@ -250,6 +250,46 @@ def test_a_ztoc_that_is_not_its_digest_is_not_used(
         proxy.stop()
 
 
+def test_a_soci_span_is_inflated_as_it_arrives(
+    published_image: Any, registry: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SOCI span fetched for a read is fed to the inflater piece by piece as the body
+    arrives; a span damaged on the way is fetched again and decoded from the right bytes;
+    one damaged every time is an IntegrityError naming it."""
+    from seekoci.errors import IntegrityError
+    from seekoci.formats import gzip as gzip_format
+
+    ref = registry.ref("publish/soci", "v1")
+    pushed = seekoci_cli("index", ref, "--push", "--format", "soci", cache=tmp_path / "p")
+    assert pushed.returncode == 0, pushed.stderr
+    pieces: list[int] = []
+    real_feed = gzip_format.SpanDecoder.feed
+
+    def feed(self: Any, data: Any) -> None:
+        pieces.append(len(data))
+        real_feed(self, data)
+
+    monkeypatch.setattr(gzip_format.SpanDecoder, "feed", feed)
+    reader = seekoci.open_image(ref, cache_dir=tmp_path / "empty")
+    assert reader.read_bytes("/needle/needle.txt") == NEEDLE
+    assert reader.layers[1].index_status == "soci"
+    assert len(pieces) > 1, "the span was not fed as it arrived"
+
+    big = published_image.layers[1]
+    proxy = FaultProxy(registry.url)
+    try:
+        proxy.faults = [Fault("flip", 1, match=big.digest)]
+        reader = seekoci.open_image(proxy.ref("publish/soci", "v1"), cache_dir=tmp_path / "f1")
+        assert reader.read_bytes("/needle/needle.txt") == NEEDLE
+        assert proxy.faults[0].hits == 1
+        proxy.faults = [Fault("flip", None, match=big.digest)]
+        reader = seekoci.open_image(proxy.ref("publish/soci", "v1"), cache_dir=tmp_path / "f2")
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            reader.read_bytes("/needle/needle.txt")
+    finally:
+        proxy.stop()
+
+
 def test_both_kinds_coexist_and_other_referrers_survive(
     published_image: Any, registry: Any, tmp_path: Path
 ) -> None:

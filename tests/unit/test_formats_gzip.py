@@ -29,7 +29,13 @@ from layers import (
 
 from seekoci.errors import FormatError
 from seekoci.formats.base import Span
-from seekoci.formats.gzip import GzipIndexer, decode_span, parse_gzip_header, splice_prefix
+from seekoci.formats.gzip import (
+    GzipIndexer,
+    SpanDecoder,
+    decode_span,
+    parse_gzip_header,
+    splice_prefix,
+)
 
 SOCI = VECTORS / "soci"
 WINDOW = 32768
@@ -364,3 +370,82 @@ def test_decode_span_refuses_data_that_is_not_the_span() -> None:
 def test_a_zero_span_size_is_refused() -> None:
     with pytest.raises(ValueError):
         GzipIndexer(0)
+
+
+# --------------------------------------------------------------------------- fed in pieces
+
+
+def _fed(span: Span, chunk: bytes, window: bytes | None, cuts: list[int]) -> bytes:
+    decoder = SpanDecoder(span, window, name="test blob")
+    points = sorted({c % (len(chunk) + 1) for c in cuts} | {0, len(chunk)})
+    for a, b in itertools.pairwise(points):
+        decoder.feed(memoryview(chunk)[a:b])
+    return decoder.result()
+
+
+@CI
+@given(cuts=st.lists(st.integers(0, 200_000), max_size=10), producer=st.sampled_from("ab"))
+def test_a_span_fed_in_pieces_decodes_as_whole(cuts: list[int], producer: str) -> None:
+    """Any cut of a span's bytes (inside a member header or trailer, between members, one
+    byte at a time at its start) decodes to what the whole bytes decode to: the spans of a
+    multi-member blob with every header field, and of small blocks (bit-aligned starts)."""
+    data, blob = members_blob() if producer == "a" else small_blocks()
+    indexer, _ = index_blob(blob, 2048)
+    for span in indexer.spans:
+        chunk = blob[span.compressed_start : span.compressed_end]
+        window = indexer.window(span.index)
+        expected = data[span.uncompressed_start : span.uncompressed_end]
+        assert _fed(span, chunk, window, cuts) == expected
+        assert _fed(span, chunk, window, list(range(1, 40))) == expected
+
+
+def test_a_fed_decoder_keeps_its_error_until_the_result() -> None:
+    """Feeding never raises (the bytes are not checked yet): bad bytes, a cut member
+    header, nothing at all are the result's FormatError, as decode_span's."""
+    _, blob = members_blob()
+    indexer, _ = index_blob(blob, 8192)
+    span = next(s for s in indexer.spans if s.bits)
+    chunk = blob[span.compressed_start : span.compressed_end]
+    window = indexer.window(span.index)
+    for bad in (bytes(len(chunk)), chunk[: len(chunk) // 2], b""):
+        decoder = SpanDecoder(span, window)
+        decoder.feed(bad)  # no exception here
+        with pytest.raises(FormatError) as fed:
+            decoder.result()
+        with pytest.raises(FormatError) as whole:
+            decode_span(span, bad, window)
+        assert str(fed.value) == str(whole.value)
+    crossing = next(
+        s
+        for s in indexer.spans
+        if any(s.compressed_start < m < s.compressed_end for m in _member_starts(blob))
+    )
+    chunk = blob[crossing.compressed_start : crossing.compressed_end]
+    cut = next(m for m in _member_starts(blob) if crossing.compressed_start < m) + 3
+    decoder = SpanDecoder(crossing, indexer.window(crossing.index))
+    decoder.feed(chunk[: cut - crossing.compressed_start])  # ends inside a member header
+    with pytest.raises(FormatError, match="ends inside a gzip member header"):
+        decoder.result()
+
+
+def _member_starts(blob: bytes) -> list[int]:
+    """Where each gzip member after the first starts (by decoding them one by one)."""
+    starts, at = [], 0
+    while True:
+        member = zlib.decompressobj(31)
+        member.decompress(blob[at:])
+        at = len(blob) - len(member.unused_data)
+        if not member.unused_data:
+            return starts
+        starts.append(at)
+
+
+def test_a_fed_decoder_makes_no_more_than_the_span() -> None:
+    data, blob = small_blocks()
+    indexer, _ = index_blob(blob, 4096)
+    span = indexer.spans[2]
+    chunk = blob[span.compressed_start :]  # the span's bytes and everything after them
+    decoder = SpanDecoder(span, indexer.window(span.index))
+    for at in range(0, len(chunk), 999):
+        decoder.feed(chunk[at : at + 999])
+    assert decoder.result() == data[span.uncompressed_start : span.uncompressed_end]
