@@ -23,18 +23,14 @@ header; its TOC has no digests, so nothing read from it can be verified.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import zlib
 from collections.abc import Mapping
-from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import Span
 from .gzip import GzipFormat
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
-from .tar import BLOCK, TarScanner
-from .toc import MAX_TOC_SIZE, Chunk, TocFile, build_index, digest_hex, entry_of, load_json
 
 FOOTER_SIZE = 51
 LEGACY_FOOTER_SIZE = 47
@@ -104,86 +100,6 @@ def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
     return b"".join(out)
 
 
-def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> TocFile:
-    """The tar entry ``stargz.index.json`` itself (it is part of the tar, so a layer lists
-    it as a pass-built index would), read from its member and checked against the TOC."""
-    scanner = TarScanner(name=where)
-    scanner.feed(gunzip(member, BLOCK * 3 + len(toc) + 2 * BLOCK, what=f"{where}: TOC member"))
-    if not scanner.entries:
-        raise FormatError(f"{where}: the TOC member holds no tar entry")
-    entry = scanner.entries[0]
-    digest = hashlib.sha256(toc).hexdigest()
-    landmark = TocFile(entry)
-    landmark.add(Chunk(start, end, len(toc), entry.data_offset, digest))
-    return landmark
-
-
-def toc_of_member(member: bytes, *, where: str) -> bytes:
-    """The TOC JSON bytes from the (decoded) tar entry ``stargz.index.json``."""
-    tar = gunzip(member, MAX_TOC_SIZE + 2 * BLOCK, what=f"{where}: TOC member")
-    header = tar[:BLOCK]
-    if len(header) < BLOCK or header[:100].rstrip(b"\0") != TOC_NAME.encode():
-        raise FormatError(f"{where}: the TOC member does not hold {TOC_NAME}")
-    try:
-        size = int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
-    except (UnicodeDecodeError, ValueError):
-        raise FormatError(f"{where}: the TOC's tar header is malformed") from None
-    data = tar[BLOCK : BLOCK + size]
-    if len(data) != size:
-        raise FormatError(f"{where}: the TOC is cut short")
-    return data
-
-
-def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[TocFile], bool]:
-    """The TOC's entries with their chunks, and whether every chunk has a digest. A chunk's
-    compressed bytes run from its member's ``offset`` to the next member's."""
-    raw_entries = doc["entries"]
-    # a chunk's offset must be a member start before the TOC: others have no end here
-    starts = {e.get("offset") for e in raw_entries if isinstance(e, dict)}
-    offsets = sorted({o for o in starts if isinstance(o, int) and 0 <= o < toc_offset})
-    offsets.append(toc_offset)
-    ends = dict(itertools.pairwise(offsets))
-    files: list[TocFile] = []
-    current: TocFile | None = None
-    digested = True
-    for i, raw in enumerate(raw_entries):
-        at = f"{where}: TOC entry {i}"
-        if not isinstance(raw, dict):
-            raise FormatError(f"{at} is not an object")
-        if raw.get("type") == "chunk":
-            if current is None or raw.get("name") != current.entry.raw_name:
-                raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
-            digested &= _add_chunk(current, raw, ends, at)
-            continue
-        current = TocFile(entry_of(raw, where=at))
-        files.append(current)
-        if current.entry.type == "file" and current.entry.size:
-            digested &= _add_chunk(current, raw, ends, at)
-        elif current.entry.type != "file":
-            current = None
-    return files, digested
-
-
-def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -> bool:
-    offset = raw.get("offset")
-    if not isinstance(offset, int) or offset not in ends:
-        raise FormatError(f"{at}: offset {offset!r} is not inside the blob's data")
-    chunk_offset = raw.get("chunkOffset", 0) or 0
-    done = f.filled
-    if chunk_offset != done:
-        raise FormatError(f"{at}: chunk at {chunk_offset!r} of {f.entry.name!r}, expected {done}")
-    size = raw.get("chunkSize") or f.entry.size - done
-    inner = raw.get("innerOffset", 0) or 0
-    if not isinstance(size, int) or size <= 0 or done + size > f.entry.size:
-        raise FormatError(f"{at}: chunk size {size!r} does not fit {f.entry.name!r}")
-    if not isinstance(inner, int) or inner < 0:
-        raise FormatError(f"{at}: innerOffset {inner!r} is not valid")
-    digest = raw.get("chunkDigest")
-    hexdigest = digest_hex(digest, where=at) if digest else ""
-    f.add(Chunk(offset, ends[offset], size, inner, hexdigest))
-    return bool(hexdigest)
-
-
 class EstargzFormat(GzipFormat):
     """eStargz and legacy stargz: gzip layers that carry their TOC (a pass over one indexes
     it as the gzip tar it also is: the indexer is gzip's)."""
@@ -251,6 +167,9 @@ class EstargzFormat(GzipFormat):
             if len(head) != start - toc_offset:
                 raise FormatError(f"{name}: the TOC is cut short")
             tail, start = head + tail, toc_offset
+        from .estargz_toc import files_of, toc_file, toc_of_member  # a TOC to read: once
+        from .toc import build_index, load_json
+
         toc = toc_of_member(tail[toc_offset - start : toc_end - start], where=name)
         if expected:
             actual = "sha256:" + hashlib.sha256(toc).hexdigest()

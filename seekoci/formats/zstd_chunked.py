@@ -23,29 +23,14 @@ laid end to end. Chunks whose ``chunkType`` is ``zeros`` are produced, never fet
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import struct
 from collections.abc import Mapping
-from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import decompress_bounded
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
-from .toc import (
-    MAX_TOC_SIZE,
-    Chunk,
-    Payload,
-    Segment,
-    TocFile,
-    build_index,
-    digest_hex,
-    entry_of,
-    load_json,
-)
 from .zstd import SKIPPABLE_MAGIC, ZstdFormat
 
 _FOOTER = struct.Struct("<7Q8s")
@@ -94,89 +79,6 @@ def _position(value: str, fields: int, *, where: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
-    """The TOC's entries with their chunks; a chunk's compressed bytes run to the next
-    chunk's ``offset``, the file's last one to its ``endOffset``."""
-    files: list[TocFile] = []
-    ends: dict[int, int] = {}  # position in files -> the file's endOffset
-    current: TocFile | None = None
-    for i, raw in enumerate(doc["entries"]):
-        at = f"{where}: TOC entry {i}"
-        if not isinstance(raw, dict):
-            raise FormatError(f"{at} is not an object")
-        if raw.get("type") == "chunk":
-            if current is None or raw.get("name") != current.entry.raw_name:
-                raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
-            _add_chunk(current, raw, at)
-            continue
-        current = TocFile(entry_of(raw, where=at))
-        files.append(current)
-        if current.entry.type == "file" and current.entry.size:
-            end = raw.get("endOffset")
-            if not isinstance(end, int):
-                raise FormatError(f"{at}: {current.entry.name!r} has no endOffset")
-            ends[len(files) - 1] = end
-            _add_chunk(current, raw, at)
-        else:
-            current = None
-    for n, end in ends.items():
-        _close_file(files[n], end, where=where)
-    return files
-
-
-def _add_chunk(f: TocFile, raw: dict[str, Any], at: str) -> None:
-    offset = raw.get("offset")
-    if not isinstance(offset, int) or offset < 0:
-        raise FormatError(f"{at}: offset {offset!r} is not valid")
-    done = f.filled
-    if (raw.get("chunkOffset", 0) or 0) != done:
-        raise FormatError(f"{at}: chunk of {f.entry.name!r} does not follow the one before")
-    size = raw.get("chunkSize") or f.entry.size - done
-    if not isinstance(size, int) or size <= 0 or done + size > f.entry.size:
-        raise FormatError(f"{at}: chunk size {size!r} does not fit {f.entry.name!r}")
-    digest = raw.get("chunkDigest") or (raw.get("digest") if not f.chunks else None)
-    if not digest:
-        raise FormatError(f"{at}: chunk of {f.entry.name!r} has no digest")
-    zeros = raw.get("chunkType", "") == "zeros"
-    # the end is the next chunk's offset, filled in by _close_file
-    f.add(Chunk(offset, offset, size, 0, digest_hex(digest, where=at), zeros))
-
-
-def _close_file(f: TocFile, end: int, *, where: str) -> None:
-    ends = [c.compressed_start for c in f.chunks[1:]] + [end]
-    closed = []
-    for c, e in zip(f.chunks, ends, strict=True):
-        if e <= c.compressed_start:
-            raise FormatError(f"{where}: {f.entry.name!r}: chunk offsets go backwards")
-        closed.append(Chunk(c.compressed_start, e, c.size, 0, c.digest, c.zeros))
-    f.chunks = closed
-
-
-def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
-    """The tar layout from tar-split's JSON lines (type 1: an entry and its payload size,
-    type 2: raw tar bytes, base64), parsed as one JSON array (a call per line costs ~3x)."""
-    lines = [line for line in data.splitlines() if line.strip()]
-    try:
-        records = json.loads(b"[" + b",".join(lines) + b"]")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{where}: the tar-split is not JSON lines ({exc})") from None
-    items: list[Segment | Payload] = []
-    for n, rec in enumerate(records):
-        try:
-            if rec["type"] == 1:
-                size = rec.get("size", 0) or 0
-                if not isinstance(size, int) or size < 0:
-                    raise ValueError(f"size {size!r}")
-                items.append(Payload(str(rec["name"]), size))
-            elif rec["type"] == 2:
-                items.append(Segment(base64.b64decode(rec["payload"], validate=True)))
-            else:
-                raise ValueError(f"type {rec['type']!r}")
-        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
-            raise FormatError(f"{where}: tar-split record {n + 1} is malformed ({exc})") from None
-    return items
-
-
 class ZstdChunkedFormat(ZstdFormat):
     """zstd:chunked (containers/storage, podman, skopeo, buildah; stargz-snapshotter); a pass
     over one indexes it frame by frame, as the zstd tar it also is."""
@@ -208,6 +110,9 @@ class ZstdChunkedFormat(ZstdFormat):
         expected = annotation(annotations, "manifest-checksum")
         if require_verified and not expected:
             return None
+        from .toc import MAX_TOC_SIZE, build_index, load_json  # a TOC to read: once
+        from .zstd_chunked_toc import files_of, layout_of
+
         toc_pos: tuple[int, int, int] | None = None
         split_pos: tuple[int, int, int] | None = None
         manifest = annotation(annotations, "manifest-position")

@@ -1,0 +1,95 @@
+"""Reading an eStargz TOC (``stargz.index.json``): its entries and the gzip members their
+chunks are stored in, for :func:`~seekoci.formats.toc.build_index`. Imported when a layer's
+TOC is read (:meth:`~seekoci.formats.estargz.EstargzFormat.embedded_index`), not with the
+plug-in: recognising an eStargz blob needs none of it."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+from ..errors import FormatError
+from .estargz import TOC_NAME, gunzip
+from .tar import BLOCK, TarScanner
+from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of
+
+
+def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> TocFile:
+    """The tar entry ``stargz.index.json`` itself (it is part of the tar, so a layer lists
+    it as a pass-built index would), read from its member and checked against the TOC."""
+    scanner = TarScanner(name=where)
+    scanner.feed(gunzip(member, BLOCK * 3 + len(toc) + 2 * BLOCK, what=f"{where}: TOC member"))
+    if not scanner.entries:
+        raise FormatError(f"{where}: the TOC member holds no tar entry")
+    entry = scanner.entries[0]
+    digest = hashlib.sha256(toc).hexdigest()
+    landmark = TocFile(entry)
+    landmark.add(Chunk(start, end, len(toc), entry.data_offset, digest))
+    return landmark
+
+
+def toc_of_member(member: bytes, *, where: str) -> bytes:
+    """The TOC JSON bytes from the (decoded) tar entry ``stargz.index.json``."""
+    tar = gunzip(member, MAX_TOC_SIZE + 2 * BLOCK, what=f"{where}: TOC member")
+    header = tar[:BLOCK]
+    if len(header) < BLOCK or header[:100].rstrip(b"\0") != TOC_NAME.encode():
+        raise FormatError(f"{where}: the TOC member does not hold {TOC_NAME}")
+    try:
+        size = int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
+    except (UnicodeDecodeError, ValueError):
+        raise FormatError(f"{where}: the TOC's tar header is malformed") from None
+    data = tar[BLOCK : BLOCK + size]
+    if len(data) != size:
+        raise FormatError(f"{where}: the TOC is cut short")
+    return data
+
+
+def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[TocFile], bool]:
+    """The TOC's entries with their chunks, and whether every chunk has a digest. A chunk's
+    compressed bytes run from its member's ``offset`` to the next member's."""
+    raw_entries = doc["entries"]
+    # a chunk's offset must be a member start before the TOC: others have no end here
+    starts = {e.get("offset") for e in raw_entries if isinstance(e, dict)}
+    offsets = sorted({o for o in starts if isinstance(o, int) and 0 <= o < toc_offset})
+    offsets.append(toc_offset)
+    ends = dict(itertools.pairwise(offsets))
+    files: list[TocFile] = []
+    current: TocFile | None = None
+    digested = True
+    for i, raw in enumerate(raw_entries):
+        at = f"{where}: TOC entry {i}"
+        if not isinstance(raw, dict):
+            raise FormatError(f"{at} is not an object")
+        if raw.get("type") == "chunk":
+            if current is None or raw.get("name") != current.entry.raw_name:
+                raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+            digested &= _add_chunk(current, raw, ends, at)
+            continue
+        current = TocFile(entry_of(raw, where=at))
+        files.append(current)
+        if current.entry.type == "file" and current.entry.size:
+            digested &= _add_chunk(current, raw, ends, at)
+        elif current.entry.type != "file":
+            current = None
+    return files, digested
+
+
+def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -> bool:
+    offset = raw.get("offset")
+    if not isinstance(offset, int) or offset not in ends:
+        raise FormatError(f"{at}: offset {offset!r} is not inside the blob's data")
+    chunk_offset = raw.get("chunkOffset", 0) or 0
+    done = f.filled
+    if chunk_offset != done:
+        raise FormatError(f"{at}: chunk at {chunk_offset!r} of {f.entry.name!r}, expected {done}")
+    size = raw.get("chunkSize") or f.entry.size - done
+    inner = raw.get("innerOffset", 0) or 0
+    if not isinstance(size, int) or size <= 0 or done + size > f.entry.size:
+        raise FormatError(f"{at}: chunk size {size!r} does not fit {f.entry.name!r}")
+    if not isinstance(inner, int) or inner < 0:
+        raise FormatError(f"{at}: innerOffset {inner!r} is not valid")
+    digest = raw.get("chunkDigest")
+    hexdigest = digest_hex(digest, where=at) if digest else ""
+    f.add(Chunk(offset, ends[offset], size, inner, hexdigest))
+    return bool(hexdigest)
