@@ -12,7 +12,7 @@ read is a range request of about one span, verified against that span's digest.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .artifact import make_layer
 from .cache import open_cache
@@ -26,10 +26,12 @@ from .errors import (
     RegistryError,
     SeekociError,
 )
-from .fileinfo import FileInfo
 from .image import Image
 from .layer import DEFAULT_SPAN_SIZE, Layer
 from .source import FileSource, RangeSource
+
+if TYPE_CHECKING:
+    from .fileinfo import FileInfo
 
 __version__ = "0.1.0"
 
@@ -244,6 +246,10 @@ _PUBLIC_MODULES = ("insight", "models", "soci")
 
 
 def __getattr__(name: str) -> object:
+    if name == "FileInfo":  # what stat() gives: its module loads with the first stat()
+        from .fileinfo import FileInfo
+
+        return FileInfo
     if name in _PUBLIC_MODULES:
         import importlib
 

@@ -34,18 +34,20 @@ import hashlib
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .build import Tee
 from .cache import Cache
 from .errors import IntegrityError
-from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.index import LayerIndex
 from .formats.tar import TarEntry, normalize_name
 from .layer import DEFAULT_SPAN_SIZE, Layer, Progress
 from .source import RangeSource
 from .tree import Tree
+
+if TYPE_CHECKING:
+    from .fileinfo import FileInfo
 
 TITLE = "org.opencontainers.image.title"
 CREATED = "org.opencontainers.image.created"
@@ -194,6 +196,8 @@ class FileLayer(Layer):
         return self.open_entry(self.entry, "/" + self.file_name)
 
     def stat(self, path: str) -> FileInfo:
+        from .fileinfo import FileInfo, entry_info
+
         node = self.tree().lookup(path)
         if node is None:
             raise FileNotFoundError(errno.ENOENT, f"No such file in layer {self.name}", path)

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile
 from .formats.tar import TarEntry, normalize_name
 from .layer import Layer, Progress
@@ -22,6 +21,7 @@ log = logging.getLogger("seekoci")
 
 if TYPE_CHECKING:
     from ._reopen import ImageOrigin
+    from .fileinfo import FileInfo
 
 
 def _shown(layer: Layer) -> Sequence[TarEntry]:
@@ -253,6 +253,8 @@ class Image:
         return self._by_digest[node.layer]
 
     def _info(self, node: Node, path: str) -> FileInfo:
+        from .fileinfo import FileInfo, entry_info
+
         if node.entry is None:  # a directory only implied by deeper names
             return FileInfo(
                 path=path, type="dir", size=0, mode=0o755, mtime=0.0, uid=0, gid=0, layer=node.layer
@@ -297,6 +299,8 @@ class Image:
     def stat(self, path: str, follow_symlinks: bool = True) -> FileInfo:
         """What the merged view holds at ``path``: a :class:`FileInfo` (a hard link is its
         target file, with ``linkname`` naming the path it links to)."""
+        from .fileinfo import entry_info
+
         if follow_symlinks and self._tree is None:
             fast = self._fast_entry(path)
             if fast is not None and fast[1].type == "file":

@@ -23,7 +23,6 @@ from . import spans as _spans
 from .build import CHUNK_SIZE, IndexBuild, PassMeter, Tee, window_range
 from .cache import Cache
 from .errors import FormatError
-from .fileinfo import FileInfo, entry_info
 from .fileobj import RangeFile, Stream
 from .formats.base import CHECK_COMPRESSED, ChunkTable, Span
 from .formats.entries import EntryTable, NameLookup
@@ -45,6 +44,7 @@ from .tree import Tree
 
 if TYPE_CHECKING:
     from ._reopen import LayerOrigin
+    from .fileinfo import FileInfo
     from .remote import RemoteIndexes
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_SPAN_SIZE", "Layer", "Progress"]
@@ -768,6 +768,8 @@ class Layer:
         return entry
 
     def stat(self, path: str) -> FileInfo:
+        from .fileinfo import entry_info
+
         return entry_info(self._lookup(path), "/" + normalize_name(path), self.digest or self.name)
 
     def listdir(self, path: str = "/") -> list[str]:
