@@ -81,7 +81,6 @@ def open_image(
     ``timeout``: seconds one request may wait for the next byte (default
     ``$SEEKOCI_TIMEOUT``, else 30); ``retries``: attempts after the first for one request
     (default ``$SEEKOCI_RETRIES``, else 5). See docs/reliability.md."""
-    from ._reopen import LayerOrigin, image_origin
     from .registry import resolve_image
 
     options: dict[str, Any] = {
@@ -137,6 +136,10 @@ def open_image(
         layers=layers,
     )
     image.resolved = resolved
+    # imported once the image is resolved: a first read's discovery of published indexes
+    # (started by on_manifest) is on the wire meanwhile
+    from ._reopen import LayerOrigin, image_origin
+
     image.origin = image_origin(resolved, auth=auth, options=options)
     for layer in layers:
         layer.origin = LayerOrigin(digest=layer.digest, image=image.origin)
