@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from . import formats
 from . import spans as _spans
@@ -34,7 +34,6 @@ from .formats.index import (
     record_of,
     write_index,
 )
-from .formats.pages import PagedEntries, PagedSpans
 from .formats.plugin import TAIL_BYTES
 from .formats.tar import TarEntry, normalize_name
 from .pipeline import MAX_WINDOW, BytesStream, SpanStream
@@ -45,6 +44,7 @@ from .tree import Tree
 if TYPE_CHECKING:
     from ._reopen import LayerOrigin
     from .fileinfo import FileInfo
+    from .formats.pages import PagedEntries, PagedSpans
     from .remote import RemoteIndexes
 
 __all__ = ["CHUNK_SIZE", "DEFAULT_SPAN_SIZE", "Layer", "Progress"]
@@ -551,9 +551,9 @@ class Layer:
     def entries(self) -> Sequence[TarEntry]:
         """Every entry of the layer (builds the whole index)."""
         entries = self.index().entries
-        if isinstance(entries, PagedEntries):
+        if getattr(entries, "paged", False):  # a native index read by range
             try:
-                entries.load_all()
+                cast("PagedEntries", entries).load_all()
             except FormatError as exc:
                 with self._lock:
                     if not self._loaded_index_failed(exc):
@@ -667,7 +667,7 @@ class Layer:
                     return served
                 self._pass_end = None  # the reader moved on: its 32 MiB are not held on to
             spans = self._spans()
-            if isinstance(spans, PagedSpans):  # its last page may not be loaded
+            if getattr(spans, "paged", False):  # its last page may not be loaded
                 total = self._index.uncompressed_size if self._index is not None else 0
             else:
                 total = spans[-1].uncompressed_end if spans else 0
@@ -678,8 +678,8 @@ class Layer:
                 spans = list(spans)
                 starts = [s.uncompressed_start for s in spans]
                 return spans, bisect.bisect_right(starts, offset) - 1, end
-        if isinstance(spans, PagedSpans):
-            return spans, spans.locate(offset), end
+        if getattr(spans, "paged", False):
+            return spans, cast("PagedSpans", spans).locate(offset), end
         return spans, bisect.bisect_right(self._span_starts(), offset) - 1, end
 
     def _forward_has(self, offset: int, end: int) -> bool:

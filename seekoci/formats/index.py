@@ -50,25 +50,16 @@ import struct
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..errors import FormatError
 from .base import ChunkTable, Span, decompress_bounded, unpack_window
 from .entries import encode as encode_entries
 from .entries import encode_digests
-from .pages import (
-    PAGE_ENTRIES,
-    SPANS_PER_PAGE,
-    LazyColumn,
-    PagedEntries,
-    PagedSpans,
-    PageInfo,
-    ReadMany,
-    SpanPage,
-    sequential,
-    walk_key,
-)
 from .tar import TarEntry
+
+if TYPE_CHECKING:
+    from .pages import PagedSpans, PageInfo, ReadMany, SpanPage
 
 MAGIC = b"SEEKOCIX"
 #: The version written. 6 added the sha256 of every regular file to the entry pages.
@@ -239,6 +230,8 @@ def write_index(out: BinaryIO, index: LayerIndex, record: Callable[[int], bytes]
     """Write the index file to ``out``; ``record(i)`` gives span i's record (chunk table +
     packed window, :func:`record_of`; b"" for none). Records are read twice (sizes and
     digests first, as the span records come before them) and never all held at once."""
+    from .pages import PAGE_ENTRIES, SPANS_PER_PAGE, PagedEntries, walk_key
+
     if index.format:  # spans checked after decoding, skips, zero chunks: not in this file
         raise FormatError(f"index of {index.layer_digest}: a {index.format} TOC is not written")
     # ASCII JSON: names that are not UTF-8 travel as \\udcXX escapes, so every page is valid
@@ -441,6 +434,8 @@ def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex
 
 
 def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[PageInfo]:
+    from .pages import PageInfo, walk_key
+
     try:
         meta = doc["pages"]
         columns = [meta[k] for k in ("count", "low", "high", "length", "sha256")]
@@ -489,6 +484,8 @@ def _page_infos(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Pa
 
 
 def _span_pages(doc: dict[str, Any], header: IndexHeader, where: str) -> list[SpanPage]:
+    from .pages import SPANS_PER_PAGE, SpanPage
+
     try:
         meta = doc["span_pages"]
         starts, digests = meta["start"], meta["sha256"]
@@ -509,6 +506,8 @@ def _span_pages(doc: dict[str, Any], header: IndexHeader, where: str) -> list[Sp
 def _span_page_parser(
     index: LayerIndex, header: IndexHeader, pages: list[SpanPage], where: str
 ) -> Callable[[int, bytes], list[tuple[Span, tuple[int, int], bytes]]]:
+    from .pages import SPANS_PER_PAGE
+
     chunk = index.chunk_size
 
     def parse_page(p: int, data: bytes) -> list[tuple[Span, tuple[int, int], bytes]]:
@@ -581,6 +580,8 @@ def parse_lazy(
     bytes) whose entry pages, span pages and records are read on demand through
     ``read_at(offset, length)`` (offsets in the index file) and checked against the
     directory as they arrive."""
+    from .pages import LazyColumn, PagedEntries, PagedSpans, sequential
+
     header = parse_header(head, where=where)
     if len(head) < header.head_end:
         raise FormatError(f"{where}: truncated")
@@ -621,6 +622,8 @@ def parse_cached(
     page and span page checked against its digest now (~1 ms per MB, so a damaged file is
     found at load), entry pages parsed when a lookup needs them -- from the bytes read for
     that check, kept (the compressed pages: a few MB for 160k entries)."""
+    from .pages import PagedEntries, PagedSpans
+
     header = parse_header(read_at(0, HEADER_SIZE), where=where)
     if header.windows_offset + header.windows_length > size:
         raise FormatError(f"{where}: truncated")
@@ -672,6 +675,8 @@ def parse(
     page and the span table), all checked now: a corrupt or hostile index is a
     FormatError here, never a wrong read later. ``read_windows(offset, length)`` reads
     records (offsets in the index file) on demand."""
+    from .pages import PagedEntries, PagedSpans
+
     header = parse_header(metadata, where=where)
     if len(metadata) < header.metadata_end:
         raise FormatError(f"{where}: truncated")

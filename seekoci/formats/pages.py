@@ -117,6 +117,10 @@ Companion = Callable[[list[int]], tuple[list[tuple[int, int]], Callable[[list[by
 class PagedEntries(NameLookup):
     """A layer's entries, page by page; pages load (and are checked) when first touched."""
 
+    #: what :mod:`seekoci.layer` asks (``getattr(x, "paged", False)``) rather than import
+    #: this module for an isinstance check: it loads only with a native index read by range
+    paged = True
+
     def __init__(
         self,
         pages: list[PageInfo],
@@ -342,6 +346,10 @@ class SpanPage:
 class PagedSpans(IndexedSequence[Span]):
     """Span records, page by page. ``parse_page(i, data)`` turns page ``i``'s bytes into its
     spans, their record locations and record digests (checking them)."""
+
+    #: what :mod:`seekoci.layer` asks (``getattr(x, "paged", False)``) rather than import
+    #: this module for an isinstance check: it loads only with a native index read by range
+    paged = True
 
     def __init__(
         self,
