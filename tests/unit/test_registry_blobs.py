@@ -480,9 +480,9 @@ def test_no_transport_exception_escapes(fake_registry, blob_server, monkeypatch,
                 assert "Pa55" not in str(caught.value) and "SIGNATURE" not in str(caught.value)
 
 
-def _cut_small_body(times: int | None, *, drop: bool):
-    """A hook for whole-blob GETs (no Range): the full Content-Length, half the body, then
-    a close (``drop``: the socket shut down), ``times`` times (None: always)."""
+def _whole_blob_hook(times: int | None, answer):
+    """A hook that answers whole-blob GETs (no Range) with ``answer(handler, blob bytes)``,
+    ``times`` times (None: always); other requests go to the fake registry."""
     served = []
 
     def hook(h, request):
@@ -491,7 +491,17 @@ def _cut_small_body(times: int | None, *, drop: bool):
         if times is not None and len(served) >= times:
             return False
         served.append(1)
-        data = h.server.owner.blobs[request.path.rpartition("/")[2]]
+        answer(h, h.server.owner.blobs[request.path.rpartition("/")[2]])
+        return True
+
+    return hook
+
+
+def _cut_small_body(times: int | None, *, drop: bool):
+    """The full Content-Length, half the body, then a close (``drop``: the socket shut
+    down)."""
+
+    def cut(h, data):
         h.send_response(200)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
@@ -500,9 +510,8 @@ def _cut_small_body(times: int | None, *, drop: bool):
         h.close_connection = True
         if drop:
             h.connection.shutdown(socket.SHUT_RDWR)
-        return True
 
-    return hook
+    return _whole_blob_hook(times, cut)
 
 
 def _small_blob(reg, data: bytes):
@@ -570,20 +579,8 @@ def test_a_body_longer_than_the_limit_is_read_only_to_the_limit(fake_registry):
 
 
 def _flip_small_body(times: int | None):
-    """A hook for whole-blob GETs: the blob with its first byte flipped, ``times`` times."""
-    served = []
-
-    def hook(h, request):
-        if "/blobs/" not in request.path or "Range" in request.headers:
-            return False
-        if times is not None and len(served) >= times:
-            return False
-        served.append(1)
-        data = h.server.owner.blobs[request.path.rpartition("/")[2]]
-        h.reply(200, bytes([data[0] ^ 1]) + data[1:])
-        return True
-
-    return hook
+    """The blob with its first byte flipped."""
+    return _whole_blob_hook(times, lambda h, data: h.reply(200, bytes([data[0] ^ 1]) + data[1:]))
 
 
 def test_use_runs_on_the_body_while_it_is_verified(fake_registry):
