@@ -23,12 +23,11 @@ header; its TOC has no digests, so nothing read from it can be verified.
 from __future__ import annotations
 
 import hashlib
-import zlib
 from collections.abc import Mapping
 
 from ..errors import FormatError, IntegrityError
 from .base import Span
-from .gzip import GzipFormat
+from .gzip import GzipFormat, gunzip
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
 
@@ -73,31 +72,6 @@ def _hex(raw: bytes) -> int | None:
         return int(text, 16) if all(c in "0123456789abcdef" for c in text) else None
     except (UnicodeDecodeError, ValueError):
         return None
-
-
-def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
-    """Decode gzip members (one or several) to at most ``limit`` bytes."""
-    out: list[bytes] = []
-    produced = 0
-    pending = data
-    try:
-        while pending and produced < limit:
-            d = zlib.decompressobj(31)
-            while pending and produced < limit:
-                piece = d.decompress(pending, limit - produced)
-                out.append(piece)
-                produced += len(piece)
-                pending = d.unconsumed_tail
-                if d.eof:
-                    pending = d.unused_data
-                    break
-                if not piece and not pending:
-                    break
-            if not d.eof:
-                break
-    except zlib.error as exc:
-        raise FormatError(f"{what} is corrupt ({exc})") from None
-    return b"".join(out)
 
 
 class EstargzFormat(GzipFormat):
@@ -170,7 +144,7 @@ class EstargzFormat(GzipFormat):
         from .estargz_toc import files_of, toc_file, toc_of_member  # a TOC to read: once
         from .toc import build_index, load_json
 
-        toc = toc_of_member(tail[toc_offset - start : toc_end - start], where=name)
+        toc = toc_of_member(tail[toc_offset - start : toc_end - start], TOC_NAME, where=name)
         if expected:
             actual = "sha256:" + hashlib.sha256(toc).hexdigest()
             if actual != expected:

@@ -10,7 +10,7 @@ import itertools
 from typing import Any
 
 from ..errors import FormatError
-from .estargz import TOC_NAME, gunzip
+from .gzip import gunzip
 from .tar import BLOCK, TarScanner
 from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of
 
@@ -29,12 +29,13 @@ def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> 
     return landmark
 
 
-def toc_of_member(member: bytes, *, where: str) -> bytes:
-    """The TOC JSON bytes from the (decoded) tar entry ``stargz.index.json``."""
+def toc_of_member(member: bytes, toc_name: str, *, where: str) -> bytes:
+    """The TOC JSON bytes from the (decoded) tar entry ``toc_name``
+    (``stargz.index.json``)."""
     tar = gunzip(member, MAX_TOC_SIZE + 2 * BLOCK, what=f"{where}: TOC member")
     header = tar[:BLOCK]
-    if len(header) < BLOCK or header[:100].rstrip(b"\0") != TOC_NAME.encode():
-        raise FormatError(f"{where}: the TOC member does not hold {TOC_NAME}")
+    if len(header) < BLOCK or header[:100].rstrip(b"\0") != toc_name.encode():
+        raise FormatError(f"{where}: the TOC member does not hold {toc_name}")
     try:
         size = int(header[124:136].rstrip(b"\0 ").decode("ascii") or "0", 8)
     except (UnicodeDecodeError, ValueError):

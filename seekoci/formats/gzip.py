@@ -24,6 +24,7 @@ import collections
 import concurrent.futures
 import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -588,6 +589,32 @@ def splice_prefix(bits: int, byte: int) -> bytes:
         _empty_fixed_block(w)
     w.bits(byte >> (8 - bits), bits)
     return w.getvalue()
+
+
+def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
+    """Decode gzip members (one or several, each whole: zlib with its header and trailer
+    checks) to at most ``limit`` bytes; FormatError naming ``what`` if they are corrupt."""
+    out: list[bytes] = []
+    produced = 0
+    pending = data
+    try:
+        while pending and produced < limit:
+            d = zlib.decompressobj(31)
+            while pending and produced < limit:
+                piece = d.decompress(pending, limit - produced)
+                out.append(piece)
+                produced += len(piece)
+                pending = d.unconsumed_tail
+                if d.eof:
+                    pending = d.unused_data
+                    break
+                if not piece and not pending:
+                    break
+            if not d.eof:
+                break
+    except zlib.error as exc:
+        raise FormatError(f"{what} is corrupt ({exc})") from None
+    return b"".join(out)
 
 
 #: What feeding a decoder can raise (kept for :meth:`SpanDecoder.result`)
