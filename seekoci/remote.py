@@ -537,8 +537,10 @@ class RemoteIndexes:
         if future is not None:
             try:
                 return future.result()
+            except IntegrityError:
+                raise  # not the zTOC, twice (fetch_blob refetched it): a third try will not be
             except SeekociError:
-                pass  # fetched again below, where the error is reported
+                pass  # a transfer that failed in the background is tried once more, here
         return self._fetch_ztoc(blob, layer)
 
     # -- loading ----------------------------------------------------------------------------

@@ -242,8 +242,9 @@ def test_a_ztoc_that_is_not_its_digest_is_not_used(
         reader = seekoci.open_image(proxy.ref("publish/soci", "v1"), cache_dir=tmp_path / "e")
         with caplog.at_level("WARNING", logger="seekoci"):
             assert reader.read_bytes("/needle/needle.txt") == NEEDLE
-        # the zTOC and its refetch (fetched ahead, then once more)
-        assert sum(f.hits for f in proxy.faults) >= 2
+        # each zTOC tried (earlier tests published several): fetched and refetched, and no
+        # more -- a second mismatch is final
+        assert max(f.hits for f in proxy.faults) == 2
         assert reader.layers[1].index_status != "soci"
         assert "content has digest" in caplog.text, caplog.text
     finally:
