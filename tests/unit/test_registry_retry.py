@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 
 import pytest
 import requests
@@ -29,9 +30,21 @@ DATA = bytes(range(256)) * 400
 
 @pytest.fixture
 def sleeps(monkeypatch) -> list[float]:
-    """time.sleep in the retry module, recorded instead of slept."""
+    """time.sleep on the test's own thread, recorded instead of slept. (The patch is of
+    the time module, which every thread shares: a thread an earlier test left behind -- an
+    image's background discovery of published indexes can retry against that test's
+    stopped registry -- sleeps for real, not into this test's record.)"""
     waited: list[float] = []
-    monkeypatch.setattr(retry.time, "sleep", waited.append)
+    mine = threading.get_ident()
+    real_sleep = retry.time.sleep
+
+    def sleep(seconds: float) -> None:
+        if threading.get_ident() == mine:
+            waited.append(seconds)
+        else:
+            real_sleep(seconds)
+
+    monkeypatch.setattr(retry.time, "sleep", sleep)
     return waited
 
 
