@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import FormatError
 from .gzip import gunzip
 from .tar import BLOCK, TarScanner
-from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of
+from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of, toc_entry
 
 
 def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> TocFile:
@@ -58,13 +58,10 @@ def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[
     files: list[TocFile] = []
     current: TocFile | None = None
     digested = True
-    for i, raw in enumerate(raw_entries):
-        at = f"{where}: TOC entry {i}"
-        if not isinstance(raw, dict):
-            raise FormatError(f"{at} is not an object")
-        if raw.get("type") == "chunk":
-            if current is None or raw.get("name") != current.entry.raw_name:
-                raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+    for i, item in enumerate(raw_entries):
+        raw, at, chunk = toc_entry(item, i, current, where=where)
+        if chunk:
+            assert current is not None  # toc_entry saw to it
             digested &= _add_chunk(current, raw, ends, at)
             continue
         current = TocFile(entry_of(raw, where=at))

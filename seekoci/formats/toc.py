@@ -199,6 +199,20 @@ def entry_of(raw: Mapping[str, Any], *, where: str) -> TarEntry:
     )
 
 
+def toc_entry(
+    raw: object, i: int, current: TocFile | None, *, where: str
+) -> tuple[dict[str, Any], str, bool]:
+    """Entry ``i`` of a TOC's list, checked as both formats check it: ``(the entry, where it
+    is for messages, whether it is a chunk of current)``; a chunk must follow its file."""
+    at = f"{where}: TOC entry {i}"
+    if not isinstance(raw, dict):
+        raise FormatError(f"{at} is not an object")
+    chunk = raw.get("type") == "chunk"
+    if chunk and (current is None or raw.get("name") != current.entry.raw_name):
+        raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+    return raw, at, chunk
+
+
 def check_chunks(files: Sequence[TocFile], data_end: int, *, where: str) -> None:
     """Every file's chunks tile its payload and lie inside ``[0, data_end)``."""
     for f in files:

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from ..errors import FormatError
-from .toc import Chunk, Payload, Segment, TocFile, digest_hex, entry_of
+from .toc import Chunk, Payload, Segment, TocFile, digest_hex, entry_of, toc_entry
 
 
 def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
@@ -20,13 +20,10 @@ def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
     files: list[TocFile] = []
     ends: dict[int, int] = {}  # position in files -> the file's endOffset
     current: TocFile | None = None
-    for i, raw in enumerate(doc["entries"]):
-        at = f"{where}: TOC entry {i}"
-        if not isinstance(raw, dict):
-            raise FormatError(f"{at} is not an object")
-        if raw.get("type") == "chunk":
-            if current is None or raw.get("name") != current.entry.raw_name:
-                raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+    for i, item in enumerate(doc["entries"]):
+        raw, at, chunk = toc_entry(item, i, current, where=where)
+        if chunk:
+            assert current is not None  # toc_entry saw to it
             _add_chunk(current, raw, at)
             continue
         current = TocFile(entry_of(raw, where=at))
