@@ -314,18 +314,21 @@ class SpanReader:
         SOCI span overlaps its transfer instead of following it), checked against its
         digest before anything decoded is used, kept like :meth:`fetch` keeps it. None
         where that is not the way: the span is kept locally, chunked, checked only once
-        decoded, its source or format cannot stream, or the bytes that came are not the
-        span's (then :meth:`fetch` asks again and says so)."""
+        decoded, or its source or format cannot stream. Bytes that are not the span's are
+        fetched once more, as :meth:`fetch` does, and decoded whole."""
         read_fed = getattr(self.source, "read_range_fed", None)
         if read_fed is None or span.chunk_size or span.check != CHECK_COMPRESSED:
             return None
+        if self._cache.has_span(span.digest):
+            return None
         decoder = self.codec().span_decoder(span, window, name=self.where)
-        if decoder is None or self._cache.has_span(span.digest):
+        if decoder is None:
             return None
-        data = read_fed(span.compressed_start, span.compressed_size, decoder.feed)
-        if not span_matches(span, data):
-            return None
-        self._cache.save_span(span.digest, data)
+        data, fed = self._fetched(
+            span, keep=True, first=lambda offset, length: read_fed(offset, length, decoder.feed)
+        )
+        if not fed:  # the refetch's bytes: the decoder saw the damaged ones
+            return self.decode(span, data, window)
         decoded = decoder.result()  # the bytes are the span's: an error now is the format's
         self.lru.put(span_key(span), decoded)
         return decoded
@@ -355,19 +358,27 @@ class SpanReader:
         cached = self.load(span)
         if cached is not None:
             return cached
+        return self._fetched(span, keep=keep)[0]
+
+    def _fetched(
+        self, span: Span, *, keep: bool, first: Callable[[int, int], bytes] | None = None
+    ) -> tuple[bytes, bool]:
+        """The span's compressed bytes by request, checked, in two requests at most (the
+        second when the first's bytes are not the span's); and whether they are the first
+        request's. ``first(offset, length)`` makes the first request instead of
+        ``read_range`` (one that hands the bytes on as they arrive)."""
         key = span_key(span)
         have = (self._prefixes.get(key) or b"") if span.chunk_size else b""
-        for _attempt in range(2):
+        for attempt in range(2):
             # the start of the span an earlier read fetched (checked) is not fetched again
-            rest = self.source.read_range(
-                span.compressed_start + len(have), span.compressed_size - len(have)
-            )
-            data = have + rest
+            offset, length = span.compressed_start + len(have), span.compressed_size - len(have)
+            read = first if first is not None and attempt == 0 else self.source.read_range
+            data = have + read(offset, length)
             if span_matches(span, data):
                 if keep:
                     self._cache.save_span(span.digest, data)
                 self._prefixes.pop(key)
-                return data
+                return data, attempt == 0
             have = b""
         raise self._mismatch(span)
 

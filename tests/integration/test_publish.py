@@ -287,6 +287,7 @@ def test_a_soci_span_is_inflated_as_it_arrives(
         reader = seekoci.open_image(proxy.ref("publish/soci", "v1"), cache_dir=tmp_path / "f2")
         with pytest.raises(IntegrityError, match="does not match its digest"):
             reader.read_bytes("/needle/needle.txt")
+        assert proxy.faults[0].hits == 2  # the span and one refetch, as fetch() does
     finally:
         proxy.stop()
 
