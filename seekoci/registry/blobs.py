@@ -38,6 +38,7 @@ from .transport import (
     is_transient,
     new_session,
     redact_url,
+    release_connection,
     transport_errors,
 )
 
@@ -340,10 +341,7 @@ def _body_into(response: Response, view: memoryview, *, what: str) -> Iterator[m
         yield view[at - n : at]
     with transport_errors(what):
         inner.read()  # nothing left: http.client marks the response done
-    # read under urllib3 too: hand the connection back to its pool for the next request
-    release = getattr(raw, "release_conn", None)
-    if release is not None and inner.isclosed():
-        release()
+    release_connection(raw, inner)
 
 
 class RegistryBlobSource(HTTPRangeSource):

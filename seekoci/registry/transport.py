@@ -483,10 +483,16 @@ def _read_declared(response: requests.Response, limit: int, what: str) -> bytes 
         data = _read_whole(inner, length)
         if len(data) < length:
             raise http.client.IncompleteRead(data[-16:], length - len(data))
-    release = getattr(response.raw, "release_conn", None)
-    if release is not None and inner.isclosed():
-        release()  # read under urllib3: hand the connection back to its pool
+    release_connection(response.raw, inner)
     return data
+
+
+def release_connection(raw: Any, inner: http.client.HTTPResponse) -> None:
+    """After a body read under urllib3 (straight from http.client's ``inner``), to its
+    end: the connection back to urllib3's pool for the next request."""
+    release = getattr(raw, "release_conn", None)
+    if release is not None and inner.isclosed():
+        release()
 
 
 def _read_whole(inner: http.client.HTTPResponse, length: int) -> bytes:
