@@ -667,7 +667,8 @@ class Layer:
                     return served
                 self._pass_end = None  # the reader moved on: its 32 MiB are not held on to
             spans = self._spans()
-            if getattr(spans, "paged", False):  # its last page may not be loaded
+            paged = getattr(spans, "paged", False)  # a native index read by range
+            if paged:  # its last page may not be loaded
                 total = self._index.uncompressed_size if self._index is not None else 0
             else:
                 total = spans[-1].uncompressed_end if spans else 0
@@ -678,7 +679,7 @@ class Layer:
                 spans = list(spans)
                 starts = [s.uncompressed_start for s in spans]
                 return spans, bisect.bisect_right(starts, offset) - 1, end
-        if getattr(spans, "paged", False):
+        if paged:
             return spans, cast("PagedSpans", spans).locate(offset), end
         return spans, bisect.bisect_right(self._span_starts(), offset) - 1, end
 
