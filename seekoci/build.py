@@ -21,18 +21,32 @@ tables of a partial pass) goes through :meth:`IndexBuild.window` /
 :meth:`IndexBuild.chunk_table`, under the pass's lock. The spans the caller sees are its own
 list (:attr:`IndexBuild.spans`), extended from the queue: a span appears there only once the
 scanner has seen every byte of it.
+
+*Scan first* (a lookup's pass over a gzip layer, :class:`IndexBuild` with ``scan=True``):
+the lookup waits only for the fastest decode of the blob (no checkpoints,
+:meth:`~seekoci.formats.plugin.LayerFormat.stream_inflater`), and the checkpointed index is
+made after it by a fourth thread from a copy of the blob spooled to a temporary file as it
+was read (no byte fetched twice). That thread gives way while any lookup's scan runs in the
+process (:data:`SCAN_GATE`): on two vCPUs the two inflates side by side would slow the
+answer the user waits for by a third. The bytes of the file looked up are served from the
+scan's last decoded 32 MiB; anything else read before the index is made waits for the
+spans it needs.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import formats
 from .errors import FormatError, IntegrityError
@@ -42,6 +56,7 @@ from .spans import SPAN_LRU_BYTES
 
 if TYPE_CHECKING:
     from .formats.base import ChunkTable, Span, SpanIndexer
+    from .formats.plugin import StreamInflater
     from .layer import Layer
 
 #: gzip and tar spans are verified in chunks of this many compressed bytes, so a small read
@@ -69,6 +84,202 @@ _DECODE_AHEAD = 16
 _RECENT_BYTES = 32 << 20
 #: How often a blocked thread looks whether the pass was closed.
 _POLL_S = 0.25
+
+
+#: Where a scan-first pass spools the blob for the index after it (None: the system's
+#: temporary directory). A scan-first pass needs the blob's size free there, plus this.
+SPOOL_DIR: str | None = None
+_SPOOL_MARGIN = 1 << 30
+#: Blobs smaller than this are indexed as they are scanned: their whole pass takes well
+#: under a second, and their index is there when the lookup returns.
+SCAN_FIRST_MIN = 64 << 20
+
+
+def scan_first_wanted(size: int) -> bool:
+    """Whether a lookup's pass over a blob of ``size`` bytes should scan first: a blob of
+    at least :data:`SCAN_FIRST_MIN`, unless ``SEEKOCI_FIRST_TOUCH=pass``, and only with
+    room to spool it."""
+    if size < SCAN_FIRST_MIN or os.environ.get("SEEKOCI_FIRST_TOUCH", "scan") == "pass":
+        return False
+    try:
+        free = shutil.disk_usage(SPOOL_DIR or tempfile.gettempdir()).free
+    except OSError:
+        return False
+    return free >= size + _SPOOL_MARGIN
+
+
+def _main_alive() -> bool:
+    return threading.main_thread().is_alive()
+
+
+class ScanGate:
+    """Process-wide count of lookups scanning a blob; background index passes wait while
+    it is not zero (and not once the main thread has ended: the process is exiting)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._scans = 0
+
+    @contextlib.contextmanager
+    def scanning(self) -> Iterator[None]:
+        with self._cond:
+            self._scans += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._scans -= 1
+                if not self._scans:
+                    self._cond.notify_all()
+
+    def wait_idle(self, stop: threading.Event) -> None:
+        with self._cond:
+            while self._scans and not stop.is_set() and _main_alive():
+                self._cond.wait(_POLL_S)
+
+
+SCAN_GATE = ScanGate()
+
+
+class SpoolLost(Exception):
+    """The spooled copy of the blob could not be written (disk full): the index must come
+    from a pass of its own."""
+
+
+class _Spool:
+    """The blob as the reader read it, in an unlinked temporary file: written by the
+    reader thread, read by the background index thread (positional reads)."""
+
+    def __init__(self) -> None:
+        # closed by close(), from whichever thread is last to need it
+        self._file = tempfile.TemporaryFile(prefix="seekoci-spool-", dir=SPOOL_DIR)  # noqa: SIM115
+        self._fd = self._file.fileno()
+        self._cond = threading.Condition()
+        self._size = 0
+        self._ended = False
+        self._lost: OSError | None = None
+        # writes and close: a write never goes to a descriptor closed (and maybe reused)
+        self._write_lock = threading.Lock()
+        self._closed = False
+
+    def append(self, chunk: bytes) -> None:
+        if self._lost is not None:
+            return
+        try:
+            with self._write_lock:
+                if self._closed:
+                    return
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            with self._cond:
+                self._lost = exc
+                self._cond.notify_all()
+            return
+        with self._cond:
+            self._size += len(chunk)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def read(self, offset: int, length: int, stop: threading.Event, *, keep: bool) -> bytes:
+        """Up to ``length`` bytes at ``offset`` once written (b"" at the blob's end).
+        Raises _Closed when stopped, or when the main thread has ended and the blob is not
+        all here (or ``keep`` is false: nothing is to be saved)."""
+        with self._cond:
+            while self._size <= offset and not self._ended:
+                if self._lost is not None:
+                    raise SpoolLost(str(self._lost))
+                if stop.is_set() or (not _main_alive() and not (keep and self._ended)):
+                    raise _Closed
+                self._cond.wait(_POLL_S)
+            if self._lost is not None:
+                raise SpoolLost(str(self._lost))
+            available = self._size - offset
+        if available <= 0:
+            return b""
+        try:
+            return os.pread(self._fd, min(length, available), offset)
+        except OSError:
+            if self._closed:
+                raise _Closed from None
+            raise
+
+    def close(self) -> None:
+        with self._write_lock:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+
+class _BackgroundIndex:
+    """The checkpointed index of a scanned blob, made from its spool on a thread of its own
+    that gives way to scans (see :data:`SCAN_GATE`). Holds no reference to the
+    :class:`IndexBuild`. Not a daemon thread when the index is to be saved (``keep``): a
+    process that read a file and exits finishes the index of a blob it had read whole."""
+
+    def __init__(
+        self,
+        indexer: SpanIndexer,
+        lock: threading.Lock,
+        spool: _Spool,
+        scanner: TarScanner,
+        *,
+        keep: bool,
+        done: Callable[[], None],
+    ) -> None:
+        # the pools the indexer and scanner use are made on first use, maybe at exit, when
+        # importing their module is refused: import it now (they then run their work inline)
+        import concurrent.futures.thread  # noqa: F401
+
+        #: the entries again, with each file's digest this time (the scan skips those)
+        self.scanner = scanner
+        self.stop = threading.Event()
+        self.finished = threading.Event()
+        self.error: BaseException | None = None
+        self._indexer = indexer
+        self._lock = lock
+        self._spool = spool
+        self._keep = keep
+        self._done = done
+        self._thread = threading.Thread(
+            target=self._run, name="seekoci-build-index", daemon=not keep
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        indexer, lock, spool = self._indexer, self._lock, self._spool
+        try:
+            offset = 0
+            while True:
+                SCAN_GATE.wait_idle(self.stop)
+                chunk = spool.read(offset, STREAM_CHUNK_SIZE, self.stop, keep=self._keep)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                decoded = indexer.feed(chunk)
+                while True:
+                    with lock:
+                        out = next(decoded, None)
+                    if out is None:
+                        break
+                    self.scanner.feed(out)
+            with lock:
+                indexer.finish()
+            self.scanner.finish()
+        except _Closed:
+            self.error = _Closed()
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            spool.close()
+            self.finished.set()
+        if self.error is None:
+            self._done()
 
 
 def window_range(start: int, pieces: Iterable[bytes], offset: int, end: int) -> bytes | None:
@@ -157,12 +368,13 @@ class _Workers:
     def __init__(
         self,
         open_stream: Callable[[], Iterator[bytes]],
-        indexer: SpanIndexer,
+        indexer: SpanIndexer | StreamInflater,
         lock: threading.Lock,
         blob_hash: Any,
         size: int,
         name: str,
         meter: PassMeter | None = None,
+        spool: _Spool | None = None,
     ) -> None:
         self.stop = threading.Event()
         self._meter = meter
@@ -178,6 +390,8 @@ class _Workers:
         self._hash = blob_hash
         self._size = size
         self._name = name
+        #: a scan-first pass: the inflater keeps no spans, the reader spools the blob
+        self._spool = spool
         self._threads = [
             threading.Thread(target=self._read, name="seekoci-build-read", daemon=True),
             threading.Thread(target=self._inflate, name="seekoci-build-inflate", daemon=True),
@@ -210,7 +424,11 @@ class _Workers:
                     raise IntegrityError(f"layer {self._name}: blob is longer than {self._size}")
                 if fed == self._size:  # before the last chunk can be seen: no race
                     self.read_all.set()
+                if self._spool is not None:
+                    self._spool.append(chunk)
                 self.chunks.put(chunk)
+            if self._spool is not None:
+                self._spool.end()
             self.read_all.set()
             self.chunks.put(None)
             self.chunks.put(f"{self._hash.name}:{self._hash.hexdigest()}")
@@ -247,7 +465,9 @@ class _Workers:
 
         def closed() -> list[Span]:
             nonlocal published
-            spans = indexer.spans
+            if self._spool is not None:  # a scan: spans come from the index after it
+                return []
+            spans = cast("SpanIndexer", indexer).spans
             new = list(spans[published:])
             published = len(spans)
             return new
@@ -295,15 +515,23 @@ class _Workers:
 class IndexBuild:
     """The (resumable) single pass over a layer blob."""
 
-    def __init__(self, layer: Layer, compression: str) -> None:
+    def __init__(self, layer: Layer, compression: str, *, scan: bool = False) -> None:
         self.layer = layer
         codec = formats.codec_for(compression, where=f"layer {layer.name}")
+        #: scan first (see the module's notes): the fast decoder the scanner reads from,
+        #: while the indexer runs behind it on the spooled blob
+        self.scan: StreamInflater | None = (
+            codec.stream_inflater(name=f"layer {layer.name}") if scan else None
+        )
+        self._spool: _Spool | None = None
+        self._background: _BackgroundIndex | None = None
         # CRCs are checked even when the digest matches: a member whose trailer contradicts
         # its data is a corrupt layer that gzip -t and containerd refuse too.
         self.indexer: SpanIndexer = codec.new_indexer(
             layer.span_size, name=f"layer {layer.name}", elide_windows=True, chunk_size=CHUNK_SIZE
         )
-        self.scanner = TarScanner(name=f"layer {layer.name}")
+        # a scan leaves the files' digests to the index behind it
+        self.scanner = TarScanner(name=f"layer {layer.name}", hash_files=self.scan is None)
         self.compression = compression
         alg = (layer.digest or "sha256:").partition(":")[0]
         if alg not in ("sha256", "sha384", "sha512"):
@@ -338,6 +566,9 @@ class IndexBuild:
         #: a finished zstd pass: (offset, pieces) of its forward window (see window_range)
         self.tail: tuple[int, tuple[bytes, ...]] | None = None
         self.forward_bytes = 0
+        if self.scan is not None:  # the file looked up is read from the scan's window
+            self.forward = collections.deque()
+            self.keep_spans = False
 
     # -- the indexer, for readers of a partial pass -------------------------------------------
     def window(self, span_index: int) -> bytes | None:
@@ -362,15 +593,19 @@ class IndexBuild:
             return
         if self._workers is None:
             layer = self.layer
-            self._workers = _Workers(
-                layer.source.iter_from,
-                self.indexer,
-                self._lock,
-                hashlib.new(self._alg),
-                layer.size,
-                layer.name,
-                layer.pass_meter,
-            )
+            if self.scan is not None:
+                self._start_scan()
+            else:
+                self._workers = _Workers(
+                    layer.source.iter_from,
+                    self.indexer,
+                    self._lock,
+                    hashlib.new(self._alg),
+                    layer.size,
+                    layer.name,
+                    layer.pass_meter,
+                )
+            assert self._workers is not None
         if self._workers.pid != os.getpid():
             self._workers = None  # its threads live in the parent process
             raise FormatError(
@@ -414,6 +649,99 @@ class IndexBuild:
             self._drop_pending()
             self._recent.clear()
             self._recent_size = 0
+
+    def _start_scan(self) -> None:
+        assert self.scan is not None
+        layer = self.layer
+        spool = self._spool = _Spool()
+        build = weakref.ref(self)
+        owner = weakref.ref(layer)
+
+        def indexed() -> None:  # on the background thread, once the index is made
+            this, where = build(), owner()
+            if this is not None and where is not None:
+                where._indexed_in_background(this)
+
+        self._workers = _Workers(
+            layer.source.iter_from,
+            self.scan,
+            threading.Lock(),  # the scan's decoder is the inflater thread's alone
+            hashlib.new(self._alg),
+            layer.size,
+            layer.name,
+            layer.pass_meter,
+            spool=spool,
+        )
+        self._background = _BackgroundIndex(
+            self.indexer,
+            self._lock,
+            spool,
+            TarScanner(name=f"layer {layer.name}"),
+            keep=layer.saves_index,
+            done=indexed,
+        )
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the checkpointed index of a scan-first pass is made (always true of a
+        pass that indexes as it goes, once it is done)."""
+        background = self._background
+        if background is None:
+            return self.scan is None or self.done
+        return background.finished.is_set() and background.error is None
+
+    @property
+    def entries(self) -> list[TarEntry]:
+        """The entries for the index: the scanner's, or (a scan's) those of the index
+        behind it, which carry the files' digests."""
+        background = self._background
+        if background is not None and background.finished.is_set() and background.error is None:
+            entries = background.scanner.entries
+            if len(entries) != len(self.scanner.entries):
+                raise FormatError(
+                    f"layer {self.layer.name}: the index pass found {len(entries)} entries "
+                    f"where the scan found {len(self.scanner.entries)}"
+                )
+            return entries
+        return self.scanner.entries
+
+    def wait_indexed(self, timeout: float | None = None) -> bool:
+        """Wait (without scanning on) until the index behind a scan is made or has failed;
+        False if ``timeout`` ran out first."""
+        background = self._background
+        return background is None or background.finished.wait(timeout)
+
+    def _sync_spans(self) -> None:
+        """Spans the index behind a scan has closed, into :attr:`spans`."""
+        with self._lock:
+            new = self.indexer.spans[len(self.spans) :]
+        if new:
+            self.spans += new
+
+    def wait_spans(self, end: int | None) -> None:
+        """Until the index behind a scan has spans up to uncompressed offset ``end`` (None:
+        all of them). The scan goes on meanwhile if it has not ended (not holding back
+        the index: the caller waits for it). Raises what the index failed with
+        (:class:`SpoolLost`: it cannot be made from the spool)."""
+        background = self._background
+        if background is None:
+            return
+        while True:
+            self._sync_spans()
+            if end is not None and self.spans and self.spans[-1].uncompressed_end >= end:
+                return
+            if background.finished.is_set():
+                self._sync_spans()
+                error = background.error
+                if isinstance(error, _Closed):
+                    raise FormatError(f"layer {self.layer.name}: its index pass was closed")
+                if error is not None:
+                    raise error
+                return
+            if not self.done:
+                self.step()
+            else:
+                background.finished.wait(_POLL_S)
 
     def _drop_pending(self) -> None:
         self._pending.clear()
@@ -479,7 +807,7 @@ class IndexBuild:
         if self.forward is not None:  # what the pass ended with, for the read that follows
             self.tail = (self.forward_start, tuple(self.forward))
         self.forward = None
-        self.close()
+        self._close_workers()
         self.scanner.finish()
         if self.keep_spans:
             self._keep_spans()
@@ -496,12 +824,23 @@ class IndexBuild:
             layer.spans.lru.clear()
             raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
 
-    def close(self) -> None:
+    def _close_workers(self) -> None:
         workers, self._workers = self._workers, None
         if workers is not None:
             workers.close()
+
+    def close(self) -> None:
+        self._close_workers()
+        background, self._background = self._background, None
+        if background is not None:  # it closes the spool as it stops
+            background.stop.set()
+        elif self._spool is not None:
+            self._spool.close()
 
     def __del__(self) -> None:
         workers = getattr(self, "_workers", None)
         if workers is not None:
             workers.stop.set()
+        background = getattr(self, "_background", None)
+        if background is not None:
+            background.stop.set()

@@ -377,6 +377,7 @@ class Image:
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the spans, indexes and blobs this image queued for the cache directory
-        are on disk (they are written by a background thread); ``False`` if ``timeout``
-        seconds passed first. Leaving a ``with open_image(...)`` block flushes."""
+        are on disk (they are written by a background thread), and the indexes being made
+        behind a lookup's scan of a big layer (see :mod:`seekoci.build`); ``False`` if
+        ``timeout`` seconds passed first. Leaving a ``with open_image(...)`` block flushes."""
         return all([layer.flush(timeout) for layer in self.layers])

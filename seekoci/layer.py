@@ -15,12 +15,23 @@ import bisect
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, cast
 
 from . import formats
 from . import spans as _spans
-from .build import CHUNK_SIZE, IndexBuild, PassMeter, Tee, window_range
+from .build import (
+    CHUNK_SIZE,
+    FORWARD_WINDOW,
+    SCAN_GATE,
+    IndexBuild,
+    PassMeter,
+    SpoolLost,
+    Tee,
+    scan_first_wanted,
+    window_range,
+)
 from .cache import Cache
 from .errors import FormatError
 from .fileobj import RangeFile, Stream
@@ -225,6 +236,10 @@ class Layer:
         ``embedded`` (the blob's own TOC) or ``built`` (by this process)."""
         if self._index is None and self._build is None and self.digest is not None:
             self._try_cache_dir()  # local only: a status never downloads an index
+        build = self._build
+        if build is not None and build.scan is not None and build.done and build.indexed:
+            with self._lock:
+                self._try_cache()  # the index a scan made behind it
         if self._index is None and self._build is not None:
             return "partial"
         if self._index is None:
@@ -258,8 +273,13 @@ class Layer:
 
     # -- the index --------------------------------------------------------------------------
     def _try_cache(self) -> bool:
-        """Load an index without building one: the cache directory, then a published one."""
+        """Load an index without building one: the cache directory, then a published one
+        (or take the index a scan-first pass has made behind it)."""
         if self._index is not None:
+            return True
+        build = self._build
+        if build is not None and build.scan is not None and build.done and build.indexed:
+            self._complete(build)
             return True
         if self.digest is not None and self._try_cache_dir():
             return True
@@ -382,32 +402,59 @@ class Layer:
                 if self.digest is not None and self._try_cache_dir():
                     assert self._index is not None
                     return self._index
-                started = self._build is not None
-                build = self._builder()
-                build.keep_spans = False
-                build.forward = None  # a whole pass serves no forward reads
-                if tee is not None and not started:
-                    build.tee = tee
-                try:
-                    while not build.done:
-                        build.step()
-                        if progress is not None:
-                            progress(self.name, build.fed, self.size)
-                except BaseException:
-                    self._abandon_build()
-                    raise
-                return self._complete(build)
+                for _ in range(2):  # once more with a pass of its own if a spool was lost
+                    started = self._build is not None
+                    build = self._builder()
+                    build.keep_spans = False
+                    build.forward = None  # a whole pass serves no forward reads
+                    if tee is not None and not started:
+                        build.tee = tee
+                    try:
+                        while not build.done:
+                            build.step()
+                            if progress is not None:
+                                progress(self.name, build.fed, self.size)
+                        build.wait_spans(None)  # a scan's index, made behind it
+                    except SpoolLost:
+                        self._abandon_build()
+                        continue
+                    except BaseException:
+                        self._abandon_build()
+                        raise
+                    return self._complete(build)
+                raise AssertionError("a pass of its own does not spool")
 
     def pass_started(self) -> bool:
         """Whether a build pass stopped part way (a lookup indexed only as far as it needed)."""
         with self._lock:
             return self._build is not None
 
-    def _builder(self) -> IndexBuild:
+    def _builder(self, *, scan: bool = False) -> IndexBuild:
         if self._build is None:
-            self._build = IndexBuild(self, self.compression)
+            scan = scan and self.digest is not None and scan_first_wanted(self.size)
+            self._build = IndexBuild(self, self.compression, scan=scan)
             self._building.set()
         return self._build
+
+    @property
+    def saves_index(self) -> bool:
+        """Whether an index built here is saved (a layer digest and a cache directory)."""
+        return self.digest is not None and self._cache.persistent
+
+    def _indexed_in_background(self, build: IndexBuild) -> None:
+        """The index behind a scan is made (on its thread): take it, unless a lookup takes
+        it first (see :meth:`_try_cache`) or the pass was dropped. At the process's exit
+        (the main thread gone) it waits a while for the layer, then leaves the index."""
+        while not self._lock.acquire(timeout=1.0):
+            if not threading.main_thread().is_alive():
+                return
+        try:
+            if self._build is build and build.done:
+                self._complete(build)
+        except Exception:  # an unwritable cache: the next lookup takes it, or rebuilds
+            log.debug("layer %s: the index made after a scan was not kept", self.name)
+        finally:
+            self._lock.release()
 
     def _abandon_build(self) -> None:
         if self._build is not None:
@@ -418,10 +465,13 @@ class Layer:
         self._named_upto = 0
 
     def _complete(self, build: IndexBuild) -> LayerIndex:
+        build.wait_spans(None)  # the spans of the index behind a scan, all of them
         indexer = build.indexer
         # a forward-only stream (one zstd frame) has one span: a read of the tar's last bytes
         # right after the pass is served from what the pass ended with, not a decode anew
-        self._pass_end = build.tail
+        # (and a scan's last bytes, which _advance may have taken already)
+        if build.tail is not None or build.scan is None:
+            self._pass_end = build.tail
         index = LayerIndex(
             layer_digest=self.digest or "",
             media_type=self.media_type,
@@ -430,7 +480,7 @@ class Layer:
             uncompressed_size=indexer.uncompressed_size,
             span_size=self.span_size,
             spans=list(build.spans),
-            entries=build.scanner.entries,
+            entries=build.entries,
             tool=TOOL,
             chunk_size=getattr(indexer, "chunk_size", 0),
         )
@@ -452,19 +502,25 @@ class Layer:
                 pass  # an unwritable cache costs a rebuild next time, not this read
         return index
 
-    def _advance(self, until: Callable[[], bool]) -> None:
-        """Run the build until ``until()`` holds or the blob ends."""
-        build = self._builder()
+    def _advance(self, until: Callable[[], bool], *, scan: bool = False) -> None:
+        """Run the build until ``until()`` holds or the blob ends (``scan``: a lookup's, so
+        a new pass scans first, see :mod:`seekoci.build`)."""
+        build = self._builder(scan=scan)
+        gate = SCAN_GATE.scanning() if build.scan is not None else contextlib.nullcontext()
         try:
-            # once the whole blob is in, finish: no more bytes, and the digest is checked
-            while not build.done and (build.read_all or not until()):
-                build.step()
+            with gate:
+                # once the whole blob is in, finish: no more bytes, and the digest is checked
+                while not build.done and (build.read_all or not until()):
+                    build.step()
         except BaseException:
             self._abandon_build()
             raise
         build.pause()  # the spans just decoded, for the reads that follow
         if build.done:
-            self._complete(build)
+            if build.scan is None or build.indexed:
+                self._complete(build)
+            elif build.tail is not None:  # the scan's last bytes, until the index is made
+                self._pass_end, build.tail = build.tail, None
 
     # -- lookups ----------------------------------------------------------------------------
     def _entries(self) -> Sequence[TarEntry]:
@@ -526,7 +582,7 @@ class Layer:
                         return self._build.produced >= end
                     return bool(spans) and spans[-1].uncompressed_end >= end
 
-                self._advance(seen)
+                self._advance(seen, scan=True)
             self._index_names()
             return self._named(name)
 
@@ -544,9 +600,13 @@ class Layer:
             return self.digest is not None and self._build is None and self._try_cache_dir()
 
     def complete(self) -> bool:
-        """True when the whole layer is indexed."""
+        """True when every entry of the layer is known and checked (its index loaded or
+        built, or a scan-first pass went to the end: its checkpoints may still be in the
+        making, :meth:`index` waits for them)."""
         with self._lock:
-            return self._index is not None or self._try_cache()
+            if self._index is not None or self._try_cache():
+                return True
+            return self._build is not None and self._build.scan is not None and self._build.done
 
     def entries(self) -> Sequence[TarEntry]:
         """Every entry of the layer (builds the whole index)."""
@@ -650,6 +710,11 @@ class Layer:
             raise ValueError("offset and length must be non-negative")
         end = offset + length
         with self._lock:
+            build = self._build
+            if self._index is None and build is not None and build.scan is not None:
+                served = self._from_scan(build, offset, end)
+                if served is not None:
+                    return served
             if self._index is None and not self._try_cache():
                 self._advance(
                     lambda: (
@@ -682,6 +747,31 @@ class Layer:
         if paged:
             return spans, cast("PagedSpans", spans).locate(offset), end
         return spans, bisect.bisect_right(self._span_starts(), offset) - 1, end
+
+    def _from_scan(self, build: IndexBuild, offset: int, end: int) -> bytes | None:
+        """``[offset, end)`` from a scan-first pass's window (scanning on to it if need be);
+        else None once the index behind the scan has the spans up to ``end`` (or the pass
+        was dropped: its spool was lost, and a pass of its own takes over)."""
+        if not build.done and offset >= build.forward_start and end - offset <= FORWARD_WINDOW:
+            self._advance(lambda: self._forward_has(offset, end), scan=True)
+            if self._build is not build:  # taken (the index was made) or dropped
+                return None
+        served = build.forward_range(offset, end)
+        if served is None and self._pass_end is not None:
+            served = window_range(*self._pass_end, offset, end)
+        if served is not None:
+            return served
+        try:
+            build.wait_spans(end)
+        except SpoolLost:
+            self._abandon_build()
+            return None
+        except BaseException:
+            self._abandon_build()
+            raise
+        if build.done and build.indexed:
+            self._complete(build)
+        return None
 
     def _forward_has(self, offset: int, end: int) -> bool:
         """Whether a zstd pass went past ``end`` and still holds ``[offset, end)`` (a file
@@ -783,8 +873,22 @@ class Layer:
         self.index(progress)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait for this layer's queued cache-directory writes (see ``Image.flush``)."""
-        return self._cache.flush(timeout)
+        """Wait for this layer's queued cache-directory writes (see ``Image.flush``), and
+        for the index a scan-first pass that went to the end makes behind it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            build = self._build
+            scanned = build is not None and build.scan is not None and build.done
+        if scanned:
+            assert build is not None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not build.wait_indexed(left):
+                return False
+            with self._lock:
+                if self._build is build:
+                    self._try_cache()
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._cache.flush(left)
 
     def __repr__(self) -> str:
         return (

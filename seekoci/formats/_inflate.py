@@ -61,3 +61,10 @@ def raw_inflater(window: bytes | None, *, whole: bool = True) -> Any:
     else:
         module = _fast if _fast is not None else zlib
     return module.decompressobj(-15, zdict=window) if window else module.decompressobj(-15)
+
+
+def gzip_inflater() -> Any:
+    """A decompressobj for one gzip member (header, deflate data, CRC-32 and size checked),
+    from isal when it is installed, else zlib."""
+    module = _fast if _fast is not None else zlib
+    return module.decompressobj(31)

@@ -27,10 +27,11 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from .._threads import shared_pool
+from .._threads import shared_pool, submit_or_run
 from ..errors import FormatError
-from ._inflate import INFLATE_ERRORS, raw_inflater
+from ._inflate import INFLATE_ERRORS, gzip_inflater, raw_inflater
 from .base import (
     ChunkTable,
     IndexerBase,
@@ -421,7 +422,7 @@ class GzipIndexer(IndexerBase):
             self._probing[probe.span] = probe  # before it stops being the open probe
         self._probe = None
         pending = self._pending
-        pending.append(_analysis().submit(self._sparsen, probe))
+        pending.append(submit_or_run(_analysis(), self._sparsen, probe))
         while len(pending) > _PENDING_PROBES or (pending and pending[0].done()):
             pending.popleft().result()
 
@@ -739,6 +740,66 @@ def decode_span(
     return decoder.result()
 
 
+#: Most uncompressed bytes one call of :meth:`GzipStream.feed` yields at a time.
+STREAM_PIECE = 256 << 10
+
+
+class GzipStream:
+    """A gzip blob (one or more members) inflated front to back with the fastest decoder at
+    hand, keeping nothing for resuming: about a third less CPU than :class:`GzipIndexer`,
+    which stops at block ends and records windows and chunk digests. Each member's CRC-32
+    and size are checked, and bytes after a member's end must be another member."""
+
+    def __init__(self, *, name: str = "gzip blob") -> None:
+        self._name = name
+        self._decomp: Any = None  # None between members
+        self._members = 0
+        self._fed = 0  # compressed bytes given to feed() so far
+        self._between = bytearray()  # bytes after a member's end, until they show a header
+        self.uncompressed_size = 0
+
+    def _fail(self, what: str) -> FormatError:
+        return FormatError(f"{self._name}: {what} (compressed bytes fed: {self._fed})")
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        self._fed += len(data)
+        pending = data
+        while True:
+            if self._decomp is None:
+                if not pending:
+                    return
+                self._between += pending
+                if self._between[:2] != GZIP_MAGIC[: len(self._between[:2])]:
+                    raise self._fail("garbage after the end of the gzip stream")
+                if len(self._between) < 2:
+                    return
+                self._decomp = gzip_inflater()
+                self._members += 1
+                pending = bytes(self._between)
+                self._between.clear()
+            decomp = self._decomp
+            try:
+                out = decomp.decompress(pending, STREAM_PIECE)
+            except INFLATE_ERRORS as exc:
+                raise self._fail(f"gzip member {self._members} is corrupt ({exc})") from exc
+            if out:
+                self.uncompressed_size += len(out)
+                yield out
+            if decomp.eof:
+                self._decomp = None
+                pending = decomp.unused_data
+            elif len(out) < STREAM_PIECE:
+                return  # room was left: every byte fed is used, more input is needed
+            else:  # output was cut at STREAM_PIECE: more of it may be pending
+                pending = decomp.unconsumed_tail
+
+    def finish(self) -> None:
+        if self._members == 0:
+            raise self._fail("no gzip member (empty or truncated header)")
+        if self._decomp is not None or self._between:
+            raise self._fail("truncated gzip stream")
+
+
 class GzipFormat(LayerFormat):
     """``tar+gzip`` layers (eStargz refines it)."""
 
@@ -795,3 +856,6 @@ class GzipFormat(LayerFormat):
         self, span: Span, window: bytes | None, *, name: str = "layer"
     ) -> SpanDecoder | None:
         return SpanDecoder(span, window, name=name)
+
+    def stream_inflater(self, *, name: str) -> GzipStream:
+        return GzipStream(name=name)

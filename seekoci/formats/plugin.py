@@ -51,6 +51,16 @@ class StreamDecoder(Protocol):
     def result(self) -> bytes: ...
 
 
+class StreamInflater(Protocol):
+    """A whole blob decoded front to back with no checkpoints (:meth:`LayerFormat.
+    stream_inflater`): ``feed`` gives the uncompressed bytes of each next piece of the blob,
+    ``finish`` checks the blob ended where its format says it does (FormatError else)."""
+
+    def feed(self, data: bytes) -> Iterator[bytes]: ...
+
+    def finish(self) -> None: ...
+
+
 class LayerFormat(Protocol):
     """One layer format. Subclass it to inherit the defaults (no embedded index, spans
     small enough to decode whole)."""
@@ -110,6 +120,12 @@ class LayerFormat(Protocol):
         """A decoder fed the span's compressed bytes as they arrive (what
         :meth:`decode_span` makes of them all, so the inflate overlaps the transfer), or
         None where the format decodes a span only whole."""
+        return None
+
+    def stream_inflater(self, *, name: str) -> StreamInflater | None:
+        """A decoder of the whole blob, faster than :meth:`new_indexer`'s because it keeps
+        no checkpoints (a first lookup answers from it while the index is built after), or
+        None where the indexer is as fast."""
         return None
 
     def embedded_index(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from zlib import adler32
 
+from .._threads import submit_or_run
 from ..errors import FormatError
 
 BLOCK = 512
@@ -343,7 +344,7 @@ class TarScanner:
         batch, self._batch, self._batch_bytes = self._batch, [], 0
         if self._hash_pool is None:
             self._hash_pool = concurrent.futures.ThreadPoolExecutor(1, "seekoci-tar-hash")
-        self._hashing.append(self._hash_pool.submit(_hash_batch, batch))
+        self._hashing.append(submit_or_run(self._hash_pool, _hash_batch, batch))
         while len(self._hashing) > _HASH_BATCHES_PENDING:  # bounded memory: wait for the oldest
             self._hashing.popleft().result()
 

@@ -1,0 +1,61 @@
+"""Scan first, through a real registry: the first touch of a file deep in a lower layer
+answers from the fast decode of each layer it needs, the merged view's rules hold (a file
+whited out above stays hidden), and the indexes made behind the scans land in the cache
+directory, so the next process reads with no pass at all."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from imagebuilder import file, image, layer, random_bytes, text_bytes, whiteout
+
+import seekoci
+import seekoci.build
+
+pytestmark = pytest.mark.integration
+
+REPO = "scan/first"
+
+LOWER = layer(
+    file("early.txt", b"early\n"),
+    *[file(f"lib/t{i}.txt", text_bytes(f"t{i}", 200_000)) for i in range(8)],
+    file("lib/weights.bin", random_bytes("w", 3_000_000)),
+    file("gone.txt", b"whited out above\n"),
+    file("deep/last.txt", b"the last file\n"),
+    producer="pigz",
+)
+UPPER = layer(
+    whiteout("gone.txt"),
+    *[file(f"up/u{i}.txt", text_bytes(f"u{i}", 150_000)) for i in range(4)],
+    producer="python",
+)
+
+
+@pytest.fixture(autouse=True)
+def scan_small_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seekoci.build, "SCAN_FIRST_MIN", 0)
+    monkeypatch.delenv("SEEKOCI_FIRST_TOUCH", raising=False)
+
+
+def test_a_first_touch_scans_and_leaves_the_indexes_behind(registry, tmp_path: Path) -> None:
+    registry.push(REPO, "v1", image(LOWER, UPPER))
+    ref = registry.ref(REPO, "v1")
+    cache = tmp_path / "cache"
+    with seekoci.open_image(ref, cache_dir=cache) as img:
+        assert img.read_bytes("/deep/last.txt") == b"the last file\n"
+        lower = img.layers[0]
+        assert lower._build is not None and lower._build.scan is not None  # it scanned
+        assert not img.exists("/gone.txt")
+        assert img.read_bytes("/lib/t3.txt") == text_bytes("t3", 200_000)
+        assert img.flush(120)
+        assert [layer.index_status for layer in img.layers] == ["built", "built"]
+        # the files' digests: the scan skips them, the index made behind it has them
+        entry = lower.find("lib/weights.bin")
+        assert entry is not None
+        assert entry.sha256 == hashlib.sha256(random_bytes("w", 3_000_000)).digest()
+    again = seekoci.open_image(ref, cache_dir=cache)
+    assert [layer.index_status for layer in again.layers] == ["cached", "cached"]
+    assert again.read_bytes("/lib/weights.bin") == random_bytes("w", 3_000_000)
+    assert sum(layer.source.bytes_read for layer in again.layers) < 3_500_000
