@@ -361,20 +361,22 @@ data = img.read_bytes(sys.argv[3])
 print(json.dumps({"elapsed_s": time.perf_counter() - t0, "sha256": hashlib.sha256(data).hexdigest(),
   "bytes_read": sum(l.source.bytes_read for l in img.layers)}))
 """
-    runs = []
+    runs, exits = [], []
     for r in range(ROUNDS):
-        out, _ = run_script(
-            COLD, ml_image.ref, str(_fresh_cache(ml_image, f"c-touch{r}", index=False)),
-            target.path,
-        )  # fmt: skip
+        cache = _fresh_cache(ml_image, f"c-touch{r}", index=False)
+        out, wall = run_script(COLD, ml_image.ref, str(cache), target.path)
         assert out["sha256"] == target.sha256
         runs.append(out)
+        # the process ends once the index made behind the scan is saved (the next read's)
+        exits.append(wall)
+        assert list((cache / "indexes").rglob("*.v*")), "the index was not saved"
     baseline = [
         _stream_into(ml_image.blob_url(1), ["tar", "-xzOf", "-", target.path.lstrip("/")])
         for _ in range(ROUNDS)
     ]
     RESULTS["first_touch"] = {
         "seekoci_s": statistics.median(r["elapsed_s"] for r in runs),
+        "index_saved_s": statistics.median(exits),
         "baseline_s": statistics.median(baseline),
         "bytes_read": runs[-1]["bytes_read"],
         "blob": ml_image.layers[1].size,
@@ -474,7 +476,8 @@ def _render() -> str:
         f"| the same | {r_floor:.1f}x faster | (what writing the tree alone allows) |",
         f"| first touch of `{s['near_end'][0]}` (tar offset {s['near_end'][2]:,} of "
         f"{s['near_end'][3]:,}), nothing indexed | {ft['seekoci_s']:.2f} s, "
-        f"{_mb(ft['bytes_read'])} read | stream that layer into `tar -xzO`: "
+        f"{_mb(ft['bytes_read'])} read (process done, index saved: "
+        f"{ft['index_saved_s']:.2f} s) | stream that layer into `tar -xzO`: "
         f"{ft['baseline_s']:.2f} s | {r_touch:.2f}x the time | <= 0.5x: {ok(r_touch <= 0.5)} |",
         f"| 1,000 random 4 KiB reads of that file, index cached | "
         f"{rr['elapsed_s']:.2f} s; requests per read: max {rr['max_requests']}, mean "
