@@ -108,13 +108,22 @@ def scan_first_wanted(size: int) -> bool:
     return free >= size + _SPOOL_MARGIN
 
 
-def _main_alive() -> bool:
-    return threading.main_thread().is_alive()
+#: Set when the interpreter starts to exit (before it waits for non-daemon threads).
+_EXITING = threading.Event()
+_register_atexit = getattr(threading, "_register_atexit", None)  # what concurrent.futures uses
+if _register_atexit is not None:
+    _register_atexit(_EXITING.set)
+
+
+def exiting() -> bool:
+    """Whether the interpreter is exiting (or, where that cannot be told, the main thread
+    has ended)."""
+    return _EXITING.is_set() or not threading.main_thread().is_alive()
 
 
 class ScanGate:
     """Process-wide count of lookups scanning a blob; background index passes wait while
-    it is not zero (and not once the main thread has ended: the process is exiting)."""
+    it is not zero (and not once the process is exiting)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -134,7 +143,7 @@ class ScanGate:
 
     def wait_idle(self, stop: threading.Event) -> None:
         with self._cond:
-            while self._scans and not stop.is_set() and _main_alive():
+            while self._scans and not stop.is_set() and not exiting():
                 self._cond.wait(_POLL_S)
 
 
@@ -186,15 +195,15 @@ class _Spool:
             self._ended = True
             self._cond.notify_all()
 
-    def read(self, offset: int, length: int, stop: threading.Event, *, keep: bool) -> bytes:
+    def read(self, offset: int, length: int, stop: threading.Event) -> bytes:
         """Up to ``length`` bytes at ``offset`` once written (b"" at the blob's end).
-        Raises _Closed when stopped, or when the main thread has ended and the blob is not
-        all here (or ``keep`` is false: nothing is to be saved)."""
+        Raises _Closed when stopped or when the process exits before they come; SpoolLost
+        when they cannot be read. Only the thread that closes the spool reads it."""
         with self._cond:
             while self._size <= offset and not self._ended:
                 if self._lost is not None:
                     raise SpoolLost(str(self._lost))
-                if stop.is_set() or (not _main_alive() and not (keep and self._ended)):
+                if stop.is_set() or exiting():
                     raise _Closed
                 self._cond.wait(_POLL_S)
             if self._lost is not None:
@@ -204,10 +213,8 @@ class _Spool:
             return b""
         try:
             return os.pread(self._fd, min(length, available), offset)
-        except OSError:
-            if self._closed:
-                raise _Closed from None
-            raise
+        except OSError as exc:
+            raise SpoolLost(str(exc)) from None
 
     def close(self) -> None:
         with self._write_lock:
@@ -239,7 +246,11 @@ class _BackgroundIndex:
         #: the entries again, with each file's digest this time (the scan skips those)
         self.scanner = scanner
         self.stop = threading.Event()
+        #: set by the scan once the blob matched the layer digest: at exit, only such a
+        #: blob's index is worth finishing
+        self.verified = threading.Event()
         self.finished = threading.Event()
+        self.pid = os.getpid()  # a forked child has no such thread
         self.error: BaseException | None = None
         self._indexer = indexer
         self._lock = lock
@@ -257,7 +268,9 @@ class _BackgroundIndex:
             offset = 0
             while True:
                 SCAN_GATE.wait_idle(self.stop)
-                chunk = spool.read(offset, STREAM_CHUNK_SIZE, self.stop, keep=self._keep)
+                if self.stop.is_set() or (exiting() and not self._worth_finishing()):
+                    raise _Closed
+                chunk = spool.read(offset, STREAM_CHUNK_SIZE, self.stop)
                 if not chunk:
                     break
                 offset += len(chunk)
@@ -280,6 +293,18 @@ class _BackgroundIndex:
             self.finished.set()
         if self.error is None:
             self._done()
+
+    def _worth_finishing(self) -> bool:
+        """At exit: go on only to save the index of a blob that was read whole and
+        matched its digest."""
+        return self._keep and self.verified.is_set()
+
+    def check_process(self, name: str) -> None:
+        if self.pid != os.getpid():
+            raise FormatError(
+                f"layer {name}: its index was being made in another process (fork); "
+                "retry to start a pass here"
+            )
 
 
 def window_range(start: int, pieces: Iterable[bytes], offset: int, end: int) -> bytes | None:
@@ -523,7 +548,6 @@ class IndexBuild:
         self.scan: StreamInflater | None = (
             codec.stream_inflater(name=f"layer {layer.name}") if scan else None
         )
-        self._spool: _Spool | None = None
         self._background: _BackgroundIndex | None = None
         # CRCs are checked even when the digest matches: a member whose trailer contradicts
         # its data is a corrupt layer that gzip -t and containerd refuse too.
@@ -653,7 +677,20 @@ class IndexBuild:
     def _start_scan(self) -> None:
         assert self.scan is not None
         layer = self.layer
-        spool = self._spool = _Spool()
+        try:
+            spool = _Spool()
+        except OSError:  # no temporary file to be had: index as the pass goes
+            self._unscan()
+            self._workers = _Workers(
+                layer.source.iter_from,
+                self.indexer,
+                self._lock,
+                hashlib.new(self._alg),
+                layer.size,
+                layer.name,
+                layer.pass_meter,
+            )
+            return
         build = weakref.ref(self)
         owner = weakref.ref(layer)
 
@@ -672,6 +709,7 @@ class IndexBuild:
             layer.pass_meter,
             spool=spool,
         )
+        # the spool is the background thread's from here: it alone reads and closes it
         self._background = _BackgroundIndex(
             self.indexer,
             self._lock,
@@ -680,6 +718,13 @@ class IndexBuild:
             keep=layer.saves_index,
             done=indexed,
         )
+
+    def _unscan(self) -> None:
+        """Index as the pass goes after all (before it started)."""
+        self.scan = None
+        self.scanner = TarScanner(name=f"layer {self.layer.name}")
+        self.forward = None if self.compression != "zstd" else self.forward
+        self.keep_spans = True
 
     @property
     def indexed(self) -> bool:
@@ -695,21 +740,31 @@ class IndexBuild:
         """The entries for the index: the scanner's, or (a scan's) those of the index
         behind it, which carry the files' digests."""
         background = self._background
+        entries = self.scanner.entries
         if background is not None and background.finished.is_set() and background.error is None:
-            entries = background.scanner.entries
-            if len(entries) != len(self.scanner.entries):
+            # the scan's entries are the ones lookups handed out (hard links are resolved
+            # by identity): they take the digests, once
+            behind = background.scanner.entries
+            if len(behind) != len(entries) or any(
+                a.header_offset != b.header_offset or a.name != b.name
+                for a, b in zip(entries, behind, strict=True)
+            ):
                 raise FormatError(
-                    f"layer {self.layer.name}: the index pass found {len(entries)} entries "
-                    f"where the scan found {len(self.scanner.entries)}"
+                    f"layer {self.layer.name}: the index pass found {len(behind)} entries "
+                    f"where the scan found {len(entries)}, or others"
                 )
-            return entries
-        return self.scanner.entries
+            for a, b in zip(entries, behind, strict=True):
+                a.sha256 = b.sha256
+        return entries
 
     def wait_indexed(self, timeout: float | None = None) -> bool:
         """Wait (without scanning on) until the index behind a scan is made or has failed;
         False if ``timeout`` ran out first."""
         background = self._background
-        return background is None or background.finished.wait(timeout)
+        if background is None:
+            return True
+        background.check_process(self.layer.name)
+        return background.finished.wait(timeout)
 
     def _sync_spans(self) -> None:
         """Spans the index behind a scan has closed, into :attr:`spans`."""
@@ -726,6 +781,7 @@ class IndexBuild:
         background = self._background
         if background is None:
             return
+        background.check_process(self.layer.name)
         while True:
             self._sync_spans()
             if end is not None and self.spans and self.spans[-1].uncompressed_end >= end:
@@ -735,6 +791,8 @@ class IndexBuild:
                 error = background.error
                 if isinstance(error, _Closed):
                     raise FormatError(f"layer {self.layer.name}: its index pass was closed")
+                if isinstance(error, OSError):
+                    raise SpoolLost(str(error))
                 if error is not None:
                     raise error
                 return
@@ -823,6 +881,8 @@ class IndexBuild:
         if layer.digest is not None and actual != layer.digest:
             layer.spans.lru.clear()
             raise IntegrityError(f"layer {layer.name}: blob digest is {actual}")
+        if self._background is not None:
+            self._background.verified.set()
 
     def _close_workers(self) -> None:
         workers, self._workers = self._workers, None
@@ -834,8 +894,6 @@ class IndexBuild:
         background, self._background = self._background, None
         if background is not None:  # it closes the spool as it stops
             background.stop.set()
-        elif self._spool is not None:
-            self._spool.close()
 
     def __del__(self) -> None:
         workers = getattr(self, "_workers", None)

@@ -29,6 +29,7 @@ from .build import (
     PassMeter,
     SpoolLost,
     Tee,
+    exiting,
     scan_first_wanted,
     window_range,
 )
@@ -279,7 +280,7 @@ class Layer:
             return True
         build = self._build
         if build is not None and build.scan is not None and build.done and build.indexed:
-            self._complete(build)
+            self._adopt(build)
             return True
         if self.digest is not None and self._try_cache_dir():
             return True
@@ -421,7 +422,7 @@ class Layer:
                     except BaseException:
                         self._abandon_build()
                         raise
-                    return self._complete(build)
+                    return self._adopt(build)
                 raise AssertionError("a pass of its own does not spool")
 
     def pass_started(self) -> bool:
@@ -446,11 +447,11 @@ class Layer:
         it first (see :meth:`_try_cache`) or the pass was dropped. At the process's exit
         (the main thread gone) it waits a while for the layer, then leaves the index."""
         while not self._lock.acquire(timeout=1.0):
-            if not threading.main_thread().is_alive():
+            if exiting():
                 return
         try:
             if self._build is build and build.done:
-                self._complete(build)
+                self._adopt(build)
         except Exception:  # an unwritable cache: the next lookup takes it, or rebuilds
             log.debug("layer %s: the index made after a scan was not kept", self.name)
         finally:
@@ -502,6 +503,15 @@ class Layer:
                 pass  # an unwritable cache costs a rebuild next time, not this read
         return index
 
+    def _adopt(self, build: IndexBuild) -> LayerIndex:
+        """:meth:`_complete`, dropping the pass if that fails (the next lookup starts anew
+        instead of failing the same way for ever)."""
+        try:
+            return self._complete(build)
+        except BaseException:
+            self._abandon_build()
+            raise
+
     def _advance(self, until: Callable[[], bool], *, scan: bool = False) -> None:
         """Run the build until ``until()`` holds or the blob ends (``scan``: a lookup's, so
         a new pass scans first, see :mod:`seekoci.build`)."""
@@ -518,7 +528,7 @@ class Layer:
         build.pause()  # the spans just decoded, for the reads that follow
         if build.done:
             if build.scan is None or build.indexed:
-                self._complete(build)
+                self._adopt(build)
             elif build.tail is not None:  # the scan's last bytes, until the index is made
                 self._pass_end, build.tail = build.tail, None
 
@@ -752,7 +762,12 @@ class Layer:
         """``[offset, end)`` from a scan-first pass's window (scanning on to it if need be);
         else None once the index behind the scan has the spans up to ``end`` (or the pass
         was dropped: its spool was lost, and a pass of its own takes over)."""
-        if not build.done and offset >= build.forward_start and end - offset <= FORWARD_WINDOW:
+        # a quarter of the window to spare: it drops whole decoded pieces as the scan goes
+        if (
+            not build.done
+            and offset >= build.forward_start
+            and end - offset <= FORWARD_WINDOW * 3 // 4
+        ):
             self._advance(lambda: self._forward_has(offset, end), scan=True)
             if self._build is not build:  # taken (the index was made) or dropped
                 return None
@@ -770,7 +785,7 @@ class Layer:
             self._abandon_build()
             raise
         if build.done and build.indexed:
-            self._complete(build)
+            self._adopt(build)
         return None
 
     def _forward_has(self, offset: int, end: int) -> bool:
@@ -885,8 +900,8 @@ class Layer:
             if not build.wait_indexed(left):
                 return False
             with self._lock:
-                if self._build is build:
-                    self._try_cache()
+                if self._build is build and not self._try_cache():
+                    return False  # the index failed: the next lookup or index() says why
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         return self._cache.flush(left)
 

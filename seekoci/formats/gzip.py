@@ -788,10 +788,13 @@ class GzipStream:
             if decomp.eof:
                 self._decomp = None
                 pending = decomp.unused_data
-            elif len(out) < STREAM_PIECE:
+                continue
+            tail = decomp.unconsumed_tail
+            if not tail and len(out) < STREAM_PIECE:
                 return  # room was left: every byte fed is used, more input is needed
-            else:  # output was cut at STREAM_PIECE: more of it may be pending
-                pending = decomp.unconsumed_tail
+            if tail and not out and len(tail) == len(pending):
+                raise self._fail(f"gzip member {self._members}: the decoder makes no progress")
+            pending = tail  # output was cut at STREAM_PIECE: more of it may be pending
 
     def finish(self) -> None:
         if self._members == 0:

@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from layers import build_tar, compress_layer, file, random_bytes, sha256_digest, text_bytes
+from layers import (
+    build_tar,
+    compress_layer,
+    file,
+    hardlink,
+    random_bytes,
+    sha256_digest,
+    text_bytes,
+)
 
 import seekoci
 import seekoci.build
@@ -327,3 +335,60 @@ def test_concurrent_readers_of_a_scanned_layer_get_the_right_bytes() -> None:
     assert time.monotonic() - started < 120
     assert got == {n: hashlib.sha256(d).hexdigest() for n, d in want.items()}
     layer.index()
+
+
+def test_a_hard_link_found_before_the_index_was_made_resolves_after_it() -> None:
+    """The scan's entries stay the layer's entries once the index is made (they take its
+    files' digests): a link entry handed out before then still finds its own target, not
+    a later file of the same name."""
+    tar = build_tar(
+        [
+            file("a", b"the first a\n"),
+            hardlink("b", "a"),
+            file("pad", random_bytes("pad", 2 * MIB)),
+            file("a", b"a later a\n"),
+            file("last", b"late\n"),
+        ]
+    )
+    blob = compress_layer(tar, "python")
+    layer = open_layer(BytesSource(blob), sha256_digest(blob))
+    link = layer.find("b")
+    assert link is not None and link.type == "hardlink"
+    assert layer.find("last") is not None
+    assert layer.flush(60)
+    assert layer.index_status == "built"
+    assert layer.open_entry(link).read() == b"the first a\n"
+    assert layer.open("b").read() == b"the first a\n"
+    found = layer.find("a")
+    assert found is not None and found.sha256 == hashlib.sha256(b"a later a\n").digest()
+
+
+def test_no_temporary_file_means_indexing_as_the_pass_goes(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: object) -> None:
+        raise PermissionError(13, "Permission denied", "/tmp")
+
+    monkeypatch.setattr(seekoci.build._Spool, "__init__", refuse)
+    _, blob = parts()
+    layer = open_layer(BytesSource(blob), sha256_digest(blob))
+    assert layer.open("last").read() == b"late\n"
+    assert layer.index_status == "built"  # indexed as it went
+    assert not index_threads()
+
+
+def test_an_index_left_behind_by_a_fork_is_refused_then_made_anew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forked child inherits the scan but not its index thread: a read that needs the
+    index fails clearly once, instead of waiting for ever, and the next read starts anew."""
+    monkeypatch.setattr(seekoci.build, "FORWARD_WINDOW", MIB)
+    monkeypatch.setattr(seekoci.layer, "FORWARD_WINDOW", MIB)
+    _, blob = parts()
+    layer = open_layer(CountingStream(blob), sha256_digest(blob))
+    assert layer.find("big") is not None
+    build = layer._build
+    assert build is not None and build._background is not None
+    build._background.stop.set()  # in a real child that thread would not exist
+    build._background.pid = -1
+    with pytest.raises(FormatError, match="another process"):
+        layer.open("big").read()
+    assert layer.open("big").read() == random_bytes("big", 6 * MIB)
