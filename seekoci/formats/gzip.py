@@ -740,8 +740,12 @@ def decode_span(
     return decoder.result()
 
 
-#: Most uncompressed bytes one call of :meth:`GzipStream.feed` yields at a time.
-STREAM_PIECE = 256 << 10
+#: Most uncompressed bytes :meth:`GzipStream.feed` yields at a time (a bound for bombs).
+STREAM_PIECE = 2 << 20
+#: Compressed bytes handed to the decoder at a time: small enough that their output rarely
+#: reaches STREAM_PIECE, since every call that stops there copies the input left over
+#: (256 KiB output pieces cut from 1 MiB inputs cost ~0.9 of 7.4 CPU-s of a first touch).
+STREAM_SLICE = 256 << 10
 
 
 class GzipStream:
@@ -763,7 +767,11 @@ class GzipStream:
 
     def feed(self, data: bytes) -> Iterator[bytes]:
         self._fed += len(data)
-        pending = data
+        view = memoryview(data)
+        for at in range(0, len(view), STREAM_SLICE):
+            yield from self._feed(view[at : at + STREAM_SLICE])
+
+    def _feed(self, pending: bytes | memoryview) -> Iterator[bytes]:
         while True:
             if self._decomp is None:
                 if not pending:
