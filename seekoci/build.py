@@ -616,19 +616,8 @@ class IndexBuild:
         if self.done:
             return
         if self._workers is None:
-            layer = self.layer
-            if self.scan is not None:
-                self._start_scan()
-            else:
-                self._workers = _Workers(
-                    layer.source.iter_from,
-                    self.indexer,
-                    self._lock,
-                    hashlib.new(self._alg),
-                    layer.size,
-                    layer.name,
-                    layer.pass_meter,
-                )
+            if self.scan is None or not self._start_scan():
+                self._workers = self._indexing_workers()
             assert self._workers is not None
         if self._workers.pid != os.getpid():
             self._workers = None  # its threads live in the parent process
@@ -674,23 +663,29 @@ class IndexBuild:
             self._recent.clear()
             self._recent_size = 0
 
-    def _start_scan(self) -> None:
+    def _indexing_workers(self) -> _Workers:
+        """The reader and inflater of a pass that indexes as it goes."""
+        layer = self.layer
+        return _Workers(
+            layer.source.iter_from,
+            self.indexer,
+            self._lock,
+            hashlib.new(self._alg),
+            layer.size,
+            layer.name,
+            layer.pass_meter,
+        )
+
+    def _start_scan(self) -> bool:
+        """Start a scan and the index behind it; False (and no scan) when no temporary
+        file is to be had: the pass then indexes as it goes."""
         assert self.scan is not None
         layer = self.layer
         try:
             spool = _Spool()
-        except OSError:  # no temporary file to be had: index as the pass goes
+        except OSError:
             self._unscan()
-            self._workers = _Workers(
-                layer.source.iter_from,
-                self.indexer,
-                self._lock,
-                hashlib.new(self._alg),
-                layer.size,
-                layer.name,
-                layer.pass_meter,
-            )
-            return
+            return False
         build = weakref.ref(self)
         owner = weakref.ref(layer)
 
@@ -718,6 +713,7 @@ class IndexBuild:
             keep=layer.saves_index,
             done=indexed,
         )
+        return True
 
     def _unscan(self) -> None:
         """Index as the pass goes after all (before it started)."""

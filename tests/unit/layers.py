@@ -20,6 +20,7 @@ profile.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import random
@@ -74,6 +75,7 @@ __all__ = [
     "fifo",
     "file",
     "file_entries",
+    "first_big_last",
     "gzip_member",
     "gzip_with_header_fields",
     "hardlink",
@@ -325,3 +327,14 @@ def tar_members(tar: bytes) -> list[tuple[str, int, int]]:
 
     with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
         return [(m.name, m.offset, m.offset_data) for m in tf.getmembers()]
+
+
+@functools.cache
+def first_big_last(big_mib: int) -> tuple[bytes, bytes]:
+    """A gzip layer (python's gzip) and its tar: a small file first, six text files, a
+    random file of ``big_mib`` MiB, a small file last. For passes that stop early or go on."""
+    members = [file("first", b"early\n")]
+    members += [file(f"text{i}", text_bytes(i, 300_000)) for i in range(6)]
+    members += [file("big", random_bytes("big", big_mib << 20)), file("last", b"late\n")]
+    tar = build_tar(members)
+    return tar, compress_layer(tar, "python")

@@ -4,14 +4,20 @@ read-ahead, and no thread left behind by a pass that stops or is dropped."""
 
 from __future__ import annotations
 
-import functools
 import gc
 import os
 import threading
 from collections.abc import Iterator
 
 import pytest
-from layers import build_tar, compress_layer, file, random_bytes, sha256_digest, text_bytes
+from layers import (
+    build_tar,
+    compress_layer,
+    file,
+    first_big_last,
+    sha256_digest,
+    text_bytes,
+)
 
 import seekoci
 import seekoci.build
@@ -25,13 +31,8 @@ SPAN = 65536
 MIB = 1 << 20
 
 
-@functools.cache
 def parts() -> tuple[bytes, bytes]:
-    members = [file("first", b"early\n")]
-    members += [file(f"text{i}", text_bytes(i, 300_000)) for i in range(6)]
-    members += [file("big", random_bytes("big", 12 * MIB)), file("last", b"late\n")]
-    tar = build_tar(members)
-    return tar, compress_layer(tar, "python")
+    return first_big_last(12)
 
 
 class CountingStream(BytesSource):

@@ -9,7 +9,6 @@ not (dropped layers, a lost spool), and finishes a wholly read blob's index at e
 
 from __future__ import annotations
 
-import functools
 import gc
 import gzip
 import hashlib
@@ -18,16 +17,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from layers import (
+    CountingSource,
     build_tar,
     compress_layer,
     file,
+    first_big_last,
     hardlink,
     random_bytes,
     sha256_digest,
@@ -47,26 +47,8 @@ SPAN = 65536
 MIB = 1 << 20
 
 
-@functools.cache
 def parts() -> tuple[bytes, bytes]:
-    members = [file("first", b"early\n")]
-    members += [file(f"text{i}", text_bytes(i, 300_000)) for i in range(6)]
-    members += [file("big", random_bytes("big", 6 * MIB)), file("last", b"late\n")]
-    tar = build_tar(members)
-    return tar, compress_layer(tar, "python")
-
-
-class CountingStream(BytesSource):
-    """Counts the blob bytes its streams hand out."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data, name="counting")
-        self.streamed = 0
-
-    def iter_from(self, offset: int = 0, chunk_size: int = MIB) -> Iterator[bytes]:
-        for chunk in super().iter_from(offset, chunk_size):
-            self.streamed += len(chunk)
-            yield chunk
+    return first_big_last(6)
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +59,7 @@ def scan_small_blobs(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def open_layer(
-    source: BytesSource, digest: str | None, cache: DiskCache | None = None
+    source: BytesSource | CountingSource, digest: str | None, cache: DiskCache | None = None
 ) -> seekoci.Layer:
     return seekoci.Layer(source, cache=cache or MemoryCache(), digest=digest, span_size=SPAN)
 
@@ -138,7 +120,7 @@ def test_the_stream_decoder_refuses_what_the_indexer_refuses(damage, message) ->
 
 def test_a_lookup_answers_and_the_index_behind_it_is_a_pass_index() -> None:
     tar, blob = parts()
-    source = CountingStream(blob)
+    source = CountingSource(blob)
     layer = open_layer(source, sha256_digest(blob))
     entry = layer.find("last")
     assert entry is not None
@@ -176,7 +158,7 @@ def test_reads_behind_the_scans_window_wait_for_the_index(monkeypatch: pytest.Mo
     monkeypatch.setattr(seekoci.build, "FORWARD_WINDOW", MIB)
     monkeypatch.setattr(seekoci.layer, "FORWARD_WINDOW", MIB)
     _, blob = parts()
-    layer = open_layer(CountingStream(blob), sha256_digest(blob))
+    layer = open_layer(CountingSource(blob), sha256_digest(blob))
     assert layer.find("last") is not None
     assert layer.open("text0").read() == text_bytes(0, 300_000)  # long gone from the window
     assert layer.open("big").read() == random_bytes("big", 6 * MIB)
@@ -188,7 +170,7 @@ def test_a_lookup_near_the_start_stops_early_and_a_big_read_after_it_is_right(
     monkeypatch.setattr(seekoci.build, "FORWARD_WINDOW", MIB)
     monkeypatch.setattr(seekoci.layer, "FORWARD_WINDOW", MIB)
     _, blob = parts()
-    source = CountingStream(blob)
+    source = CountingSource(blob)
     layer = open_layer(source, sha256_digest(blob))
     assert layer.find("first") is not None
     assert source.streamed < len(blob)
@@ -223,7 +205,7 @@ def test_a_corrupt_blob_fails_the_lookup_and_leaves_no_thread() -> None:
 
 def test_a_dropped_scan_stops_its_index_thread() -> None:
     _, blob = parts()
-    layer = open_layer(CountingStream(blob), sha256_digest(blob))
+    layer = open_layer(CountingSource(blob), sha256_digest(blob))
     assert layer.find("first") is not None  # paused early: the index thread waits for bytes
     threads = index_threads()
     assert threads
@@ -240,7 +222,7 @@ def test_a_lost_spool_makes_the_index_by_a_pass_of_its_own(monkeypatch: pytest.M
 
     monkeypatch.setattr(seekoci.build._Spool, "append", full_disk)
     tar, blob = parts()
-    source = CountingStream(blob)
+    source = CountingSource(blob)
     layer = open_layer(source, sha256_digest(blob))
     assert layer.open("last").read() == b"late\n"  # the scan answers all the same
     index = layer.index()
@@ -274,7 +256,7 @@ def test_the_index_behind_a_scan_is_saved_in_the_cache_directory(tmp_path: Path)
     assert layer.open("last").read() == b"late\n"
     assert layer.flush(60)
     assert layer.index_status == "built"
-    again = open_layer(CountingStream(blob), digest, DiskCache(tmp_path))
+    again = open_layer(CountingSource(blob), digest, DiskCache(tmp_path))
     assert again.index_status == "cached"
     assert again.open("text2").read() == text_bytes(2, 300_000)
 
@@ -303,7 +285,7 @@ print(layer.index_status)
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() in ("partial", "built")
-    again = open_layer(CountingStream(blob), digest, DiskCache(tmp_path / "c"))
+    again = open_layer(CountingSource(blob), digest, DiskCache(tmp_path / "c"))
     assert again.index_status == "cached"
 
 
@@ -383,7 +365,7 @@ def test_an_index_left_behind_by_a_fork_is_refused_then_made_anew(
     monkeypatch.setattr(seekoci.build, "FORWARD_WINDOW", MIB)
     monkeypatch.setattr(seekoci.layer, "FORWARD_WINDOW", MIB)
     _, blob = parts()
-    layer = open_layer(CountingStream(blob), sha256_digest(blob))
+    layer = open_layer(CountingSource(blob), sha256_digest(blob))
     assert layer.find("big") is not None
     build = layer._build
     assert build is not None and build._background is not None
