@@ -149,6 +149,38 @@ class ScanGate:
 
 SCAN_GATE = ScanGate()
 
+#: The background indexes running in this process (see finish_background).
+_RUNNING: weakref.WeakSet[_BackgroundIndex] = weakref.WeakSet()
+_RUNNING_LOCK = threading.Lock()
+
+
+def running_background() -> list[_BackgroundIndex]:
+    """The indexes being made behind scans in this process that a process exiting now
+    would finish: to be saved, of a blob read whole that matched its digest (those of
+    scans that stopped early are given up at exit)."""
+    with _RUNNING_LOCK:
+        return [b for b in _RUNNING if b.keep and b.verified.is_set() and not b.settled.is_set()]
+
+
+def finish_background(progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Wait for the indexes being made behind scans that will be saved (what a process
+    exiting would wait for), calling ``progress(name, done, total)`` as they go. Interrupted
+    (KeyboardInterrupt), they are called off (nothing saved) and the interrupt raised."""
+    try:
+        while True:
+            running = running_background()
+            if not running:
+                return
+            for background in running:
+                if progress is not None:
+                    progress(background.name, background.done, background.total)
+                background.settled.wait(0.2)
+    except KeyboardInterrupt:
+        with _RUNNING_LOCK:
+            for background in _RUNNING:
+                background.stop.set()
+        raise
+
 
 class SpoolLost(Exception):
     """The spooled copy of the blob could not be written (disk full): the index must come
@@ -238,6 +270,8 @@ class _BackgroundIndex:
         *,
         keep: bool,
         done: Callable[[], None],
+        name: str = "layer",
+        total: int = 0,
     ) -> None:
         # the pools the indexer and scanner use are made on first use, maybe at exit, when
         # importing their module is refused: import it now (they then run their work inline)
@@ -250,17 +284,32 @@ class _BackgroundIndex:
         #: blob's index is worth finishing
         self.verified = threading.Event()
         self.finished = threading.Event()
+        #: set once the thread is through, its index handed to the layer (and saved)
+        self.settled = threading.Event()
         self.pid = os.getpid()  # a forked child has no such thread
+        #: for progress: the layer's name and blob size, and blob bytes indexed so far
+        self.name = name
+        self.total = total
+        self._done_bytes = 0
+        self._progress_lock = threading.Lock()
         self.error: BaseException | None = None
         self._indexer = indexer
         self._lock = lock
         self._spool = spool
-        self._keep = keep
+        self.keep = keep
         self._done = done
         self._thread = threading.Thread(
             target=self._run, name="seekoci-build-index", daemon=not keep
         )
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
         self._thread.start()
+
+    @property
+    def done(self) -> int:
+        """Blob bytes indexed so far."""
+        with self._progress_lock:
+            return self._done_bytes
 
     def _run(self) -> None:
         indexer, lock, spool = self._indexer, self._lock, self._spool
@@ -274,6 +323,8 @@ class _BackgroundIndex:
                 if not chunk:
                     break
                 offset += len(chunk)
+                with self._progress_lock:
+                    self._done_bytes = offset
                 decoded = indexer.feed(chunk)
                 while True:
                     with lock:
@@ -291,13 +342,16 @@ class _BackgroundIndex:
         finally:
             spool.close()
             self.finished.set()
-        if self.error is None:
-            self._done()
+        try:
+            if self.error is None:
+                self._done()
+        finally:
+            self.settled.set()
 
     def _worth_finishing(self) -> bool:
         """At exit: go on only to save the index of a blob that was read whole and
         matched its digest."""
-        return self._keep and self.verified.is_set()
+        return self.keep and self.verified.is_set()
 
     def check_process(self, name: str) -> None:
         if self.pid != os.getpid():
@@ -712,6 +766,8 @@ class IndexBuild:
             TarScanner(name=f"layer {layer.name}"),
             keep=layer.saves_index,
             done=indexed,
+            name=layer.name,
+            total=layer.size,
         )
         return True
 

@@ -793,7 +793,9 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     stream = out or sys.stdout
     func: Callable[[argparse.Namespace, TextIO], int] = args.func
     try:
-        return func(args, stream)
+        code = func(args, stream)
+        _finish_indexes()
+        return code
     except (SeekociError, OSError) as exc:
         if isinstance(exc, BrokenPipeError):
             _silence_stdout()
@@ -803,6 +805,21 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except KeyboardInterrupt:
         print("seekoci: interrupted", file=sys.stderr)
         return 130
+
+
+def _finish_indexes() -> None:
+    """Before exiting: the indexes a lookup's scan left to be made behind it (a big gzip
+    layer read for the first time) are finished and saved, with a bar on a terminal;
+    Ctrl-C skips them (KeyboardInterrupt: "interrupted")."""
+    from .build import finish_background, running_background
+
+    if not running_background():
+        return
+    bar = ProgressBar(sys.stderr, desc="indexing for next time")
+    if bar.enabled:
+        print("seekoci: saving the index made behind the read (Ctrl-C skips it)", file=sys.stderr)
+    finish_background(bar)
+    bar.close()
 
 
 def _one_line(exc: BaseException) -> str:

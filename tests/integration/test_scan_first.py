@@ -6,6 +6,7 @@ directory, so the next process reads with no pass at all."""
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from imagebuilder import file, image, layer, random_bytes, text_bytes, whiteout
 
 import seekoci
 import seekoci.build
+import seekoci.cli
 
 pytestmark = pytest.mark.integration
 
@@ -59,3 +61,19 @@ def test_a_first_touch_scans_and_leaves_the_indexes_behind(registry, tmp_path: P
     assert [layer.index_status for layer in again.layers] == ["cached", "cached"]
     assert again.read_bytes("/lib/weights.bin") == random_bytes("w", 3_000_000)
     assert sum(layer.source.bytes_read for layer in again.layers) < 3_500_000
+
+
+def test_the_cli_saves_the_index_behind_its_read_before_it_returns(
+    registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.push(REPO, "cli", image(LOWER, UPPER))
+    ref = registry.ref(REPO, "cli")
+    out = io.BytesIO()
+    sink = io.TextIOWrapper(out, encoding="utf-8")
+    code = seekoci.cli.main(["cat", ref, "/deep/last.txt", "--cache-dir", str(tmp_path)], out=sink)
+    sink.flush()
+    assert code == 0, capsys.readouterr().err
+    assert out.getvalue() == b"the last file\n"
+    assert not seekoci.build.running_background()  # waited for, not left to the exit
+    again = seekoci.open_image(ref, cache_dir=tmp_path)
+    assert [layer.index_status for layer in again.layers] == ["cached", "cached"]

@@ -374,3 +374,47 @@ def test_an_index_left_behind_by_a_fork_is_refused_then_made_anew(
     with pytest.raises(FormatError, match="another process"):
         layer.open("big").read()
     assert layer.open("big").read() == random_bytes("big", 6 * MIB)
+
+
+def test_finishing_waits_for_indexes_to_be_saved_and_not_for_scans_that_stopped(
+    tmp_path: Path,
+) -> None:
+    _, blob = parts()
+    digest = sha256_digest(blob)
+    early = open_layer(CountingSource(blob), digest, DiskCache(tmp_path / "a"))
+    assert early.find("first") is not None  # stopped early: its index waits for bytes
+    whole = open_layer(BytesSource(blob), digest, DiskCache(tmp_path / "b"))
+    assert whole.open("last").read() == b"late\n"
+    calls: list[tuple[str, int, int]] = []
+    seekoci.build.finish_background(lambda *a: calls.append(a))  # returns: early not awaited
+    assert not seekoci.build.running_background()
+    assert calls and all(total == len(blob) for _, _, total in calls)
+    again = open_layer(BytesSource(blob), digest, DiskCache(tmp_path / "b"))
+    assert again.index_status == "cached"
+    assert early.index_status == "partial"
+
+
+def test_an_interrupt_while_finishing_calls_the_indexes_off(tmp_path: Path) -> None:
+    _, blob = parts()
+    digest = sha256_digest(blob)
+    layer = open_layer(BytesSource(blob), digest, DiskCache(tmp_path))
+    build = layer._build
+    SCAN_GATE_HELD = SCAN_GATE.scanning()
+    SCAN_GATE_HELD.__enter__()  # keep the index thread waiting, as behind another scan
+    try:
+        assert layer.open("last").read() == b"late\n"
+        build = layer._build
+        assert build is not None and build._background is not None
+        background = build._background
+
+        def interrupt(*_: object) -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            seekoci.build.finish_background(interrupt)
+        assert background.stop.is_set()
+    finally:
+        SCAN_GATE_HELD.__exit__(None, None, None)
+    assert background.finished.wait(30)
+    assert background.error is not None  # called off: nothing saved
+    assert open_layer(BytesSource(blob), digest, DiskCache(tmp_path)).index_status == "none"
