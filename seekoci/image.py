@@ -47,8 +47,11 @@ def index_layers(layers: list[Layer], progress: Progress | None = None) -> None:
     """Make sure every layer has its index, up to :data:`PARALLEL_LAYERS` passes at once
     (the first failure is raised once all have stopped)."""
     todo = [layer for layer in layers if not layer.complete()]
+    # a layer a lookup has scanned is complete (every entry known) while its index is
+    # still being made behind the scan: wait for those too
+    scanned = [layer for layer in layers if layer not in todo and layer.pass_started()]
     if len(todo) < 2:
-        for layer in todo:
+        for layer in todo + scanned:
             layer.index(progress)
         return
     if progress is not None:  # one callable drawn from several threads
@@ -59,6 +62,8 @@ def index_layers(layers: list[Layer], progress: Progress | None = None) -> None:
         futures = [pool.submit(layer.index, progress) for layer in todo]
     for future in futures:
         future.result()
+    for layer in scanned:
+        layer.index(progress)
 
 
 def _serialized(progress: Progress) -> Progress:

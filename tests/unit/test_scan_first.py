@@ -418,3 +418,15 @@ def test_an_interrupt_while_finishing_calls_the_indexes_off(tmp_path: Path) -> N
     assert background.finished.wait(30)
     assert background.error is not None  # called off: nothing saved
     assert open_layer(BytesSource(blob), digest, DiskCache(tmp_path)).index_status == "none"
+
+
+def test_indexing_every_layer_waits_for_the_index_behind_a_scan() -> None:
+    import seekoci.image
+
+    _, blob = parts()
+    layer = open_layer(BytesSource(blob), sha256_digest(blob))
+    with SCAN_GATE.scanning():  # the index thread waits, as behind another scan
+        assert layer.open("last").read() == b"late\n"
+        assert layer.complete() and layer.index_status == "partial"
+    seekoci.image.index_layers([layer])
+    assert layer.index_status == "built"
