@@ -77,3 +77,22 @@ def test_the_cli_saves_the_index_behind_its_read_before_it_returns(
     assert not seekoci.build.running_background()  # waited for, not left to the exit
     again = seekoci.open_image(ref, cache_dir=tmp_path)
     assert [layer.index_status for layer in again.layers] == ["cached", "cached"]
+
+
+def test_a_whole_image_extracted_after_a_scan_is_the_merged_tree(registry, tmp_path: Path) -> None:
+    """The merged view's writer meets layers in every state a scan leaves: one scanned
+    whole (its index still being made), one scanned part way (stopped early)."""
+    registry.push(REPO, "extract", image(LOWER, UPPER))
+    ref = registry.ref(REPO, "extract")
+    img = seekoci.open_image(ref, cache_dir=tmp_path / "cache")
+    assert img.read_bytes("/up/u3.txt") == text_bytes("u3", 150_000)  # the upper, scanned
+    assert img.read_bytes("/early.txt") == b"early\n"  # the lower, scanned part way
+    dest = tmp_path / "root"
+    assert img.extract("/", dest) == []
+    assert (dest / "deep/last.txt").read_bytes() == b"the last file\n"
+    assert (dest / "lib/weights.bin").read_bytes() == random_bytes("w", 3_000_000)
+    assert (dest / "up/u0.txt").read_bytes() == text_bytes("u0", 150_000)
+    assert not (dest / "gone.txt").exists()
+    assert not list(dest.rglob(".wh.*"))
+    assert img.flush(120)
+    assert [layer.index_status for layer in img.layers] == ["built", "built"]
