@@ -599,9 +599,15 @@ class IndexBuild:
         codec = formats.codec_for(compression, where=f"layer {layer.name}")
         #: scan first (see the module's notes): the fast decoder the scanner reads from,
         #: while the indexer runs behind it on the spooled blob
-        self.scan: StreamInflater | None = (
-            codec.stream_inflater(name=f"layer {layer.name}") if scan else None
-        )
+        self.scan: StreamInflater | None = None
+        self._spool: _Spool | None = None  # until the index thread takes it over
+        fast = codec.stream_inflater(name=f"layer {layer.name}") if scan else None
+        if fast is not None:
+            try:
+                self._spool = _Spool()
+                self.scan = fast
+            except OSError:  # no temporary file to be had: index as the pass goes
+                pass
         self._background: _BackgroundIndex | None = None
         # CRCs are checked even when the digest matches: a member whose trailer contradicts
         # its data is a corrupt layer that gzip -t and containerd refuse too.
@@ -670,8 +676,10 @@ class IndexBuild:
         if self.done:
             return
         if self._workers is None:
-            if self.scan is None or not self._start_scan():
-                self._workers = self._indexing_workers()
+            if self.scan is None:
+                self._workers = self._new_workers(self.indexer, self._lock)
+            else:
+                self._start_scan()
             assert self._workers is not None
         if self._workers.pid != os.getpid():
             self._workers = None  # its threads live in the parent process
@@ -717,29 +725,30 @@ class IndexBuild:
             self._recent.clear()
             self._recent_size = 0
 
-    def _indexing_workers(self) -> _Workers:
-        """The reader and inflater of a pass that indexes as it goes."""
+    def _new_workers(
+        self,
+        inflater: SpanIndexer | StreamInflater,
+        lock: threading.Lock,
+        spool: _Spool | None = None,
+    ) -> _Workers:
+        """The reader and inflater threads of this pass."""
         layer = self.layer
         return _Workers(
             layer.source.iter_from,
-            self.indexer,
-            self._lock,
+            inflater,
+            lock,
             hashlib.new(self._alg),
             layer.size,
             layer.name,
             layer.pass_meter,
+            spool=spool,
         )
 
-    def _start_scan(self) -> bool:
-        """Start a scan and the index behind it; False (and no scan) when no temporary
-        file is to be had: the pass then indexes as it goes."""
-        assert self.scan is not None
+    def _start_scan(self) -> None:
+        """Start a scan, and the index behind it on the spooled blob."""
+        assert self.scan is not None and self._spool is not None
         layer = self.layer
-        try:
-            spool = _Spool()
-        except OSError:
-            self._unscan()
-            return False
+        spool, self._spool = self._spool, None
         build = weakref.ref(self)
         owner = weakref.ref(layer)
 
@@ -748,16 +757,8 @@ class IndexBuild:
             if this is not None and where is not None:
                 where._indexed_in_background(this)
 
-        self._workers = _Workers(
-            layer.source.iter_from,
-            self.scan,
-            threading.Lock(),  # the scan's decoder is the inflater thread's alone
-            hashlib.new(self._alg),
-            layer.size,
-            layer.name,
-            layer.pass_meter,
-            spool=spool,
-        )
+        # the scan's decoder is the inflater thread's alone: a lock of its own
+        self._workers = self._new_workers(self.scan, threading.Lock(), spool)
         # the spool is the background thread's from here: it alone reads and closes it
         self._background = _BackgroundIndex(
             self.indexer,
@@ -769,14 +770,12 @@ class IndexBuild:
             name=layer.name,
             total=layer.size,
         )
-        return True
 
-    def _unscan(self) -> None:
-        """Index as the pass goes after all (before it started)."""
-        self.scan = None
-        self.scanner = TarScanner(name=f"layer {self.layer.name}")
-        self.forward = None if self.compression != "zstd" else self.forward
-        self.keep_spans = True
+    @property
+    def scanned(self) -> bool:
+        """Whether this is a scan that went to the end: every entry known, the blob checked
+        (its index may still be in the making, see :attr:`indexed`)."""
+        return self.scan is not None and self.done
 
     @property
     def indexed(self) -> bool:
@@ -946,6 +945,9 @@ class IndexBuild:
         background, self._background = self._background, None
         if background is not None:  # it closes the spool as it stops
             background.stop.set()
+        spool, self._spool = self._spool, None
+        if spool is not None:  # a scan that never started: no thread has the spool
+            spool.close()
 
     def __del__(self) -> None:
         workers = getattr(self, "_workers", None)

@@ -238,7 +238,7 @@ class Layer:
         if self._index is None and self._build is None and self.digest is not None:
             self._try_cache_dir()  # local only: a status never downloads an index
         build = self._build
-        if build is not None and build.scan is not None and build.done and build.indexed:
+        if build is not None and build.scanned and build.indexed:
             with self._lock:
                 self._try_cache()  # the index a scan made behind it
         if self._index is None and self._build is not None:
@@ -279,7 +279,7 @@ class Layer:
         if self._index is not None:
             return True
         build = self._build
-        if build is not None and build.scan is not None and build.done and build.indexed:
+        if build is not None and build.scanned and build.indexed:
             self._adopt(build)
             return True
         if self.digest is not None and self._try_cache_dir():
@@ -527,7 +527,7 @@ class Layer:
             raise
         build.pause()  # the spans just decoded, for the reads that follow
         if build.done:
-            if build.scan is None or build.indexed:
+            if build.indexed:
                 self._adopt(build)
             elif build.tail is not None:  # the scan's last bytes, until the index is made
                 self._pass_end, build.tail = build.tail, None
@@ -616,7 +616,7 @@ class Layer:
         with self._lock:
             if self._index is not None or self._try_cache():
                 return True
-            return self._build is not None and self._build.scan is not None and self._build.done
+            return self._build is not None and self._build.scanned
 
     def entries(self) -> Sequence[TarEntry]:
         """Every entry of the layer (builds the whole index)."""
@@ -784,9 +784,7 @@ class Layer:
         except BaseException:
             self._abandon_build()
             raise
-        if build.done and build.indexed:
-            self._adopt(build)
-        return None
+        return None  # the caller takes the index if it is made (_try_cache)
 
     def _forward_has(self, offset: int, end: int) -> bool:
         """Whether a zstd pass went past ``end`` and still holds ``[offset, end)`` (a file
@@ -893,7 +891,7 @@ class Layer:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             build = self._build
-            scanned = build is not None and build.scan is not None and build.done
+            scanned = build is not None and build.scanned
         if scanned:
             assert build is not None
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
