@@ -60,6 +60,8 @@ PLAIN_FAST_PATH = True
 #: dicts per entry were 15% of a large layer's index memory. Never mutated.
 _NO_XATTRS: dict[str, bytes] = {}
 _NO_PAX: dict[str, str] = {}
+#: Distinct field values a scanner remembers (:meth:`TarScanner._field`).
+_FIELDS_KEPT = 4096
 #: sha256 of no bytes: the digest of every empty regular file
 EMPTY_SHA256 = hashlib.sha256(b"").digest()
 
@@ -274,6 +276,10 @@ class TarScanner:
         self._long_link: bytes | None = None
         self._first_header = -1  # header offset of the entry being assembled
         self._zero_blocks = 0
+        # plain headers' repeating fields, parsed once per distinct value (this scanner's
+        # thread alone uses them)
+        self._fields: dict[bytes, int] = {}
+        self._strings: dict[bytes, str] = {}
 
     @property
     def position(self) -> int:
@@ -422,7 +428,8 @@ class TarScanner:
                     entry.sha256 = EMPTY_SHA256
         self._skip = data_len + (-data_len % BLOCK)
         self._first_header = -1
-        self._pax = {}
+        if self._pax:
+            self._pax = {}
         self._long_name = None
         self._long_link = None
 
@@ -444,7 +451,11 @@ class TarScanner:
     def _plain_entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
         """:meth:`_entry` for a header with no PAX records and no GNU long name or link
         before it (most entries of most layers): the same entry, the fields cut by one
-        ``struct`` call and no PAX lookups (12 -> 6 us an entry)."""
+        ``struct`` call and no PAX lookups (12 -> 6 us an entry). The fields that repeat
+        from entry to entry (mode, owner, group, mtime, link, user and group names) are
+        parsed once per distinct value (:meth:`_field`), and the entry is built with
+        positional arguments: a scan of the bench's 54k-entry layer without file hashing
+        0.59 -> 0.41 CPU-s."""
         (name_f, mode_f, uid_f, gid_f, _, mtime_f, _, _, link_f, magic, _, uname_f, gname_f,
          major_f, minor_f, prefix_f) = _USTAR.unpack(block)  # fmt: skip
         raw_name = name_f.partition(b"\x00")[0]
@@ -456,30 +467,71 @@ class TarScanner:
         kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
         if kind == "file" and name.endswith("/") and typeflag in (b"0", b"\x00"):
             kind = "dir"  # v7 tars mark directories with a trailing slash
-        mtime_ns = _number(mtime_f, "mtime", at) * 1_000_000_000
+        fields = self._fields
+        field = self._field
+        mtime_ns = fields.get(mtime_f)
+        if mtime_ns is None:
+            mtime_ns = field(mtime_f, "mtime", at)
+        mode = fields.get(mode_f)
+        if mode is None:
+            mode = field(mode_f, "mode", at)
+        uid = fields.get(uid_f)
+        if uid is None:
+            uid = field(uid_f, "uid", at)
+        gid = fields.get(gid_f)
+        if gid is None:
+            gid = field(gid_f, "gid", at)
+        strings = self._strings
+        linkname = strings.get(link_f)
+        if linkname is None:
+            linkname = self._text(link_f)
+        uname = strings.get(uname_f)
+        if uname is None:
+            uname = self._text(uname_f)
+        gname = strings.get(gname_f)
+        if gname is None:
+            gname = self._text(gname_f)
         device = kind in ("char", "block")
+        # positional, in the fields' order (a third of the call's cost with keywords)
         return TarEntry(
-            name=normalize_name(name),
-            type=kind,
-            size=size,
-            mode=_number(mode_f, "mode", at),
-            uid=_number(uid_f, "uid", at),
-            gid=_number(gid_f, "gid", at),
-            mtime=mtime_ns / 1e9,
-            mtime_ns=mtime_ns,
-            linkname=link_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
-            uname=uname_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
-            gname=gname_f.partition(b"\x00")[0].decode("utf-8", "surrogateescape"),
-            devmajor=_number(major_f, "devmajor", at) if device else 0,
-            devminor=_number(minor_f, "devminor", at) if device else 0,
-            xattrs=_NO_XATTRS,
-            header_offset=self._first_header,
-            data_offset=at + BLOCK,
-            pax=_NO_PAX,
-            raw_name=name,
-            unsafe=name.startswith("/") or ".." in name.split("/"),
-            pax_records=None,
+            normalize_name(name),  # name
+            kind,  # type
+            size,
+            mode,
+            uid,
+            gid,
+            mtime_ns / 1e9,  # mtime
+            linkname,
+            uname,
+            gname,
+            _number(major_f, "devmajor", at) if device else 0,
+            _number(minor_f, "devminor", at) if device else 0,
+            _NO_XATTRS,  # xattrs
+            self._first_header,  # header_offset
+            at + BLOCK,  # data_offset
+            _NO_PAX,  # pax
+            name,  # raw_name
+            name.startswith("/") or (".." in name and ".." in name.split("/")),  # unsafe
+            mtime_ns,
+            None,  # pax_records
         )
+
+    def _field(self, raw: bytes, what: str, at: int) -> int:
+        """A numeric field of a plain header, parsed and remembered: mode, uid and gid
+        fields are 8 bytes, an mtime 12 (kept in ns), so their keys never mix."""
+        value = _number(raw, what, at)
+        if what == "mtime":
+            value *= 1_000_000_000
+        if len(self._fields) < _FIELDS_KEPT:
+            self._fields[raw] = value
+        return value
+
+    def _text(self, raw: bytes) -> str:
+        """A text field of a plain header (link, user or group name), decoded and remembered."""
+        text = raw.partition(b"\x00")[0].decode("utf-8", "surrogateescape")
+        if len(self._strings) < _FIELDS_KEPT:
+            self._strings[raw] = text
+        return text
 
     def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
         if (

@@ -449,6 +449,46 @@ def test_the_fast_path_agrees_on_arbitrary_headers(header: bytes, good_checksum:
     assert fast == slow
 
 
+@pytest.mark.parametrize("kept", [0, 1, 3, 4096])
+def test_remembered_fields_give_the_same_entries_whatever_is_kept(
+    kept: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain headers' repeating fields are parsed once per distinct value; entries are the
+    same with the memory full, nearly full or off, and it never holds more than its cap."""
+    import seekoci.formats.tar as tar_module
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for i in range(40):
+            info = tarfile.TarInfo(f"d/f{i}")
+            info.size = i % 3
+            info.mode = 0o600 + i % 5
+            info.uid, info.gid = i % 4, i % 6
+            info.mtime = 1_700_000_000 + i % 7
+            info.uname, info.gname = f"u{i % 3}", f"g{i % 2}"
+            if i % 9 == 0:
+                info.type, info.linkname, info.size = tarfile.SYMTYPE, f"t{i % 2}", 0
+            tar.addfile(info, io.BytesIO(b"x" * info.size))
+    data = buf.getvalue()
+    monkeypatch.setattr(tar_module, "_FIELDS_KEPT", kept)
+    scanner = TarScanner()
+    scanner.feed(data)
+    scanner.finish()
+    assert len(scanner._fields) <= kept and len(scanner._strings) <= kept
+    assert [dataclasses.astuple(e) for e in scanner.entries] == [
+        dataclasses.astuple(e) for e in scan(data)
+    ]
+    with tarfile.open(fileobj=io.BytesIO(data)) as oracle_tar:
+        members = oracle_tar.getmembers()
+    got = [
+        (e.mode, e.uid, e.gid, e.mtime_ns, e.uname, e.gname, e.linkname) for e in scanner.entries
+    ]
+    assert got == [
+        (m.mode, m.uid, m.gid, m.mtime * 1_000_000_000, m.uname, m.gname, m.linkname)
+        for m in members
+    ]
+
+
 @given(st.text(alphabet="/.a\u00e9", max_size=12))
 def test_normalize_name_drops_empty_and_dot_parts_only(name: str) -> None:
     # the fast path (a name with nothing to drop is returned as it is) against the rule
