@@ -268,27 +268,32 @@ def _body(response: Response, chunk_size: int, *, what: str) -> Iterator[bytes]:
     """
     raw = response.raw
     read1 = getattr(raw, "read1", None)  # urllib3 >= 2.3
-    piece = bytearray()
+    # what each receive returned, joined once per piece: one copy of every byte after the
+    # socket's (a bytearray grown and then copied out made two, under the GIL)
+    parts: list[bytes] = []
+    have = 0
     while True:
         try:
             with transport_errors(what):
-                want = chunk_size - len(piece)
+                want = chunk_size - have
                 if read1 is not None:
                     data = read1(want, decode_content=False)
                 else:
                     data = raw.read(want, decode_content=False)
         except RegistryError:
-            if piece:
-                yield bytes(piece)
+            if parts:
+                yield b"".join(parts)
             raise
         if not data:
-            if piece:
-                yield bytes(piece)
+            if parts:
+                yield b"".join(parts)
             return
-        piece += data
-        if len(piece) >= chunk_size:
-            yield bytes(piece)
-            piece.clear()
+        parts.append(data)
+        have += len(data)
+        if have >= chunk_size:
+            yield b"".join(parts)
+            parts.clear()
+            have = 0
 
 
 def _receive(fp: io.BufferedReader, view: memoryview) -> int:
