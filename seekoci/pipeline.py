@@ -193,7 +193,7 @@ class SpanStream:
             self._fetch, [step.span for step in run], last.compressed_end
         )
 
-        def decode_all(done: concurrent.futures.Future[bytes]) -> None:
+        def decode_all(done: concurrent.futures.Future[bytes | bytearray]) -> None:
             for step in run:
                 assert step.future is not None
                 work = partial(self._decode, done, base, step)
@@ -201,14 +201,21 @@ class SpanStream:
 
         fetched.add_done_callback(decode_all)
 
-    def _fetch(self, spans: list[Span], end: int) -> bytes:
+    def _fetch(self, spans: list[Span], end: int) -> bytes | bytearray:
         if self._closed:
             return b""
         self._reader.prefetch_windows(spans)
         start = spans[0].compressed_start
-        return self._reader.source.read_range(start, end - start)
+        source = self._reader.source
+        # the range's buffer as received (the spans are cut out of it as views): no copy
+        read: Callable[[int, int], bytes | bytearray] = getattr(
+            source, "read_buffer", source.read_range
+        )
+        return read(start, end - start)
 
-    def _decode(self, fetched: concurrent.futures.Future[bytes], base: int, step: _Step) -> bytes:
+    def _decode(
+        self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, step: _Step
+    ) -> bytes:
         blob = fetched.result()  # done: this runs from its callback (re-raises its error)
         span = step.span
         if step.cut is not None:

@@ -131,6 +131,26 @@ def test_a_long_read_is_few_large_requests_in_order(tmp_path: Path, small_pipeli
     assert source.requests <= len(spans) // 3
 
 
+def test_ranges_are_taken_in_the_sources_buffer_when_it_offers_one(
+    tmp_path: Path, small_pipeline: None
+) -> None:
+    """A source with ``read_buffer`` (the registry's) hands the pipeline the buffer it
+    received into; the spans are cut out of it and decoded, the bytes the same."""
+    layer, source = _layer(tmp_path)
+    buffers: list[int] = []
+
+    def read_buffer(offset: int, length: int) -> bytearray:
+        buffers.append(length)
+        return bytearray(source.read_range(offset, length))
+
+    source.read_buffer = read_buffer  # type: ignore[attr-defined]
+    tar = _blob()[0]
+    with layer.open(BIG) as f:
+        assert f.read() == _blob()[2][BIG]
+    assert layer.read_range(0, len(tar)) == tar
+    assert len(buffers) > 2 and len(buffers) == source.requests
+
+
 @pytest.mark.parametrize("read_size", [1, 777, 4096, 65536, 1 << 20])
 def test_sequential_reads_with_readahead(
     tmp_path: Path, small_pipeline: None, read_size: int
