@@ -467,30 +467,20 @@ class TarScanner:
         kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
         if kind == "file" and name.endswith("/") and typeflag in (b"0", b"\x00"):
             kind = "dir"  # v7 tars mark directories with a trailing slash
-        fields = self._fields
-        field = self._field
-        mtime_ns = fields.get(mtime_f)
-        if mtime_ns is None:
+        known = self._fields.get
+        mtime_ns, mode, uid, gid = known(mtime_f), known(mode_f), known(uid_f), known(gid_f)
+        if mtime_ns is None or mode is None or uid is None or gid is None:
+            field = self._field
             mtime_ns = field(mtime_f, "mtime", at)
-        mode = fields.get(mode_f)
-        if mode is None:
-            mode = field(mode_f, "mode", at)
-        uid = fields.get(uid_f)
-        if uid is None:
-            uid = field(uid_f, "uid", at)
-        gid = fields.get(gid_f)
-        if gid is None:
-            gid = field(gid_f, "gid", at)
-        strings = self._strings
-        linkname = strings.get(link_f)
-        if linkname is None:
-            linkname = self._text(link_f)
-        uname = strings.get(uname_f)
-        if uname is None:
-            uname = self._text(uname_f)
-        gname = strings.get(gname_f)
-        if gname is None:
-            gname = self._text(gname_f)
+            mode, uid, gid = (
+                field(mode_f, "mode", at),
+                field(uid_f, "uid", at),
+                field(gid_f, "gid", at),
+            )
+        said = self._strings.get
+        linkname, uname, gname = said(link_f), said(uname_f), said(gname_f)
+        if linkname is None or uname is None or gname is None:
+            linkname, uname, gname = self._text(link_f), self._text(uname_f), self._text(gname_f)
         device = kind in ("char", "block")
         # positional, in the fields' order (a third of the call's cost with keywords)
         return TarEntry(
