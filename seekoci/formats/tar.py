@@ -518,7 +518,7 @@ class TarScanner:
 
     def _text(self, raw: bytes) -> str:
         """A text field of a plain header (link, user or group name), decoded and remembered."""
-        text = raw.partition(b"\x00")[0].decode("utf-8", "surrogateescape")
+        text = _decode(_cstr(raw))
         if len(self._strings) < _FIELDS_KEPT:
             self._strings[raw] = text
         return text
