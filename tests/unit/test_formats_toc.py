@@ -396,3 +396,87 @@ def test_a_footer_that_points_far_from_the_end_is_refused() -> None:
     with pytest.raises(seekoci.FormatError, match="outside"):
         layer.listdir("/")
     assert source.bytes_read < 70_000
+
+
+# ------------------------------------------------------------------------- tar-split, digests
+
+_RECORDS = [
+    {"type": 2, "payload": "ZXRjLwAA", "position": 0},
+    {"type": 1, "name": "etc/", "size": 0, "position": 1},
+    {"type": 2, "payload": "aG9zdG5hbWU=", "position": 2},
+    {"type": 1, "name": "etc/hostname", "size": 5, "payload": "AAAAAAAAAAA=", "position": 3},
+]
+
+
+def _lines(sep: bytes, *, end: bytes = b"", start: bytes = b"") -> bytes:
+    return start + sep.join(json.dumps(r).encode() for r in _RECORDS) + end
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        _lines(b"\n", end=b"\n"),  # as tar-split writes it
+        _lines(b"\n"),  # no newline after the last record
+        _lines(b"\r\n", end=b"\r\n"),
+        _lines(b"\r"),  # lone CRs: the line by line way
+        _lines(b"\n\n", end=b"\n"),  # blank lines between records
+        _lines(b"\n", end=b"\n\n \n"),  # blank lines at the end
+        _lines(b"\n", start=b"\n\n", end=b"\n"),  # and at the start
+    ],
+    ids=["lf", "no-final-lf", "crlf", "cr", "blank-inside", "blank-end", "blank-start"],
+)
+def test_a_tar_split_reads_as_its_lines(data: bytes) -> None:
+    """Newlines made commas (one copy of the tar-split) or lines split and joined (when that
+    is not JSON): the layout of every non-blank line's record, in order."""
+    from seekoci.formats.toc import Payload, Segment
+    from seekoci.formats.zstd_chunked_toc import layout_of
+
+    assert layout_of(data, where="t") == [
+        Segment(b"etc/\x00\x00"),
+        Payload("etc/", 0),
+        Segment(b"hostname"),
+        Payload("etc/hostname", 5),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ({"type": 2, "payload": "ZX*jLwAA"}, "Only base64 data|Non-base64"),
+        ({"type": 2, "payload": "QQ==QQ=="}, "Excess data|Non-base64"),
+        ({"type": 2, "payload": 5}, "payload int"),
+        ({"type": 2}, "payload"),
+        ({"type": 1, "name": "a", "size": -1}, "size -1"),
+        ({"type": 3}, "type 3"),
+        ([1, 2], "list indices"),
+    ],
+)
+def test_a_malformed_tar_split_record(record: Any, why: str) -> None:
+    from seekoci.formats.zstd_chunked_toc import layout_of
+
+    data = b"\n".join([json.dumps(_RECORDS[0]).encode(), json.dumps(record).encode(), b""])
+    with pytest.raises(seekoci.FormatError, match=f"record 2 is malformed.*({why})"):
+        layout_of(data, where="t")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "sha256:" + "AB" * 32,  # upper case
+        "sha256:" + "ab" * 31 + "a",  # 63 digits
+        "sha256:" + "ab" * 32 + "a",  # 65
+        "sha256:" + "ab" * 31 + "ag",  # not hex
+        "sha256:" + "ab" * 31 + "a ",  # a space
+        "sha256: " + "ab" * 31 + "a",
+        "sha256:" + "-" * 64,
+        "md5:" + "ab" * 16,
+        b"sha256:" + b"ab" * 32,
+        None,
+    ],
+)
+def test_a_chunk_digest_that_is_not_64_lowercase_hex_digits(value: object) -> None:
+    from seekoci.formats.toc import digest_hex
+
+    with pytest.raises(seekoci.FormatError):
+        digest_hex(value, where="t")
+    assert digest_hex("sha256:" + "0a" * 32, where="t") == "0a" * 32
