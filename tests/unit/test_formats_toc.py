@@ -480,3 +480,25 @@ def test_a_chunk_digest_that_is_not_64_lowercase_hex_digits(value: object) -> No
     with pytest.raises(seekoci.FormatError):
         digest_hex(value, where="t")
     assert digest_hex("sha256:" + "0a" * 32, where="t") == "0a" * 32
+
+
+def test_a_tar_split_of_lf_ended_lines_is_read_record_by_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No JSON array of the whole tar-split is made when its lines are plain: a 57 MB
+    tar-split held as an array of 100k records, and the copies that make it, cost more
+    than reading its records where they lie."""
+    from seekoci.formats import zstd_chunked_toc
+    from seekoci.formats.toc import Payload, Segment
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the tar-split was parsed as one array")
+
+    monkeypatch.setattr(zstd_chunked_toc.json, "loads", refuse)
+    layout = zstd_chunked_toc.layout_of(_lines(b"\n", end=b"\n"), where="t")
+    assert layout == [
+        Segment(b"etc/\x00\x00"),
+        Payload("etc/", 0),
+        Segment(b"hostname"),
+        Payload("etc/hostname", 5),
+    ]
