@@ -9,6 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,9 +221,12 @@ def test_cache_info_and_prune_commands(tmp_path: Path, capsys: pytest.CaptureFix
     assert cli.main(["cache", "prune", "--cache-dir", str(tmp_path), "--max", "lots"]) == 2
 
 
-def _hammer(root: str, seed: int) -> int:
-    """Save and load spans in a small capped directory; count loads that came back."""
+def _hammer(root: str, seed: int, start: Any) -> int:
+    """Save and load spans in a small capped directory; count loads that came back. All
+    start together (``start``: a barrier), or on a busy machine one process may be done
+    before the next is spawned, and find nothing of the others' that the cap has left."""
     cache = DiskCache(root, background=True, max_bytes=40_000)
+    start.wait(60)
     found = 0
     for round_ in range(150):
         name, data = span(seed * 1000 + round_ % 40)
@@ -239,8 +243,10 @@ def _hammer(root: str, seed: int) -> int:
 def test_processes_sharing_a_capped_directory_never_see_damage(tmp_path: Path) -> None:
     import multiprocessing
 
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        found = pool.starmap(_hammer, [(str(tmp_path), seed) for seed in range(4)])
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(4) as pool:
+        start = manager.Barrier(4)
+        found = pool.starmap(_hammer, [(str(tmp_path), seed, start) for seed in range(4)])
     assert sum(found) > 0  # they did share
     cache = DiskCache(tmp_path, max_bytes=0)
     files = [p for p in (tmp_path / "spans" / "sha256").iterdir()]
