@@ -103,6 +103,7 @@ class Layer:
         self._tail: bytes | None = None  # the blob's last bytes, once read
         self._seekable: bool | None = None  # ends with a zstd seek table
         self._tar: Layer | None = None  # tar-stream reads of a payload-space index
+        self._passed: Layer | None = None  # a pass-built index of an embedded index's blob
         self._build: IndexBuild | None = None
         self._lock = threading.RLock()
         self.spans = SpanReader(
@@ -263,12 +264,15 @@ class Layer:
     def uncompressed_size_known(self, index: LayerIndex | None = None) -> int | None:
         """The tar stream's size when ``index`` (default: the one in use, if any)
         tells it without a pass: an embedded TOC with payload offsets only does not, unless
-        the manifest declares it (``io.containers.estargz.uncompressed-size``)."""
+        the blob lays out its tar stream too (zstd:chunked's tar-split) or the manifest
+        declares it (``io.containers.estargz.uncompressed-size``)."""
         index = index if index is not None else self._index
         if index is None:
             return None
         if index.tar_offsets:
             return index.uncompressed_size
+        if index.tar_index is not None:  # the blob's own layout of its tar stream
+            return index.tar_index().uncompressed_size
         declared = self.annotations.get("io.containers.estargz.uncompressed-size", "")
         return int(declared) if declared.isdigit() else None
 
@@ -323,23 +327,47 @@ class Layer:
         return True
 
     def _tar_view(self) -> Layer:
-        """A sibling layer over the same blob with a pass-built index, for tar-stream reads
-        when the embedded index knows only where file payloads are (eStargz)."""
+        """A sibling layer over the same blob for tar-stream reads when the embedded index
+        knows only where file payloads are: indexed from the blob's own layout of the tar
+        stream when it has one (zstd:chunked's tar-split: no pass), else by a pass (eStargz;
+        :meth:`_pass_view`)."""
+        with self._lock:
+            tar, index = self._tar, self._index
+        if tar is not None:
+            return tar
+        if index is None or index.tar_index is None:
+            return self._pass_view()
+        made = index.tar_index()  # CPU only (the tar-split came with the TOC): no lock held
+        made.layer_digest = self.digest or ""
         with self._lock:
             if self._tar is None:
-                tar = Layer(
-                    self.source,
-                    cache=self._cache,
-                    digest=self.digest,
-                    media_type=self._declared_media_type,
-                    size=self.size if self.size_known else None,
-                    span_size=self.span_size,
-                )
-                tar._embedded_tried = True
-                tar.remote = self.remote
-                tar.progress = self.progress
+                tar = self._sibling()
+                tar._set_index(made, "embedded")
                 self._tar = tar
             return self._tar
+
+    def _pass_view(self) -> Layer:
+        """A sibling layer over the same blob with a pass-built index: what an embedded
+        index's layer publishes and saves (:meth:`pass_index`), and reads tar-stream ranges
+        from when the blob has no layout of its tar stream."""
+        with self._lock:
+            if self._passed is None:
+                self._passed = self._sibling()
+            return self._passed
+
+    def _sibling(self) -> Layer:
+        sibling = Layer(
+            self.source,
+            cache=self._cache,
+            digest=self.digest,
+            media_type=self._declared_media_type,
+            size=self.size if self.size_known else None,
+            span_size=self.span_size,
+        )
+        sibling._embedded_tried = True
+        sibling.remote = self.remote
+        sibling.progress = self.progress
+        return sibling
 
     def pass_index(self, progress: Progress | None = None) -> LayerIndex:
         """An index seekoci's index file can hold (what is published and saved):
@@ -347,7 +375,7 @@ class Layer:
         after decoding -- one built by a pass over the same blob."""
         index = self.index(progress)
         if index.format:
-            return self._tar_view().index(progress)
+            return self._pass_view().index(progress)
         return index
 
     def _payload_space(self) -> bool:

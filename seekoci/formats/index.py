@@ -116,6 +116,10 @@ class LayerIndex:
     tar_offsets: bool = True
     #: what verifies this index and its spans, for ``inspect`` (an embedded index says)
     verification: str = ""
+    #: an index with payload offsets whose blob also says where every tar header is
+    #: (zstd:chunked's tar-split): the same layer's index in tar-stream offsets, made by the
+    #: first call (a tar-stream read; a one-file read never needs it)
+    tar_index: Callable[[], LayerIndex] | None = field(default=None, repr=False, compare=False)
     _records: dict[int, bytes] = field(default_factory=dict, repr=False, compare=False)
     _records_lock: threading.Lock = field(
         default_factory=threading.Lock, init=False, repr=False, compare=False

@@ -23,9 +23,11 @@ laid end to end. Chunks whose ``chunkType`` is ``zeros`` are produced, never fet
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 
 from ..errors import FormatError, IntegrityError
 from .base import decompress_bounded
@@ -173,37 +175,66 @@ class ZstdChunkedFormat(ZstdFormat):
         doc = load_json(decompress_bounded(compressed, limit, what=f"{name}: TOC"), where=name)
         files = files_of(doc, where=name)
         data_end = toc_pos[0] - 8
-        layout = None
-        note = "tar offsets from the tar-split"
+        split_data: bytes | None = None
+        note = "no tar-split: payload offsets only"
         if split_pos is not None:
             data_end = min(data_end, split_pos[0] - 8)
-            split_bytes = piece(split_pos, "tar-split")
+            split_data = piece(split_pos, "tar-split")
             split_digest = doc.get("tarSplitDigest")
-            actual = "sha256:" + hashlib.sha256(split_bytes).hexdigest()
+            actual = "sha256:" + hashlib.sha256(split_data).hexdigest()
             if split_digest and actual != split_digest:
                 raise IntegrityError(f"{name}: the tar-split does not match tarSplitDigest")
             if split_digest or not require_verified:
-                ulimit = min(split_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE)
-                raw = decompress_bounded(split_bytes, ulimit, what=f"{name}: tar-split")
-                layout = layout_of(raw, where=name)
+                note = "tar offsets from the tar-split when a tar-stream range is read"
             else:
+                split_data = None
                 note = "no tar offsets (tar-split not verifiable)"
-        else:
-            note = "no tar-split: payload offsets only"
         if expected:
             verification = f"TOC matches the manifest-checksum annotation; chunks checked; {note}"
         else:
             verification = (
                 f"TOC not verified (no manifest-checksum annotation); chunks checked; {note}"
             )
-        return build_index(
-            files,
+        made = functools.partial(
+            build_index,
             fmt=self.name,
             compression=self.compression,
             media_type="application/vnd.oci.image.layer.v1.tar+zstd",
             blob_size=size,
             data_end=data_end,
-            layout=layout,
             verification=verification,
             where=name,
         )
+        # payload offsets now (a read of a few files needs nothing else); the tar-split's
+        # header offsets only for a read of tar-stream ranges: for 54k files its 57 MB of
+        # JSON cost about as much again as the TOC
+        index = made(files, layout=None)
+        if split_data is not None:
+            tar_split = split_data
+            ulimit = min(split_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE) if split_pos else 0
+
+            def tar_index() -> LayerIndex:
+                # entries of their own (the tar offsets are set on them): the TOC read again
+                again = load_json(
+                    decompress_bounded(compressed, limit, what=f"{name}: TOC"), where=name
+                )
+                raw = decompress_bounded(tar_split, ulimit, what=f"{name}: tar-split")
+                return made(files_of(again, where=name), layout=layout_of(raw, where=name))
+
+            index.tar_index = _once(tar_index)
+        return index
+
+
+def _once(make: Callable[[], LayerIndex]) -> Callable[[], LayerIndex]:
+    """``make``, called once whoever asks first (the others wait for its result); an error
+    is raised to each caller and the next call tries again."""
+    lock = threading.Lock()
+    made: list[LayerIndex] = []
+
+    def once() -> LayerIndex:
+        with lock:
+            if not made:
+                made.append(make())
+            return made[0]
+
+    return once

@@ -110,9 +110,39 @@ def test_zstd_chunked_vector_needs_no_pass_for_tar_ranges() -> None:
     blob, meta = vector("zstdchunked-cstorage")
     layer, source = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
     tar = (VECTORS / "estargz/source.tar").read_bytes()
+    assert layer.uncompressed_size_known(layer.index()) == len(tar)  # the tar-split's
     assert layer.read_range(0, len(tar)) == tar
     assert source.streamed == 0  # TOC + tar-split gave every offset: no forward pass
-    assert layer.index().tar_offsets
+    index = layer.index()  # payload offsets; the tar-split's made on demand, once
+    assert not index.tar_offsets and index.tar_index is not None
+    assert index.tar_index().tar_offsets and index.tar_index() is index.tar_index()
+
+
+def test_a_zstd_chunked_file_read_leaves_the_tar_split_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its 57 MB of JSON (for 54k files) cost as much as the TOC: files are read with
+    payload offsets, and the tar-split is parsed by the first read of tar-stream ranges."""
+    from seekoci.formats import zstd_chunked_toc
+
+    blob, meta = vector("zstdchunked-cstorage")
+    tar = (VECTORS / "estargz/source.tar").read_bytes()
+    layer, _ = layer_of(blob, meta["annotations"], media_type=meta["media_type"])
+    read: list[int] = []
+    layout_of = zstd_chunked_toc.layout_of
+
+    def counted(data: bytes, *, where: str) -> Any:
+        read.append(len(data))
+        return layout_of(data, where=where)
+
+    monkeypatch.setattr(zstd_chunked_toc, "layout_of", counted)
+    for name, digest in SOURCE_FILES.items():
+        if layer.stat(name).type == "file":
+            assert sha(layer.open(name).read()) == digest
+    assert layer.index_status == "embedded" and not read
+    assert layer.read_range(0, len(tar)) == tar
+    assert layer.read_range(len(tar) // 2, 700) == tar[len(tar) // 2 : len(tar) // 2 + 700]
+    assert len(read) == 1
 
 
 @pytest.mark.parametrize("name", sorted(VECTOR_BLOBS))
