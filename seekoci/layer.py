@@ -710,6 +710,14 @@ class Layer:
             return self._tar_view().stream_range(offset, length, window=window)
         return self.stream_entry_range(offset, length, window=window)
 
+    def read_entry_range(self, offset: int, length: int) -> bytes:
+        """:meth:`read_range` in the space of this layer's entries' ``data_offset`` (the tar
+        stream, or an embedded index's payload space): ``entry.data_offset + k`` is byte
+        ``k`` of the entry's file whichever index the layer is read through."""
+        if offset < 0 or length < 0:
+            raise ValueError("offset and length must be non-negative")
+        return self._read_spans(offset, length)
+
     def stream_entry_range(self, offset: int, length: int, *, window: int = MAX_WINDOW) -> Stream:
         """:meth:`stream_range` in the space of this layer's entries' ``data_offset`` (the
         tar stream, or an embedded index's payload space)."""

@@ -97,7 +97,7 @@ def _debug_bytes(layer: Layer, entry: TarEntry) -> int:
     def read_at(offset: int, length: int) -> bytes:
         if offset < 0 or offset >= entry.size:
             return b""
-        return layer.read_range(entry.data_offset + offset, min(length, entry.size - offset))
+        return layer.read_entry_range(entry.data_offset + offset, min(length, entry.size - offset))
 
     head = read_at(0, elf.HEADER_SIZE)
     found = elf.sections(head, read_at, entry.size)

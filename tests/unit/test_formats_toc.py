@@ -532,3 +532,23 @@ def test_a_tar_split_of_lf_ended_lines_is_read_record_by_record(
         Segment(b"hostname"),
         Payload("etc/hostname", 5),
     ]
+
+
+@pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
+def test_debug_info_of_a_binary_in_a_toc_layer(writer: Any) -> None:
+    """Insight reads an ELF file's tables at its entry's ``data_offset``: in the space of
+    the layer's own index, which for a TOC layer lays payloads end to end -- not a
+    tar-stream offset."""
+    from test_insight_units import make_elf
+
+    from seekoci.insight.bloat import _debug_bytes
+
+    binary = make_elf(True, "<")
+    tar = build_tar([file("a.txt", text_bytes("a", 5000)), file("usr/lib/libx.so", binary)])
+    made = writer(tar, chunk_size=1 << 20)
+    layer, _ = layer_of(made.blob, made.annotations)
+    entry = layer.find("usr/lib/libx.so")
+    assert entry is not None and not layer.index().tar_offsets
+    assert layer.read_entry_range(entry.data_offset, len(binary)) == binary
+    assert layer.read_range(entry.data_offset, len(binary)) != binary  # the tar's bytes there
+    assert _debug_bytes(layer, entry) == 1234 + 99 + 7
