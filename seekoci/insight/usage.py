@@ -234,15 +234,17 @@ def layer_pass(img: Image, *, digests: bool = False) -> LayerPass:
             (layer, key, files, added, modified, deleted, created_by),
         )
     # which stored files the merged image shows: as themselves or through a hard link
-    shown: set[tuple[str, int]] = set()
+    # (an entry's offset and name: in a TOC layer's payload offsets an empty file's entry
+    # has the offset of the file after it)
+    shown: set[tuple[str, int, str]] = set()
     for _path, node, _depth in walk_nodes(tree.root, "/"):
         inode = inode_of(node)
         if inode is not None and inode.entry is not None:
-            shown.add((inode.layer, inode.entry.header_offset))
+            shown.add((inode.layer, inode.entry.header_offset, inode.entry.name))
     hidden_by_layer: dict[str, int] = {}
     for f in stored:
         key = f.layer.digest or f.layer.name
-        if (key, f.entry.header_offset) not in shown:
+        if (key, f.entry.header_offset, f.entry.name) not in shown:
             f.visible = False
             hidden_by_layer[key] = hidden_by_layer.get(key, 0) + f.entry.size
     usage = LayerUsageList(

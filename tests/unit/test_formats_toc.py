@@ -552,3 +552,33 @@ def test_debug_info_of_a_binary_in_a_toc_layer(writer: Any) -> None:
     assert layer.read_entry_range(entry.data_offset, len(binary)) == binary
     assert layer.read_range(entry.data_offset, len(binary)) != binary  # the tar's bytes there
     assert _debug_bytes(layer, entry) == 1234 + 99 + 7
+
+
+@pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
+def test_layer_usage_of_a_toc_layer_hides_the_file_after_an_empty_one(
+    writer: Any, tmp_path: Path
+) -> None:
+    """In a TOC layer's payload offsets an empty file's entry has the offset of the file
+    after it: the merged view showing the one must not count the other as shown."""
+    import imagebuilder
+    from layers import dir, whiteout
+
+    from seekoci import insight
+
+    entries = (dir("d"), file("d/empty", b""), file("d/big", b"x" * 5000))
+    made = writer(build_tar(list(entries)), chunk_size=1 << 20)
+    lower = imagebuilder.Layer(
+        entries=entries,
+        producer="gzip" if writer is estargz else "zstd",
+        tar_format="pax",
+        tar=made.tar,
+        blob=made.blob,
+        media_type=imagebuilder.OCI_LAYER + ("+gzip" if writer is estargz else "+zstd"),
+        annotations=tuple(made.annotations.items()),
+    )
+    upper = imagebuilder.layer(whiteout("d/big"))
+    imagebuilder.write_oci_layout(tmp_path / "l", imagebuilder.image(lower, upper), "t")
+    img = seekoci.open_image(f"oci:{tmp_path / 'l'}:t", cache_dir=False)
+    assert not img.layers[0].index().tar_offsets and img.layers[0].index_status == "embedded"
+    rows = insight.layer_usage(img)
+    assert rows[0].hidden_bytes == 5000
