@@ -14,16 +14,24 @@ from .gzip import gunzip
 from .tar import BLOCK, TarScanner
 from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of, toc_entry
 
+#: Blocks of the TOC member decoded for the TOC's tar header (its first block)
+_HEAD_BLOCKS = 4
 
-def toc_file(member: bytes, toc: bytes, start: int, end: int, *, where: str) -> TocFile:
+
+def toc_file(
+    member: bytes, toc: bytes, start: int, end: int, *, where: str, digest: str | None = None
+) -> TocFile:
     """The tar entry ``stargz.index.json`` itself (it is part of the tar, so a layer lists
     it as a pass-built index would), read from its member and checked against the TOC."""
     scanner = TarScanner(name=where)
-    scanner.feed(gunzip(member, BLOCK * 3 + len(toc) + 2 * BLOCK, what=f"{where}: TOC member"))
+    # the entry is made of its header, the member's first block (toc_of_member saw to it,
+    # decoding the whole member once already): the first few are decoded, not all of it
+    scanner.feed(gunzip(member, BLOCK * _HEAD_BLOCKS, what=f"{where}: TOC member"))
     if not scanner.entries:
         raise FormatError(f"{where}: the TOC member holds no tar entry")
     entry = scanner.entries[0]
-    digest = hashlib.sha256(toc).hexdigest()
+    if digest is None:  # (the caller may have it: the TOC checked against its annotation)
+        digest = hashlib.sha256(toc).hexdigest()
     landmark = TocFile(entry)
     landmark.add(Chunk(start, end, len(toc), entry.data_offset, digest))
     return landmark

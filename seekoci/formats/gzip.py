@@ -24,7 +24,6 @@ import collections
 import concurrent.futures
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -593,14 +592,15 @@ def splice_prefix(bits: int, byte: int) -> bytes:
 
 
 def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
-    """Decode gzip members (one or several, each whole: zlib with its header and trailer
-    checks) to at most ``limit`` bytes; FormatError naming ``what`` if they are corrupt."""
+    """Decode gzip members (one or several, each whole: header and trailer checked) to at
+    most ``limit`` bytes, with isal when it is installed (about twice zlib's rate: an
+    eStargz chunk, a 16 MB TOC); FormatError naming ``what`` if they are corrupt."""
     out: list[bytes] = []
     produced = 0
     pending = data
     try:
         while pending and produced < limit:
-            d = zlib.decompressobj(31)
+            d = gzip_inflater()
             while pending and produced < limit:
                 piece = d.decompress(pending, limit - produced)
                 out.append(piece)
@@ -613,7 +613,7 @@ def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
                     break
             if not d.eof:
                 break
-    except zlib.error as exc:
+    except INFLATE_ERRORS as exc:
         raise FormatError(f"{what} is corrupt ({exc})") from None
     return b"".join(out)
 

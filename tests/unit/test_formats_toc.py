@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 import zstandard
-from layers import VECTORS, CountingSource, build_tar, file, random_tree, symlink, text_bytes
+from layers import (
+    VECTORS,
+    CountingSource,
+    build_tar,
+    file,
+    random_bytes,
+    random_tree,
+    symlink,
+    text_bytes,
+)
 from tocwriter import Made, estargz, zstd_chunked
 
 import seekoci
@@ -582,3 +591,27 @@ def test_layer_usage_of_a_toc_layer_hides_the_file_after_an_empty_one(
     assert not img.layers[0].index().tar_offsets and img.layers[0].index_status == "embedded"
     rows = insight.layer_usage(img)
     assert rows[0].hidden_bytes == 5000
+
+
+def test_the_toc_entry_of_an_estargz_toc_member_is_read_from_its_first_blocks() -> None:
+    """The landmark entry is made of the member's first blocks (the TOC was decoded whole
+    already): a member damaged far past its header still gives it."""
+    import gzip as gz
+    import io
+    import tarfile
+
+    from seekoci.formats.estargz_toc import toc_file
+
+    toc = random_bytes(5, 200_000).hex().encode()  # compresses little
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("stargz.index.json")
+        info.size = len(toc)
+        tar.addfile(info, io.BytesIO(toc))
+    member = gz.compress(buf.getvalue())
+    for damaged in (member, member[:-5000] + bytes(b ^ 0xFF for b in member[-5000:])):
+        landmark = toc_file(damaged, toc, 100, 100 + len(member), where="t")
+        assert landmark.entry.name == "stargz.index.json" and landmark.entry.size == len(toc)
+        (chunk,) = landmark.chunks
+        assert buf.getvalue()[chunk.skip : chunk.skip + len(toc)] == toc
+        assert (chunk.compressed_start, chunk.compressed_end) == (100, 100 + len(member))
