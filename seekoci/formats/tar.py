@@ -126,6 +126,13 @@ def normalize_name(name: str) -> str:
     return name if normalized == name else normalized
 
 
+def unsafe_name(name: str) -> bool:
+    """Whether a stored name (before normalisation) is absolute or climbs with ``..``: such
+    an entry is never extracted, never shown. (The ``in`` first: most names have no
+    ``..`` at all, and splitting each would cost more.)"""
+    return name.startswith("/") or (".." in name and ".." in name.split("/"))
+
+
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -501,7 +508,7 @@ class TarScanner:
             at + BLOCK,  # data_offset
             _NO_PAX,  # pax
             name,  # raw_name
-            name.startswith("/") or (".." in name and ".." in name.split("/")),  # unsafe
+            unsafe_name(name),  # unsafe
             mtime_ns,
             None,  # pax_records
         )
@@ -612,7 +619,7 @@ class TarScanner:
             data_offset=at + BLOCK,
             pax=extra,
             raw_name=name,
-            unsafe=name.startswith("/") or ".." in name.split("/"),
+            unsafe=unsafe_name(name),
             pax_records=dict(self._pax) if self._pax else None,
         )
 

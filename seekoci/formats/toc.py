@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 from ..errors import FormatError
 from .base import CHECK_NONE, CHECK_UNCOMPRESSED, Span
 from .index import LayerIndex
-from .tar import BLOCK, TarEntry, normalize_name
+from .tar import _NO_PAX, _NO_XATTRS, BLOCK, TarEntry, normalize_name, unsafe_name
 
 #: A TOC (JSON) that inflates past this is refused (hostile blob).
 MAX_TOC_SIZE = 512 << 20
@@ -149,10 +149,6 @@ def _parse_time(value: str) -> tuple[float, int] | None:
 
 _INT_FIELDS = ("size", "mode", "uid", "gid", "devMajor", "devMinor")
 _STR_FIELDS = ("name", "modtime", "linkName", "userName", "groupName")
-#: Shared by every entry without xattrs (nearly all), and by every entry (no PAX records
-#: in a TOC): never mutated.
-_NO_XATTRS: dict[str, bytes] = {}
-_NO_PAX: dict[str, str] = {}
 
 
 def entry_of(raw: Mapping[str, Any], *, where: str) -> TarEntry:
@@ -217,9 +213,9 @@ def entry_of(raw: Mapping[str, Any], *, where: str) -> TarEntry:
         xattrs,
         0,  # header_offset: filled in later
         0,  # data_offset: filled in later
-        _NO_PAX,  # pax
+        _NO_PAX,  # pax (a TOC has no PAX records)
         raw_name,
-        raw_name.startswith("/") or (".." in raw_name and ".." in raw_name.split("/")),  # unsafe
+        unsafe_name(raw_name),  # unsafe
         mtime_ns,
     )
 

@@ -55,7 +55,7 @@ from .entries import EntryTable, NameLookup
 from .gzip import GZIP_MAGIC, GzipIndexer
 from .index import LayerIndex
 from .plain import PlainIndexer
-from .tar import _TYPES, BLOCK, TarEntry, TarScanner, _number, normalize_name
+from .tar import _TYPES, BLOCK, TarEntry, TarScanner, _number, normalize_name, unsafe_name
 
 if TYPE_CHECKING:
     import flatbuffers  # type: ignore[import-untyped, unused-ignore]
@@ -959,7 +959,7 @@ def _tar_entry(f: ZtocFile, header_offset: int) -> TarEntry:
         data_offset=f.uncompressed_offset,
         pax=pax,
         raw_name=f.name,
-        unsafe=f.name.startswith("/") or ".." in f.name.split("/"),
+        unsafe=unsafe_name(f.name),
         mtime_ns=mtime_ns,
     )
 
@@ -1270,7 +1270,7 @@ def _entry_names(raw: list[bytes]) -> tuple[list[str], dict[int, bool]]:
     for i, name in enumerate(raw):
         decoded = name.decode("utf-8", "surrogateescape")
         names.append(_normalized(decoded))
-        if decoded.startswith("/") or ".." in decoded.split("/"):
+        if unsafe_name(decoded):
             unsafe[i] = True
     return names, unsafe
 
