@@ -22,8 +22,10 @@ header; its TOC has no digests, so nothing read from it can be verified.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import Span
@@ -141,10 +143,12 @@ class EstargzFormat(GzipFormat):
             if len(head) != start - toc_offset:
                 raise FormatError(f"{name}: the TOC is cut short")
             tail, start = head + tail, toc_offset
-        from .estargz_toc import files_of, toc_file, toc_of_member  # a TOC to read: once
-        from .toc import build_index, load_json
+        from .estargz_toc import file_at, files_of, member_ends, toc_file, toc_of_member
+        from .toc import build_index, load_json  # (a TOC to read: imported once it is)
+        from .toc_lookup import lazy_index, toc_columns
 
-        toc = toc_of_member(tail[toc_offset - start : toc_end - start], TOC_NAME, where=name)
+        member = tail[toc_offset - start : toc_end - start]
+        toc = toc_of_member(member, TOC_NAME, where=name)
         toc_digest = hashlib.sha256(toc).hexdigest()  # 21 MB for 54k files: once
         if expected:
             actual = "sha256:" + toc_digest
@@ -152,17 +156,15 @@ class EstargzFormat(GzipFormat):
                 raise IntegrityError(
                     f"{name}: the TOC's digest is {actual}, the manifest says {expected}"
                 )
-        files, digested = files_of(load_json(toc, where=name), toc_offset, where=name)
-        files.append(
-            toc_file(
-                tail[toc_offset - start : toc_end - start],
-                toc,
-                toc_offset,
-                toc_end,
-                where=name,
-                digest=toc_digest,
-            )
-        )
+        doc = load_json(toc, where=name)
+        landmark = toc_file(member, toc, toc_offset, toc_end, where=name, digest=toc_digest)
+        # its entries are made when a read needs them (toc_lookup), unless they are not of
+        # the shape that takes: then all of them now, which says what is wrong
+        columns = toc_columns(doc["entries"])
+        if columns is None:
+            files, digested = files_of(doc, toc_offset, where=name)
+        else:
+            digested = columns.every_chunk_has("chunkDigest")
         if not digested and require_verified:
             return None  # a stargz TOC without digests vouches for nothing: build instead
         if footer_size == LEGACY_FOOTER_SIZE or not digested:
@@ -171,14 +173,36 @@ class EstargzFormat(GzipFormat):
             verification = "TOC matches the toc.digest annotation; chunks checked (chunkDigest)"
         else:
             verification = "TOC not verified (no toc.digest annotation); chunks checked"
-        return build_index(
-            files,
+        made = functools.partial(
+            build_index,
             fmt=self.name,
             compression=self.compression,
             media_type="application/vnd.oci.image.layer.v1.tar+gzip",
             blob_size=size,
             data_end=toc_end,
             layout=None,
+            verification=verification,
+            where=name,
+        )
+        if columns is None:
+            return made([*files, landmark])
+        ends = member_ends(doc["entries"], toc_offset)
+        del doc  # the entries stay, for as long as the index makes entries from them
+
+        def whole(raw_entries: list[Any]) -> LayerIndex:
+            every, _ = files_of({"entries": raw_entries}, toc_offset, where=name)
+            return made([*every, landmark])
+
+        return lazy_index(
+            columns,
+            lambda raw_entries, lo, hi: file_at(raw_entries, lo, hi, ends, where=name)[0],
+            whole,
+            extra=landmark,
+            data_end=toc_end,
+            fmt=self.name,
+            compression=self.compression,
+            media_type="application/vnd.oci.image.layer.v1.tar+gzip",
+            blob_size=size,
             verification=verification,
             where=name,
         )

@@ -5,14 +5,16 @@ plug-in: recognising an eStargz blob needs none of it."""
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
+import operator
 from typing import Any
 
 from ..errors import FormatError
 from .gzip import gunzip
 from .tar import BLOCK, TarScanner
-from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of, toc_entry
+from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of, file_runs
 
 #: Blocks of the TOC member decoded for the TOC's tar header (its first block)
 _HEAD_BLOCKS = 4
@@ -54,31 +56,59 @@ def toc_of_member(member: bytes, toc_name: str, *, where: str) -> bytes:
     return data
 
 
+def member_ends(raw_entries: list[Any], toc_offset: int) -> dict[int, int]:
+    """Member start -> the next member's start (the TOC's for the last): a chunk's offset
+    must be a member start before the TOC, others have no end here."""
+    try:  # C calls only, one per entry: the offsets in TOC order, nearly sorted already
+        found: list[Any] = list(map(dict.get, raw_entries, itertools.repeat("offset")))
+    except TypeError:  # an entry that is not an object (the whole read says which)
+        found = [e.get("offset") for e in raw_entries if isinstance(e, dict)]
+    starts: list[Any] = list(
+        itertools.compress(found, map(operator.is_not, found, itertools.repeat(None)))
+    )
+    offsets: list[int]
+    if set(map(type, starts)) <= {int}:
+        starts.sort()  # (a start twice, members shared by small files: the pair after wins)
+        offsets = starts[bisect.bisect_left(starts, 0) : bisect.bisect_left(starts, toc_offset)]
+    else:
+        offsets = sorted({o for o in starts if isinstance(o, int) and 0 <= o < toc_offset})
+    offsets.append(toc_offset)
+    return dict(itertools.pairwise(offsets))
+
+
 def files_of(doc: dict[str, Any], toc_offset: int, *, where: str) -> tuple[list[TocFile], bool]:
     """The TOC's entries with their chunks, and whether every chunk has a digest. A chunk's
     compressed bytes run from its member's ``offset`` to the next member's."""
     raw_entries = doc["entries"]
-    # a chunk's offset must be a member start before the TOC: others have no end here
-    starts = {e.get("offset") for e in raw_entries if isinstance(e, dict)}
-    offsets = sorted({o for o in starts if isinstance(o, int) and 0 <= o < toc_offset})
-    offsets.append(toc_offset)
-    ends = dict(itertools.pairwise(offsets))
+    ends = member_ends(raw_entries, toc_offset)
     files: list[TocFile] = []
-    current: TocFile | None = None
     digested = True
-    for i, item in enumerate(raw_entries):
-        raw, at, chunk = toc_entry(item, i, current, where=where)
-        if chunk:
-            assert current is not None  # toc_entry saw to it
-            digested &= _add_chunk(current, raw, ends, at)
-            continue
-        current = TocFile(entry_of(raw, where=at))
-        files.append(current)
-        if current.entry.type == "file" and current.entry.size:
-            digested &= _add_chunk(current, raw, ends, at)
-        elif current.entry.type != "file":
-            current = None
+    for lo, hi in file_runs(raw_entries, where=where):
+        f, has_digests = file_at(raw_entries, lo, hi, ends, where=where)
+        files.append(f)
+        digested &= has_digests
     return files, digested
+
+
+def file_at(
+    raw_entries: list[Any], lo: int, hi: int, ends: dict[int, int], *, where: str
+) -> tuple[TocFile, bool]:
+    """The entry ``lo`` of the TOC and its chunks (the entries up to ``hi``, all of type
+    ``chunk``), checked; and whether every chunk has a digest."""
+    at = f"{where}: TOC entry {lo}"
+    raw = raw_entries[lo]
+    f = TocFile(entry_of(raw, where=at))
+    regular = f.entry.type == "file"
+    digested = True
+    if regular and f.entry.size:
+        digested = _add_chunk(f, raw, ends, at)
+    for i in range(lo + 1, hi):
+        raw = raw_entries[i]
+        at = f"{where}: TOC entry {i}"
+        if not regular or raw.get("name") != f.entry.raw_name:
+            raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+        digested &= _add_chunk(f, raw, ends, at)
+    return f, digested
 
 
 def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -> bool:

@@ -220,18 +220,21 @@ def entry_of(raw: Mapping[str, Any], *, where: str) -> TarEntry:
     )
 
 
-def toc_entry(
-    raw: object, i: int, current: TocFile | None, *, where: str
-) -> tuple[dict[str, Any], str, bool]:
-    """Entry ``i`` of a TOC's list, checked as both formats check it: ``(the entry, where it
-    is for messages, whether it is a chunk of current)``; a chunk must follow its file."""
-    at = f"{where}: TOC entry {i}"
-    if not isinstance(raw, dict):
-        raise FormatError(f"{at} is not an object")
-    chunk = raw.get("type") == "chunk"
-    if chunk and (current is None or raw.get("name") != current.entry.raw_name):
-        raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
-    return raw, at, chunk
+def file_runs(raw_entries: Sequence[Any], *, where: str) -> list[tuple[int, int]]:
+    """``(lo, hi)`` for each entry of a TOC's list that is not a chunk: the entry ``lo``,
+    then the chunks that follow it (each checked to be one of that file's when the file is
+    made). Every entry must be an object, and a chunk must follow a file."""
+    starts: list[int] = []
+    for i, raw in enumerate(raw_entries):
+        if not isinstance(raw, dict):
+            raise FormatError(f"{where}: TOC entry {i} is not an object")
+        if raw.get("type") != "chunk":
+            starts.append(i)
+        elif not starts:
+            raise FormatError(
+                f"{where}: TOC entry {i}: a chunk of {raw.get('name')!r} follows no such file"
+            )
+    return list(zip(starts, [*starts[1:], len(raw_entries)], strict=True))
 
 
 def check_chunks(files: Sequence[TocFile], data_end: int, *, where: str) -> None:

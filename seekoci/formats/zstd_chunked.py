@@ -113,7 +113,8 @@ class ZstdChunkedFormat(ZstdFormat):
         if require_verified and not expected:
             return None
         from .toc import MAX_TOC_SIZE, build_index, load_json  # a TOC to read: once
-        from .zstd_chunked_toc import files_of, layout_of
+        from .toc_lookup import lazy_index, toc_columns
+        from .zstd_chunked_toc import file_at, files_of, layout_of
 
         toc_pos: tuple[int, int, int] | None = None
         split_pos: tuple[int, int, int] | None = None
@@ -173,7 +174,10 @@ class ZstdChunkedFormat(ZstdFormat):
                 )
         limit = min(toc_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE)
         doc = load_json(decompress_bounded(compressed, limit, what=f"{name}: TOC"), where=name)
-        files = files_of(doc, where=name)
+        # its entries are made when a read needs them (toc_lookup), unless they are not of
+        # the shape that takes: then all of them now, which says what is wrong
+        columns = toc_columns(doc["entries"])
+        files = files_of(doc, where=name) if columns is None else None
         data_end = toc_pos[0] - 8
         split_data: bytes | None = None
         note = "no tar-split: payload offsets only"
@@ -208,7 +212,25 @@ class ZstdChunkedFormat(ZstdFormat):
         # payload offsets now (a read of a few files needs nothing else); the tar-split's
         # header offsets only for a read of tar-stream ranges: for 54k files its 57 MB of
         # JSON cost about as much again as the TOC
-        index = made(files, layout=None)
+        if files is not None:
+            index = made(files, layout=None)
+        else:
+            assert columns is not None
+            index = lazy_index(
+                columns,
+                lambda raw_entries, lo, hi: file_at(raw_entries, lo, hi, where=name),
+                lambda raw_entries: made(
+                    files_of({"entries": raw_entries}, where=name), layout=None
+                ),
+                extra=None,
+                data_end=data_end,
+                fmt=self.name,
+                compression=self.compression,
+                media_type="application/vnd.oci.image.layer.v1.tar+zstd",
+                blob_size=size,
+                verification=verification,
+                where=name,
+            )
         if split_data is not None:
             tar_split = split_data
             ulimit = min(split_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE) if split_pos else 0

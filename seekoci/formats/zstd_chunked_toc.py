@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import FormatError
-from .toc import Chunk, Payload, Segment, TocFile, digest_hex, entry_of, toc_entry
+from .toc import Chunk, Payload, Segment, TocFile, digest_hex, entry_of, file_runs
 
 #: base64 to bytes, refusing anything but the alphabet and its padding (the C function
 #: itself from Python 3.11: ``b64decode``'s wrapping costs as much as decoding 1 KiB)
@@ -27,35 +27,38 @@ else:
 
 def files_of(doc: dict[str, Any], *, where: str) -> list[TocFile]:
     """The TOC's entries with their chunks; a chunk's compressed bytes run to the next
-    chunk's ``offset``, the file's last one to its ``endOffset``. A file's chunks are made
-    when the entry after its last one shows where that one ends (once each)."""
-    files: list[TocFile] = []
-    current: TocFile | None = None
-    pending: list[tuple[int, int, str, bool]] = []  # current's chunks: offset, size, ...
-    end = 0  # current's endOffset
-    for i, item in enumerate(doc["entries"]):
-        raw, at, chunk = toc_entry(item, i, current, where=where)
-        if chunk:
-            assert current is not None  # toc_entry saw to it
-            _add_chunk(current, pending, raw, at)
-            continue
-        if pending:
-            assert current is not None
-            _close_file(current, pending, end, where=where)
-        current = TocFile(entry_of(raw, where=at))
-        files.append(current)
-        if current.entry.type == "file" and current.entry.size:
-            found = raw.get("endOffset")
-            if not isinstance(found, int):
-                raise FormatError(f"{at}: {current.entry.name!r} has no endOffset")
-            end = found
-            _add_chunk(current, pending, raw, at)
-        else:
-            current = None
-    if pending:
-        assert current is not None
-        _close_file(current, pending, end, where=where)
-    return files
+    chunk's ``offset``, the file's last one to its ``endOffset``."""
+    raw_entries = doc["entries"]
+    runs = file_runs(raw_entries, where=where)
+    return [file_at(raw_entries, lo, hi, where=where) for lo, hi in runs]
+
+
+def file_at(raw_entries: list[Any], lo: int, hi: int, *, where: str) -> TocFile:
+    """The entry ``lo`` of the TOC and its chunks (the entries up to ``hi``, all of type
+    ``chunk``), checked. The chunks are made once the last one's end is known."""
+    at = f"{where}: TOC entry {lo}"
+    raw = raw_entries[lo]
+    f = TocFile(entry_of(raw, where=at))
+    if not (f.entry.type == "file" and f.entry.size):
+        if hi > lo + 1:
+            chunk = raw_entries[lo + 1].get("name")
+            raise FormatError(
+                f"{where}: TOC entry {lo + 1}: a chunk of {chunk!r} follows no such file"
+            )
+        return f
+    end = raw.get("endOffset")
+    if not isinstance(end, int):
+        raise FormatError(f"{at}: {f.entry.name!r} has no endOffset")
+    pending: list[tuple[int, int, str, bool]] = []  # the chunks: offset, size, ...
+    _add_chunk(f, pending, raw, at)
+    for i in range(lo + 1, hi):
+        raw = raw_entries[i]
+        at = f"{where}: TOC entry {i}"
+        if raw.get("name") != f.entry.raw_name:
+            raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+        _add_chunk(f, pending, raw, at)
+    _close_file(f, pending, end, where=where)
+    return f
 
 
 def _add_chunk(
