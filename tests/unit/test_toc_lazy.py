@@ -284,3 +284,18 @@ def test_the_estargz_toc_entry_is_the_last_and_found() -> None:
     last = spans[len(spans) - 1]
     assert last.uncompressed_end - last.uncompressed_start == len(made.toc)
     assert json.loads(made.toc)["entries"]
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_a_hard_link_reads_the_file_before_it(writer: str) -> None:
+    tar = build_tar(
+        [
+            file("d/f", b"first"),
+            hardlink("d/h", "d/f"),
+            file("d/f", b"second, replacing it"),
+        ]
+    )
+    made = WRITERS[writer](tar)
+    layer, _ = layer_of(made.blob, made.annotations)
+    assert layer.open("d/h").read() == b"first"  # the d/f the link was made from
+    assert layer.open("d/f").read() == b"second, replacing it"
