@@ -197,12 +197,8 @@ class EstargzFormat(GzipFormat):
             columns,
             lambda raw_entries, lo, hi: file_at(raw_entries, lo, hi, ends, where=name)[0],
             whole,
+            like=made([]),
             extra=landmark,
             data_end=toc_end,
-            fmt=self.name,
-            compression=self.compression,
-            media_type="application/vnd.oci.image.layer.v1.tar+gzip",
-            blob_size=size,
-            verification=verification,
             where=name,
         )

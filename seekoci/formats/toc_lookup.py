@@ -19,6 +19,7 @@ at once instead, which says what is wrong with it.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
 import operator
 import threading
@@ -331,37 +332,26 @@ def lazy_index(
     file_at: FileAt,
     every: Callable[[list[Any]], LayerIndex],
     *,
+    like: LayerIndex,
     extra: TocFile | None,
     data_end: int,
-    fmt: str,
-    compression: str,
-    media_type: str,
-    blob_size: int,
-    verification: str,
     where: str,
 ) -> LayerIndex:
     """The index of a layer from its TOC's columns, entries and spans made as they are
     needed; ``every(raw_entries)`` is the index the whole read makes (the same entries,
-    in the same order, and ``extra`` after them)."""
+    in the same order, and ``extra`` after them), ``like`` the one it makes of no entries
+    (the layer's identity, what verifies it)."""
     toc = LazyToc(columns, file_at, every, extra=extra, data_end=data_end, where=where)
     names = list(map(dict.get, columns.files, itertools.repeat("name")))
     if extra is not None:
         names.append(extra.entry.raw_name)
     spans = TocSpans(toc, where=where)
-    return LayerIndex(
-        layer_digest="",
-        media_type=media_type,
-        compression=compression,
-        blob_size=blob_size,
+    return dataclasses.replace(
+        like,
         uncompressed_size=toc.size,
-        span_size=0,
         spans=spans,
         entries=TocEntries(toc, names),
         window_locations=[(0, 0)] * len(spans),
-        tool=f"{fmt} TOC",
-        format=fmt,
-        tar_offsets=False,
-        verification=verification,
     )
 
 

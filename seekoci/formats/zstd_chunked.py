@@ -222,13 +222,9 @@ class ZstdChunkedFormat(ZstdFormat):
                 lambda raw_entries: made(
                     files_of({"entries": raw_entries}, where=name), layout=None
                 ),
+                like=made([], layout=None),
                 extra=None,
                 data_end=data_end,
-                fmt=self.name,
-                compression=self.compression,
-                media_type="application/vnd.oci.image.layer.v1.tar+zstd",
-                blob_size=size,
-                verification=verification,
                 where=name,
             )
         if split_data is not None:
