@@ -5,9 +5,12 @@ A read that covers several spans is planned as a list of *steps*, one per span, 
 * a span whose decoded bytes are in memory is ready at once;
 * a span kept in the cache directory is loaded, checked and decoded on the decode pool;
 * neighbouring spans that must come from the blob are coalesced into *runs* fetched with
-  one range request each (up to :data:`MAX_REQUEST` compressed bytes) on a bounded pool of
-  connections; each span of a run is then checked against its digest and inflated on the
-  decode pool (zlib, isal and zstd release the GIL, so both cores inflate at once).
+  one range request each (up to :data:`MAX_REQUEST` compressed bytes, gaps of up to
+  :data:`MAX_GAP` fetched and dropped) on a bounded pool of connections; each span of a run
+  is then checked against its digest and inflated on the decode pool (zlib, isal and zstd
+  release the GIL, so both cores inflate at once). An embedded TOC's chunks (eStargz,
+  zstd:chunked: one or a few per file) come in runs too, each checked once decoded; one
+  whose bytes in a run are damaged is fetched again by itself.
 
 The consumer takes the spans' bytes in order while the steps after it are under way, at
 most ``window`` uncompressed bytes ahead of it, so memory stays bounded whatever the size
@@ -36,6 +39,9 @@ MAX_REQUEST = 16 << 20
 #: The smallest run worth a request of its own while the window is small (readahead that
 #: has just started): runs are at most half the window, and at least this.
 MIN_REQUEST = 1 << 20
+#: Compressed bytes between two spans that a run fetches and drops rather than make two
+#: requests (a zstd:chunked blob's tar headers lie in frames between its files' chunks).
+MAX_GAP = 64 << 10
 #: Uncompressed bytes decoded ahead of the reader at most (the memory a stream may hold).
 MAX_WINDOW = 64 << 20
 #: Connections fetching runs at once (for all readers of the process).
@@ -147,7 +153,8 @@ class SpanStream:
                 run = []
                 continue
             if run and (
-                run[-1].span.compressed_end < span.compressed_start
+                span.compressed_start - run[-1].span.compressed_end > MAX_GAP
+                or span.compressed_start < run[-1].span.compressed_start  # (a TOC's order)
                 or span.compressed_end - run[0].span.compressed_start > cap
             ):
                 self._submit(run)
@@ -164,8 +171,10 @@ class SpanStream:
             step.ready = data
             return True
         if span.check != CHECK_COMPRESSED:  # an embedded TOC's chunk: checked once decoded
-            step.future = _fetch_pool().submit(reader.decoded, span)
-            return True
+            if span.zeros or reader.has_local(span):  # produced, or in the cache directory
+                step.future = _fetch_pool().submit(reader.decoded, span)
+                return True
+            return False  # fetched in a run with its neighbours
         if reader.has_local(span):
             step.future = _decode_pool().submit(self._decode_local, span)
             return True
@@ -225,6 +234,10 @@ class SpanStream:
                 return data
             return self._reader.data(span, step.end)  # damaged or short: the reader's way
         piece = memoryview(blob)[span.compressed_start - base : span.compressed_end - base]
+        if span.check != CHECK_COMPRESSED:  # an embedded TOC's chunk: checked once decoded
+            if span.compressed_end - base > len(blob):  # a short body: by itself
+                return self._reader.decoded(span)
+            return self._reader.decoded_from(span, bytes(piece), keep=self._keep)
         if span_matches(span, piece):
             compressed = bytes(piece)
             if self._keep:

@@ -238,6 +238,24 @@ class SpanReader:
             f"decode to their chunk digest sha256:{span.digest} after a refetch"
         )
 
+    def decoded_from(self, span: Span, compressed: bytes, *, keep: bool) -> bytes:
+        """:meth:`decoded` from bytes fetched with other spans' (one range request for a
+        run of them): decoded and checked; bytes that do not decode to the span's digest
+        are fetched again by themselves (:meth:`decoded`: one refetch, then
+        :class:`IntegrityError`). ``keep``: the compressed bytes go to the cache directory
+        (not for a streaming read), and the decoded ones are not kept in memory either way:
+        the reader passes them on."""
+        if len(compressed) == span.compressed_size:
+            try:
+                decoded = self.codec().decode_span(span, compressed, None, name=self.where)
+            except FormatError:
+                decoded = b""
+            if decoded_matches(span, decoded):
+                if keep and span.check == CHECK_UNCOMPRESSED and span.fetched:
+                    self._cache.save_span(span.digest, compressed)
+                return decoded
+        return self.decoded(span)
+
     # -- whole spans --------------------------------------------------------------------
     def cached(self, span: Span) -> bytes | None:
         """The span's decoded bytes if they are in memory."""

@@ -1,0 +1,109 @@
+"""Reads of many files of an eStargz or zstd:chunked layer (``get /``, a tar-stream range):
+neighbouring chunks come in one range request each run (seekoci/pipeline.py), each chunk
+decoded and checked against its own digest; a chunk whose bytes in a run are damaged is
+fetched again by itself, and one damaged in the blob is an IntegrityError."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from layers import FlakySource, build_tar, file, random_bytes, text_bytes
+from tocwriter import Made, estargz, zstd_chunked
+
+import seekoci
+from seekoci.cache import MemoryCache
+
+FILES = [(f"d/f{i:03}", text_bytes(f"f{i}", 300 + 37 * i)) for i in range(300)]
+WRITERS: dict[str, Any] = {
+    "estargz": lambda tar: estargz(tar, chunk_size=16 << 10),
+    "estargz-packed": lambda tar: estargz(tar, chunk_size=16 << 10, pack_below=4096),
+    "stargz-legacy": lambda tar: estargz(tar, legacy=True),
+    "zstd:chunked": lambda tar: zstd_chunked(tar, chunk_size=16 << 10),
+}
+
+
+def layer_over(made: Made, *, annotated: bool = True) -> tuple[seekoci.Layer, FlakySource]:
+    """A layer over the blob whose index (the TOC) is read already; the source counts the
+    reads after that, and damages the next ``bad_reads`` of them."""
+    source = FlakySource(made.blob, bad_reads=0)
+    kind = "gzip" if made.blob[:2] == b"\x1f\x8b" else "zstd"
+    layer = seekoci.Layer(
+        source,
+        cache=MemoryCache(),
+        media_type="application/vnd.oci.image.layer.v1.tar+" + kind,
+        size=len(made.blob),
+        annotations=made.annotations if annotated else None,
+    )
+    layer.index()
+    source.calls.clear()
+    return layer, source
+
+
+def payloads(layer: seekoci.Layer) -> tuple[bytes, dict[str, bytes]]:
+    """The layer's file payloads end to end (its index's payload space), and the files."""
+    files = dict(FILES)
+    every = [e for e in layer.entries() if e.type == "file" and e.name in files]
+    assert [e.name for e in every] == [name for name, _ in FILES]
+    return b"".join(files[e.name] for e in every), files
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_many_small_files_come_in_one_request(writer: str) -> None:
+    made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
+    layer, source = layer_over(made, annotated=writer != "stargz-legacy")
+    expected, _ = payloads(layer)
+    assert layer.index().tar_offsets is False  # the payload space
+    assert layer.read_entry_range(0, len(expected)) == expected
+    # 300 chunks, ~150 KB: one run (it was one request per chunk)
+    assert len(source.calls) == 1, source.calls
+
+
+@pytest.mark.parametrize("writer", ["estargz", "zstd:chunked"])
+def test_a_chunk_damaged_in_a_run_is_fetched_again_by_itself(writer: str) -> None:
+    made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
+    layer, source = layer_over(made)
+    expected, _ = payloads(layer)
+    source.bad_reads = 1  # the run's bytes: one byte flipped half way
+    assert layer.read_entry_range(0, len(expected)) == expected
+    assert len(source.calls) == 2  # the run, then the damaged chunk alone
+    run, again = source.calls
+    assert run[0] <= again[0] and again[0] + again[1] <= run[0] + run[1]
+    assert again[1] < run[1] // 50
+
+
+@pytest.mark.parametrize("writer", ["estargz", "zstd:chunked"])
+def test_a_chunk_damaged_in_the_blob_fails_a_read_across_it(writer: str) -> None:
+    made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
+    good, _ = layer_over(made)
+    expected, _ = payloads(good)
+    entry = good.find("d/f150")
+    assert entry is not None
+    span = good.index().spans[good.index().spans.locate(entry.data_offset)]  # type: ignore[attr-defined]
+    bad = bytearray(made.blob)
+    bad[(span.compressed_start + span.compressed_end) // 2] ^= 0x40
+    layer, _ = layer_over(Made(bytes(bad), made.toc, made.annotations, made.tar))
+    with pytest.raises(seekoci.IntegrityError, match="chunk digest"):
+        layer.read_entry_range(0, len(expected))
+    assert layer.open("d/f149").read() == dict(FILES)["d/f149"]  # its neighbours read
+
+
+def test_zero_chunks_inside_a_run_are_not_fetched() -> None:
+    files = [
+        file("a", random_bytes("a", 40_000)),
+        file("zeros", bytes(300_000)),
+        file("b", random_bytes("b", 40_000)),
+    ]
+    made = zstd_chunked(build_tar(files), chunk_size=16 << 10)
+    layer, source = layer_over(made)
+    wanted = random_bytes("a", 40_000) + bytes(300_000) + random_bytes("b", 40_000)
+    assert layer.read_entry_range(0, len(wanted)) == wanted
+    assert source.bytes_read < 150_000  # a and b (and the frames between): not the zeros
+
+
+def test_a_tar_stream_read_of_a_zstd_chunked_layer_comes_in_one_request() -> None:
+    tar = build_tar([file(name, data) for name, data in FILES])
+    made = zstd_chunked(tar, chunk_size=16 << 10)
+    layer, source = layer_over(made)
+    assert layer.read_range(0, len(made.tar)) == made.tar  # the tar-split's index
+    assert len(source.calls) == 1, source.calls  # header frames and chunks: one run
