@@ -1,5 +1,6 @@
 """One small file from the same layer stored as zstd:chunked, eStargz and plain zstd, with an
-empty cache, against the full pull; forward reads of plain zstd against ``zstd -dc | tar -x``.
+empty cache, against the full pull; forward reads of plain zstd against ``zstd -dc | tar -x``;
+the whole tree of each TOC format (``get /``) against the blob streamed into ``tar -x``.
 
 The session's benchmark layer (gzip, ``SEEKOCI_BENCH_SIZE_MB``) is decompressed and stored
 again: ``zstd -3`` (one frame, what most tools write), skopeo's ``zstd:chunked`` (Debian's
@@ -25,7 +26,7 @@ from pathlib import Path
 import imagebuilder
 import pytest
 import requests
-from benchkit import REPO_ROOT, BlobLayer, TimingProxy, pick_files
+from benchkit import REPO_ROOT, BlobLayer, TimingProxy, pick_files, run_script
 from integration.servers import RegistryServer
 from layergen import GeneratedLayer
 from tocwriter import estargz, zstd_chunked
@@ -224,6 +225,89 @@ def test_forward_reads_of_plain_zstd(images, bench_layer, tmp_path) -> None:
     write_report(bench_layer)
 
 
+TREE_KINDS = ("zstd:chunked (skopeo)", "zstd:chunked (current)", "estargz")
+#: Names a TOC format adds to the tar that are not part of the image's filesystem.
+FORMAT_NAMES = {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}
+TREE_SCRIPT = """
+import json, os, sys, time
+import seekoci
+ref, cache, dest = sys.argv[1:4]
+started = time.perf_counter()
+img = seekoci.open_image(ref, cache_dir=cache)
+img.extract("/", dest)
+elapsed = time.perf_counter() - started
+status = open("/proc/self/status").read().splitlines()
+hwm = int(next(line for line in status if line.startswith("VmHWM")).split()[1])
+print(json.dumps({"elapsed_s": elapsed, "hwm_kib": hwm}))
+"""
+
+
+def _tree_files(root: Path) -> dict[str, int]:
+    """relative path -> size of every regular file under ``root``."""
+    found: dict[str, int] = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = Path(dirpath, name)
+            if path.is_file() and not path.is_symlink():
+                found[str(path.relative_to(root))] = path.stat().st_size
+    return found
+
+
+def pull_into(url: str, decompress: list[str], dest: Path) -> int:
+    """Stream the blob into ``decompress | tar -x -C dest``; the bytes received."""
+    dest.mkdir(parents=True)
+    received = 0
+    with requests.get(url, stream=True, timeout=1800) as resp:
+        resp.raise_for_status()
+        dec = subprocess.Popen(decompress, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        tar = subprocess.Popen(["tar", "-xf", "-", "-C", str(dest)], stdin=dec.stdout)
+        assert dec.stdin is not None and dec.stdout is not None
+        dec.stdout.close()
+        for chunk in resp.iter_content(1 << 20):
+            received += len(chunk)
+            dec.stdin.write(chunk)
+        dec.stdin.close()
+        assert tar.wait() == 0 and dec.wait() == 0
+    return received
+
+
+@pytest.mark.parametrize("kind", TREE_KINDS)
+def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tmp_path) -> None:
+    """``get /`` of the image (a fresh process, an empty cache, through the proxy) against
+    the standard pull: the blob streamed into ``decompress | tar -x``."""
+    ref, _blob = images[kind]
+    proxy = TimingProxy(registry.url)
+    try:
+        out, _ = run_script(
+            TREE_SCRIPT,
+            ref.replace(registry.host, proxy.host),
+            str(tmp_path / "cache"),
+            str(tmp_path / "tree"),
+        )
+        blob_bytes, requests_made = proxy.bytes("blob"), proxy.requests()
+    finally:
+        proxy.stop()
+    layer = seekoci.open_image(ref, cache_dir=False).layers[0]
+    url = registry.blob_url(ref.split("/", 1)[1].split(":")[0], layer.digest)
+    decompress = ["gzip", "-dc"] if layer.compression == "gzip" else ["zstd", "-dcq"]
+    started = time.perf_counter()
+    received = pull_into(url, decompress, tmp_path / "pulled")
+    pull_time = time.perf_counter() - started
+    pulled = {k: v for k, v in _tree_files(tmp_path / "pulled").items() if k not in FORMAT_NAMES}
+    assert _tree_files(tmp_path / "tree") == pulled  # the same files, the same sizes
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    _rows[f"tree:{kind}"] = {
+        "time": out["elapsed_s"],
+        "rss": out["hwm_kib"] / 1024,
+        "bytes": float(blob_bytes),
+        "requests": float(requests_made),
+        "files": float(len(pulled)),
+        "pull_time": pull_time,
+        "pull_bytes": float(received),
+    }
+    write_report(bench_layer)
+
+
 def write_report(bench_layer: GeneratedLayer) -> None:
     mb = bench_layer.tar_size / 1e6
     lines = [
@@ -263,6 +347,27 @@ def write_report(bench_layer: GeneratedLayer) -> None:
             lines.append(
                 f"| {name} | {r['offset'] / 1e6:.0f} MB | {r['time'] * 1e3:.0f} ms | "
                 f"{r['tool'] * 1e3:.0f} ms |"
+            )
+    trees = [kind for kind in TREE_KINDS if f"tree:{kind}" in _rows]
+    if trees:
+        lines += [
+            "",
+            "## Whole tree (`get /`), empty cache",
+            "",
+            "`Image.extract('/', DEST)` in a fresh process with an empty cache, through the proxy,",
+            "against the standard pull: the blob streamed into `gzip -dc` or `zstd -dc` and",
+            "`tar -x` (the two trees compared: the same files, the same sizes). One round each.",
+            "",
+            "| layer | files | seekoci | requests | blob bytes | peak RSS | pull + untar "
+            "| ratio (time) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for kind in trees:
+            r = _rows[f"tree:{kind}"]
+            lines.append(
+                f"| {kind} | {r['files']:.0f} | {r['time']:.1f} s | {r['requests']:.0f} | "
+                f"{r['bytes'] / 1e6:.1f} MB | {r['rss']:.0f} MiB | {r['pull_time']:.1f} s | "
+                f"{r['pull_time'] / r['time']:.2f}x |"
             )
     text = "\n".join(lines) + "\n"
     REPORT.write_text(text)
