@@ -218,6 +218,7 @@ class TocEntries(NameLookup):
         self._lock = threading.Lock()
         self._stored: dict[str, int] | None = None
         self._map: dict[str, int] | None = None
+        self._names: list[str] | None = None
         try:
             joined = "\0".join(names)
         except TypeError:  # a name that is not a string: lookups read the TOC whole
@@ -240,7 +241,15 @@ class TocEntries(NameLookup):
 
     @property
     def names(self) -> list[str]:
-        return [e.name for e in self._toc.whole().entries]
+        """Every entry's name (the TOC read whole; made once: a hard link's read asks)."""
+        with self._lock:
+            if self._names is not None:
+                return self._names
+        names = [e.name for e in self._toc.whole().entries]
+        with self._lock:
+            if self._names is None:
+                self._names = names
+            return self._names
 
     def name_map(self, start: int = 0) -> dict[str, int]:
         """name -> position of the last entry of that name, unsafe names left out."""
