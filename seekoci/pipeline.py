@@ -198,8 +198,8 @@ class SpanStream:
         for step in run:
             step.future = concurrent.futures.Future()
         base = run[0].span.compressed_start
-        fetched = _fetch_pool().submit(
-            self._fetch, [step.span for step in run], last.compressed_end
+        fetched = _fetch_pool().submit(  # (a TOC's chunks may nest: the furthest end)
+            self._fetch, [step.span for step in run], max(step.compressed_end for step in run)
         )
 
         def decode_all(done: concurrent.futures.Future[bytes | bytearray]) -> None:

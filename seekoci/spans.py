@@ -197,10 +197,10 @@ class SpanReader:
         return self._codec()
 
     # -- spans checked after decoding (an embedded TOC's chunk digests) -------------------
-    def decoded(self, span: Span) -> bytes:
+    def decoded(self, span: Span, *, tries: int = 2) -> bytes:
         """A span whose digest is of its decoded bytes: fetched (from the cache directory or
-        one range request), decoded, checked; one refetch on mismatch, then
-        :class:`IntegrityError`. Zero chunks are produced, not fetched."""
+        one range request), decoded, checked; one refetch on mismatch (``tries`` requests in
+        all), then :class:`IntegrityError`. Zero chunks are produced, not fetched."""
         key = span_key(span)
         data = self.lru.get(key)
         if data is not None:
@@ -217,7 +217,7 @@ class SpanReader:
             else None
         )
         problem: FormatError | None = None
-        for attempt in range(2 if cached is None else 3):
+        for attempt in range(tries if cached is None else tries + 1):
             if attempt == 0 and cached is not None:
                 compressed = cached
             else:
@@ -241,20 +241,21 @@ class SpanReader:
     def decoded_from(self, span: Span, compressed: bytes, *, keep: bool) -> bytes:
         """:meth:`decoded` from bytes fetched with other spans' (one range request for a
         run of them): decoded and checked; bytes that do not decode to the span's digest
-        are fetched again by themselves (:meth:`decoded`: one refetch, then
-        :class:`IntegrityError`). ``keep``: the compressed bytes go to the cache directory
-        (not for a streaming read), and the decoded ones are not kept in memory either way:
-        the reader passes them on."""
+        are fetched again by themselves, once (then :class:`IntegrityError`). ``keep`` (not
+        a streaming read): the compressed bytes go to the cache directory and the decoded
+        ones to the memory of decoded spans, as :meth:`decoded` keeps them."""
         if len(compressed) == span.compressed_size:
             try:
                 decoded = self.codec().decode_span(span, compressed, None, name=self.where)
             except FormatError:
                 decoded = b""
             if decoded_matches(span, decoded):
-                if keep and span.check == CHECK_UNCOMPRESSED and span.fetched:
-                    self._cache.save_span(span.digest, compressed)
+                if keep:
+                    if span.check == CHECK_UNCOMPRESSED and span.fetched:
+                        self._cache.save_span(span.digest, compressed)
+                    self.lru.put(span_key(span), decoded)
                 return decoded
-        return self.decoded(span)
+        return self.decoded(span, tries=1)
 
     # -- whole spans --------------------------------------------------------------------
     def cached(self, span: Span) -> bytes | None:

@@ -166,6 +166,8 @@ class EstargzFormat(GzipFormat):
         else:
             digested = columns.every_chunk_has("chunkDigest")
         if not digested and require_verified:
+            if columns is not None:  # a malformed one is an error, as the whole read says
+                files_of(doc, toc_offset, where=name)
             return None  # a stargz TOC without digests vouches for nothing: build instead
         if footer_size == LEGACY_FOOTER_SIZE or not digested:
             verification = "legacy stargz: no chunk digests, bytes not verified"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -598,6 +599,7 @@ def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
     out: list[bytes] = []
     produced = 0
     pending = data
+    limit = min(limit, sys.maxsize)  # (a TOC's sizes are not bounded: 10**30 is a size)
     try:
         while pending and produced < limit:
             d = gzip_inflater()

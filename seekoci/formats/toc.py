@@ -234,7 +234,7 @@ def file_runs(raw_entries: Sequence[Any], *, where: str) -> list[tuple[int, int]
             raise FormatError(
                 f"{where}: TOC entry {i}: a chunk of {raw.get('name')!r} follows no such file"
             )
-    return list(zip(starts, [*starts[1:], len(raw_entries)], strict=True))
+    return list(zip(starts, [*starts[1:], len(raw_entries)][: len(starts)], strict=True))
 
 
 def check_chunks(files: Sequence[TocFile], data_end: int, *, where: str) -> None:

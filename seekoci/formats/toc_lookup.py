@@ -136,6 +136,7 @@ class LazyToc:
         self.starts = starts
         self.firsts = firsts
         self._lock = threading.Lock()
+        self._building = threading.Lock()  # held while the whole index is made
         self._made: dict[int, tuple[TocFile, list[Span]]] = {}
         self._whole: LayerIndex | None = None
 
@@ -155,15 +156,16 @@ class LazyToc:
         """File ``k`` (checked, its offsets set) and its spans."""
         with self._lock:
             found = self._made.get(k)
-            raw = self._raw
+            raw, whole = self._raw, self._whole
+        if whole is not None:  # made whole: its objects
+            return self._from_whole(whole, k)
         if found is not None:
             return found
         if k == len(self._rows):
             assert self._extra is not None
             f = self._extra
         else:
-            if raw is None:  # made whole meanwhile: its file is there
-                return self._from_whole(self.whole(), k)
+            assert raw is not None  # (dropped only once made whole)
             f = self._file_at(raw, self._rows[k], self._ends[k])
         check_chunks((f,), self._data_end, where=self._where)
         v = self.starts[k]
@@ -176,11 +178,10 @@ class LazyToc:
             spans.append(_chunk_span(j, c, v))
             v += c.size
         with self._lock:
-            kept = self._made.setdefault(k, (f, spans))
             whole = self._whole
-        if whole is not None and whole.entries[k] is not kept[0].entry:
-            return self._from_whole(whole, k)  # made whole meanwhile: its objects
-        return kept
+            if whole is None:
+                return self._made.setdefault(k, (f, spans))
+        return self._from_whole(whole, k)  # made whole meanwhile: its objects
 
     def _from_whole(self, whole: LayerIndex, k: int) -> tuple[TocFile, list[Span]]:
         entry = whole.entries[k]
@@ -190,21 +191,22 @@ class LazyToc:
     def whole(self) -> LayerIndex:
         """Every file, every entry checked (once): the index the whole read makes. Entries
         made before are handed over (the same objects: a hard link is found by identity)."""
-        with self._lock:
-            if self._whole is not None:
-                return self._whole
-            raw = self._raw
-        assert raw is not None
-        index = self._every(raw)
-        entries = list(index.entries)
-        with self._lock:
-            if self._whole is None:
+        with self._building:  # one build at a time (CPU only: no network under it)
+            with self._lock:
+                if self._whole is not None:
+                    return self._whole
+                raw = self._raw
+            assert raw is not None
+            index = self._every(raw)
+            entries = list(index.entries)
+            with self._lock:
                 for k, (f, _) in self._made.items():
                     entries[k] = f.entry
                 index.entries = entries
                 self._whole = index
                 self._raw = None  # the parsed TOC is no longer needed
-            return self._whole
+                self._made.clear()
+                return index
 
 
 class TocEntries(NameLookup):

@@ -12,6 +12,7 @@ frames belong to the span they follow.
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -115,7 +116,7 @@ def decode_span(
     want = span.uncompressed_size
     try:
         with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
-            out = reader.read(want + 1)
+            out = reader.read(min(want + 1, sys.maxsize))  # (a TOC's sizes are unbounded)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None
     if len(out) != want:

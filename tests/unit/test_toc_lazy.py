@@ -7,6 +7,7 @@ entries it looks up."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import threading
@@ -299,3 +300,25 @@ def test_a_hard_link_reads_the_file_before_it(writer: str) -> None:
     layer, _ = layer_of(made.blob, made.annotations)
     assert layer.open("d/h").read() == b"first"  # the d/f the link was made from
     assert layer.open("d/f").read() == b"second, replacing it"
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_an_empty_toc(writer: str) -> None:
+    made = WRITERS[writer](build_tar([]))
+    layer, _ = layer_of(made.blob, made.annotations)
+    names = [e.name for e in layer.entries()]
+    assert names == (["stargz.index.json"] if writer.startswith("estargz") else [])
+    assert layer.listdir("/") == names  # (an image hides eStargz's TOC; its layer lists it)
+
+
+def test_a_stray_chunk_without_digest_is_an_error_not_a_fallback() -> None:
+    def edit(doc: dict[str, Any]) -> None:  # a chunk after a directory, with no digest
+        at = next(i for i, e in enumerate(doc["entries"]) if e["type"] == "dir")
+        doc["entries"].insert(at + 1, {"name": "d", "type": "chunk", "offset": 0})
+
+    made = WRITERS["estargz"](build_tar([dir("d"), file("d/f", b"f")]), edit=edit)
+    digest = "sha256:" + hashlib.sha256(made.blob).hexdigest()
+    layer, source = layer_of(made.blob, made.annotations, digest=digest)
+    with pytest.raises(seekoci.FormatError, match="follows no such file"):
+        layer.open("d/f").read()
+    assert source.streamed == 0  # no pass over the blob instead

@@ -107,3 +107,26 @@ def test_a_tar_stream_read_of_a_zstd_chunked_layer_comes_in_one_request() -> Non
     layer, source = layer_over(made)
     assert layer.read_range(0, len(made.tar)) == made.tar  # the tar-split's index
     assert len(source.calls) == 1, source.calls  # header frames and chunks: one run
+
+
+@pytest.mark.parametrize("writer", ["estargz", "zstd:chunked"])
+@pytest.mark.parametrize("kept", [256 << 20, 0], ids=["spans-kept", "no-span-kept"])
+def test_a_file_read_in_small_pieces_fetches_each_chunk_once(writer: str, kept: int) -> None:
+    data = random_bytes("big", 400_000)
+    made = WRITERS[writer](build_tar([file("big", data)]))
+    source = FlakySource(made.blob, bad_reads=0)
+    kind = "gzip" if made.blob[:2] == b"\x1f\x8b" else "zstd"
+    layer = seekoci.Layer(
+        source,
+        cache=MemoryCache(max_span_bytes=kept),
+        media_type="application/vnd.oci.image.layer.v1.tar+" + kind,
+        size=len(made.blob),
+        annotations=made.annotations,
+    )
+    layer.index()
+    source.calls.clear()
+    with layer.open("big") as f:
+        pieces = list(iter(lambda: f.read(10_000), b""))
+    assert b"".join(pieces) == data
+    # a chunk two reads share is decoded once and kept (not fetched a second time)
+    assert source.bytes_read < len(data) * 1.01, source.bytes_read
