@@ -228,3 +228,25 @@ def test_files_of_a_lower_and_the_top_layer_cost_the_tocs_and_their_chunks(
     assert proxy.requests("blob") == 2, proxy.summary()
     assert proxy.bytes("blob") < 200_000, proxy.summary()
     assert [lay.index_status for lay in img.layers] == ["embedded", "embedded"]
+
+
+@pytest.mark.parametrize("tag", ["chunked", "estargz", "toc-chunked"])
+def test_a_whole_tree_comes_in_few_requests(
+    pushed, registry, counting_proxy, tmp_path, tag: str
+) -> None:
+    """``get /`` of a TOC image (the parallel-pull mode): every file as the tar has it, its
+    chunks fetched in large ranges -- not one request per chunk (121 files here)."""
+    proxy = counting_proxy(registry)
+    img = seekoci.open_image(
+        pushed(tag).replace(registry.host, proxy.host), cache_dir=tmp_path / "cache"
+    )
+    img.extract("/", tmp_path / "tree")
+    found = {
+        str(p.relative_to(tmp_path / "tree")): p.read_bytes()
+        for p in (tmp_path / "tree").rglob("*")
+        if p.is_file() and not p.is_symlink()
+    }
+    found.pop("marker", None)  # skopeo's copies carry a file of their own
+    assert found == FILES
+    assert (tmp_path / "tree/usr/share/doc/link").readlink().as_posix() == "readme.txt"
+    assert proxy.requests("blob") <= 12, proxy.summary()  # the TOC, then a few large runs
