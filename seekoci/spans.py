@@ -209,7 +209,6 @@ class SpanReader:
             data = bytes(span.uncompressed_size)
             self.lru.put(key, data)
             return data
-        codec = self.codec()
         cacheable = span.check == CHECK_UNCOMPRESSED and span.fetched
         cached = (
             self._cache.load_span(span.digest, lambda d: len(d) == span.compressed_size)
@@ -222,14 +221,10 @@ class SpanReader:
                 compressed = cached
             else:
                 compressed = self.source.read_range(span.compressed_start, span.compressed_size)
-            try:
-                decoded = codec.decode_span(span, compressed, None, name=self.where)
-            except FormatError as exc:
-                problem, decoded = exc, b""
-            if decoded_matches(span, decoded):
-                if cacheable and compressed is not cached:
-                    self._cache.save_span(span.digest, compressed)
-                self.lru.put(key, decoded)
+            decoded, found = self._decode_checked(span, compressed)
+            problem = found or problem
+            if decoded is not None:
+                self._keep_decoded(span, compressed, decoded, save=compressed is not cached)
                 return decoded
         if span.check == CHECK_NONE and problem is not None:
             raise problem
@@ -245,17 +240,31 @@ class SpanReader:
         a streaming read): the compressed bytes go to the cache directory and the decoded
         ones to the memory of decoded spans, as :meth:`decoded` keeps them."""
         if len(compressed) == span.compressed_size:
-            try:
-                decoded = self.codec().decode_span(span, compressed, None, name=self.where)
-            except FormatError:
-                decoded = b""
-            if decoded_matches(span, decoded):
+            decoded, _ = self._decode_checked(span, compressed)
+            if decoded is not None:
                 if keep:
-                    if span.check == CHECK_UNCOMPRESSED and span.fetched:
-                        self._cache.save_span(span.digest, compressed)
-                    self.lru.put(span_key(span), decoded)
+                    self._keep_decoded(span, compressed, decoded, save=True)
                 return decoded
         return self.decoded(span, tries=1)
+
+    def _decode_checked(
+        self, span: Span, compressed: bytes
+    ) -> tuple[bytes | None, FormatError | None]:
+        """A span checked after decoding, decoded from ``compressed``: its bytes when they
+        are the span's (:func:`decoded_matches`), else None, with the format's complaint
+        when it had one."""
+        try:
+            decoded = self.codec().decode_span(span, compressed, None, name=self.where)
+        except FormatError as exc:
+            return None, exc
+        return (decoded if decoded_matches(span, decoded) else None), None
+
+    def _keep_decoded(self, span: Span, compressed: bytes, decoded: bytes, *, save: bool) -> None:
+        """Keep a span checked after decoding: its decoded bytes in memory and, ``save``, its
+        compressed bytes in the cache directory (keyed by its digest, where it has one)."""
+        if save and span.check == CHECK_UNCOMPRESSED and span.fetched:
+            self._cache.save_span(span.digest, compressed)
+        self.lru.put(span_key(span), decoded)
 
     # -- whole spans --------------------------------------------------------------------
     def cached(self, span: Span) -> bytes | None:
