@@ -14,7 +14,15 @@ from typing import Any
 from ..errors import FormatError
 from .gzip import gunzip
 from .tar import BLOCK, TarScanner
-from .toc import MAX_TOC_SIZE, Chunk, TocFile, digest_hex, entry_of, file_runs
+from .toc import (
+    MAX_TOC_SIZE,
+    Chunk,
+    TocFile,
+    chunk_entries,
+    digest_hex,
+    entry_of,
+    file_runs,
+)
 
 #: Blocks of the TOC member decoded for the TOC's tar header (its first block)
 _HEAD_BLOCKS = 4
@@ -102,11 +110,7 @@ def file_at(
     digested = True
     if regular and f.entry.size:
         digested = _add_chunk(f, raw, ends, at)
-    for i in range(lo + 1, hi):
-        raw = raw_entries[i]
-        at = f"{where}: TOC entry {i}"
-        if not regular or raw.get("name") != f.entry.raw_name:
-            raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+    for raw, at in chunk_entries(raw_entries, lo, hi, f if regular else None, where=where):
         digested &= _add_chunk(f, raw, ends, at)
     return f, digested
 

@@ -24,7 +24,7 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -235,6 +235,20 @@ def file_runs(raw_entries: Sequence[Any], *, where: str) -> list[tuple[int, int]
                 f"{where}: TOC entry {i}: a chunk of {raw.get('name')!r} follows no such file"
             )
     return list(zip(starts, [*starts[1:], len(raw_entries)][: len(starts)], strict=True))
+
+
+def chunk_entries(
+    raw_entries: Sequence[Any], lo: int, hi: int, f: TocFile | None, *, where: str
+) -> Iterator[tuple[dict[str, Any], str]]:
+    """The chunk entries after entry ``lo`` (up to ``hi``, :func:`file_runs`) with where
+    each is for messages, each checked to be one of ``f``'s (None: a file that has no
+    chunks, so that any is an error)."""
+    for i in range(lo + 1, hi):
+        raw = raw_entries[i]
+        at = f"{where}: TOC entry {i}"
+        if f is None or raw.get("name") != f.entry.raw_name:
+            raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+        yield raw, at
 
 
 def check_chunks(files: Sequence[TocFile], data_end: int, *, where: str) -> None:

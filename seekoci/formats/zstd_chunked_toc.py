@@ -14,7 +14,16 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import FormatError
-from .toc import Chunk, Payload, Segment, TocFile, digest_hex, entry_of, file_runs
+from .toc import (
+    Chunk,
+    Payload,
+    Segment,
+    TocFile,
+    chunk_entries,
+    digest_hex,
+    entry_of,
+    file_runs,
+)
 
 #: base64 to bytes, refusing anything but the alphabet and its padding (the C function
 #: itself from Python 3.11: ``b64decode``'s wrapping costs as much as decoding 1 KiB)
@@ -40,22 +49,14 @@ def file_at(raw_entries: list[Any], lo: int, hi: int, *, where: str) -> TocFile:
     raw = raw_entries[lo]
     f = TocFile(entry_of(raw, where=at))
     if not (f.entry.type == "file" and f.entry.size):
-        if hi > lo + 1:
-            chunk = raw_entries[lo + 1].get("name")
-            raise FormatError(
-                f"{where}: TOC entry {lo + 1}: a chunk of {chunk!r} follows no such file"
-            )
+        next(chunk_entries(raw_entries, lo, hi, None, where=where), None)  # any is an error
         return f
     end = raw.get("endOffset")
     if not isinstance(end, int):
         raise FormatError(f"{at}: {f.entry.name!r} has no endOffset")
     pending: list[tuple[int, int, str, bool]] = []  # the chunks: offset, size, ...
     _add_chunk(f, pending, raw, at)
-    for i in range(lo + 1, hi):
-        raw = raw_entries[i]
-        at = f"{where}: TOC entry {i}"
-        if raw.get("name") != f.entry.raw_name:
-            raise FormatError(f"{at}: a chunk of {raw.get('name')!r} follows no such file")
+    for raw, at in chunk_entries(raw_entries, lo, hi, f, where=where):
         _add_chunk(f, pending, raw, at)
     _close_file(f, pending, end, where=where)
     return f
