@@ -131,5 +131,6 @@ def _add_chunk(f: TocFile, raw: dict[str, Any], ends: dict[int, int], at: str) -
         raise FormatError(f"{at}: innerOffset {inner!r} is not valid")
     digest = raw.get("chunkDigest")
     hexdigest = digest_hex(digest, where=at) if digest else ""
-    f.add(Chunk(offset, ends[offset], size, inner, hexdigest))
+    # (+ 0: copies, not the parsed TOC's objects; see toc.own_str)
+    f.add(Chunk(offset + 0, ends[offset] + 0, size + 0, inner + 0, hexdigest))
     return bool(hexdigest)

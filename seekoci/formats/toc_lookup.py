@@ -116,13 +116,16 @@ class LazyToc:
         every: Callable[[list[Any]], LayerIndex],
         *,
         extra: TocFile | None,
+        stored: dict[str, int] | None,
         data_end: int,
         where: str,
     ) -> None:
         self._raw: list[Any] | None = columns.raw_entries
+        self._stored = stored
         self._rows = columns.rows
         self._ends = columns.ends
-        self._file_at = file_at
+        #: (what ``file_at`` keeps may be the parsed TOC's: dropped with it)
+        self._file_at: FileAt | None = file_at
         self._every = every
         self._extra = extra
         self._data_end = data_end
@@ -152,11 +155,17 @@ class LazyToc:
         with self._lock:
             return self._whole
 
+    def stored(self) -> dict[str, int] | None:
+        """Each file's position by its name as stored, while the index is not whole (see
+        :class:`TocEntries`)."""
+        with self._lock:
+            return self._stored
+
     def file(self, k: int) -> tuple[TocFile, list[Span]]:
         """File ``k`` (checked, its offsets set) and its spans."""
         with self._lock:
             found = self._made.get(k)
-            raw, whole = self._raw, self._whole
+            raw, file_at, whole = self._raw, self._file_at, self._whole
         if whole is not None:  # made whole: its objects
             return self._from_whole(whole, k)
         if found is not None:
@@ -165,8 +174,8 @@ class LazyToc:
             assert self._extra is not None
             f = self._extra
         else:
-            assert raw is not None  # (dropped only once made whole)
-            f = self._file_at(raw, self._rows[k], self._ends[k])
+            assert raw is not None and file_at is not None  # (dropped once made whole)
+            f = file_at(raw, self._rows[k], self._ends[k])
         check_chunks((f,), self._data_end, where=self._where)
         v = self.starts[k]
         first = self.firsts[k]
@@ -204,7 +213,8 @@ class LazyToc:
                     entries[k] = f.entry
                 index.entries = entries
                 self._whole = index
-                self._raw = None  # the parsed TOC is no longer needed
+                # the parsed TOC, and what holds its objects, no longer needed
+                self._raw = self._stored = self._file_at = None
                 self._made.clear()
                 return index
 
@@ -215,19 +225,11 @@ class TocEntries(NameLookup):
     ``name/``, ``./name``, ``./name/`` -- and only that entry is made; a TOC with other
     spellings (``a//b``, ``a/./b``) is read whole for lookups."""
 
-    def __init__(self, toc: LazyToc, names: Sequence[Any]) -> None:
+    def __init__(self, toc: LazyToc) -> None:
         self._toc = toc
         self._lock = threading.Lock()
-        self._stored: dict[str, int] | None = None
         self._map: dict[str, int] | None = None
         self._names: list[str] | None = None
-        try:
-            joined = "\0".join(names)
-        except TypeError:  # a name that is not a string: lookups read the TOC whole
-            return
-        if "//" in joined or "/./" in joined or "/.\0" in joined or joined.endswith("/."):
-            return
-        self._stored = dict(zip(names, range(len(names)), strict=True))
 
     def __len__(self) -> int:
         return self._toc.count
@@ -285,8 +287,8 @@ class TocEntries(NameLookup):
     def lookup(self, name: str) -> TarEntry | None:
         """The last entry stored under ``name`` whose name is safe, or None. ``name`` is
         normalised (as :meth:`Layer.find` gives it)."""
-        stored = self._stored
-        if stored is None or not name or self._toc.made_whole() is not None:
+        stored = self._toc.stored()
+        if stored is None or not name:
             i = self.name_map().get(name)
             return None if i is None else self[i]
         if ".." in name.split("/"):
@@ -338,6 +340,18 @@ class TocSpans(IndexedSequence[Span]):
         return spans[j].index
 
 
+def stored_names(names: Sequence[Any]) -> dict[str, int] | None:
+    """Each position by the name as stored, or None when lookups must read the TOC whole
+    (a name that is not a string, or spelt with an empty or ``.`` part)."""
+    try:
+        joined = "\0".join(names)
+    except TypeError:
+        return None
+    if "//" in joined or "/./" in joined or "/.\0" in joined or joined.endswith("/."):
+        return None
+    return dict(zip(names, range(len(names)), strict=True))
+
+
 def lazy_index(
     columns: TocColumns,
     file_at: FileAt,
@@ -352,16 +366,19 @@ def lazy_index(
     needed; ``every(raw_entries)`` is the index the whole read makes (the same entries,
     in the same order, and ``extra`` after them), ``like`` the one it makes of no entries
     (the layer's identity, what verifies it)."""
-    toc = LazyToc(columns, file_at, every, extra=extra, data_end=data_end, where=where)
     names = list(map(dict.get, columns.files, itertools.repeat("name")))
     if extra is not None:
         names.append(extra.entry.raw_name)
+    stored = stored_names(names)
+    toc = LazyToc(
+        columns, file_at, every, extra=extra, stored=stored, data_end=data_end, where=where
+    )
     spans = TocSpans(toc, where=where)
     return dataclasses.replace(
         like,
         uncompressed_size=toc.size,
         spans=spans,
-        entries=TocEntries(toc, names),
+        entries=TocEntries(toc),
         window_locations=[(0, 0)] * len(spans),
     )
 

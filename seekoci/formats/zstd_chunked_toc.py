@@ -78,7 +78,9 @@ def _add_chunk(
     digest = get("chunkDigest") or (get("digest") if not pending else None)
     if not digest:
         raise FormatError(f"{at}: chunk of {f.entry.name!r} has no digest")
-    pending.append((offset, size, digest_hex(digest, where=at), get("chunkType", "") == "zeros"))
+    zeros = get("chunkType", "") == "zeros"
+    # (+ 0: copies, not the parsed TOC's objects; see toc.own_str)
+    pending.append((offset + 0, size + 0, digest_hex(digest, where=at), zeros))
     f.filled = done + size
 
 
@@ -89,7 +91,7 @@ def _close_file(
     ``pending`` is emptied."""
     chunks = f.chunks
     for k, (start, size, digest, zeros) in enumerate(pending, 1):
-        e = pending[k][0] if k < len(pending) else end
+        e = pending[k][0] if k < len(pending) else end + 0
         if e <= start:
             raise FormatError(f"{where}: {f.entry.name!r}: chunk offsets go backwards")
         chunks.append(Chunk(start, e, size, 0, digest, zeros))

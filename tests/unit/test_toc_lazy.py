@@ -7,10 +7,12 @@ entries it looks up."""
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import random
 import threading
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -322,3 +324,91 @@ def test_a_stray_chunk_without_digest_is_an_error_not_a_fallback() -> None:
     with pytest.raises(seekoci.FormatError, match="follows no such file"):
         layer.open("d/f").read()
     assert source.streamed == 0  # no pass over the blob instead
+
+
+#: the TOCs a test's spy saw parsed
+_PARSED_TOCS: list[dict[str, Any]] = []
+
+
+def _kept_values(doc: dict[str, Any]) -> dict[int, str]:
+    """id -> key of the values of a parsed TOC's entries an index could keep: strings of
+    two characters or more, integers CPython does not share."""
+    found: dict[int, str] = {}
+    for raw in doc["entries"]:
+        for key, value in raw.items():
+            if (type(value) is str and len(value) > 1) or (
+                type(value) is int and not -5 <= value <= 256
+            ):
+                found[id(value)] = key
+    return found
+
+
+def _reachable(root: object) -> set[int]:
+    """ids of every object reachable from ``root``, strings and integers included; not
+    through classes, modules or a function's globals (the whole process is reachable
+    from those)."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, (type, types.ModuleType)):
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.FunctionType):
+            todo.extend(cell.cell_contents for cell in obj.__closure__ or ())
+            todo.extend(obj.__defaults__ or ())
+        else:
+            todo.extend(gc.get_referents(obj))
+    return seen
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+def test_the_index_lets_go_of_the_parsed_toc(writer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the index is whole it holds none of the parsed TOC's strings and integers
+    (names, user names, sizes, offsets, uids), nor the TOC itself: those would keep the
+    document's memory from being given back (seekoci/formats/toc.py, ``own_int``). An entry
+    made lazily before is handed over with copies too."""
+    entries = [
+        dir("srv", uid=100_000),
+        *(
+            dataclasses.replace(
+                file(f"srv/data-{i}.bin", random_bytes(i, 300 + i * 5000), uid=70_000),
+                uname="someone",
+                gname="staff",
+            )
+            for i in range(12)
+        ),
+        symlink("srv/latest", "data-11.bin", uid=70_000),
+    ]
+    made = WRITERS[writer](build_tar(entries))
+    from seekoci.formats import toc as toc_module
+
+    real = toc_module.load_json
+    docs = _PARSED_TOCS
+    docs.clear()
+
+    def spy(data: bytes, *, where: str) -> dict[str, Any]:
+        # (kept where the index cannot reach it: a format may keep a reference to spy)
+        doc = real(data, where=where)
+        _PARSED_TOCS.append(doc)
+        return doc
+
+    monkeypatch.setattr(toc_module, "load_json", spy)
+    index = index_of(made)
+    found = index.entries.lookup("srv/data-3.bin")  # made lazily, then handed over
+    assert found is not None and found.uname == "someone" and found.uid == 70_000
+    whole = list(index.entries)
+    assert [e.name for e in whole if e.name.startswith("srv/data-")][:2] == [
+        "srv/data-0.bin",
+        "srv/data-1.bin",
+    ]
+    assert docs, "the TOC was not parsed"
+    kept = _kept_values(docs[0])
+    assert len(kept) > 40  # names, sizes, offsets, uids: what could have been kept
+    reachable = _reachable(index)
+    assert id(docs[0]) not in reachable and id(docs[0]["entries"]) not in reachable
+    held = sorted({key for value_id, key in kept.items() if value_id in reachable})
+    assert held == [], f"the index keeps the parsed TOC's {held}"
+    unames = {id(e.uname) for e in whole if e.uname}
+    assert len(unames) == 1  # one object per user name, not one per entry
+    docs.clear()
