@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ._allocator import release_free_memory
 from .errors import FormatError
 from .fileinfo import FileInfo
 from .formats.tar import TarEntry
@@ -693,6 +694,9 @@ class _SegmentFeed:
         self._futures.append(future)
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
+        # the segment's buffers are freed: what the allocator keeps of them goes back (a
+        # whole tree's buffers otherwise pile up in its arenas, see seekoci._allocator)
+        release_free_memory()
         if not future.cancelled() and future.exception() is not None:
             with self._lock:
                 if self._failed is None:
