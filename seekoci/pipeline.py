@@ -8,7 +8,8 @@ A read that covers several spans is planned as a list of *steps*, one per span, 
   one range request each (up to :data:`MAX_REQUEST` compressed bytes, gaps of up to
   :data:`MAX_GAP` fetched and dropped) on a bounded pool of connections; each span of a run
   is then checked against its digest and inflated on the decode pool (zlib, isal and zstd
-  release the GIL, so both cores inflate at once). An embedded TOC's chunks (eStargz,
+  release the GIL, so both cores inflate at once), neighbouring small spans together, up
+  to :data:`DECODE_BATCH` bytes in one task. An embedded TOC's chunks (eStargz,
   zstd:chunked: one or a few per file) come in runs too, each checked once decoded; one
   whose bytes in a run are damaged is fetched again by itself.
 
@@ -27,11 +28,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 from . import spans as spans_module
 from ._threads import shared_pool
 from .formats.base import CHECK_COMPRESSED, ChunkTable, Span, span_matches
 from .spans import SpanReader
+
+T = TypeVar("T")
 
 #: Compressed bytes in one coalesced range request: large enough that a request's latency
 #: is small beside its transfer, small enough that several are in flight within a window.
@@ -44,6 +48,10 @@ MIN_REQUEST = 1 << 20
 MAX_GAP = 64 << 10
 #: Uncompressed bytes decoded ahead of the reader at most (the memory a stream may hold).
 MAX_WINDOW = 64 << 20
+#: Uncompressed bytes of neighbouring spans of a run decoded by one task of the decode pool:
+#: a TOC's chunks are one or a few per file (50k for a 1 GB layer), and a task of its own
+#: for each cost more than decoding most of them.
+DECODE_BATCH = 1 << 20
 #: Connections fetching runs at once (for all readers of the process).
 FETCHERS = 4
 #: Reads of more uncompressed bytes than this are streaming reads: their spans are not
@@ -68,6 +76,10 @@ class _Step:
     end: int
     future: concurrent.futures.Future[bytes] | None = None
     ready: bytes | None = None
+    #: decoded with the neighbouring spans of its run (one task): what that task gives,
+    #: each span's bytes or what decoding them raised, and this span's place in it
+    batch: concurrent.futures.Future[list[bytes | Exception]] | None = None
+    part: int = 0
     #: the read ends inside this chunked span: only its first chunks are fetched (and how
     #: many, with the table that checks them); None: the whole span
     cut: tuple[ChunkTable, int] | None = None
@@ -83,7 +95,7 @@ class _Step:
         )
 
 
-def _settle(target: concurrent.futures.Future[bytes], work: Callable[[], bytes]) -> None:
+def _settle(target: concurrent.futures.Future[T], work: Callable[[], T]) -> None:
     """Run ``work`` into ``target`` unless the reader gave the step up meanwhile."""
     if not target.set_running_or_notify_cancel():
         return
@@ -189,26 +201,48 @@ class SpanStream:
         return self._reader.decode_span(span, compressed, keep=False)
 
     def _submit(self, run: list[_Step]) -> None:
-        """One request for the run's bytes; when they are in, one decode task per span."""
+        """One request for the run's bytes; when they are in, one decode task per span, or
+        per batch of neighbouring small spans (:data:`DECODE_BATCH`)."""
         if not run:
             return
         last = run[-1]
         if last.end < last.span.uncompressed_size:  # the read ends inside it: its start only
             last.cut = self._reader.local_cut(last.span, last.end)
+        batches: list[tuple[concurrent.futures.Future[list[bytes | Exception]], list[_Step]]]
+        batches = []
+        size = DECODE_BATCH
         for step in run:
-            step.future = concurrent.futures.Future()
+            if size >= DECODE_BATCH:
+                batches.append((concurrent.futures.Future(), []))
+                size = 0
+            future, steps = batches[-1]
+            step.batch, step.part = future, len(steps)
+            steps.append(step)
+            size += step.span.uncompressed_size
         base = run[0].span.compressed_start
         fetched = _fetch_pool().submit(  # (a TOC's chunks may nest: the furthest end)
             self._fetch, [step.span for step in run], max(step.compressed_end for step in run)
         )
 
         def decode_all(done: concurrent.futures.Future[bytes | bytearray]) -> None:
-            for step in run:
-                assert step.future is not None
-                work = partial(self._decode, done, base, step)
-                _decode_pool().submit(_settle, step.future, work)
+            for future, steps in batches:
+                work = partial(self._decode_batch, done, base, steps)
+                _decode_pool().submit(_settle, future, work)
 
         fetched.add_done_callback(decode_all)
+
+    def _decode_batch(
+        self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, steps: list[_Step]
+    ) -> list[bytes | Exception]:
+        """Each step's bytes, or the error decoding them raised (raised to the reader when
+        it reaches that step, not before: the steps before it are delivered)."""
+        out: list[bytes | Exception] = []
+        for step in steps:
+            try:
+                out.append(self._decode(fetched, base, step))
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     def _fetch(self, spans: list[Span], end: int) -> bytes | bytearray:
         if self._closed:
@@ -259,7 +293,7 @@ class SpanStream:
                 raise StopIteration
         step = self._pending.popleft()
         try:
-            data = step.ready if step.ready is not None else step.future.result()  # type: ignore[union-attr]
+            data = self._take(step)
         except BaseException:
             self.close()
             raise
@@ -269,13 +303,27 @@ class SpanStream:
             return data
         return data[step.start : step.end]
 
+    @staticmethod
+    def _take(step: _Step) -> bytes:
+        """The step's decoded bytes, once they are in."""
+        if step.ready is not None:
+            return step.ready
+        if step.batch is not None:
+            found = step.batch.result()[step.part]
+            if isinstance(found, Exception):
+                raise found
+            return found
+        assert step.future is not None
+        return step.future.result()
+
     def close(self) -> None:
         """Stop: steps not started are cancelled, running ones finish unseen."""
         self._closed = True
         while self._pending:
             step = self._pending.popleft()
-            if step.future is not None:
-                step.future.cancel()
+            for future in (step.future, step.batch):
+                if future is not None:
+                    future.cancel()
         self._ahead = 0
 
     def __enter__(self) -> SpanStream:

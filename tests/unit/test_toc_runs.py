@@ -88,6 +88,32 @@ def test_a_chunk_damaged_in_the_blob_fails_a_read_across_it(writer: str) -> None
     assert layer.open("d/f149").read() == dict(FILES)["d/f149"]  # its neighbours read
 
 
+@pytest.mark.parametrize("writer", ["estargz", "zstd:chunked"])
+def test_a_stream_gives_every_byte_before_a_chunk_damaged_in_the_blob(writer: str) -> None:
+    """Small chunks are decoded several to a task (seekoci/pipeline.py, DECODE_BATCH): the
+    error of one of them is raised when the reader reaches it, after the bytes before it,
+    never before them."""
+    made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
+    good, _ = layer_over(made)
+    expected, _ = payloads(good)
+    entry = good.find("d/f150")
+    assert entry is not None
+    index = good.index()
+    k = index.spans.locate(entry.data_offset)  # type: ignore[attr-defined]
+    span = index.spans[k]
+    assert span.uncompressed_start == entry.data_offset  # (its file's first chunk)
+    bad = bytearray(made.blob)
+    bad[(span.compressed_start + span.compressed_end) // 2] ^= 0x40
+    layer, source = layer_over(Made(bytes(bad), made.toc, made.annotations, made.tar))
+    got = bytearray()
+    stream = layer.stream_entry_range(0, len(expected))
+    with pytest.raises(seekoci.IntegrityError, match="chunk digest"):
+        for piece in stream:
+            got += piece
+    assert bytes(got) == expected[: entry.data_offset]
+    assert len(source.calls) <= 2  # the run, and the damaged chunk once more by itself
+
+
 def test_zero_chunks_inside_a_run_are_not_fetched() -> None:
     files = [
         file("a", random_bytes("a", 40_000)),
