@@ -224,6 +224,10 @@ class _Writer:
         with self._cond:
             return self._pending.get(path)
 
+    def has_pending(self) -> bool:
+        with self._cond:
+            return bool(self._pending)
+
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="seekoci-cache", daemon=True)
@@ -510,6 +514,7 @@ class DiskCache:
         keep_streamed: bool | None = None,
     ) -> None:
         self.root = Path(root)
+        self._span_dir = os.path.join(self.root, "spans", "sha256")  # (has_span's)
         self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
         self.keep_streamed = (
             os.environ.get(KEEP_STREAMED_ENV) == "1" if keep_streamed is None else keep_streamed
@@ -796,7 +801,12 @@ class DiskCache:
         return data
 
     def has_span(self, digest_hex: str) -> bool:
-        return self._exists(self._span_path(digest_hex))
+        # asked of every chunk of a TOC layer read whole (50k for 1 GB): a str path, not a
+        # Path, when nothing is queued (2 us a check, against 11)
+        writer = self._writer
+        if writer is not None and writer.has_pending():
+            return self._exists(self._span_path(digest_hex))
+        return os.path.isfile(os.path.join(self._span_dir, digest_hex))
 
     def load_prefix(self, digest_hex: str) -> bytes | None:
         """The start of a chunked span saved by a read that needed only that much (the
