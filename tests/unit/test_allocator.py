@@ -20,13 +20,13 @@ _HOLES = textwrap.dedent(
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    # 40 MB of buffers below malloc's mmap threshold, each followed by a small one that
-    # stays: freed, the big ones leave holes that malloc keeps (none is at the top of
+    # 800 buffers of 100 KiB (below malloc's mmap threshold), every other one freed: 40
+    # MB of holes between buffers that stay, which malloc keeps (none is at the top of
     # its heap, where it would trim by itself)
     big, kept = [], []
     for _ in range(400):
         big.append(bytearray(100 << 10))  # (zeroed: resident)
-        kept.append(bytearray(1000))
+        kept.append(bytearray(100 << 10))
     grown = rss()
     del big
     freed = rss()
