@@ -78,7 +78,7 @@ class _Step:
     ready: bytes | None = None
     #: decoded with the neighbouring spans of its run (one task): what that task gives,
     #: each span's bytes or what decoding them raised, and this span's place in it
-    batch: concurrent.futures.Future[list[bytes | Exception]] | None = None
+    batch: concurrent.futures.Future[list[bytes | BaseException | None]] | None = None
     part: int = 0
     #: the read ends inside this chunked span: only its first chunks are fetched (and how
     #: many, with the table that checks them); None: the whole span
@@ -208,11 +208,14 @@ class SpanStream:
         last = run[-1]
         if last.end < last.span.uncompressed_size:  # the read ends inside it: its start only
             last.cut = self._reader.local_cut(last.span, last.end)
-        batches: list[tuple[concurrent.futures.Future[list[bytes | Exception]], list[_Step]]]
-        batches = []
-        size = DECODE_BATCH
+        batches: list[
+            tuple[concurrent.futures.Future[list[bytes | BaseException | None]], list[_Step]]
+        ] = []
+        # (a run of less than two batches is still decoded by two tasks: both cores)
+        limit = min(DECODE_BATCH, sum(step.span.uncompressed_size for step in run) // 2)
+        size = limit
         for step in run:
-            if size >= DECODE_BATCH:
+            if size >= limit:
                 batches.append((concurrent.futures.Future(), []))
                 size = 0
             future, steps = batches[-1]
@@ -233,15 +236,20 @@ class SpanStream:
 
     def _decode_batch(
         self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, steps: list[_Step]
-    ) -> list[bytes | Exception]:
+    ) -> list[bytes | BaseException | None]:
         """Each step's bytes, or the error decoding them raised (raised to the reader when
-        it reaches that step, not before: the steps before it are delivered)."""
-        out: list[bytes | Exception] = []
+        it reaches that step, not before: the steps before it are delivered). Past an
+        error that is not an :class:`Exception`, the steps left are not decoded: each
+        gets that error."""
+        out: list[bytes | BaseException | None] = []
         for step in steps:
             try:
                 out.append(self._decode(fetched, base, step))
             except Exception as exc:
                 out.append(exc)
+            except BaseException as exc:
+                out += [exc] * (len(steps) - len(out))
+                break
         return out
 
     def _fetch(self, spans: list[Span], end: int) -> bytes | bytearray:
@@ -309,9 +317,12 @@ class SpanStream:
         if step.ready is not None:
             return step.ready
         if step.batch is not None:
-            found = step.batch.result()[step.part]
-            if isinstance(found, Exception):
+            results = step.batch.result()
+            found = results[step.part]
+            results[step.part] = None  # taken: not held until the batch's last step is
+            if isinstance(found, BaseException):
                 raise found
+            assert found is not None  # (each step is taken once)
             return found
         assert step.future is not None
         return step.future.result()

@@ -114,6 +114,24 @@ def test_a_stream_gives_every_byte_before_a_chunk_damaged_in_the_blob(writer: st
     assert len(source.calls) <= 2  # the run, and the damaged chunk once more by itself
 
 
+def test_a_short_run_is_decoded_by_two_tasks_and_a_taken_chunk_is_let_go() -> None:
+    """A run's chunks are decoded in batches, at least two (both cores), and a batch does
+    not hold the bytes of a chunk the reader has taken (seekoci/pipeline.py)."""
+    some = FILES[:100]  # ~200 KB: one batch of up to DECODE_BATCH (1 MiB) would hold all
+    made = WRITERS["zstd:chunked"](build_tar([file(name, data) for name, data in some]))
+    layer, source = layer_over(made)
+    expected = b"".join(data for _, data in some)
+    stream = layer.stream_entry_range(0, len(expected))
+    first = next(iter(stream))
+    assert first == expected[: len(first)]
+    pending = list(stream._pending)  # type: ignore[attr-defined]
+    batches = {id(step.batch) for step in pending}
+    assert len(batches) == 2 and len(source.calls) == 1  # one run
+    assert pending[0].batch is not None and pending[0].part == 1  # the first's batch
+    assert pending[0].batch.result()[0] is None  # the first chunk's bytes: let go
+    assert first + b"".join(stream) == expected
+
+
 def test_zero_chunks_inside_a_run_are_not_fetched() -> None:
     files = [
         file("a", random_bytes("a", 40_000)),
