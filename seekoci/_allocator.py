@@ -33,13 +33,16 @@ def _glibc() -> Any:
         if not _libc:
             found = None
             if sys.platform.startswith("linux"):
-                import ctypes
-
                 try:
+                    import ctypes
+
                     lib = ctypes.CDLL(None)
-                    found = lib if hasattr(lib, "malloc_trim") else None
-                except OSError:
-                    pass
+                    if hasattr(lib, "malloc_trim"):
+                        lib.malloc_trim.argtypes = [ctypes.c_size_t]
+                        lib.malloc_trim.restype = ctypes.c_int
+                        found = lib
+                except Exception:  # (a Python without ctypes, a C library without it)
+                    found = None
             _libc.append(found)
         return _libc[0]
 

@@ -694,13 +694,13 @@ class _SegmentFeed:
         self._futures.append(future)
 
     def _done(self, future: concurrent.futures.Future[None]) -> None:
-        # the segment's buffers are freed: what the allocator keeps of them goes back (a
-        # whole tree's buffers otherwise pile up in its arenas, see seekoci._allocator)
-        release_free_memory()
         if not future.cancelled() and future.exception() is not None:
             with self._lock:
                 if self._failed is None:
                     self._failed = future
+        # the segment's buffers are freed: what the allocator keeps of them goes back (a
+        # whole tree's buffers otherwise pile up in its arenas, see seekoci._allocator)
+        release_free_memory()
 
     def _raise_failed(self) -> None:
         """A segment that failed stops the walk at its next segment."""

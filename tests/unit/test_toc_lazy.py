@@ -331,12 +331,13 @@ _PARSED_TOCS: list[dict[str, Any]] = []
 
 
 def _kept_values(doc: dict[str, Any]) -> dict[int, str]:
-    """id -> key of the values of a parsed TOC's entries an index could keep: strings of
-    two characters or more, integers CPython does not share."""
+    """id -> key of the values of a parsed TOC's entries an index could keep: strings
+    CPython does not share (all but the empty one and Latin-1 characters), integers it
+    does not share."""
     found: dict[int, str] = {}
     for raw in doc["entries"]:
         for key, value in raw.items():
-            if (type(value) is str and len(value) > 1) or (
+            if (type(value) is str and (len(value) > 1 or value > "\xff")) or (
                 type(value) is int and not -5 <= value <= 256
             ):
                 found[id(value)] = key
@@ -379,6 +380,7 @@ def test_the_index_lets_go_of_the_parsed_toc(writer: str, monkeypatch: pytest.Mo
             for i in range(12)
         ),
         symlink("srv/latest", "data-11.bin", uid=70_000),
+        dataclasses.replace(file("\u4e2d", b"x" * 400), uname="\u4e2d", gname="\U0001f600"),
     ]
     made = WRITERS[writer](build_tar(entries))
     from seekoci.formats import toc as toc_module
@@ -409,6 +411,10 @@ def test_the_index_lets_go_of_the_parsed_toc(writer: str, monkeypatch: pytest.Mo
     assert id(docs[0]) not in reachable and id(docs[0]["entries"]) not in reachable
     held = sorted({key for value_id, key in kept.items() if value_id in reachable})
     assert held == [], f"the index keeps the parsed TOC's {held}"
-    unames = {id(e.uname) for e in whole if e.uname}
-    assert len(unames) == 1  # one object per user name, not one per entry
+    unames: dict[str, set[int]] = {}
+    for e in whole:
+        if e.uname:
+            unames.setdefault(e.uname, set()).add(id(e.uname))
+    # one object per user name, not one per entry
+    assert {name: len(ids) for name, ids in unames.items()} == {"someone": 1, "\u4e2d": 1}
     docs.clear()
