@@ -14,7 +14,7 @@ Holding the threshold at 1 MiB (``mallopt``) took that image's peak RSS from 274
 buffer of 1 MiB or more a fresh mapping, ``get /`` of a gzip image took ~25% more. What
 is done instead changes no setting: ``malloc_trim`` after each piece of an extraction
 hands the free pages back (peak 263-278 -> 249 MiB for that image, no CPU seen;
-docs/performance.md, "Memory").
+docs/performance.md, "The ninth session's changes").
 """
 
 from __future__ import annotations

@@ -514,7 +514,7 @@ class DiskCache:
         keep_streamed: bool | None = None,
     ) -> None:
         self.root = Path(root)
-        self._span_dir = os.path.join(self.root, "spans", "sha256")  # (has_span's)
+        self._span_dir = os.path.join(self.root, "spans", "sha256")
         self.max_bytes = cache_max_bytes() if max_bytes is None else max_bytes
         self.keep_streamed = (
             os.environ.get(KEEP_STREAMED_ENV) == "1" if keep_streamed is None else keep_streamed
@@ -779,8 +779,11 @@ class DiskCache:
             self._atomic_write(self._referrers_path(subject), json.dumps(doc).encode())
 
     # -- spans ------------------------------------------------------------------------------
+    def _span_file(self, digest_hex: str) -> str:
+        return os.path.join(self._span_dir, digest_hex)
+
     def _span_path(self, digest_hex: str) -> Path:
-        return self.root / "spans" / "sha256" / digest_hex
+        return Path(self._span_file(digest_hex))
 
     def load_span(
         self, digest_hex: str, check: Callable[[bytes], bool] | None = None
@@ -806,7 +809,7 @@ class DiskCache:
         writer = self._writer
         if writer is not None and writer.has_pending():
             return self._exists(self._span_path(digest_hex))
-        return os.path.isfile(os.path.join(self._span_dir, digest_hex))
+        return os.path.isfile(self._span_file(digest_hex))
 
     def load_prefix(self, digest_hex: str) -> bytes | None:
         """The start of a chunked span saved by a read that needed only that much (the
