@@ -26,9 +26,11 @@ import io
 import random
 import struct
 import sys
+import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -129,6 +131,20 @@ CI = settings.get_profile("ci")
 
 
 # --------------------------------------------------------------------------- trees
+
+
+T = TypeVar("T")
+
+
+def in_threads(call: Callable[[], T], count: int = 2) -> list[T]:
+    """What ``call()`` returned in each of ``count`` threads started together."""
+    got: list[T] = []
+    threads = [threading.Thread(target=lambda: got.append(call())) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
 
 
 def random_tree(seed: int | str, files: int = 30, max_size: int = 40_000) -> list[Entry]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from layers import CI, build_tar, compress_layer, dir, file, symlink, text_bytes
+from layers import CI, build_tar, compress_layer, dir, file, in_threads, symlink, text_bytes
 from test_soci_ztoc import (
     full_ztoc,
     mutated,
@@ -343,14 +343,7 @@ def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch
         return entry
 
     monkeypatch.setattr(ztoc, "_tar_entry", made_together)
-    got: list[Any] = []
-    threads = [
-        threading.Thread(target=lambda: got.append(entries.lookup("d/f15"))) for _ in range(2)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = in_threads(lambda: entries.lookup("d/f15"))
     assert len(got) == 2 and got[0] is got[1]
     monkeypatch.setattr(ztoc, "_tar_entry", real)
     assert entries.names[16] == "d/f15" and entries[16] is got[0]  # and once read whole

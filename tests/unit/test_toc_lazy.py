@@ -20,7 +20,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from imagebuilder import hardlink
-from layers import CI, build_tar, dir, file, random_bytes, random_tree, symlink, text_bytes
+from layers import (
+    CI,
+    build_tar,
+    dir,
+    file,
+    in_threads,
+    random_bytes,
+    random_tree,
+    symlink,
+    text_bytes,
+)
 from test_formats_toc import corpus, files_of, layer_of
 from tocwriter import Made, estargz, zstd_chunked
 
@@ -267,12 +277,7 @@ def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(estargz_toc, "file_at", made_together)
     entries, _, _ = lazy_parts(index_of(made))  # (file_at looked up when the index is made)
-    got: list[Any] = []
-    threads = [threading.Thread(target=lambda: got.append(entries.lookup("f15"))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = in_threads(lambda: entries.lookup("f15"))
     assert len(got) == 2 and got[0] is got[1]
     monkeypatch.setattr(estargz_toc, "file_at", real)
     assert entries.names[15] == "f15" and entries[15] is got[0]  # and once read whole
