@@ -32,12 +32,13 @@ import base64
 import collections
 import itertools
 import operator
-from collections.abc import Iterator, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
 
 from ..errors import FormatError
 from .base import IndexedSequence
-from .tar import TarEntry
+from .tar import _NO_PAX, _NO_XATTRS, TarEntry
 
 DENSE = ("name", "type", "size", "mode", "uid", "gid", "mtime", "header_offset", "data_offset")
 SPARSE = ("linkname", "uname", "gname", "devmajor", "devminor", "xattrs", "pax", "unsafe")
@@ -250,11 +251,16 @@ class EntryTable(IndexedSequence[TarEntry]):
         self._where = where
         self._digests: bytes | None = None
         self._digest_rank: list[int] | None = None
+        #: guards ``_made`` and the digests: a lookup on one thread may make the entry a
+        #: walk on another makes (one object per entry: hard links are found by identity)
+        self._lock = threading.Lock()
+        self._all_made = False
 
     @classmethod
     def from_entries(cls, entries: Sequence[TarEntry]) -> EntryTable:
         table = cls(encode(entries))
         table._made = list(entries)
+        table._all_made = True
         return table
 
     def encoded(self) -> dict[str, Any]:
@@ -307,10 +313,11 @@ class EntryTable(IndexedSequence[TarEntry]):
         get theirs too."""
         if len(raw) != 32 * self.file_count():
             raise FormatError(f"{self._where}: file digests do not number one per file")
-        self._digests = raw
-        for i, made in enumerate(self._made):
-            if made is not None and made.type == "file":
-                made.sha256 = self._digest(i)
+        with self._lock:
+            self._digests = raw
+            for i, made in enumerate(self._made):
+                if made is not None and made.type == "file":
+                    made.sha256 = self._digest(i)
 
     def digests(self) -> bytes:
         """The files' digests as :func:`encode_digests` gives them (b"" when unknown)."""
@@ -337,39 +344,118 @@ class EntryTable(IndexedSequence[TarEntry]):
 
     def _make(self, i: int) -> TarEntry:
         d, s = self._dense, self._sparse
+        with self._lock:
+            made = self._made[i]
+            if made is not None:  # another thread made it first
+                return made
+            try:
+                xattrs = {k: base64.b64decode(v) for k, v in s["xattrs"].get(i, {}).items()}
+                entry = TarEntry(
+                    name=d["name"][i],
+                    type=d["type"][i],
+                    size=d["size"][i],
+                    mode=int(d["mode"][i]),
+                    uid=int(d["uid"][i]),
+                    gid=int(d["gid"][i]),
+                    mtime=float(d["mtime"][i]),
+                    linkname=str(self._get("linkname", i)),
+                    uname=str(self._get("uname", i)),
+                    gname=str(self._get("gname", i)),
+                    devmajor=int(self._get("devmajor", i)),
+                    devminor=int(self._get("devminor", i)),
+                    xattrs=xattrs,
+                    header_offset=d["header_offset"][i],
+                    data_offset=d["data_offset"][i],
+                    pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
+                    raw_name=d["name"][i],
+                    unsafe=bool(self._get("unsafe", i)),
+                    sha256=self._digest(i),
+                )
+            except Exception as exc:
+                raise FormatError(f"{self._where}: entry {i} is malformed ({exc!r})") from None
+            self._made[i] = entry
+            return entry
+
+    def _column(self, name: str, convert: Callable[[Any], Any]) -> list[Any]:
+        """Sparse column ``name`` of every entry, each value passed through ``convert``."""
+        values = [convert(self._defaults[name])] * self._count
+        for i, value in self._sparse[name].items():
+            values[i] = convert(value)
+        return values
+
+    def _make_all(self) -> None:
+        """Make every entry not made yet, column by column: the objects ``_make`` gives
+        (empty xattrs and PAX records shared, as the tar scanner shares them) in a fifth
+        of the time -- 0.56 -> 0.1 s for a whole layer's 54k entries, at the start of
+        every ``get /``. Should a value fail its conversion, ``_make`` makes the entries
+        one by one and names the one that is malformed."""
+        with self._lock:
+            if self._all_made:
+                return
+            made = self._columns_made()
+            if made is not None:
+                if any(map(operator.is_not, self._made, itertools.repeat(None))):
+                    for i, entry in enumerate(self._made):
+                        if entry is not None:  # made by a lookup: the same object
+                            made[i] = entry
+                self._made = made
+                self._all_made = True
+                return
+        for i in range(self._count):
+            self._at(i)
+        with self._lock:
+            self._all_made = True
+
+    def _columns_made(self) -> list[TarEntry | None] | None:
+        d, s = self._dense, self._sparse
+        digests: Iterable[bytes | None] = itertools.repeat(None)
         try:
-            xattrs = {k: base64.b64decode(v) for k, v in s["xattrs"].get(i, {}).items()}
-            entry = TarEntry(
-                name=d["name"][i],
-                type=d["type"][i],
-                size=d["size"][i],
-                mode=int(d["mode"][i]),
-                uid=int(d["uid"][i]),
-                gid=int(d["gid"][i]),
-                mtime=float(d["mtime"][i]),
-                linkname=str(self._get("linkname", i)),
-                uname=str(self._get("uname", i)),
-                gname=str(self._get("gname", i)),
-                devmajor=int(self._get("devmajor", i)),
-                devminor=int(self._get("devminor", i)),
-                xattrs=xattrs,
-                header_offset=d["header_offset"][i],
-                data_offset=d["data_offset"][i],
-                pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
-                raw_name=d["name"][i],
-                unsafe=bool(self._get("unsafe", i)),
-                sha256=self._digest(i),
+            if self._digests is not None:
+                raw = self._digests
+                each = iter([raw[at : at + 32] for at in range(0, len(raw), 32)])
+                digests = [next(each) if kind == "file" else None for kind in d["type"]]
+            xattrs = [_NO_XATTRS] * self._count
+            for i, pairs in s["xattrs"].items():
+                xattrs[i] = {k: base64.b64decode(v) for k, v in pairs.items()}
+            paxes = [_NO_PAX] * self._count
+            for i, pairs in s["pax"].items():
+                paxes[i] = {str(k): str(v) for k, v in dict(pairs).items()}
+            # positional, in the fields' order (keywords cost a third more a call)
+            made: list[TarEntry | None] = list(
+                map(
+                    TarEntry,
+                    d["name"],
+                    d["type"],
+                    d["size"],
+                    map(int, d["mode"]),
+                    map(int, d["uid"]),
+                    map(int, d["gid"]),
+                    map(float, d["mtime"]),
+                    self._column("linkname", str),
+                    self._column("uname", str),
+                    self._column("gname", str),
+                    self._column("devmajor", int),
+                    self._column("devminor", int),
+                    xattrs,
+                    d["header_offset"],
+                    d["data_offset"],
+                    paxes,
+                    d["name"],  # raw_name
+                    self._column("unsafe", bool),
+                    itertools.repeat(None),  # mtime_ns
+                    itertools.repeat(None),  # pax_records
+                    digests,
+                )
             )
-        except Exception as exc:
-            raise FormatError(f"{self._where}: entry {i} is malformed ({exc!r})") from None
-        self._made[i] = entry
-        return entry
+        except Exception:
+            return None
+        return made if len(made) == self._count else None
 
     def _at(self, i: int) -> TarEntry:
         made = self._made[i]
         return made if made is not None else self._make(i)
 
     def __iter__(self) -> Iterator[TarEntry]:
-        for i in range(self._count):
-            made = self._made[i]
-            yield made if made is not None else self._make(i)
+        if not self._all_made:
+            self._make_all()
+        yield from cast("list[TarEntry]", self._made)

@@ -1317,6 +1317,12 @@ class ZtocEntries(EntryTable):
         self._made[i] = entry
         return entry
 
+    def __iter__(self) -> Iterator[TarEntry]:
+        # each from its own table (EntryTable makes its columns' entries all at once)
+        for i in range(self._count):
+            made = self._made[i]
+            yield made if made is not None else self._make(i)
+
 
 #: More distinct FileMetadata vtables than this and a zTOC is read whole (a builder shares
 #: one vtable among the tables with the same fields present: real zTOCs have a handful)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 
 import pytest
+from layers import in_threads
 
 from seekoci.errors import FormatError
-from seekoci.formats.entries import EntryTable, encode
+from seekoci.formats.entries import EntryTable, encode, encode_digests
 from seekoci.formats.tar import TarEntry
 
 
@@ -87,3 +90,68 @@ def test_hostile_runs_are_refused(column: str, runs: list, message: str) -> None
     doc["dense"][column] = {"runs": runs}
     with pytest.raises(FormatError, match=message):
         EntryTable(doc)
+
+
+def varied(n: int) -> list[TarEntry]:
+    """Entries with every sparse column in use somewhere, and file digests."""
+    out = entries(n)
+    for i, e in enumerate(out):
+        if i % 5 == 1:
+            e.xattrs = {"user.k": bytes([i % 256]) * 3}
+        if i % 6 == 2:
+            e.pax = {"comment": f"c{i}"}
+        if i % 9 == 4:
+            e.unsafe = True
+        if i % 11 == 7:
+            e.devmajor, e.devminor = i, i + 1
+        e.mtime = i + 0.5 if i % 2 else float(i)
+        e.raw_name = e.name  # as a scanner records it
+        if e.type == "file":
+            e.sha256 = hashlib.sha256(b"%d" % i).digest()
+    return out
+
+
+def table_of(original: list[TarEntry]) -> EntryTable:
+    table = EntryTable(json.loads(json.dumps(encode(original))))
+    table.set_digests(encode_digests(original))
+    return table
+
+
+def test_every_entry_made_at_once_is_the_entry_made_alone() -> None:
+    original = varied(60)
+    alone = table_of(original)
+    at_once = table_of(original)
+    assert list(at_once) == [alone[i] for i in range(60)] == original
+    assert at_once[1].xattrs == {"user.k": b"\x01" * 3} and at_once[2].pax == {"comment": "c2"}
+    assert all(e.sha256 is not None for e in at_once if e.type == "file")
+
+
+def test_entries_made_before_the_whole_table_stay_the_same_objects() -> None:
+    table = table_of(varied(30))
+    first, later = table[3], table[17]
+    made = list(table)
+    assert made[3] is first and made[17] is later
+    assert list(table)[5] is made[5]  # made once
+
+
+def test_an_entry_two_threads_make_at_once_is_one_object() -> None:
+    table = table_of(varied(50))
+    digest = table._digest
+
+    def slow_digest(i: int) -> bytes | None:  # both threads inside ``_make`` at once
+        time.sleep(0.05)
+        return digest(i)
+
+    table._digest = slow_digest  # type: ignore[method-assign]
+    got = in_threads(lambda: table[40], 2)
+    assert got[0] is got[1] is list(table)[40]
+
+
+def test_a_malformed_value_is_named_when_the_whole_table_is_made() -> None:
+    doc = json.loads(json.dumps(encode(varied(10))))
+    doc["dense"]["mode"] = [420] * 10
+    doc["dense"]["mode"][6] = "rw-"
+    table = EntryTable(doc)
+    with pytest.raises(FormatError, match="entry 6 is malformed"):
+        list(table)
+    assert table[2].mode == 420  # the others are still there
