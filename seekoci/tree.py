@@ -16,6 +16,8 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: Linux's limit on symlinks followed in one resolution (MAXSYMLINKS).
 MAX_SYMLINKS = 40
+#: last name parts that are not a name in their directory
+_ODD_PARTS = frozenset({"", ".", ".."})
 
 
 @dataclass(eq=False, slots=True)
@@ -50,6 +52,9 @@ class Tree:
 
     def __init__(self, layer: str = "") -> None:
         self.root = Node(None, layer, {}, layers=[])
+        #: while entries are added: the directory part of the last entry's name and its
+        #: node (see _insert)
+        self._parent: tuple[str, Node] | None = None
         #: entries left out because their stored name is absolute or climbs with ``..``
         self.skipped: list[tuple[str, TarEntry]] = []
 
@@ -60,6 +65,7 @@ class Tree:
         tree = cls(layer)
         for entry in entries:
             tree._insert(entry, layer, link_in=None)
+        tree._parent = None
         return tree
 
     @classmethod
@@ -74,6 +80,8 @@ class Tree:
         # Whiteouts only hide what lower layers put there (OCI image spec, "Whiteouts"), so
         # they are applied before any entry of the same layer is added.
         for entry in entries:
+            if WHITEOUT_PREFIX not in entry.name:  # nearly every entry: one C search
+                continue
             parts = entry.name.split("/")
             base = parts[-1]
             if not base.startswith(WHITEOUT_PREFIX):
@@ -85,11 +93,14 @@ class Tree:
                 parent.children.clear()
             else:
                 parent.children.pop(base[len(WHITEOUT_PREFIX) :], None)
+        self._parent = None
         for entry in entries:
-            base = entry.name.rpartition("/")[2]
-            if base.startswith(WHITEOUT_PREFIX):
+            if WHITEOUT_PREFIX in entry.name and entry.name.rpartition("/")[2].startswith(
+                WHITEOUT_PREFIX
+            ):
                 continue
             self._insert(entry, layer, link_in=self)
+        self._parent = None
 
     def _walk_nofollow(self, parts: list[str]) -> Node | None:
         node = self.root
@@ -102,17 +113,19 @@ class Tree:
             node = child
         return node
 
-    def _insert(self, entry: TarEntry, layer: str, *, link_in: Tree | None) -> None:
+    def _parent_of(self, entry: TarEntry, layer: str) -> tuple[Node, str] | None:
+        """The directory node ``entry`` goes in (implied directories made on the way) and
+        its name there; None when it has no place (recorded as skipped) or is the root."""
         parts = split_path(entry.name)
         if entry.unsafe or ".." in parts:
             self.skipped.append((layer, entry))  # no place in a filesystem rooted here
-            return
+            return None
         if not parts:  # the root directory itself
             if entry.type == "dir":
                 self.root.entry = entry
                 assert self.root.layers is not None
                 self.root.layers.append(layer)
-            return
+            return None
         node = self.root
         for part in parts[:-1]:
             assert node.children is not None
@@ -121,8 +134,26 @@ class Tree:
                 child = Node(None, layer, {}, layers=[layer])
                 node.children[part] = child
             node = child
+        return node, parts[-1]
+
+    def _insert(self, entry: TarEntry, layer: str, *, link_in: Tree | None) -> None:
+        dirname, _, name = entry.name.rpartition("/")
+        last = self._parent
+        if last is not None and last[0] == dirname and name not in _ODD_PARTS:
+            # the directory of the entry before (a tar lists a directory's entries
+            # together): its node, with no walk from the root. Only a name with another
+            # directory part can replace that node or one above it, and that resets this.
+            if entry.unsafe:
+                self.skipped.append((layer, entry))
+                return
+            node = last[1]
+        else:
+            node_found = self._parent_of(entry, layer)
+            if node_found is None:
+                return
+            node, name = node_found
+            self._parent = (dirname, node) if name == entry.name.rpartition("/")[2] else None
         assert node.children is not None
-        name = parts[-1]
         existing = node.children.get(name)
         if entry.type == "dir":
             if existing is not None and existing.children is not None:

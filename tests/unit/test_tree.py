@@ -394,3 +394,60 @@ def test_the_image_agrees_with_an_overlay_model(layers: list[list[Entry]]) -> No
             tree_img = image_of(*layers)
             tree_img.tree()  # the same answer through the merged tree
             assert tree_img.read_bytes("/" + path) == expected, path
+
+
+# --------------------------------------------------------------------------- building
+
+
+class _WalkEveryName(Tree):
+    """A tree that finds each entry's directory from the root, as before the shortcut."""
+
+    def _insert(self, entry: TarEntry, layer: str, *, link_in: Tree | None) -> None:
+        self._parent = None
+        super()._insert(entry, layer, link_in=link_in)
+
+
+def _shape(tree: Tree) -> list[tuple[object, ...]]:
+    """Every node: path, type, entry (by identity), layer(s), hard-link target."""
+    nodes: dict[int, str] = {}
+    out: list[tuple[object, ...]] = []
+    todo = [("", tree.root)]
+    while todo:
+        path, node = todo.pop()
+        nodes[id(node)] = path
+        out.append((path, node.type, id(node.entry), node.layer, node.layers, node.target))
+        for name, child in sorted((node.children or {}).items()):
+            todo.append((f"{path}/{name}", child))
+    return [(*row[:5], None if row[5] is None else nodes.get(id(row[5]))) for row in out]
+
+
+_PART = st.sampled_from(["a", "b", "c", ".", "..", "", ".wh.a", ".wh..wh..opq"])
+_ENTRY = st.tuples(
+    st.lists(_PART, min_size=1, max_size=4).map("/".join),
+    st.sampled_from(["dir", "file", "symlink", "hardlink"]),
+    st.booleans(),
+)
+
+
+@given(layers=st.lists(st.lists(_ENTRY, max_size=12), min_size=1, max_size=3))
+def test_entries_go_where_a_walk_from_the_root_puts_them(
+    layers: list[list[tuple[str, str, bool]]],
+) -> None:
+    """A layer's entries are put in the directory of the entry before without a walk from
+    the root when they share it; names that replace that directory, climb out of it or are
+    odd (``a/./b``, ``a//b``, ``a/..``) must give the tree a walk for each name gives."""
+    made = [
+        (
+            f"layer{i}",
+            [
+                TarEntry(name, kind, 0, 0o644, 0, 0, 0.0, linkname="a/b", unsafe=unsafe and i == 0)
+                for name, kind, unsafe in entries
+            ],
+        )
+        for i, entries in enumerate(layers)
+    ]
+    assert _shape(Tree.merged(made)) == _shape(_WalkEveryName.merged(made))
+    one = made[0][1]
+    assert _shape(Tree.from_entries(one, layer="L")) == _shape(
+        _WalkEveryName.from_entries(one, layer="L")
+    )
