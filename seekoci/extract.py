@@ -25,6 +25,7 @@ import os
 import posixpath
 import queue
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Sequence
@@ -86,6 +87,18 @@ class _Inside:
             found = real == self._root or real.startswith(self._root + os.sep)
             self._parents[parent] = found
         return found
+
+    def made(self, path: str) -> None:
+        """``path``, found inside, is now a directory the walk made or found: if it is a
+        real one (not a symlink), what goes in it is inside too, known with one lstat
+        instead of a realpath (an lstat per component of the path, each a wait for the
+        GIL while the extraction's threads run)."""
+        try:
+            real_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+        except OSError:
+            return
+        if real_dir:
+            self._parents[path] = True
 
 
 def _mode(info: FileInfo, keep_special_bits: bool) -> int:
@@ -352,6 +365,7 @@ def _walk(
             item = img._info(node, src)
             if item.type == "dir":
                 os.makedirs(dst, exist_ok=True)
+                inside.made(dst)
                 dirs.append((dst, item))
             elif item.type == "symlink":
                 if os.path.lexists(dst):
@@ -379,6 +393,9 @@ def _refuse_overwrites(img: Image, top: str, root: str) -> None:
     for dirpath, dirnames, filenames in img.walk(top):
         rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         here = os.path.join(root, *rel.split("/")) if rel else root
+        if not os.path.isdir(here):  # nothing below it can be in the way: not walked
+            dirnames.clear()  # (into a new directory: one stat in all, not one a file)
+            continue
         for name in dirnames + filenames:
             dst = os.path.join(here, name)
             if "/" in name or name in ("..", ".") or not os.path.lexists(dst):

@@ -110,6 +110,39 @@ def test_get_of_a_tree_refuses_before_writing_anything(
     assert (fresh / "other").read_bytes() == b"other\n"
 
 
+def test_get_of_a_tree_sees_a_clash_through_a_directory_symlink(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory of DEST that is a symlink to a directory is looked into for clashes
+    (the check walks only the directories that are there)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "deep").write_bytes(b"mine\n")
+    dest = tmp_path / "etc"
+    dest.mkdir()
+    (dest / "sub").symlink_to(elsewhere)
+    assert run(["get", layout, "/etc", "-o", str(dest), "--no-cache"])[0] == 1
+    err = capsys.readouterr().err  # the symlink itself, and the file it leads to
+    assert f"{dest / 'sub'}: already exists (and 1 more)" in err
+    assert (elsewhere / "deep").read_bytes() == b"mine\n" and sorted(os.listdir(dest)) == ["sub"]
+
+
+def test_get_forced_never_writes_through_a_symlinked_directory_of_dest(
+    layout: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --force, a directory of DEST that is a symlink leading out of DEST is not
+    written through: what the image puts below it is skipped, with a warning."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "etc"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    assert run(["get", layout, "/etc", "-o", str(dest), "--no-cache", "--force"])[0] == 0
+    assert os.listdir(outside) == []
+    assert "skipped /etc/sub/deep" in capsys.readouterr().err
+    assert (dest / "hello").read_bytes() == b"hello\n"
+
+
 # -- models ---------------------------------------------------------------------------------------
 def test_models_lists_every_model_file(tmp_path: Path) -> None:
     st = safetensors_bytes(
