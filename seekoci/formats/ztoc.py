@@ -1300,6 +1300,9 @@ class ZtocEntries(EntryTable):
         self._defaults = {"unsafe": False}
         self._data_end = data_end
         self._where = where
+        self._digests = None  # a zTOC holds no content digests
+        self._lock = threading.Lock()  # EntryTable's, for what it shares with it
+        self._all_made = False
 
     def data_end(self) -> int:
         return self._data_end
