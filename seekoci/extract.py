@@ -69,36 +69,51 @@ STAGE_QUEUE = 32
 
 
 class _Inside:
-    """Whether a path, with its parent's symlinks resolved, stays inside ``root``: each
-    parent resolved once per extraction (a realpath costs a few syscalls per component,
-    and a tree has ~10 entries per directory). The walk asks about a directory's entries
-    only after making the directory, and makes nothing below a symlink, so an answer never
-    goes stale."""
+    """Where the walk writes the entries of each directory of the image: the real path,
+    inside ``root``, of the directory it made for it, or None when that leads outside.
 
-    def __init__(self, root: str) -> None:
+    Found once per directory, when the walk lists it: a directory the walk made (or found)
+    as a real directory inside one already known is its own real path (one ``lstat``);
+    one reached through a symlink of DEST is resolved then (``realpath``). Entries go to
+    ``real directory + name``: every part of that path is a real directory, which the
+    extraction never removes or replaces (it unlinks files and links only). So a symlink of
+    DEST that the walk replaces later (``--force``, a link of the image over a link of DEST
+    reached through another one) cannot redirect a write decided before it -- the files
+    segments write, and staged files moved into place, come after the walk."""
+
+    def __init__(self, root: str, top: str) -> None:
         self._root = root
-        self._parents: dict[str, bool] = {}
+        #: image directory -> the path the walk made it at (maybe through a link of DEST)
+        self._made: dict[str, str] = {top: root}
+        #: image directory -> the real directory its entries go in (None: outside)
+        self._real: dict[str, str | None] = {top: root}
 
-    def __call__(self, path: str) -> bool:
-        parent = os.path.dirname(path)
-        found = self._parents.get(parent)
-        if found is None:
-            real = os.path.realpath(parent)
-            found = real == self._root or real.startswith(self._root + os.sep)
-            self._parents[parent] = found
+    def directory(self, src: str) -> str | None:
+        """The real directory for the entries of image directory ``src``; None when it is
+        outside ``root``, or was not made (skipped: nothing below it is written)."""
+        if src in self._real:
+            return self._real[src]
+        made = self._made.get(src)
+        found = None
+        if made is not None:
+            real = os.path.realpath(made)
+            if real == self._root or real.startswith(self._root + os.sep):
+                found = real
+        self._real[src] = found
         return found
 
-    def made(self, path: str) -> None:
-        """``path``, found inside, is now a directory the walk made or found: if it is a
-        real one (not a symlink), what goes in it is inside too, known with one lstat
-        instead of a realpath (an lstat per component of the path, each a wait for the
-        GIL while the extraction's threads run)."""
+    def made(self, src: str, dst: str) -> None:
+        """Image directory ``src`` now is ``dst`` (made or found there; the directory
+        ``dst`` is in is a real one): if ``dst`` is a real directory too (not a link), it
+        is the real path of ``src``'s entries, with no ``realpath`` (an ``lstat`` per part
+        of the path, each a wait for the GIL while the extraction's threads run)."""
+        self._made[src] = dst
         try:
-            real_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+            real_dir = stat.S_ISDIR(os.lstat(dst).st_mode)
         except OSError:
             return
         if real_dir:
-            self._parents[path] = True
+            self._real[src] = dst
 
 
 def _mode(info: FileInfo, keep_special_bits: bool) -> int:
@@ -297,13 +312,12 @@ def _extract(
             warn(f"skipped {entry.raw_name!r} from layer {layer}: name leaves the image root")
     if not overwrite and os.path.isdir(root):
         _refuse_overwrites(img, top, root)
-    inside = _Inside(root)
+    inside = _Inside(root, top)
     dirs: list[tuple[str, FileInfo]] = []
     copied = _Copied(0, progress, growing=True)
     feed = _SegmentFeed(copied)
     try:
-        _walk(img, tree, top, root, root_dest, inside, staging, keep_special_bits, warn,
-              dirs, feed)  # fmt: skip
+        _walk(img, tree, top, root_dest, inside, staging, keep_special_bits, warn, dirs, feed)
         copied.settle()
         feed.finish()
     finally:
@@ -324,7 +338,6 @@ def _walk(
     img: Image,
     tree: Tree,
     top: str,
-    root: str,
     root_dest: str,
     inside: _Inside,
     staging: _Staging | None,
@@ -336,18 +349,17 @@ def _walk(
     """Walk the merged view under ``top``: make directories and symlinks in walk order, and
     hand each regular file to ``feed``."""
     for dirpath, dirnames, filenames in tree.walk(top):
-        rel = dirpath[len(top) :].lstrip("/") if dirpath != top else ""
         # the walk descends real directories only: a child is its parent's, no lookup
         # from the root for each of them (a whole image: 66k)
         children = tree.resolve(dirpath).children
         assert children is not None
-        base_dst = os.path.join(root, *rel.split("/")) if rel else root
+        base_dst = inside.directory(dirpath)
         for name in dirnames + filenames:
             src = posixpath.join(dirpath, name)
-            dst = os.path.join(base_dst, name)
-            if "/" in name or name in ("..", ".") or not inside(dst):
+            if "/" in name or name in ("..", ".") or base_dst is None:
                 warn(f"skipped {src}: it would be written outside {root_dest}")
                 continue
+            dst = os.path.join(base_dst, name)
             node = children[name]
             if node.entry is not None and node.entry.type in ("file", "hardlink"):
                 # the common case first, with no FileInfo made (a whole image: 66k files)
@@ -365,7 +377,7 @@ def _walk(
             item = img._info(node, src)
             if item.type == "dir":
                 os.makedirs(dst, exist_ok=True)
-                inside.made(dst)
+                inside.made(src, dst)
                 dirs.append((dst, item))
             elif item.type == "symlink":
                 if os.path.lexists(dst):

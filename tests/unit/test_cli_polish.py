@@ -143,6 +143,60 @@ def test_get_forced_never_writes_through_a_symlinked_directory_of_dest(
     assert (dest / "hello").read_bytes() == b"hello\n"
 
 
+def _layout_of(tmp_path: Path, *entries: imagebuilder.Entry) -> str:
+    imagebuilder.write_oci_layout(
+        tmp_path / "layout", imagebuilder.image(imagebuilder.layer(*entries)), "t"
+    )
+    return f"oci:{tmp_path / 'layout'}:t"
+
+
+def test_get_forced_never_follows_a_link_the_walk_replaced_after_deciding(
+    tmp_path: Path,
+) -> None:
+    """DEST/A is a link to DEST/real, and DEST/real/a a link back to DEST. The image's
+    directory A/od is made (through A) before its symlink A/a/A -- that is, DEST/A --
+    replaces A with a link out of DEST; A/od/f must still land inside DEST."""
+    ref = _layout_of(
+        tmp_path,
+        imagebuilder.dir("A"),
+        imagebuilder.dir("A/a"),
+        imagebuilder.symlink("A/a/A", "../outside"),
+        imagebuilder.dir("A/od"),
+        imagebuilder.file("A/od/f", b"from the image\n"),
+    )
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    (outside / "od").mkdir(parents=True)
+    (dest / "real").mkdir(parents=True)
+    (dest / "real" / "a").symlink_to("..")
+    (dest / "A").symlink_to("real")
+    assert run(["get", ref, "/", "-o", str(dest), "--no-cache", "--force"])[0] == 0
+    assert os.listdir(outside / "od") == []
+    assert (dest / "real" / "od" / "f").read_bytes() == b"from the image\n"
+
+
+def test_get_forced_writes_late_files_where_they_were_checked(tmp_path: Path) -> None:
+    """A file checked while DEST/A leads (A -> L -> real) inside DEST is written after the
+    walk (a staged file moved into place, or a segment); meanwhile the image's link z/L
+    (z is a link of DEST to DEST itself) replaced DEST/L with a link out of DEST. The file
+    goes where it was checked."""
+    ref = _layout_of(
+        tmp_path,
+        imagebuilder.dir("A"),
+        imagebuilder.file("A/f", b"from the image\n"),
+        imagebuilder.dir("z"),
+        imagebuilder.symlink("z/L", "../outside"),
+    )
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    outside.mkdir()
+    (dest / "real").mkdir(parents=True)
+    (dest / "A").symlink_to("L")
+    (dest / "L").symlink_to("real")
+    (dest / "z").symlink_to(".")
+    assert run(["get", ref, "/", "-o", str(dest), "--no-cache", "--force"])[0] == 0
+    assert os.listdir(outside) == []
+    assert (dest / "real" / "f").read_bytes() == b"from the image\n"
+
+
 # -- models ---------------------------------------------------------------------------------------
 def test_models_lists_every_model_file(tmp_path: Path) -> None:
     st = safetensors_bytes(
