@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import pickle
 import time
 
 import pytest
@@ -152,6 +154,18 @@ def test_a_malformed_value_is_named_when_the_whole_table_is_made() -> None:
     doc["dense"]["mode"] = [420] * 10
     doc["dense"]["mode"][6] = "rw-"
     table = EntryTable(doc)
+    walked = iter(table)
+    assert [next(walked).name for _ in range(6)] == [f"f{i}" for i in range(6)]  # first
+    with pytest.raises(FormatError, match="entry 6 is malformed"):
+        next(walked)
     with pytest.raises(FormatError, match="entry 6 is malformed"):
         list(table)
     assert table[2].mode == 420  # the others are still there
+
+
+def test_a_table_pickles_and_copies_with_its_entries() -> None:
+    table = table_of(varied(20))
+    made = list(table)
+    for copied in (pickle.loads(pickle.dumps(table)), copy.deepcopy(table)):
+        assert list(copied) == made and copied[7] == made[7]
+        assert in_threads(lambda c=copied: c[3], 2)[0] == made[3]  # with a lock of its own
