@@ -1301,7 +1301,7 @@ class ZtocEntries(EntryTable):
         self._data_end = data_end
         self._where = where
         self._digests = None  # a zTOC holds no content digests
-        self._lock = threading.Lock()  # EntryTable's, for what it shares with it
+        self._lock = threading.Lock()  # guards _made (ZtocLookup takes it after its own)
         self._all_made = False
 
     def data_end(self) -> int:
@@ -1317,8 +1317,11 @@ class ZtocEntries(EntryTable):
             entry = _tar_entry(_decode_file(self._buf, self._positions[i]), self._headers[i])
         except _MALFORMED as exc:
             raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
-        self._made[i] = entry
-        return entry
+        with self._lock:  # one object per entry, whichever thread made it first
+            made = self._made[i]
+            if made is None:
+                self._made[i] = made = entry
+        return made
 
     def __iter__(self) -> Iterator[TarEntry]:
         # each from its own table (EntryTable makes its columns' entries all at once)
@@ -1563,8 +1566,9 @@ class ZtocLookup(NameLookup):
             entry = self._made.setdefault(i, entry)
             whole = self._whole
             if whole is not None:  # read whole meanwhile: the same object there too
-                entry = whole._made[i] or entry
-                whole._made[i] = entry
+                with whole._lock:
+                    entry = whole._made[i] or entry
+                    whole._made[i] = entry
         return entry
 
     def lookup(self, name: str) -> TarEntry | None:

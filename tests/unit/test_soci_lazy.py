@@ -349,6 +349,30 @@ def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch
     assert entries.names[16] == "d/f15" and entries[16] is got[0]  # and once read whole
 
 
+def test_threads_making_one_entry_of_a_whole_ztoc_get_one_object(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import seekoci.formats.ztoc as ztoc
+
+    tar = build_tar([dir("d"), *(file(f"d/f{i}", b"x" * i) for i in range(20))])
+    whole = _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
+    whole = whole.whole()
+    both_made = threading.Barrier(2, timeout=10)
+    real = ztoc._tar_entry
+
+    def made_together(*args: Any) -> Any:  # each thread makes its own object, then waits
+        entry = real(*args)
+        both_made.wait()
+        return entry
+
+    monkeypatch.setattr(ztoc, "_tar_entry", made_together)
+    got = in_threads(lambda: whole[12])
+    monkeypatch.setattr(ztoc, "_tar_entry", real)
+    assert len(got) == 2 and got[0] is got[1] is list(whole)[12]
+
+
 def test_a_ztoc_whose_int64s_are_not_8_byte_aligned(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every position moved by 4 bytes (a builder that aligns 8-byte scalars to 4 only):
     lookups read the data offsets one at a time instead of in one gather -- and give the
