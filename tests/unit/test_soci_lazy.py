@@ -327,49 +327,46 @@ def test_a_text_layer() -> None:
     assert_same(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=8192))
 
 
-def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch) -> None:
+def _twenty_files() -> Any:
+    tar = build_tar([dir("d"), *(file(f"d/f{i}", b"x" * i) for i in range(20))])
+    return _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
+
+
+def _each_of_two_threads_makes_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From now on (until ``monkeypatch.undo()``) an entry made from a zTOC table waits,
+    once made, for a second thread to have made its own object too: what either keeps is
+    then up to how they publish them."""
     import threading
 
     import seekoci.formats.ztoc as ztoc
 
-    tar = build_tar([dir("d"), *(file(f"d/f{i}", b"x" * i) for i in range(20))])
-    entries = _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
     both_made = threading.Barrier(2, timeout=10)
     real = ztoc._tar_entry
 
-    def made_together(*args: Any) -> Any:  # each thread makes its own object, then waits
+    def made_together(*args: Any) -> Any:
         entry = real(*args)
         both_made.wait()
         return entry
 
     monkeypatch.setattr(ztoc, "_tar_entry", made_together)
+
+
+def test_threads_making_one_entry_get_one_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    entries = _twenty_files()
+    _each_of_two_threads_makes_its_own(monkeypatch)
     got = in_threads(lambda: entries.lookup("d/f15"))
+    monkeypatch.undo()
     assert len(got) == 2 and got[0] is got[1]
-    monkeypatch.setattr(ztoc, "_tar_entry", real)
     assert entries.names[16] == "d/f15" and entries[16] is got[0]  # and once read whole
 
 
 def test_threads_making_one_entry_of_a_whole_ztoc_get_one_object(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import threading
-
-    import seekoci.formats.ztoc as ztoc
-
-    tar = build_tar([dir("d"), *(file(f"d/f{i}", b"x" * i) for i in range(20))])
-    whole = _lazy(soci.build_ztoc(io.BytesIO(compress_layer(tar, "python")), span_size=4096))
-    whole = whole.whole()
-    both_made = threading.Barrier(2, timeout=10)
-    real = ztoc._tar_entry
-
-    def made_together(*args: Any) -> Any:  # each thread makes its own object, then waits
-        entry = real(*args)
-        both_made.wait()
-        return entry
-
-    monkeypatch.setattr(ztoc, "_tar_entry", made_together)
+    whole = _twenty_files().whole()
+    _each_of_two_threads_makes_its_own(monkeypatch)
     got = in_threads(lambda: whole[12])
-    monkeypatch.setattr(ztoc, "_tar_entry", real)
+    monkeypatch.undo()
     assert len(got) == 2 and got[0] is got[1] is list(whole)[12]
 
 
