@@ -52,9 +52,6 @@ class Tree:
 
     def __init__(self, layer: str = "") -> None:
         self.root = Node(None, layer, {}, layers=[])
-        #: while entries are added: the directory part of the last entry's name and its
-        #: node (see _insert)
-        self._parent: tuple[str, Node] | None = None
         #: entries left out because their stored name is absolute or climbs with ``..``
         self.skipped: list[tuple[str, TarEntry]] = []
 
@@ -63,9 +60,9 @@ class Tree:
     def from_entries(cls, entries: Iterable[TarEntry], *, layer: str) -> Tree:
         """One layer as stored: whiteout files are ordinary entries."""
         tree = cls(layer)
+        last = None
         for entry in entries:
-            tree._insert(entry, layer, link_in=None)
-        tree._parent = None
+            last = tree._insert(entry, layer, link_in=None, last=last)
         return tree
 
     @classmethod
@@ -93,14 +90,13 @@ class Tree:
                 parent.children.clear()
             else:
                 parent.children.pop(base[len(WHITEOUT_PREFIX) :], None)
-        self._parent = None
+        last = None
         for entry in entries:
             if WHITEOUT_PREFIX in entry.name and entry.name.rpartition("/")[2].startswith(
                 WHITEOUT_PREFIX
             ):
                 continue
-            self._insert(entry, layer, link_in=self)
-        self._parent = None
+            last = self._insert(entry, layer, link_in=self, last=last)
 
     def _walk_nofollow(self, parts: list[str]) -> Node | None:
         node = self.root
@@ -136,23 +132,26 @@ class Tree:
             node = child
         return node, parts[-1]
 
-    def _insert(self, entry: TarEntry, layer: str, *, link_in: Tree | None) -> None:
-        dirname, _, name = entry.name.rpartition("/")
-        last = self._parent
-        if last is not None and last[0] == dirname and name not in _ODD_PARTS:
+    def _insert(
+        self, entry: TarEntry, layer: str, *, link_in: Tree | None, last: tuple[str, Node] | None
+    ) -> tuple[str, Node] | None:
+        """Add ``entry``. ``last``: the directory part of the name of the entry added
+        before and its directory node, as this returns it for the next entry."""
+        dirname, _, base = entry.name.rpartition("/")
+        if last is not None and last[0] == dirname and base not in _ODD_PARTS:
             # the directory of the entry before (a tar lists a directory's entries
             # together): its node, with no walk from the root. Only a name with another
             # directory part can replace that node or one above it, and that resets this.
             if entry.unsafe:
                 self.skipped.append((layer, entry))
-                return
-            node = last[1]
+                return last
+            node, name = last[1], base
         else:
             node_found = self._parent_of(entry, layer)
-            if node_found is None:
-                return
+            if node_found is None:  # skipped, or the root itself: no node replaced
+                return last
             node, name = node_found
-            self._parent = (dirname, node) if name == entry.name.rpartition("/")[2] else None
+            last = (dirname, node) if name == base else None
         assert node.children is not None
         existing = node.children.get(name)
         if entry.type == "dir":
@@ -161,9 +160,9 @@ class Tree:
                 existing.layer = layer
                 assert existing.layers is not None  # every node with children has its list
                 existing.layers.append(layer)
-                return
+                return last
             node.children[name] = Node(entry, layer, {}, layers=[layer])
-            return
+            return last
         new = Node(entry, layer)
         if entry.type == "hardlink" and link_in is not None:
             target = link_in._walk_nofollow(split_path(entry.linkname))
@@ -171,6 +170,7 @@ class Tree:
                 target = target.target
             new.target = target if target is not None and target.type == "file" else None
         node.children[name] = new
+        return last
 
     # -- lookups ----------------------------------------------------------------------------
     def resolve(self, path: str, *, follow_symlinks: bool = True) -> Node:

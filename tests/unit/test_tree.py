@@ -402,9 +402,11 @@ def test_the_image_agrees_with_an_overlay_model(layers: list[list[Entry]]) -> No
 class _WalkEveryName(Tree):
     """A tree that finds each entry's directory from the root, as before the shortcut."""
 
-    def _insert(self, entry: TarEntry, layer: str, *, link_in: Tree | None) -> None:
-        self._parent = None
-        super()._insert(entry, layer, link_in=link_in)
+    def _insert(
+        self, entry: TarEntry, layer: str, *, link_in: Tree | None, last: tuple[str, Node] | None
+    ) -> tuple[str, Node] | None:
+        super()._insert(entry, layer, link_in=link_in, last=None)
+        return None
 
 
 def _shape(tree: Tree) -> list[tuple[object, ...]]:
