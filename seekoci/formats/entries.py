@@ -200,6 +200,21 @@ class NameLookup(IndexedSequence[TarEntry]):
         raise NotImplementedError
 
 
+def _xattrs_of(stored: Any) -> dict[str, bytes]:
+    """An entry's xattrs from its sparse value (name -> base64; None: it has none, and
+    shares the scanner's empty dict)."""
+    if stored is None:
+        return _NO_XATTRS
+    return {k: base64.b64decode(v) for k, v in stored.items()}
+
+
+def _pax_of(stored: Any) -> dict[str, str]:
+    """An entry's PAX records from its sparse value (None: it has none)."""
+    if stored is None:
+        return _NO_PAX
+    return {str(k): str(v) for k, v in dict(stored).items()}
+
+
 class EntryTable(IndexedSequence[TarEntry]):
     """Entries of one layer, column-wise; ``table[i]`` builds (and keeps) a TarEntry."""
 
@@ -349,7 +364,6 @@ class EntryTable(IndexedSequence[TarEntry]):
             if made is not None:  # another thread made it first
                 return made
             try:
-                xattrs = {k: base64.b64decode(v) for k, v in s["xattrs"].get(i, {}).items()}
                 entry = TarEntry(
                     name=d["name"][i],
                     type=d["type"][i],
@@ -363,10 +377,10 @@ class EntryTable(IndexedSequence[TarEntry]):
                     gname=str(self._get("gname", i)),
                     devmajor=int(self._get("devmajor", i)),
                     devminor=int(self._get("devminor", i)),
-                    xattrs=xattrs,
+                    xattrs=_xattrs_of(s["xattrs"].get(i)),
                     header_offset=d["header_offset"][i],
                     data_offset=d["data_offset"][i],
-                    pax={str(k): str(v) for k, v in dict(s["pax"].get(i, {})).items()},
+                    pax=_pax_of(s["pax"].get(i)),
                     raw_name=d["name"][i],
                     unsafe=bool(self._get("unsafe", i)),
                     sha256=self._digest(i),
@@ -413,10 +427,10 @@ class EntryTable(IndexedSequence[TarEntry]):
                 digests = [next(each) if kind == "file" else None for kind in d["type"]]
             xattrs = [_NO_XATTRS] * self._count
             for i, pairs in s["xattrs"].items():
-                xattrs[i] = {k: base64.b64decode(v) for k, v in pairs.items()}
+                xattrs[i] = _xattrs_of(pairs)
             paxes = [_NO_PAX] * self._count
             for i, pairs in s["pax"].items():
-                paxes[i] = {str(k): str(v) for k, v in dict(pairs).items()}
+                paxes[i] = _pax_of(pairs)
             # positional, in the fields' order (keywords cost a third more a call)
             made: list[TarEntry | None] = list(
                 map(
