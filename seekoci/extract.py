@@ -83,8 +83,9 @@ class _Inside:
 
     def __init__(self, root: str, top: str) -> None:
         self._root = root
-        #: image directory -> the path the walk made it at (maybe through a link of DEST)
-        self._made: dict[str, str] = {top: root}
+        #: image directory -> the path the walk made or found it at, when that is not a
+        #: real directory (a link of DEST): resolved when the walk lists it
+        self._made: dict[str, str] = {}
         #: image directory -> the real directory its entries go in (None: outside)
         self._real: dict[str, str | None] = {top: root}
 
@@ -107,13 +108,14 @@ class _Inside:
         ``dst`` is in is a real one): if ``dst`` is a real directory too (not a link), it
         is the real path of ``src``'s entries, with no ``realpath`` (an ``lstat`` per part
         of the path, each a wait for the GIL while the extraction's threads run)."""
-        self._made[src] = dst
         try:
             real_dir = stat.S_ISDIR(os.lstat(dst).st_mode)
         except OSError:
-            return
+            real_dir = False
         if real_dir:
             self._real[src] = dst
+        else:
+            self._made[src] = dst
 
 
 def _mode(info: FileInfo, keep_special_bits: bool) -> int:
