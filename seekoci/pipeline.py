@@ -280,9 +280,11 @@ class SpanStream:
             if span.compressed_end - base > len(blob):  # a short body: by itself
                 return self._reader.decoded(span)
             return self._reader.decoded_from(span, bytes(piece), keep=self._keep)
+        compressed: bytes | memoryview
         if span_matches(span, piece):
-            compressed = bytes(piece)
+            compressed = piece  # decoded in place, copied only to be kept
             if self._keep:
+                compressed = bytes(piece)
                 self._reader.save(span, compressed)
         else:  # damaged in transit, or a short body: this span alone, once more
             compressed = self._reader.fetch(span, keep=self._keep)

@@ -271,13 +271,15 @@ class SpanReader:
         """The span's decoded bytes if they are in memory."""
         return self.lru.get(span_key(span))
 
-    def decode(self, span: Span, compressed: bytes, window: bytes | None) -> bytes:
+    def decode(self, span: Span, compressed: bytes | memoryview, window: bytes | None) -> bytes:
         """Decode checked compressed bytes of a whole span and keep the result."""
         data = self.codec().decode_span(span, compressed, window, name=self.where)
         self.lru.put(span_key(span), data)
         return data
 
-    def decode_span(self, span: Span, compressed: bytes, *, keep: bool = True) -> bytes:
+    def decode_span(
+        self, span: Span, compressed: bytes | memoryview, *, keep: bool = True
+    ) -> bytes:
         """Decode checked compressed bytes of a whole span, from its window; ``keep``: in
         the LRU of decoded spans (a streaming read passes its spans on instead)."""
         window = self._tables.window(span)

@@ -99,7 +99,7 @@ class EstargzFormat(GzipFormat):
     def decode_span(
         self,
         span: Span,
-        data: bytes,
+        data: bytes | memoryview,
         window: bytes | None,
         *,
         name: str = "layer",

@@ -592,7 +592,7 @@ def splice_prefix(bits: int, byte: int) -> bytes:
     return w.getvalue()
 
 
-def gunzip(data: bytes, limit: int, *, what: str) -> bytes:
+def gunzip(data: bytes | memoryview, limit: int, *, what: str) -> bytes:
     """Decode gzip members (one or several, each whole: header and trailer checked) to at
     most ``limit`` bytes, with isal when it is installed (about twice zlib's rate: an
     eStargz chunk, a 16 MB TOC); FormatError naming ``what`` if they are corrupt."""
@@ -658,12 +658,15 @@ class SpanDecoder:
         if self._error is not None or self._produced >= self._want or not data:
             return
         try:
-            piece = bytes(data)
+            # the inflater copies what it leaves unused (unconsumed_tail, unused_data), so
+            # ``data`` is read in place, never copied: a span's bytes are 1 MiB or more
+            piece = data
             if not self._started:
                 self._started = True
-                if self._bits:
-                    piece = splice_prefix(self._bits, piece[0]) + piece[1:]
-            pending: bytes | None = piece
+                if self._bits:  # the prefix takes the first byte's high bits: no output
+                    self._inflate(splice_prefix(self._bits, data[0]))
+                    piece = memoryview(data)[1:]
+            pending: bytes | memoryview | None = piece
             if self._between is not None:
                 self._between += piece
                 pending = self._next_member()
@@ -684,12 +687,13 @@ class SpanDecoder:
         self._decomp = raw_inflater(None, whole=not self._partial)
         return bytes(between[_TRAILER_SIZE + header_len :])
 
-    def _inflate(self, pending: bytes) -> None:
+    def _inflate(self, pending: bytes | memoryview) -> None:
         decomp = self._decomp
         while self._produced < self._want:
             chunk = decomp.decompress(pending, self._want - self._produced)
-            self._out.append(chunk)
-            self._produced += len(chunk)
+            if chunk:  # (one piece in all, mostly: result() then joins without a copy)
+                self._out.append(chunk)
+                self._produced += len(chunk)
             left = decomp.unconsumed_tail
             if decomp.eof:
                 if self._produced >= self._want:
@@ -725,7 +729,7 @@ class SpanDecoder:
 
 def decode_span(
     span: Span,
-    data: bytes,
+    data: bytes | memoryview,
     window: bytes | None,
     *,
     name: str = "gzip blob",
@@ -857,7 +861,7 @@ class GzipFormat(LayerFormat):
     def decode_span(
         self,
         span: Span,
-        data: bytes,
+        data: bytes | memoryview,
         window: bytes | None,
         *,
         name: str = "layer",

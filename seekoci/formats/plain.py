@@ -60,7 +60,7 @@ class PlainIndexer(IndexerBase):
 
 def decode_span(
     span: Span,
-    data: bytes,
+    data: bytes | memoryview,
     window: bytes | None,
     *,
     name: str = "tar blob",
@@ -68,12 +68,12 @@ def decode_span(
 ) -> bytes:
     """The span's bytes; ``partial``: ``data`` is a prefix of them."""
     if partial and len(data) <= span.uncompressed_size:
-        return data
+        return bytes(data)
     if len(data) != span.uncompressed_size:
         raise FormatError(
             f"{name}: span {span.index} has {len(data)} bytes, index says {span.uncompressed_size}"
         )
-    return data
+    return bytes(data)
 
 
 class PlainFormat(LayerFormat):
@@ -115,7 +115,7 @@ class PlainFormat(LayerFormat):
     def decode_span(
         self,
         span: Span,
-        data: bytes,
+        data: bytes | memoryview,
         window: bytes | None,
         *,
         name: str = "layer",

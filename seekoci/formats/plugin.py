@@ -104,14 +104,16 @@ class LayerFormat(Protocol):
     def decode_span(
         self,
         span: Span,
-        data: bytes,
+        data: bytes | memoryview,
         window: bytes | None,
         *,
         name: str = "layer",
         partial: bool = False,
     ) -> bytes:
         """One span's uncompressed bytes from its compressed bytes (checked already when the
-        span's ``check`` is ``compressed``, checked by the caller after this otherwise)."""
+        span's ``check`` is ``compressed``, checked by the caller after this otherwise).
+        ``data`` may be a view into a larger buffer (a coalesced range request's): read it
+        in place, return ``bytes``."""
         raise NotImplementedError
 
     def span_decoder(

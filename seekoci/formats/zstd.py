@@ -11,7 +11,6 @@ frames belong to the span they follow.
 
 from __future__ import annotations
 
-import io
 import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
@@ -103,7 +102,7 @@ class ZstdIndexer(IndexerBase):
 
 def decode_span(
     span: Span,
-    data: bytes,
+    data: bytes | memoryview,
     window: bytes | None,
     *,
     name: str = "zstd blob",
@@ -115,7 +114,7 @@ def decode_span(
     dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     want = span.uncompressed_size
     try:
-        with dctx.stream_reader(io.BytesIO(data), read_across_frames=True) as reader:
+        with dctx.stream_reader(data, read_across_frames=True) as reader:  # read in place
             out = reader.read(min(want + 1, sys.maxsize))  # (a TOC's sizes are unbounded)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None
@@ -203,7 +202,7 @@ class ZstdFormat(LayerFormat):
     def decode_span(
         self,
         span: Span,
-        data: bytes,
+        data: bytes | memoryview,
         window: bytes | None,
         *,
         name: str = "layer",

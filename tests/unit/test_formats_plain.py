@@ -47,6 +47,10 @@ def test_plain_spans_are_fixed_slices(size: int, span_size: int, cuts: list[int]
             plain_decode(s, blob[s.compressed_start : s.compressed_end], None)
             == (blob[s.compressed_start : s.compressed_end])
         )
+        # a view of a larger buffer (the read pipeline's coalesced range): bytes come out
+        view = memoryview(bytearray(blob))[s.compressed_start : s.compressed_end]
+        out = plain_decode(s, view, None)
+        assert type(out) is bytes and out == blob[s.compressed_start : s.compressed_end]
         assert indexer.window(s.index) is None
 
 
@@ -74,6 +78,8 @@ def test_zstd_spans_are_runs_of_whole_frames(frame_size: int) -> None:
         chunk = blob[s.compressed_start : s.compressed_end]
         assert s.digest == hashlib.sha256(chunk).hexdigest()
         assert zstd_decode(s, chunk, None) == data[s.uncompressed_start : s.uncompressed_end]
+        view = memoryview(bytearray(blob))[s.compressed_start : s.compressed_end]
+        assert zstd_decode(s, view, None) == data[s.uncompressed_start : s.uncompressed_end]
 
 
 @pytest.mark.parametrize(
