@@ -136,7 +136,9 @@ class RangeFile(io.BufferedIOBase):
         """``n`` bytes from the readahead stream (fewer only at its end)."""
         stream = self._stream
         assert stream is not None
-        parts: list[bytes] = []
+        # pieces as views, joined once: a read across two spans copies each byte once, not
+        # twice (a slice of each, then their join)
+        parts: list[bytes | memoryview] = []
         got = 0
         while got < n:
             if self._taken == len(self._piece):
@@ -152,11 +154,13 @@ class RangeFile(io.BufferedIOBase):
             if k == len(self._piece):
                 parts.append(self._piece)
             else:
-                parts.append(self._piece[self._taken : self._taken + k])
+                parts.append(memoryview(self._piece)[self._taken : self._taken + k])
             self._taken += k
             got += k
         self._stream_pos += got
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            return bytes(parts[0])  # the piece itself when whole, else one copy
+        return b"".join(parts)
 
     def _drop_stream(self) -> None:
         stream, self._stream, self._piece, self._taken = self._stream, None, b"", 0
