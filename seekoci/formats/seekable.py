@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, IntegrityError
-from .zstd import MAX_WINDOW
+from .zstd import thread_decompressor
 
 try:  # the table's checksums are XXH64; without the package, frames' own checksums only
     import xxhash
@@ -111,8 +111,7 @@ class SeekTable:
         import zstandard
 
         try:
-            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
-            with dctx.stream_reader(data, read_across_frames=False) as reader:
+            with thread_decompressor().stream_reader(data, read_across_frames=False) as reader:
                 out = reader.read(want + 1)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{where} is corrupt ({exc})") from None

@@ -12,6 +12,7 @@ frames belong to the span they follow.
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,21 @@ if TYPE_CHECKING:  # imported where used: a gzip layer's read never loads zstand
 MAX_WINDOW = 1 << 30
 #: Compressed bytes handed to the decoder per call, bounding the output of one call.
 _FEED = 1 << 17
+
+_local = threading.local()
+
+
+def thread_decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompressor, made once (a decompressor is not for two threads at
+    once; each ``stream_reader`` of it starts a fresh session). Making one per span cost
+    more than decoding most spans of a zstd:chunked layer: its 65k chunks (3.7 KB median)
+    took 1.71 CPU-s with a new decompressor each, 0.93 with one."""
+    dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
+    if dctx is None:
+        import zstandard
+
+        dctx = _local.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    return dctx
 
 
 class ZstdIndexer(IndexerBase):
@@ -111,10 +127,9 @@ def decode_span(
     """The uncompressed bytes of a run of whole frames."""
     import zstandard
 
-    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     want = span.uncompressed_size
     try:
-        with dctx.stream_reader(data, read_across_frames=True) as reader:  # read in place
+        with thread_decompressor().stream_reader(data, read_across_frames=True) as reader:
             out = reader.read(min(want + 1, sys.maxsize))  # (a TOC's sizes are unbounded)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None

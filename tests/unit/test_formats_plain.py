@@ -3,8 +3,10 @@ table."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import itertools
+import threading
 
 import pytest
 from hypothesis import given
@@ -80,6 +82,41 @@ def test_zstd_spans_are_runs_of_whole_frames(frame_size: int) -> None:
         assert zstd_decode(s, chunk, None) == data[s.uncompressed_start : s.uncompressed_end]
         view = memoryview(bytearray(blob))[s.compressed_start : s.compressed_end]
         assert zstd_decode(s, view, None) == data[s.uncompressed_start : s.uncompressed_end]
+
+
+def test_a_thread_reuses_its_zstd_decompressor_after_a_bad_span() -> None:
+    """A thread decodes every zstd span with one decompressor: a span that fails half-way
+    (a cut frame, garbage) leaves nothing behind for the next one, and threads decoding at
+    once each use their own."""
+    data = text_bytes("zstd-reuse", 80_000)
+    blob = zstd_frames(data, 8192)
+    indexer = ZstdIndexer(16_384)
+    assert run(indexer, blob, []) == data
+    spans = indexer.spans
+    assert len(spans) >= 3
+    first, second = spans[0], spans[1]
+    chunk = blob[first.compressed_start : first.compressed_end]
+    for bad in (chunk[: len(chunk) // 2], b"\x28\xb5\x2f\xfd" + bytes(40), chunk[:-3]):
+        with pytest.raises(FormatError):
+            zstd_decode(first, bad, None)
+        for s in (second, first):
+            whole = blob[s.compressed_start : s.compressed_end]
+            assert zstd_decode(s, whole, None) == data[s.uncompressed_start : s.uncompressed_end]
+
+    barrier = threading.Barrier(4)
+
+    def decode_all() -> list[bytes]:
+        barrier.wait()
+        return [
+            zstd_decode(s, blob[s.compressed_start : s.compressed_end], None)
+            for _ in range(20)
+            for s in spans
+        ]
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = [f.result() for f in [pool.submit(decode_all) for _ in range(4)]]
+    expected = [data[s.uncompressed_start : s.uncompressed_end] for _ in range(20) for s in spans]
+    assert all(r == expected for r in results)
 
 
 @pytest.mark.parametrize(
