@@ -284,3 +284,50 @@ def test_layer_flush_waits_for_its_queued_writes(tmp_path: Path) -> None:
     gate.set()
     assert layer.flush(10)
     assert any(p.is_file() for p in (cache / "spans").rglob("*"))
+
+
+def test_no_span_file_is_looked_for_while_the_span_directory_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole TOC layer asks of each of its chunks whether it is kept: with no span
+    directory one look at the directory answers them all, for SPAN_DIR_RECHECK seconds;
+    this process's own saves are seen at once, another process's after that."""
+    looks: list[str] = []
+    real_isfile, real_isdir = os.path.isfile, os.path.isdir
+
+    def isfile(path: Any) -> bool:
+        looks.append(f"file {path}")
+        return real_isfile(path)
+
+    def isdir(path: Any) -> bool:
+        looks.append(f"dir {path}")
+        return real_isdir(path)
+
+    clock = [1000.0]
+    monkeypatch.setattr(os.path, "isfile", isfile)
+    monkeypatch.setattr(os.path, "isdir", isdir)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    for background in (False, True):
+        root = tmp_path / f"cache-{background}"
+        cache = DiskCache(root, background=background)
+        names = [span(i)[0] for i in range(1000)]
+        looks.clear()
+        assert not any(cache.has_span(name) for name in names)
+        assert looks == [f"dir {root / 'spans' / 'sha256'}"]
+
+        other = DiskCache(root, background=False)  # another process on the same directory
+        name, data = span(5000)
+        other.save_span(name, data)
+        assert not cache.has_span(name)  # believed missing for SPAN_DIR_RECHECK
+        clock[0] += 1.5
+        assert cache.has_span(name)
+
+        mine, data = span(6000)
+        clock[0] += 1.5
+        (root / "spans" / "sha256" / name).unlink()
+        (root / "spans" / "sha256").rmdir()
+        assert not cache.has_span(mine)  # the directory is gone again
+        cache.save_span(mine, data)
+        assert cache.has_span(mine)  # at once: queued, or written
+        cache.flush()
+        assert cache.has_span(mine)
