@@ -22,6 +22,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import imagebuilder
 import pytest
@@ -38,7 +39,7 @@ REPORT = Path(
     os.environ.get("SEEKOCI_BENCH_FORMATS_REPORT", REPO_ROOT / "docs" / "performance-formats.md")
 )
 KINDS = ("zstd:chunked (skopeo)", "zstd:chunked (current)", "estargz", "zstd (one frame)")
-_rows: dict[str, dict[str, float]] = {}
+_rows: dict[str, dict[str, Any]] = {}
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +227,8 @@ def test_forward_reads_of_plain_zstd(images, bench_layer, tmp_path) -> None:
 
 
 TREE_KINDS = ("zstd:chunked (skopeo)", "zstd:chunked (current)", "estargz")
+#: Rounds of each whole-tree comparison
+TREE_ROUNDS = 2
 #: Names a TOC format adds to the tar that are not part of the image's filesystem.
 FORMAT_NAMES = {"stargz.index.json", ".prefetch.landmark", ".no.prefetch.landmark"}
 TREE_SCRIPT = """
@@ -274,36 +277,54 @@ def pull_into(url: str, decompress: list[str], dest: Path) -> int:
 @pytest.mark.parametrize("kind", TREE_KINDS)
 def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tmp_path) -> None:
     """``get /`` of the image (a fresh process, an empty cache, through the proxy) against
-    the standard pull: the blob streamed into ``decompress | tar -x``."""
+    the standard pull: the blob streamed into ``decompress | tar -x``. Two rounds, the pull
+    first in one and last in the other, the best of each side: creating 50k files on this
+    disk swings by 2-5x for minutes at a time (see test_image_pipeline.py); nothing is
+    removed until both rounds are done."""
     ref, _blob = images[kind]
-    proxy = TimingProxy(registry.url)
-    try:
-        out, _ = run_script(
-            TREE_SCRIPT,
-            ref.replace(registry.host, proxy.host),
-            str(tmp_path / "cache"),
-            str(tmp_path / "tree"),
-        )
-        blob_bytes, requests_made = proxy.bytes("blob"), proxy.requests()
-    finally:
-        proxy.stop()
     layer = seekoci.open_image(ref, cache_dir=False).layers[0]
     url = registry.blob_url(ref.split("/", 1)[1].split(":")[0], layer.digest)
     decompress = ["gzip", "-dc"] if layer.compression == "gzip" else ["zstd", "-dcq"]
-    started = time.perf_counter()
-    received = pull_into(url, decompress, tmp_path / "pulled")
-    pull_time = time.perf_counter() - started
-    pulled = {k: v for k, v in _tree_files(tmp_path / "pulled").items() if k not in FORMAT_NAMES}
-    assert _tree_files(tmp_path / "tree") == pulled  # the same files, the same sizes
+    ours: list[tuple[float, dict[str, Any], float, float]] = []  # (s, doc, bytes, requests)
+    pulls: list[tuple[float, int]] = []
+
+    def seekoci_get(r: int) -> None:
+        proxy = TimingProxy(registry.url)
+        try:
+            out, _ = run_script(
+                TREE_SCRIPT,
+                ref.replace(registry.host, proxy.host),
+                str(tmp_path / f"cache-{r}"),
+                str(tmp_path / f"tree-{r}"),
+            )
+            ours.append((out["elapsed_s"], out, proxy.bytes("blob"), proxy.requests()))
+        finally:
+            proxy.stop()
+
+    def pull(r: int) -> None:
+        started = time.perf_counter()
+        received = pull_into(url, decompress, tmp_path / f"pulled-{r}")
+        pulls.append((time.perf_counter() - started, received))
+
+    for r in range(TREE_ROUNDS):
+        for step in (pull, seekoci_get) if r % 2 == 0 else (seekoci_get, pull):
+            step(r)
+    pulled = {k: v for k, v in _tree_files(tmp_path / "pulled-0").items() if k not in FORMAT_NAMES}
+    for r in range(TREE_ROUNDS):  # the same files, the same sizes
+        assert _tree_files(tmp_path / f"tree-{r}") == pulled
     shutil.rmtree(tmp_path, ignore_errors=True)
+    best_s, _, blob_bytes, requests_made = min(ours, key=lambda o: o[0])
+    pull_time, received = min(pulls)
     _rows[f"tree:{kind}"] = {
-        "time": out["elapsed_s"],
-        "rss": out["hwm_kib"] / 1024,
+        "time": best_s,
+        "rss": max(o[1]["hwm_kib"] for o in ours) / 1024,
         "bytes": float(blob_bytes),
         "requests": float(requests_made),
         "files": float(len(pulled)),
         "pull_time": pull_time,
         "pull_bytes": float(received),
+        "rounds": [round(o[0], 1) for o in ours],
+        "pull_rounds": [round(p[0], 1) for p in pulls],
     }
     write_report(bench_layer)
 
@@ -356,18 +377,24 @@ def write_report(bench_layer: GeneratedLayer) -> None:
             "",
             "`Image.extract('/', DEST)` in a fresh process with an empty cache, through the proxy,",
             "against the standard pull: the blob streamed into `gzip -dc` or `zstd -dc` and",
-            "`tar -x` (the two trees compared: the same files, the same sizes). One round each.",
+            "`tar -x` (the trees compared: the same files, the same sizes). The best of "
+            f"{TREE_ROUNDS} rounds each, the pull first in one and last in the other "
+            "(every round in the last column).",
             "",
             "| layer | files | seekoci | requests | blob bytes | peak RSS | pull + untar "
-            "| ratio (time) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| ratio (time) | rounds: seekoci / pull |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for kind in trees:
             r = _rows[f"tree:{kind}"]
             lines.append(
                 f"| {kind} | {r['files']:.0f} | {r['time']:.1f} s | {r['requests']:.0f} | "
                 f"{r['bytes'] / 1e6:.1f} MB | {r['rss']:.0f} MiB | {r['pull_time']:.1f} s | "
-                f"{r['pull_time'] / r['time']:.2f}x |"
+                f"{r['pull_time'] / r['time']:.2f}x | "
+                + ", ".join(f"{t:.1f}" for t in r["rounds"])
+                + " / "
+                + ", ".join(f"{t:.1f}" for t in r["pull_rounds"])
+                + " s |"
             )
     text = "\n".join(lines) + "\n"
     REPORT.write_text(text)
