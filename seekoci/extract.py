@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import errno
+import operator
 import os
 import posixpath
 import queue
@@ -630,6 +631,10 @@ def _cuts_before(f: _File, current: list[_File], end: int) -> bool:
     )
 
 
+#: a file's place in its layer's tar stream (its data's offset), then its destination
+_TAR_ORDER = operator.attrgetter("entry.data_offset", "dst")
+
+
 def _segments(files: list[_File]) -> list[list[_File]]:
     """Files grouped per layer into runs close together in the tar stream, largest first."""
     by_layer: dict[int, list[_File]] = {}
@@ -637,7 +642,7 @@ def _segments(files: list[_File]) -> list[list[_File]]:
         by_layer.setdefault(id(f.layer), []).append(f)
     segments: list[list[_File]] = []
     for group in by_layer.values():
-        group.sort(key=lambda f: (f.start, f.dst))
+        group.sort(key=_TAR_ORDER)
         current: list[_File] = []
         end = 0
         for f in group:

@@ -106,6 +106,9 @@ class Layer:
         self._passed: Layer | None = None  # a pass-built index of an embedded index's blob
         self._build: IndexBuild | None = None
         self._lock = threading.RLock()
+        #: the index the span codec was looked up for, and that codec (under _codec_lock)
+        self._span_codec_of: tuple[LayerIndex | None, formats.LayerFormat] | None = None
+        self._codec_lock = threading.Lock()
         self.spans = SpanReader(
             source, cache, _Tables(self), name=self.name, codec=self._span_codec
         )
@@ -831,11 +834,20 @@ class Layer:
         return build.produced >= end and build.forward_start <= offset
 
     def _span_codec(self) -> formats.LayerFormat:
-        """The plug-in that decodes the spans of the index in use."""
+        """The plug-in that decodes the spans of the index in use (asked once a span: the
+        65k chunks of a TOC layer read whole, so it is looked up once an index)."""
         index = self._index
+        with self._codec_lock:
+            known = self._span_codec_of
+        if known is not None and known[0] is index:
+            return known[1]
         if index is not None and index.format:
-            return formats.get(index.format, where=f"layer {self.name}")
-        return formats.codec_for(self.compression, where=f"layer {self.name}")
+            codec = formats.get(index.format, where=f"layer {self.name}")
+        else:  # (compression may read the blob's head: not under the lock)
+            codec = formats.codec_for(self.compression, where=f"layer {self.name}")
+        with self._codec_lock:
+            self._span_codec_of = (index, codec)
+        return codec
 
     def _span_starts(self) -> list[int]:
         index = self._index
