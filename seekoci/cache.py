@@ -77,8 +77,26 @@ _STALE_TMP = 3600.0
 #: whole TOC layer asks for each of its chunks (65k for 1 GB) whether it is kept, and an
 #: extraction keeps none: a ``stat`` each, waiting for the GIL after every one, cost its
 #: writers ~0.9 of 4 CPU-s. A span another process saves meanwhile is fetched from the
-#: registry instead (the same checked bytes); this process's own saves are seen at once.
+#: registry instead (the same checked bytes); this process's own saves are seen at once
+#: (_write_epochs).
 SPAN_DIR_RECHECK = 1.0
+
+#: cache directory (absolute path) -> files this process has begun or finished writing
+#: there, through any DiskCache object or writer: a look at the span directory is kept
+#: only while this count stays what it was before the look
+_write_epochs: dict[str, int] = {}
+_write_epochs_lock = threading.Lock()
+
+
+def _write_epoch(root: str) -> int:
+    with _write_epochs_lock:
+        return _write_epochs.get(root, 0)
+
+
+def _next_write_epoch(root: str) -> None:
+    with _write_epochs_lock:
+        _write_epochs[root] = _write_epochs.get(root, 0) + 1
+
 
 #: Eviction order: lower ranks go first, least recently used first within a rank.
 _RANKS = {
@@ -194,8 +212,9 @@ class _Writer:
     save beyond that is dropped (a refetch later), so a slow disk never stalls a read.
     """
 
-    def __init__(self, limit: int = WRITE_QUEUE_BYTES) -> None:
+    def __init__(self, limit: int = WRITE_QUEUE_BYTES, *, root: str = "") -> None:
         self.limit = limit
+        self._root = root  # (for _next_write_epoch)
         self._cond = threading.Condition()
         self._queue: deque[tuple[Path, bytes] | Callable[[], None]] = deque()
         self._pending: dict[Path, bytes] = {}
@@ -254,8 +273,11 @@ class _Writer:
                 if callable(item):
                     item()
                 else:
-                    with contextlib.suppress(OSError):  # a full disk slows reads, never fails
-                        _atomic_write(*item)
+                    try:
+                        with contextlib.suppress(OSError):  # a full disk slows reads, no more
+                            _atomic_write(*item)
+                    finally:
+                        _next_write_epoch(self._root)  # (landed, or given up)
             except Exception:  # a job must not kill the writer
                 pass
             finally:
@@ -286,7 +308,7 @@ def _writer_for(root: Path) -> _Writer:
     with _WRITERS_LOCK:
         writer = _WRITERS.get(key)
         if writer is None:
-            writer = _WRITERS[key] = _Writer()
+            writer = _WRITERS[key] = _Writer(root=key[0])
         return writer
 
 
@@ -531,9 +553,10 @@ class DiskCache:
         self._checked = False
         self._ranges: dict[str, list[tuple[int, int]]] = {}
         #: until when (time.monotonic) the span directory is known not to exist, and the
-        #: files this process has begun to write (a look that one overtook is not kept)
+        #: write epoch of this directory (_write_epochs) that knowledge holds for
+        self._root_key = os.path.abspath(self.root)
         self._no_spans_until = 0.0
-        self._puts = 0
+        self._no_spans_epoch = -1
 
     # -- writing and reading files ----------------------------------------------------------
     def _atomic_write(self, path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
@@ -543,15 +566,16 @@ class DiskCache:
 
     def _put(self, path: Path, data: bytes, *, replace: bool = False) -> None:
         """Write a whole file, in the background when there is a writer (never raises)."""
-        with self._lock:
-            self._no_spans_until = 0.0  # (a span file may be coming: look again)
-            self._puts += 1
+        _next_write_epoch(self._root_key)  # begun (a span file may be coming)
         if self._writer is not None:
             if self._writer.submit(path, data, replace=replace):
                 self._note_written(len(data))
             return
-        with contextlib.suppress(OSError):
-            self._atomic_write(path, data)
+        try:
+            with contextlib.suppress(OSError):
+                self._atomic_write(path, data)
+        finally:
+            _next_write_epoch(self._root_key)  # landed
 
     def _read(self, path: Path) -> bytes | None:
         """A file's bytes (a queued write's too), its mtime touched now and then."""
@@ -828,17 +852,19 @@ class DiskCache:
         return os.path.isfile(self._span_file(digest_hex))
 
     def _no_spans(self) -> bool:
-        """Whether the span directory is missing (looked at once a SPAN_DIR_RECHECK)."""
+        """Whether the span directory is missing: looked at once a SPAN_DIR_RECHECK, and
+        again whenever this process has begun or finished writing a file in the cache
+        directory since (through any object or writer)."""
         now = time.monotonic()
+        epoch = _write_epoch(self._root_key)
         with self._lock:
-            if now < self._no_spans_until:
+            if now < self._no_spans_until and epoch == self._no_spans_epoch:
                 return True
-            puts = self._puts
         if os.path.isdir(self._span_dir):
             return False
-        with self._lock:
-            if self._puts == puts:  # no write began meanwhile
-                self._no_spans_until = now + SPAN_DIR_RECHECK
+        if _write_epoch(self._root_key) == epoch:  # no write began or landed meanwhile
+            with self._lock:
+                self._no_spans_until, self._no_spans_epoch = now + SPAN_DIR_RECHECK, epoch
         return True
 
     def load_prefix(self, digest_hex: str) -> bytes | None:

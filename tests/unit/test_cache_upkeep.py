@@ -315,19 +315,60 @@ def test_no_span_file_is_looked_for_while_the_span_directory_is_missing(
         assert not any(cache.has_span(name) for name in names)
         assert looks == [f"dir {root / 'spans' / 'sha256'}"]
 
-        other = DiskCache(root, background=False)  # another process on the same directory
+        # another process saves a span: this one takes the directory as missing a while
         name, data = span(5000)
-        other.save_span(name, data)
+        (root / "spans" / "sha256").mkdir(parents=True)
+        (root / "spans" / "sha256" / name).write_bytes(data)
         assert not cache.has_span(name)  # believed missing for SPAN_DIR_RECHECK
         clock[0] += 1.5
         assert cache.has_span(name)
-
-        mine, data = span(6000)
-        clock[0] += 1.5
         (root / "spans" / "sha256" / name).unlink()
         (root / "spans" / "sha256").rmdir()
+        clock[0] += 1.5
+        assert not cache.has_span(name)
+
+        # another object of this process saves one: seen at once, queued or written
+        other = DiskCache(root, background=background)
+        theirs, data = span(5500)
+        other.save_span(theirs, data)
+        assert cache.has_span(theirs)
+        other.flush()
+        assert cache.has_span(theirs)
+        (root / "spans" / "sha256" / theirs).unlink()
+        (root / "spans" / "sha256").rmdir()
+        clock[0] += 1.5
+
+        mine, data = span(6000)
         assert not cache.has_span(mine)  # the directory is gone again
         cache.save_span(mine, data)
         assert cache.has_span(mine)  # at once: queued, or written
         cache.flush()
         assert cache.has_span(mine)
+
+
+def test_a_span_saved_while_another_thread_looks_at_the_directory_is_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A look at the missing span directory made while a save is under way (begun, its
+    file not yet written) is not kept past the save: the saved span is there at once."""
+    import seekoci.cache as cache_module
+
+    cache = DiskCache(tmp_path, background=False)
+    name, data = span(7000)
+    begun, go = threading.Event(), threading.Event()
+    real = cache_module._atomic_write
+
+    def held(path: Any, what: Any) -> None:
+        begun.set()
+        go.wait(10)
+        real(path, what)
+
+    monkeypatch.setattr(cache_module, "_atomic_write", held)
+    saver = threading.Thread(target=cache.save_span, args=(name, data))
+    saver.start()
+    assert begun.wait(10)
+    assert not cache.has_span(span(7001)[0])  # looks while the write is held
+    go.set()
+    saver.join(10)
+    assert (tmp_path / "spans" / "sha256" / name).is_file()
+    assert cache.has_span(name)
