@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, IntegrityError
-from .zstd import thread_decompressor
+from .zstd import decompressor_for
 
 try:  # the table's checksums are XXH64; without the package, frames' own checksums only
     import xxhash
@@ -111,7 +111,8 @@ class SeekTable:
         import zstandard
 
         try:
-            with thread_decompressor().stream_reader(data, read_across_frames=False) as reader:
+            dctx = decompressor_for(want)
+            with dctx.stream_reader(data, read_across_frames=False) as reader:
                 out = reader.read(want + 1)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{where} is corrupt ({exc})") from None

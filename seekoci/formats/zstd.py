@@ -30,17 +30,26 @@ MAX_WINDOW = 1 << 30
 _FEED = 1 << 17
 
 _local = threading.local()
+#: Spans (and seekable frames) of at most this many uncompressed bytes are decoded by
+#: their thread's decompressor, larger ones by a decompressor of their own, dropped after:
+#: a decompressor keeps the buffers of the largest frame it decoded (up to its window,
+#: MAX_WINDOW) as long as it lives, and threads of the pools live as long as the process.
+REUSE_UP_TO = 4 << 20
 
 
-def thread_decompressor() -> zstandard.ZstdDecompressor:
-    """This thread's decompressor, made once (a decompressor is not for two threads at
-    once; each ``stream_reader`` of it starts a fresh session). Making one per span cost
-    more than decoding most spans of a zstd:chunked layer: its 65k chunks (3.7 KB median)
-    took 1.71 CPU-s with a new decompressor each, 0.93 with one."""
+def decompressor_for(size: int) -> zstandard.ZstdDecompressor:
+    """A decompressor for ``size`` uncompressed bytes, to be read to their end inside one
+    ``with`` of its ``stream_reader`` before this thread decodes anything else: up to
+    REUSE_UP_TO bytes, this thread's own, made once (one is not for two threads at once;
+    each ``stream_reader`` starts a fresh session); else a new one. Making one per span
+    cost more than decoding most spans of a zstd:chunked layer: its 65k chunks (3.7 KB
+    median) took 1.71 CPU-s with a new decompressor each, 0.93 with one."""
+    import zstandard
+
+    if size > REUSE_UP_TO:
+        return zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     dctx: zstandard.ZstdDecompressor | None = getattr(_local, "dctx", None)
     if dctx is None:
-        import zstandard
-
         dctx = _local.dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
     return dctx
 
@@ -129,7 +138,7 @@ def decode_span(
 
     want = span.uncompressed_size
     try:
-        with thread_decompressor().stream_reader(data, read_across_frames=True) as reader:
+        with decompressor_for(want).stream_reader(data, read_across_frames=True) as reader:
             out = reader.read(min(want + 1, sys.maxsize))  # (a TOC's sizes are unbounded)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None

@@ -84,6 +84,20 @@ def test_zstd_spans_are_runs_of_whole_frames(frame_size: int) -> None:
         assert zstd_decode(s, view, None) == data[s.uncompressed_start : s.uncompressed_end]
 
 
+def test_only_small_zstd_spans_share_their_thread_s_decompressor() -> None:
+    """A decompressor keeps the buffers of the largest frame it decoded: a span larger than
+    REUSE_UP_TO gets one of its own (dropped after it), smaller ones their thread's."""
+    from seekoci.formats import zstd as zstd_format
+
+    small, big = zstd_format.REUSE_UP_TO, zstd_format.REUSE_UP_TO + 1
+    mine = zstd_format.decompressor_for(small)
+    assert zstd_format.decompressor_for(1) is mine
+    assert zstd_format.decompressor_for(big) is not mine
+    assert zstd_format.decompressor_for(big) is not zstd_format.decompressor_for(big)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(zstd_format.decompressor_for, small).result() is not mine
+
+
 def test_a_thread_reuses_its_zstd_decompressor_after_a_bad_span() -> None:
     """A thread decodes every zstd span with one decompressor: a span that fails half-way
     (a cut frame, garbage) leaves nothing behind for the next one, and threads decoding at
