@@ -279,7 +279,7 @@ class SpanStream:
         if span.check != CHECK_COMPRESSED:  # an embedded TOC's chunk: checked once decoded
             if span.compressed_end - base > len(blob):  # a short body: by itself
                 return self._reader.decoded(span)
-            return self._reader.decoded_from(span, bytes(piece), keep=self._keep)
+            return self._reader.decoded_from(span, piece, keep=self._keep)  # read in place
         compressed: bytes | memoryview
         if span_matches(span, piece):
             compressed = piece  # decoded in place, copied only to be kept

@@ -233,22 +233,23 @@ class SpanReader:
             f"decode to their chunk digest sha256:{span.digest} after a refetch"
         )
 
-    def decoded_from(self, span: Span, compressed: bytes, *, keep: bool) -> bytes:
+    def decoded_from(self, span: Span, compressed: bytes | memoryview, *, keep: bool) -> bytes:
         """:meth:`decoded` from bytes fetched with other spans' (one range request for a
         run of them): decoded and checked; bytes that do not decode to the span's digest
         are fetched again by themselves, once (then :class:`IntegrityError`). ``keep`` (not
         a streaming read): the compressed bytes go to the cache directory and the decoded
-        ones to the memory of decoded spans, as :meth:`decoded` keeps them."""
+        ones to the memory of decoded spans, as :meth:`decoded` keeps them. ``compressed``
+        may be a view of the run's buffer: it is copied only to be kept."""
         if len(compressed) == span.compressed_size:
             decoded, _ = self._decode_checked(span, compressed)
             if decoded is not None:
                 if keep:
-                    self._keep_decoded(span, compressed, decoded, save=True)
+                    self._keep_decoded(span, bytes(compressed), decoded, save=True)
                 return decoded
         return self.decoded(span, tries=1)
 
     def _decode_checked(
-        self, span: Span, compressed: bytes
+        self, span: Span, compressed: bytes | memoryview
     ) -> tuple[bytes | None, FormatError | None]:
         """A span checked after decoding, decoded from ``compressed``: its bytes when they
         are the span's (:func:`decoded_matches`), else None, with the format's complaint
