@@ -78,24 +78,39 @@ _STALE_TMP = 3600.0
 #: extraction keeps none: a ``stat`` each, waiting for the GIL after every one, cost its
 #: writers ~0.9 of 4 CPU-s. A span another process saves meanwhile is fetched from the
 #: registry instead (the same checked bytes); this process's own saves are seen at once
-#: (_write_epochs).
+#: (_SpanDir.writes).
 SPAN_DIR_RECHECK = 1.0
 
-#: cache directory (absolute path) -> files this process has begun or finished writing
-#: there, through any DiskCache object or writer: a look at the span directory is kept
-#: only while this count stays what it was before the look
-_write_epochs: dict[str, int] = {}
-_write_epochs_lock = threading.Lock()
+
+@dataclasses.dataclass
+class _SpanDir:
+    """What this process knows of one cache directory's span directory, whichever
+    DiskCache object or writer it goes through (under _span_dirs_lock)."""
+
+    #: files this process has begun or finished writing in the cache directory
+    writes: int = 0
+    #: until when (time.monotonic) the span directory is known missing, and the count of
+    #: writes that knowledge holds for (a write since makes it stale)
+    missing_until: float = 0.0
+    missing_at: int = -1
 
 
-def _write_epoch(root: str) -> int:
-    with _write_epochs_lock:
-        return _write_epochs.get(root, 0)
+_span_dirs: dict[str, _SpanDir] = {}  # cache directory (absolute path) -> its _SpanDir
+_span_dirs_lock = threading.Lock()
 
 
-def _next_write_epoch(root: str) -> None:
-    with _write_epochs_lock:
-        _write_epochs[root] = _write_epochs.get(root, 0) + 1
+def _span_dir_of(root: str) -> _SpanDir:
+    """(Called with _span_dirs_lock held.)"""
+    found = _span_dirs.get(root)
+    if found is None:
+        found = _span_dirs[root] = _SpanDir()
+    return found
+
+
+def _wrote(root: str) -> None:
+    """A write in the cache directory ``root`` began or landed."""
+    with _span_dirs_lock:
+        _span_dir_of(root).writes += 1
 
 
 #: Eviction order: lower ranks go first, least recently used first within a rank.
@@ -214,7 +229,7 @@ class _Writer:
 
     def __init__(self, limit: int = WRITE_QUEUE_BYTES, *, root: str = "") -> None:
         self.limit = limit
-        self._root = root  # (for _next_write_epoch)
+        self._root = root  # (for _wrote)
         self._cond = threading.Condition()
         self._queue: deque[tuple[Path, bytes] | Callable[[], None]] = deque()
         self._pending: dict[Path, bytes] = {}
@@ -277,7 +292,7 @@ class _Writer:
                         with contextlib.suppress(OSError):  # a full disk slows reads, no more
                             _atomic_write(*item)
                     finally:
-                        _next_write_epoch(self._root)  # (landed, or given up)
+                        _wrote(self._root)  # (landed, or given up)
             except Exception:  # a job must not kill the writer
                 pass
             finally:
@@ -552,11 +567,7 @@ class DiskCache:
         self._written = 0
         self._checked = False
         self._ranges: dict[str, list[tuple[int, int]]] = {}
-        #: until when (time.monotonic) the span directory is known not to exist, and the
-        #: write epoch of this directory (_write_epochs) that knowledge holds for
-        self._root_key = os.path.abspath(self.root)
-        self._no_spans_until = 0.0
-        self._no_spans_epoch = -1
+        self._root_key = os.path.abspath(self.root)  # (for _span_dirs)
 
     # -- writing and reading files ----------------------------------------------------------
     def _atomic_write(self, path: Path, data: bytes | Callable[[BinaryIO], None]) -> None:
@@ -566,7 +577,7 @@ class DiskCache:
 
     def _put(self, path: Path, data: bytes, *, replace: bool = False) -> None:
         """Write a whole file, in the background when there is a writer (never raises)."""
-        _next_write_epoch(self._root_key)  # begun (a span file may be coming)
+        _wrote(self._root_key)  # begun (a span file may be coming)
         if self._writer is not None:
             if self._writer.submit(path, data, replace=replace):
                 self._note_written(len(data))
@@ -575,7 +586,7 @@ class DiskCache:
             with contextlib.suppress(OSError):
                 self._atomic_write(path, data)
         finally:
-            _next_write_epoch(self._root_key)  # landed
+            _wrote(self._root_key)  # landed
 
     def _read(self, path: Path) -> bytes | None:
         """A file's bytes (a queued write's too), its mtime touched now and then."""
@@ -856,15 +867,16 @@ class DiskCache:
         again whenever this process has begun or finished writing a file in the cache
         directory since (through any object or writer)."""
         now = time.monotonic()
-        epoch = _write_epoch(self._root_key)
-        with self._lock:
-            if now < self._no_spans_until and epoch == self._no_spans_epoch:
+        with _span_dirs_lock:
+            known = _span_dir_of(self._root_key)
+            if now < known.missing_until and known.writes == known.missing_at:
                 return True
+            writes = known.writes
         if os.path.isdir(self._span_dir):
             return False
-        if _write_epoch(self._root_key) == epoch:  # no write began or landed meanwhile
-            with self._lock:
-                self._no_spans_until, self._no_spans_epoch = now + SPAN_DIR_RECHECK, epoch
+        with _span_dirs_lock:
+            if known.writes == writes:  # no write began or landed meanwhile
+                known.missing_until, known.missing_at = now + SPAN_DIR_RECHECK, writes
         return True
 
     def load_prefix(self, digest_hex: str) -> bytes | None:
