@@ -239,12 +239,12 @@ class SpanReader:
         are fetched again by themselves, once (then :class:`IntegrityError`). ``keep`` (not
         a streaming read): the compressed bytes go to the cache directory and the decoded
         ones to the memory of decoded spans, as :meth:`decoded` keeps them. ``compressed``
-        may be a view of the run's buffer: it is copied only to be kept."""
+        may be a view of the run's buffer: it is copied only to be saved."""
         if len(compressed) == span.compressed_size:
             decoded, _ = self._decode_checked(span, compressed)
             if decoded is not None:
                 if keep:
-                    self._keep_decoded(span, bytes(compressed), decoded, save=True)
+                    self._keep_decoded(span, compressed, decoded, save=True)
                 return decoded
         return self.decoded(span, tries=1)
 
@@ -260,11 +260,14 @@ class SpanReader:
             return None, exc
         return (decoded if decoded_matches(span, decoded) else None), None
 
-    def _keep_decoded(self, span: Span, compressed: bytes, decoded: bytes, *, save: bool) -> None:
+    def _keep_decoded(
+        self, span: Span, compressed: bytes | memoryview, decoded: bytes, *, save: bool
+    ) -> None:
         """Keep a span checked after decoding: its decoded bytes in memory and, ``save``, its
-        compressed bytes in the cache directory (keyed by its digest, where it has one)."""
+        compressed bytes in the cache directory (keyed by its digest, where it has one; a
+        view of a run's buffer is copied then)."""
         if save and span.check == CHECK_UNCOMPRESSED and span.fetched:
-            self._cache.save_span(span.digest, compressed)
+            self._cache.save_span(span.digest, bytes(compressed))
         self.lru.put(span_key(span), decoded)
 
     # -- whole spans --------------------------------------------------------------------
