@@ -631,8 +631,8 @@ def _cuts_before(f: _File, current: list[_File], end: int) -> bool:
     )
 
 
-#: a file's place in its layer's tar stream (its data's offset), then its destination
-_TAR_ORDER = operator.attrgetter("entry.data_offset", "dst")
+#: a file's place in its layer's tar stream, then its destination
+_TAR_ORDER = operator.attrgetter("start", "dst")
 
 
 def _segments(files: list[_File]) -> list[list[_File]]:
