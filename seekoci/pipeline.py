@@ -78,7 +78,7 @@ class _Step:
     ready: bytes | None = None
     #: decoded with the neighbouring spans of its run (one task): what that task gives,
     #: each span's bytes or what decoding them raised, and this span's place in it
-    batch: concurrent.futures.Future[list[bytes | BaseException | None]] | None = None
+    batch: concurrent.futures.Future[_Decoded] | None = None
     part: int = 0
     #: the read ends inside this chunked span: only its first chunks are fetched (and how
     #: many, with the table that checks them); None: the whole span
@@ -93,6 +93,17 @@ class _Step:
             self.span.compressed_end,
             self.span.compressed_start + self.cut[1] * self.span.chunk_size,
         )
+
+
+class _Decoded:
+    """What one decode task made of its steps: each step's bytes, or the error decoding it
+    raised; or, ``joined``, the bytes of all its steps (that many) as one piece."""
+
+    __slots__ = ("joined", "pieces")
+
+    def __init__(self, pieces: list[bytes | BaseException | None], joined: int = 0) -> None:
+        self.pieces = pieces
+        self.joined = joined
 
 
 def _settle(target: concurrent.futures.Future[T], work: Callable[[], T]) -> None:
@@ -208,9 +219,7 @@ class SpanStream:
         last = run[-1]
         if last.end < last.span.uncompressed_size:  # the read ends inside it: its start only
             last.cut = self._reader.local_cut(last.span, last.end)
-        batches: list[
-            tuple[concurrent.futures.Future[list[bytes | BaseException | None]], list[_Step]]
-        ] = []
+        batches: list[tuple[concurrent.futures.Future[_Decoded], list[_Step]]] = []
         # (a run of less than two batches is still decoded by two tasks: both cores)
         limit = min(DECODE_BATCH, sum(step.span.uncompressed_size for step in run) // 2)
         size = limit
@@ -236,13 +245,20 @@ class SpanStream:
 
     def _decode_batch(
         self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, steps: list[_Step]
-    ) -> list[bytes | BaseException | None]:
+    ) -> _Decoded:
         """Each step's bytes, or the error decoding them raised (raised to the reader when
         it reaches that step, not before: the steps before it are delivered). Past an
         error that is not an :class:`Exception`, the steps left are not decoded: each
-        gets that error."""
+        gets that error. Steps decoded together (an embedded TOC's chunks) are one piece."""
+        together = self._decode_together(fetched, base, steps)
+        views = [view for view in together if view is not None]
+        if len(steps) > 1 and len(views) == len(steps):
+            return _Decoded([b"".join(views)], joined=len(steps))
         out: list[bytes | BaseException | None] = []
-        for step in steps:
+        for step, view in zip(steps, together, strict=True):
+            if view is not None:
+                out.append(view.tobytes())
+                continue
             try:
                 out.append(self._decode(fetched, base, step))
             except Exception as exc:
@@ -250,7 +266,24 @@ class SpanStream:
             except BaseException as exc:
                 out += [exc] * (len(steps) - len(out))
                 break
-        return out
+        return _Decoded(out)
+
+    def _decode_together(
+        self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, steps: list[_Step]
+    ) -> Sequence[memoryview | None]:
+        """The steps' bytes decoded by one call of the codec, where they are an embedded
+        TOC's whole chunks all in the fetched buffer (see :meth:`SpanReader.decoded_run`);
+        None for each step left to :meth:`_decode`."""
+        blob = fetched.result()
+        if len(steps) < 2 or any(
+            step.cut is not None
+            or step.span.check == CHECK_COMPRESSED
+            or step.span.zeros
+            or step.span.compressed_end - base > len(blob)
+            for step in steps
+        ):
+            return [None] * len(steps)
+        return self._reader.decoded_run([step.span for step in steps], blob, base, keep=self._keep)
 
     def _fetch(self, spans: list[Span], end: int) -> bytes | bytearray:
         if self._closed:
@@ -308,18 +341,27 @@ class SpanStream:
             self.close()
             raise
         self._ahead -= step.span.uncompressed_size
+        start, end = step.start, step.end
+        joined = step.batch.result().joined if step.batch is not None else 0
+        if joined:  # the bytes of this step and of the next ones of its batch, in one piece
+            last = step
+            for _ in range(joined - 1):
+                last = self._pending.popleft()
+                self._ahead -= last.span.uncompressed_size
+            end = len(data) - (last.span.uncompressed_size - last.end)
         self._plan()  # keep the window full while the reader uses this span
-        if step.start == 0 and step.end == len(data):
+        if start == 0 and end == len(data):
             return data
-        return data[step.start : step.end]
+        return data[start:end]
 
     @staticmethod
     def _take(step: _Step) -> bytes:
-        """The step's decoded bytes, once they are in."""
+        """The step's decoded bytes, once they are in (a batch decoded as one piece: all of
+        them, at its first step)."""
         if step.ready is not None:
             return step.ready
         if step.batch is not None:
-            results = step.batch.result()
+            results = step.batch.result().pieces
             found = results[step.part]
             results[step.part] = None  # taken: not held until the batch's last step is
             if isinstance(found, BaseException):

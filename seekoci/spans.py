@@ -248,6 +248,37 @@ class SpanReader:
                 return decoded
         return self.decoded(span, tries=1)
 
+    def decoded_run(
+        self, spans: Sequence[Span], blob: bytes | bytearray, base: int, *, keep: bool
+    ) -> list[memoryview | None]:
+        """:meth:`decoded_from` for several spans whose compressed bytes are in ``blob``
+        (from blob offset ``base``), decoded together where the codec can
+        (:meth:`LayerFormat.decode_run`): each span's bytes, as a view, when they match its
+        digest, else None (the caller takes that span by :meth:`decoded_from`). Only spans
+        with a digest of their decoded bytes come this way. ``keep``: kept as
+        :meth:`decoded_from` keeps them."""
+        misses: list[memoryview | None] = [None] * len(spans)
+        if any(span.check != CHECK_UNCOMPRESSED for span in spans):
+            return misses
+        try:
+            views = self.codec().decode_run(spans, blob, base, name=self.where)
+        except FormatError:
+            views = None
+        if views is None or len(views) != len(spans):
+            return misses
+        found = misses
+        whole = memoryview(blob)
+        for k, (span, view) in enumerate(zip(spans, views, strict=True)):
+            if len(view) != span.uncompressed_size:
+                continue
+            if hashlib.sha256(view).hexdigest() != span.digest:
+                continue
+            found[k] = view
+            if keep:
+                piece = whole[span.compressed_start - base : span.compressed_end - base]
+                self._keep_decoded(span, piece, view.tobytes(), save=True)
+        return found
+
     def _decode_checked(
         self, span: Span, compressed: bytes | memoryview
     ) -> tuple[bytes | None, FormatError | None]:

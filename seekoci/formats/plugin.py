@@ -17,7 +17,7 @@ embedded index is read through the ``read_range`` it is handed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import FormatError
@@ -115,6 +115,23 @@ class LayerFormat(Protocol):
         ``data`` may be a view into a larger buffer (a coalesced range request's): read it
         in place, return ``bytes``."""
         raise NotImplementedError
+
+    def decode_run(
+        self,
+        spans: Sequence[Span],
+        data: bytes | bytearray,
+        base: int,
+        *,
+        name: str = "layer",
+    ) -> Sequence[memoryview] | None:
+        """The uncompressed bytes of several whole spans, each checked by its caller after
+        decoding (an embedded TOC's chunks), whose compressed bytes are in ``data`` (the
+        blob from offset ``base`` on), decoded by one call that leaves the GIL once for all
+        of them, not once each; or None where the format has no such call (the caller
+        decodes them one by one). A FormatError names no span: the caller decodes them one
+        by one to find which. A span whose bytes come out wrong is the caller's to find
+        (by its length and digest)."""
+        return None
 
     def span_decoder(
         self, span: Span, window: bytes | None, *, name: str = "layer"

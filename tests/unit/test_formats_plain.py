@@ -194,3 +194,40 @@ def test_an_unknown_codec_is_a_format_error_naming_where() -> None:
     with pytest.raises(FormatError, match="layer X"):
         codec_for("bzip2", where="layer X")
     assert {"gzip", "none", "zstd"} <= set(CODECS)
+
+
+def test_zstd_decode_run_decodes_the_frames_of_one_buffer_in_one_call() -> None:
+    """``decode_run``: one frame per span (a zstd:chunked layer's chunks), read in place
+    from a buffer that holds the blob from ``base`` on, each span's bytes a view."""
+    from seekoci.formats import zstd as zstd_format
+
+    data = text_bytes("zstd-run", 60_000)
+    blob = zstd_frames(data, 4096)
+    indexer = ZstdIndexer(1)  # a span at every frame boundary: one frame each
+    assert run(indexer, blob, []) == data
+    spans = indexer.spans[2:9]
+    base = spans[0].compressed_start - 7  # the buffer starts before the first span
+    for buffer in (blob[base:], bytearray(blob[base : spans[-1].compressed_end])):
+        views = zstd_format.decode_run(spans, buffer, base)
+        assert views is not None
+        assert [bytes(v) for v in views] == [
+            data[s.uncompressed_start : s.uncompressed_end] for s in spans
+        ]
+    # a span of two frames decodes short: the batch refuses, each span is decoded alone
+    two = ZstdIndexer(6000)
+    assert run(two, blob, []) == data
+    assert two.spans[0].compressed_size > len(zstd_frames(data[:4096], 4096))
+    with pytest.raises(FormatError, match="spans 0-1"):
+        zstd_format.decode_run(two.spans[:2], blob, 0)
+    # a damaged frame: a FormatError, and the thread's decompressor still decodes after it
+    # (damage zstd does not notice, without checksums, is for the caller's digests)
+    bad = bytearray(blob)
+    bad[spans[3].compressed_start] ^= 0xFF  # its magic number
+    with pytest.raises(FormatError):
+        zstd_format.decode_run(spans, bytes(bad), 0)
+    views = zstd_format.decode_run(spans, blob, 0)
+    assert views is not None and bytes(views[3]) == data[spans[3].uncompressed_start :][:4096]
+    # spans the batch call is not for: none of them is decoded by it
+    big = Span(0, 0, 10, 0, zstd_format.REUSE_UP_TO + 1, "")
+    assert zstd_format.decode_run([spans[0], big], blob, 0) is None
+    assert zstd_format.decode_run([], blob, 0) is None

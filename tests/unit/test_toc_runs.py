@@ -5,6 +5,7 @@ fetched again by itself, and one damaged in the blob is an IntegrityError."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -114,21 +115,26 @@ def test_a_stream_gives_every_byte_before_a_chunk_damaged_in_the_blob(writer: st
     assert len(source.calls) <= 2  # the run, and the damaged chunk once more by itself
 
 
-def test_a_short_run_is_decoded_by_two_tasks_and_a_taken_chunk_is_let_go() -> None:
-    """A run's chunks are decoded in batches, at least two (both cores), and a batch does
-    not hold the bytes of a chunk the reader has taken (seekoci/pipeline.py)."""
+def test_a_short_run_is_decoded_by_two_tasks_each_one_piece_let_go_once_taken() -> None:
+    """A run's chunks are decoded in batches, at least two (both cores); a batch of chunks
+    decoded together is one piece of the stream, and the batch does not hold it once the
+    reader has taken it (seekoci/pipeline.py)."""
     some = FILES[:100]  # ~200 KB: one batch of up to DECODE_BATCH (1 MiB) would hold all
     made = WRITERS["zstd:chunked"](build_tar([file(name, data) for name, data in some]))
     layer, source = layer_over(made)
     expected = b"".join(data for _, data in some)
     stream = layer.stream_entry_range(0, len(expected))
+    stream._plan()  # type: ignore[attr-defined]
+    steps = list(stream._pending)  # type: ignore[attr-defined]
+    batches = list(dict.fromkeys(step.batch for step in steps))
+    assert len(batches) == 2  # two tasks
     first = next(iter(stream))
+    assert len(source.calls) == 1  # one run
+    head = batches[0].result()
+    assert head.joined == sum(step.batch is batches[0] for step in steps) > 1
     assert first == expected[: len(first)]
-    pending = list(stream._pending)  # type: ignore[attr-defined]
-    batches = {id(step.batch) for step in pending}
-    assert len(batches) == 2 and len(source.calls) == 1  # one run
-    assert pending[0].batch is not None and pending[0].part == 1  # the first's batch
-    assert pending[0].batch.result()[0] is None  # the first chunk's bytes: let go
+    assert len(first) == sum(s.span.uncompressed_size for s in steps if s.batch is batches[0])
+    assert head.pieces == [None]  # taken: let go
     assert first + b"".join(stream) == expected
 
 
@@ -174,3 +180,27 @@ def test_a_file_read_in_small_pieces_fetches_each_chunk_once(writer: str, kept: 
     assert b"".join(pieces) == data
     # a chunk two reads share is decoded once and kept (not fetched a second time)
     assert source.bytes_read < len(data) * 1.01, source.bytes_read
+
+
+@pytest.mark.parametrize("writer", ["zstd:chunked", "estargz"])
+def test_chunks_decoded_together_are_each_checked_against_their_digest(writer: str) -> None:
+    """A run's chunks decoded by one call of the codec (SpanReader.decoded_run) are each
+    checked against their own digest: one that does not match is left to the one-by-one
+    way (None), the others are delivered; a codec with no such call leaves them all."""
+    made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
+    layer, source = layer_over(made)
+    expected, _ = payloads(layer)
+    spans = [s for s in layer.index().spans if s.fetched][3:13]
+    base = spans[0].compressed_start - 5
+    blob = made.blob[base : spans[-1].compressed_end]
+    got = layer.spans.decoded_run(spans, blob, base, keep=False)
+    if writer == "estargz":  # (gzip members: decoded one by one, each as before)
+        assert got == [None] * len(spans)
+        return
+    assert [bytes(g) if g is not None else None for g in got] == [
+        expected[s.uncompressed_start : s.uncompressed_end] for s in spans
+    ]
+    wrong = dataclasses.replace(spans[4], digest="0" * 64)
+    got = layer.spans.decoded_run([*spans[:4], wrong, *spans[5:]], blob, base, keep=False)
+    assert [k for k, g in enumerate(got) if g is None] == [4]
+    assert source.calls == []  # nothing fetched: the buffer is the run's
