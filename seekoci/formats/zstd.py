@@ -233,6 +233,7 @@ class ZstdFormat(LayerFormat):
         }
     )
     decode_stream = staticmethod(decode_stream)
+    decode_run = staticmethod(decode_run)
 
     def sniff(
         self,
@@ -267,13 +268,3 @@ class ZstdFormat(LayerFormat):
         partial: bool = False,
     ) -> bytes:
         return decode_span(span, data, window, name=name, partial=partial)
-
-    def decode_run(
-        self,
-        spans: Sequence[Span],
-        data: bytes | bytearray,
-        base: int,
-        *,
-        name: str = "layer",
-    ) -> list[memoryview] | None:
-        return decode_run(spans, data, base, name=name)
