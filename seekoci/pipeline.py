@@ -271,15 +271,12 @@ class SpanStream:
     def _decode_together(
         self, fetched: concurrent.futures.Future[bytes | bytearray], base: int, steps: list[_Step]
     ) -> Sequence[memoryview | None]:
-        """The steps' bytes decoded by one call of the codec, where they are an embedded
-        TOC's whole chunks all in the fetched buffer (see :meth:`SpanReader.decoded_run`);
-        None for each step left to :meth:`_decode`."""
+        """The steps' bytes decoded by one call of the codec, where they are whole spans all
+        in the fetched buffer and the reader takes them that way (an embedded TOC's chunks,
+        see :meth:`SpanReader.decoded_run`); None for each step left to :meth:`_decode`."""
         blob = fetched.result()
         if len(steps) < 2 or any(
-            step.cut is not None
-            or step.span.check == CHECK_COMPRESSED
-            or step.span.zeros
-            or step.span.compressed_end - base > len(blob)
+            step.cut is not None or step.span.zeros or step.span.compressed_end - base > len(blob)
             for step in steps
         ):
             return [None] * len(steps)

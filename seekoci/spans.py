@@ -257,21 +257,18 @@ class SpanReader:
         digest, else None (the caller takes that span by :meth:`decoded_from`). Only spans
         with a digest of their decoded bytes come this way. ``keep``: kept as
         :meth:`decoded_from` keeps them."""
-        misses: list[memoryview | None] = [None] * len(spans)
+        found: list[memoryview | None] = [None] * len(spans)
         if any(span.check != CHECK_UNCOMPRESSED for span in spans):
-            return misses
+            return found
         try:
             views = self.codec().decode_run(spans, blob, base, name=self.where)
         except FormatError:
             views = None
         if views is None or len(views) != len(spans):
-            return misses
-        found = misses
+            return found
         whole = memoryview(blob)
         for k, (span, view) in enumerate(zip(spans, views, strict=True)):
-            if len(view) != span.uncompressed_size:
-                continue
-            if hashlib.sha256(view).hexdigest() != span.digest:
+            if not decoded_matches(span, view):
                 continue
             found[k] = view
             if keep:

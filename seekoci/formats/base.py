@@ -116,7 +116,7 @@ def span_matches(span: Span, data: bytes | memoryview) -> bool:
     return hashlib.sha256(data).hexdigest() == span.digest
 
 
-def decoded_matches(span: Span, decoded: bytes) -> bool:
+def decoded_matches(span: Span, decoded: bytes | memoryview) -> bool:
     """Whether a span checked after decoding (``check`` not ``compressed``) decoded to its
     bytes: the right length and, when the format records one, the right sha256."""
     if len(decoded) != span.uncompressed_size:
