@@ -63,11 +63,12 @@ def scan(tar: bytes, cuts: list[int], **kwargs: bool) -> TarScanner:
 @given(
     cuts=st.lists(st.integers(min_value=0, max_value=1 << 20), max_size=12),
     tar_format=st.sampled_from(["pax", "gnu", "ustar"]),
+    hash_thread=st.booleans(),
 )
 def test_every_regular_file_gets_the_sha256_of_its_bytes_however_the_stream_is_cut(
-    cuts: list[int], tar_format: str
+    cuts: list[int], tar_format: str, hash_thread: bool
 ) -> None:
-    entries = scan(sample_tar(tar_format), cuts).entries
+    entries = scan(sample_tar(tar_format), cuts, hash_thread=hash_thread).entries
     digests = {e.name: e.sha256 for e in entries}
     for name, data in FILES.items():
         assert digests[name] == hashlib.sha256(data).digest(), name
@@ -75,6 +76,32 @@ def test_every_regular_file_gets_the_sha256_of_its_bytes_however_the_stream_is_c
     assert by_name["data/big"].digest == sha256_digest(FILES["data/big"])
     for other in ("etc", "data", "data/link", "etc/sym"):
         assert by_name[other].sha256 is None and by_name[other].digest is None
+
+
+@pytest.mark.parametrize("hash_thread", [False, True])
+def test_a_buffer_the_caller_reuses_after_each_feed_is_hashed_as_it_was(
+    hash_thread: bool,
+) -> None:
+    tar = sample_tar()
+    scanner = TarScanner(name="digest test", hash_thread=hash_thread)
+    buf = bytearray(1000)
+    for at in range(0, len(tar), len(buf)):
+        piece = tar[at : at + len(buf)]
+        buf[: len(piece)] = piece
+        scanner.feed(memoryview(buf)[: len(piece)])
+        buf[:] = b"\xee" * len(buf)  # what the caller writes next
+    scanner.finish()
+    digests = {e.name: e.sha256 for e in scanner.entries}
+    assert all(digests[n] == hashlib.sha256(d).digest() for n, d in FILES.items())
+
+
+@pytest.mark.parametrize(("cpus", "thread"), [(None, False), (1, False), (3, False), (4, True)])
+def test_files_are_hashed_on_a_thread_only_with_cpus_to_spare(
+    monkeypatch: pytest.MonkeyPatch, cpus: int | None, thread: bool
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    assert TarScanner().hash_thread is thread
+    assert TarScanner(hash_thread=not thread).hash_thread is (not thread)
 
 
 def test_hashing_can_be_turned_off() -> None:
