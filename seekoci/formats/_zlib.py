@@ -200,6 +200,10 @@ class BlockInflater:
         self._dict = ctypes.create_string_buffer(WINDOW_SIZE)
         self._dict_len = ctypes.c_uint(0)
         self.finished = False
+        #: The last step stopped for want of input, not at a block end nor with its output
+        #: full: another step before more input is fed produces nothing (a call saved, and
+        #: with it a hand-over of the GIL: half the steps of an index build).
+        self.starved = False
         self._open = True
 
     # -- input -----------------------------------------------------------------------------
@@ -236,6 +240,11 @@ class BlockInflater:
         strm.avail_out = room
         rc = self._lib.inflate(ctypes.byref(strm), flush)
         produced = room - strm.avail_out
+        self.starved = (
+            strm.avail_in == 0
+            and strm.avail_out > 0
+            and not (flush == Z_BLOCK and strm.data_type & DT_BLOCK_END)
+        )
         if rc == Z_STREAM_END:
             self.finished = True
         elif rc not in (Z_OK, Z_BUF_ERROR):
@@ -275,6 +284,7 @@ class BlockInflater:
         if rc != Z_OK:
             raise FormatError(f"zlib inflateReset failed ({rc})")
         self.finished = False
+        self.starved = False
 
     def close(self) -> None:
         if self._open:

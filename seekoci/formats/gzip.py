@@ -354,7 +354,7 @@ class GzipIndexer(IndexerBase):
                 and self._out - self._span_ustart > self.span_size
             ):
                 self._checkpoint()
-            if not out and inflater.avail_in == 0:
+            if inflater.avail_in == 0 and (not out or inflater.starved):
                 return
 
     def _observe(self, cin: int) -> None:

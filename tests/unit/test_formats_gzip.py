@@ -12,7 +12,7 @@ import zlib
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from layers import (
     CI,
@@ -306,6 +306,60 @@ def test_either_inflate_library_gives_the_same_checkpoints(
     bad[-8] ^= 1
     with pytest.raises(FormatError, match="CRC"):
         index_blob(bytes(bad), span_size)
+
+
+@pytest.mark.parametrize("library", ["zlib", "zlib-ng"])
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 1 << 30),
+    level=st.integers(0, 9),
+    cuts=st.lists(st.integers(1, 4096), min_size=1, max_size=24),
+    flushes=st.lists(st.sampled_from(["block", "none"]), min_size=1, max_size=8),
+)
+def test_a_starved_step_means_the_next_one_would_produce_nothing(
+    library: str, seed: int, level: int, cuts: list[int], flushes: list[str]
+) -> None:
+    """``BlockInflater.starved`` lets the indexer skip a call: wherever it says so, a
+    further step makes no progress; and stepping until it says so, whatever the flush
+    mode of each step, decodes the whole stream."""
+    from seekoci.formats import _zlib
+
+    loaded = _zlib._load_zlib_ng() if library == "zlib-ng" else _zlib._load_zlib()
+    assert loaded is not None
+    data = random_bytes(f"starve{seed}", 6_000) + text_bytes(seed, 30_000)
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    raw = c.compress(data[:10_000]) + c.flush(zlib.Z_FULL_FLUSH) + c.compress(data[10_000:])
+    raw += c.flush()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_zlib, "_lib", loaded)
+        inflater = _zlib.BlockInflater(out_buffer_size=1 << 12)
+    out = bytearray()
+    pos = 0
+    calls = itertools.cycle(flushes)
+    steps = 0
+    for cut in itertools.cycle(cuts):
+        stop = min(len(raw), pos + cut)
+        inflater.feed(raw, pos, stop)
+        while not inflater.finished:
+            flush = _zlib.Z_BLOCK if next(calls) == "block" else _zlib.Z_NO_FLUSH
+            out += inflater.step(flush)
+            steps += 1
+            assert steps < 4 * (len(raw) + len(data)), "no progress"
+            if inflater.starved:
+                # (a step that stopped where a block ends, for want of the next one's
+                # header, may leave that mark to the next step: a checkpoint is only taken
+                # where a Z_BLOCK step stops, which is never starved)
+                state = (inflater.total_in, inflater.total_out)
+                if not inflater.finished:  # not even the end of the stream is reached
+                    assert inflater.step(_zlib.Z_BLOCK) == b""
+                    assert inflater.step(_zlib.Z_NO_FLUSH) == b""
+                    assert not inflater.finished
+                    assert (inflater.total_in, inflater.total_out) == state
+                break
+        pos = stop - inflater.avail_in
+        if inflater.finished:
+            break
+    assert bytes(out) == data and pos == len(raw)
 
 
 # --------------------------------------------------------------------------- headers
