@@ -14,6 +14,8 @@ from __future__ import annotations
 import compileall
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +78,59 @@ def workdir() -> Iterator[Path]:
     """Everything big (the blob, the registry's storage, caches), removed after the session."""
     with tempfile.TemporaryDirectory(prefix="seekoci-bench-") as tmp:
         yield Path(tmp)
+
+
+#: Size of the file system the benchmarks write whole trees into (sparse: it takes on the
+#: disk what the trees hold at most at once, ~9 GB).
+TREE_FS_BYTES = 24 << 30
+
+
+@pytest.fixture(scope="session")
+def tree_root(workdir: Path) -> Iterator[tuple[Path, str]]:
+    """Where the benchmarks write whole trees (``get /`` and the pulls they are measured
+    against), and what file system that is.
+
+    A journaled ext4 made for the session on a loop device, when the session can make one
+    (root, ``mkfs.ext4``, ``mount``): this machine's root file system is an ext4 without a
+    journal, where a new inode is looked for past every inode freed in the last minutes
+    (``recently_deleted``), so creating a tree within minutes of removing one -- another
+    benchmark's, or a round's -- costs 2-5x the kernel time, for seekoci and its baseline
+    alike but not evenly (docs/performance.md, "The thirteenth session's changes"). A
+    journaled ext4, what most machines write to, has no such state. Else the work
+    directory, and the page says so."""
+    image = workdir / "trees.ext4"
+    mount = workdir / "trees"
+    mount.mkdir()
+    mounted = False
+    if hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("mkfs.ext4"):
+        with image.open("wb") as f:
+            f.truncate(TREE_FS_BYTES)
+        # inode tables and journal written now, not by a kernel thread during the runs
+        init = "lazy_itable_init=0,lazy_journal_init=0"
+        made = subprocess.run(
+            ["mkfs.ext4", "-q", "-F", "-E", init, str(image)], capture_output=True
+        )
+        if made.returncode == 0:
+            mounted = (
+                subprocess.run(
+                    ["mount", "-o", "loop", str(image), str(mount)], capture_output=True
+                ).returncode
+                == 0
+            )
+    what = (
+        "a journaled ext4 made for the session on a loop device (this machine's root is an "
+        "ext4 without a journal)"
+        if mounted
+        else "the work directory on this machine's root file system"
+    )
+    try:
+        yield mount, what
+    finally:
+        if mounted:
+            os.sync()
+            if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+        image.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

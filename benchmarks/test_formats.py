@@ -275,12 +275,14 @@ def pull_into(url: str, decompress: list[str], dest: Path) -> int:
 
 
 @pytest.mark.parametrize("kind", TREE_KINDS)
-def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tmp_path) -> None:
+def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tree_root) -> None:
     """``get /`` of the image (a fresh process, an empty cache, through the proxy) against
     the standard pull: the blob streamed into ``decompress | tar -x``. Two rounds, the pull
     first in one and last in the other, the best of each side: creating 50k files on this
     disk swings by 2-5x for minutes at a time (see test_image_pipeline.py); nothing is
-    removed until both rounds are done."""
+    removed until both rounds are done. The trees go where :func:`conftest.tree_root` says."""
+    tmp_path = tree_root[0] / f"formats-{TREE_KINDS.index(kind)}"
+    tmp_path.mkdir()
     ref, _blob = images[kind]
     layer = seekoci.open_image(ref, cache_dir=False).layers[0]
     url = registry.blob_url(ref.split("/", 1)[1].split(":")[0], layer.digest)
@@ -325,6 +327,7 @@ def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tmp_pa
         "pull_bytes": float(received),
         "rounds": [round(o[0], 1) for o in ours],
         "pull_rounds": [round(p[0], 1) for p in pulls],
+        "tree_fs": tree_root[1],
     }
     write_report(bench_layer)
 
@@ -379,7 +382,8 @@ def write_report(bench_layer: GeneratedLayer) -> None:
             "against the standard pull: the blob streamed into `gzip -dc` or `zstd -dc` and",
             "`tar -x` (the trees compared: the same files, the same sizes). The best of "
             f"{TREE_ROUNDS} rounds each, the pull first in one and last in the other "
-            "(every round in the last column).",
+            "(every round in the last column). The trees were written into "
+            f"{_rows[f'tree:{trees[0]}'].get('tree_fs', 'the work directory')}.",
             "",
             "| layer | files | seekoci | requests | blob bytes | peak RSS | pull + untar "
             "| ratio (time) | rounds: seekoci / pull |",
