@@ -15,6 +15,17 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: CPUs from which one index pass (it keeps ~1.5 busy: inflate, hashing, tar headers) leaves
+#: room for more threads beside it; with fewer, threads added beside a pass take its CPU.
+ROOM_BESIDE_A_PASS = 4
+
+
+def room_beside_a_pass() -> bool:
+    """Whether this machine has CPUs to spare beside a running index pass
+    (:data:`ROOM_BESIDE_A_PASS`)."""
+    return (os.cpu_count() or 1) >= ROOM_BESIDE_A_PASS
+
+
 _POOLS: dict[str, tuple[int, concurrent.futures.ThreadPoolExecutor]] = {}
 _LOCK = threading.Lock()
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._threads import room_beside_a_pass
 from .fileobj import RangeFile
 from .formats.tar import TarEntry, normalize_name
 from .layer import Layer, Progress
@@ -134,8 +135,6 @@ def _lookups(layers: list[Layer], name: str) -> _Lookups:
 
 #: How long a lookup runs alone before the next layer's starts next to it (if it builds).
 _LOOK_AHEAD_AFTER_S = 0.05
-#: Cores from which a pass beside a running one always has room (a pass keeps ~1.5 busy).
-_ROOM_FOR_TWO_PASSES = 4
 
 
 def _room_beside(layer: Layer) -> bool:
@@ -144,7 +143,7 @@ def _room_beside(layer: Layer) -> bool:
     the network and leaves the CPU idle. On two cores a pass that inflates as fast as the
     blob arrives loses a tenth of its speed to the guess (a file near the end of a big
     lower layer: 6.8-7.2 s alone, 7.3-8.1 s beside the guess)."""
-    if (os.cpu_count() or 1) >= _ROOM_FOR_TWO_PASSES:
+    if room_beside_a_pass():
         return True
     return layer.pass_meter.waits_on_network() is True
 

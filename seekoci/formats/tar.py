@@ -20,13 +20,12 @@ import collections
 import concurrent.futures
 import hashlib
 import math
-import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 from zlib import adler32
 
-from .._threads import submit_or_run
+from .._threads import room_beside_a_pass, submit_or_run
 from ..errors import FormatError
 
 BLOCK = 512
@@ -235,9 +234,6 @@ def parse_pax(data: bytes, at: int) -> dict[str, bytes]:
 
 #: Bytes of file data collected before they go to the hashing thread in one job.
 HASH_BATCH = 1 << 20
-#: CPUs from which files are hashed on a thread of their own; with fewer, in the scanner's
-#: thread as the bytes go by (see :class:`TarScanner`).
-HASH_THREAD_FROM_CPUS = 4
 #: Jobs queued before the scanner waits for the oldest (at most ~16 MiB held).
 _HASH_BATCHES_PENDING = 16
 
@@ -260,10 +256,10 @@ class TarScanner:
     ``hash_thread`` they are hashed on a worker thread of the scanner's own, in batches of
     about :data:`HASH_BATCH` bytes, next to the inflate (hashlib and the inflaters release
     the GIL on large buffers); without it, here, as they go by. The default is the thread
-    from :data:`HASH_THREAD_FROM_CPUS` CPUs: with fewer the CPUs are full anyway, and a
-    fourth thread taking the GIL in turn costs more than it overlaps (the bench's 1 GiB
-    layer's index build on two vCPUs: 3.90-4.16 s here against 4.09-4.42 s on the thread;
-    see docs/index-format.md).
+    where the CPUs leave room beside a pass (:func:`~seekoci._threads.room_beside_a_pass`:
+    four or more); with fewer they are full anyway, and a fourth thread taking the GIL in
+    turn costs more than it overlaps (the bench's 1 GiB layer's index build on two vCPUs:
+    3.90-4.16 s here against 4.09-4.42 s on the thread; see docs/index-format.md).
     """
 
     def __init__(
@@ -272,7 +268,7 @@ class TarScanner:
         self.entries: list[TarEntry] = []
         self.hash_files = hash_files
         if hash_thread is None:
-            hash_thread = (os.cpu_count() or 1) >= HASH_THREAD_FROM_CPUS
+            hash_thread = room_beside_a_pass()
         self.hash_thread = hash_thread
         self._hasher: Any = None  # sha256 of the file whose data is going by
         self._hash_left = 0  # data bytes of that file still to come
@@ -330,24 +326,21 @@ class TarScanner:
                 continue
             if self._skip:
                 step = min(self._skip, n - i)
-                if self._hash_left and not self.hash_thread:
-                    part = min(step, self._hash_left)
-                    self._hasher.update(view[i : i + part])
-                    self._hash_left -= part
-                    if not self._hash_left:
-                        assert self._hashed is not None
-                        self._hashed.sha256 = self._hasher.digest()
-                        self._hasher = self._hashed = None
-                elif self._hash_left:
+                if self._hash_left:
                     part = min(step, self._hash_left)
                     piece = view[i : i + part]
-                    # keep a view of immutable bytes; copy anything a caller may reuse
-                    if not isinstance(view.obj, bytes) or part < 65536:
-                        piece = bytes(piece)  # type: ignore[assignment]
                     self._hash_left -= part
                     done = self._hashed if not self._hash_left else None
-                    self._batch.append((self._hasher, piece, done))
-                    self._batch_bytes += part
+                    if self.hash_thread:
+                        # keep a view of immutable bytes; copy anything a caller may reuse
+                        if not isinstance(view.obj, bytes) or part < 65536:
+                            piece = bytes(piece)  # type: ignore[assignment]
+                        self._batch.append((self._hasher, piece, done))
+                        self._batch_bytes += part
+                    else:
+                        self._hasher.update(piece)
+                        if done is not None:
+                            done.sha256 = self._hasher.digest()
                     if done is not None:
                         self._hasher = self._hashed = None
                 i += step
