@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from . import _gc
 from ._allocator import release_free_memory
 from .errors import FormatError
 from .fileinfo import FileInfo
@@ -320,7 +321,8 @@ def _extract(
     copied = _Copied(0, progress, growing=True)
     feed = _SegmentFeed(copied)
     try:
-        _walk(img, tree, top, root_dest, inside, staging, keep_special_bits, warn, dirs, feed)
+        with _gc.paused():  # a _File per file, no network wait: nothing to collect
+            _walk(img, tree, top, root_dest, inside, staging, keep_special_bits, warn, dirs, feed)
         copied.settle()
         feed.finish()
     finally:

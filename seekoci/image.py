@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _gc
 from ._threads import room_beside_a_pass
 from .fileobj import RangeFile
 from .formats.tar import TarEntry, normalize_name
@@ -195,9 +196,9 @@ class Image:
         with self._lock:
             if self._tree is None:
                 index_layers(self.layers)
-                self._tree = Tree.merged(
-                    (layer.digest or layer.name, _shown(layer)) for layer in self.layers
-                )
+                shown = [(layer.digest or layer.name, _shown(layer)) for layer in self.layers]
+                with _gc.paused():  # every entry and node: CPU only, nothing to collect
+                    self._tree = Tree.merged(shown)
             return self._tree
 
     def _fast_entry(self, path: str) -> tuple[Layer, TarEntry] | None:
