@@ -280,7 +280,9 @@ def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tree_r
     the standard pull: the blob streamed into ``decompress | tar -x``. Two rounds, the pull
     first in one and last in the other, the best of each side: creating 50k files on this
     disk swings by 2-5x for minutes at a time (see test_image_pipeline.py); nothing is
-    removed until both rounds are done. The trees go where :func:`conftest.tree_root` says."""
+    removed until both rounds are done, and ``sync`` before each run, so none pays for the
+    write-back of the tree before it (as test_image_pipeline.py does). The trees go where
+    :func:`conftest.tree_root` says."""
     tmp_path = tree_root[0] / f"formats-{TREE_KINDS.index(kind)}"
     tmp_path.mkdir()
     ref, _blob = images[kind]
@@ -310,6 +312,7 @@ def test_whole_tree_empty_cache(kind: str, images, registry, bench_layer, tree_r
 
     for r in range(TREE_ROUNDS):
         for step in (pull, seekoci_get) if r % 2 == 0 else (seekoci_get, pull):
+            os.sync()
             step(r)
     pulled = {k: v for k, v in _tree_files(tmp_path / "pulled-0").items() if k not in FORMAT_NAMES}
     for r in range(TREE_ROUNDS):  # the same files, the same sizes
