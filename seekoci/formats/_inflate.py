@@ -68,3 +68,34 @@ def gzip_inflater() -> Any:
     from isal when it is installed, else zlib."""
     module = _fast if _fast is not None else zlib
     return module.decompressobj(31)
+
+
+#: isal's reader of gzip members back to back (C, python-isal >= 1.5): one call decodes
+#: them all and leaves the GIL once, not once a member
+_members_reader: Any = getattr(_fast, "_GzipReader", None)
+#: what it raises for members that are not whole or not gzip (EOFError: cut short;
+#: OSError: BadGzipFile, a bad CRC-32 or length)
+_MEMBERS_ERRORS: tuple[type[Exception], ...] = (EOFError, OSError, ValueError, *INFLATE_ERRORS)
+
+
+def gunzip_members(data: bytes | bytearray | memoryview, size: int) -> bytearray | None:
+    """Whole gzip members back to back in ``data``, decoded by one call into a buffer of
+    ``size`` bytes: None unless they decode to exactly ``size`` bytes (each member's CRC-32
+    and length checked by the reader), or when isal has no such reader."""
+    if _members_reader is None:
+        return None
+    out = bytearray(size)
+    view = memoryview(out)
+    done = 0
+    try:
+        reader = _members_reader(data)
+        while done < size:
+            n = reader.readinto(view[done:])
+            if not n:
+                return None  # short
+            done += n
+        if reader.read(1):
+            return None  # longer than said
+    except _MEMBERS_ERRORS:
+        return None
+    return out

@@ -24,16 +24,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import FormatError, IntegrityError
+from ._inflate import gunzip_members
 from .base import Span
 from .gzip import GzipFormat, gunzip
 from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
 
 FOOTER_SIZE = 51
+#: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
+_MIN_MEMBER = 20
+#: What a run's members may decode to beyond four times its chunks (tar headers after a
+#: payload share its member), before the run is decoded chunk by chunk instead.
+_RUN_SLACK = 4 << 20
 LEGACY_FOOTER_SIZE = 47
 TOC_NAME = "stargz.index.json"
 #: The TOC digest annotation (sha256 of the TOC JSON as stored) and the tar size one.
@@ -109,6 +115,75 @@ class EstargzFormat(GzipFormat):
         what = f"{name}: chunk at compressed {span.compressed_start}"
         out = gunzip(data, span.skip + span.uncompressed_size, what=what)
         return out[span.skip :]
+
+    def decode_run(
+        self,
+        spans: Sequence[Span],
+        data: bytes | bytearray,
+        base: int,
+        *,
+        name: str = "layer",
+    ) -> list[memoryview] | None:
+        """Chunks whose compressed bytes are in ``data`` (from blob offset ``base``),
+        decoded by one call for each stretch of gzip members back to back, where
+        :meth:`decode_span` makes a call each (65k for a 1 GB layer, each a hand-over of
+        the GIL between threads). A chunk's range is one member (what eStargz writers make
+        of a file's payload), whose trailer gives the length it decodes to (ISIZE): so
+        each chunk is found in its stretch's output without decoding member by member,
+        and the decoder checks every trailer. A range that holds more than its trailer
+        says (several small files' members, shared by their chunks: ``innerOffset``) is
+        decoded once for all of its chunks. None for ranges that fit neither; the caller
+        checks every chunk's digest."""
+        ranges: list[tuple[int, int]] = []  # distinct ranges, in blob order
+        range_of: list[int] = []
+        for span in spans:
+            start, end = span.compressed_start, span.compressed_end
+            if not ranges or ranges[-1] != (start, end):
+                if ranges and start < ranges[-1][1]:
+                    return None  # overlaps the one before without being it
+                if end - start < _MIN_MEMBER or start < base or end - base > len(data):
+                    return None
+                ranges.append((start, end))
+            range_of.append(len(ranges) - 1)
+        need = [0] * len(ranges)  # bytes each range must decode to
+        for span, r in zip(spans, range_of, strict=True):
+            need[r] = max(need[r], span.skip + span.uncompressed_size)
+        sizes = [int.from_bytes(data[end - 4 - base : end - base], "little") for _, end in ranges]
+        single = [size >= n for size, n in zip(sizes, need, strict=True)]
+        if sum(size for size, one in zip(sizes, single, strict=True) if one) > (
+            4 * sum(need) + _RUN_SLACK
+        ):
+            return None  # trailers that promise far more than the chunks: one by one
+        whole = memoryview(data)
+        outputs: list[memoryview] = [whole] * len(ranges)  # each range's output ...
+        where = [0] * len(ranges)  # ... and where it starts there
+        r = 0
+        while r < len(ranges):
+            lo, hi = ranges[r]
+            if not single[r]:  # members of its own: once for all its chunks
+                try:
+                    outputs[r] = memoryview(
+                        gunzip(whole[lo - base : hi - base], need[r], what=name)
+                    )
+                except FormatError:
+                    return None
+                r += 1
+                continue
+            first, total = r, sizes[r]
+            while r + 1 < len(ranges) and single[r + 1] and ranges[r + 1][0] == ranges[r][1]:
+                r += 1
+                where[r] = total
+                total += sizes[r]
+            out = gunzip_members(whole[ranges[first][0] - base : ranges[r][1] - base], total)
+            if out is None:
+                return None
+            outputs[first : r + 1] = [memoryview(out)] * (r + 1 - first)
+            r += 1
+        views = []
+        for span, r in zip(spans, range_of, strict=True):
+            at = where[r] + span.skip
+            views.append(outputs[r][at : at + span.uncompressed_size])
+        return views
 
     def span_decoder(self, span: Span, window: bytes | None, *, name: str = "layer") -> None:
         return None  # a chunk is its own gzip members, decoded whole (decode_span)
