@@ -13,6 +13,7 @@ from layers import FlakySource, build_tar, file, random_bytes, text_bytes
 from tocwriter import Made, estargz, zstd_chunked
 
 import seekoci
+import seekoci.formats.estargz as estargz_format
 from seekoci.cache import MemoryCache
 
 FILES = [(f"d/f{i:03}", text_bytes(f"f{i}", 300 + 37 * i)) for i in range(300)]
@@ -182,21 +183,19 @@ def test_a_file_read_in_small_pieces_fetches_each_chunk_once(writer: str, kept: 
     assert source.bytes_read < len(data) * 1.01, source.bytes_read
 
 
-@pytest.mark.parametrize("writer", ["zstd:chunked", "estargz"])
+@pytest.mark.parametrize("writer", ["zstd:chunked", "estargz", "estargz-packed"])
 def test_chunks_decoded_together_are_each_checked_against_their_digest(writer: str) -> None:
     """A run's chunks decoded by one call of the codec (SpanReader.decoded_run) are each
     checked against their own digest: one that does not match is left to the one-by-one
-    way (None), the others are delivered; a codec with no such call leaves them all."""
+    way (None), the others are delivered. (eStargz: gzip members back to back, some shared
+    by several small files.)"""
     made = WRITERS[writer](build_tar([file(name, data) for name, data in FILES]))
     layer, source = layer_over(made)
     expected, _ = payloads(layer)
     spans = [s for s in layer.index().spans if s.fetched][3:13]
-    base = spans[0].compressed_start - 5
+    base = max(0, spans[0].compressed_start - 5)
     blob = made.blob[base : spans[-1].compressed_end]
     got = layer.spans.decoded_run(spans, blob, base, keep=False)
-    if writer == "estargz":  # (gzip members: decoded one by one, each as before)
-        assert got == [None] * len(spans)
-        return
     assert [bytes(g) if g is not None else None for g in got] == [
         expected[s.uncompressed_start : s.uncompressed_end] for s in spans
     ]
@@ -204,3 +203,82 @@ def test_chunks_decoded_together_are_each_checked_against_their_digest(writer: s
     got = layer.spans.decoded_run([*spans[:4], wrong, *spans[5:]], blob, base, keep=False)
     assert [k for k, g in enumerate(got) if g is None] == [4]
     assert source.calls == []  # nothing fetched: the buffer is the run's
+
+
+def _estargz_run(**kwargs: Any) -> tuple[seekoci.Layer, list[Any], bytes, int, bytes]:
+    """An eStargz layer, ten of its chunks from the fourth, their blob bytes (from five
+    bytes before the first) and where those start, and the layer's payloads."""
+    made = estargz(build_tar([file(name, data) for name, data in FILES]), **kwargs)
+    layer, _ = layer_over(made)
+    expected, _ = payloads(layer)
+    spans = [s for s in layer.index().spans if s.fetched][3:13]
+    base = max(0, spans[0].compressed_start - 5)
+    return layer, spans, made.blob[base : spans[-1].compressed_end], base, expected
+
+
+def test_gzip_members_with_a_gap_between_them_are_decoded_by_stretch() -> None:
+    """Chunks not back to back (a file left out of the run: its member lies between) are
+    decoded a stretch of members at a time, each chunk found where it is."""
+    layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
+    picked = spans[:3] + spans[5:]
+    views = layer.spans.codec().decode_run(picked, blob, base)
+    assert views is not None
+    assert [bytes(v) for v in views] == [
+        expected[s.uncompressed_start : s.uncompressed_end] for s in picked
+    ]
+
+
+@pytest.mark.parametrize("lie", ["less", "more", "4 GiB"])
+def test_a_member_whose_trailer_lies_about_its_length(
+    lie: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's trailer (ISIZE) says where the next chunk starts in a stretch's output.
+    One that says less than its chunk holds: that range is decoded by itself, up to its
+    chunk (as decode_span does: the trailer is never reached), and every chunk is right.
+    One that says more: the decoder finds the lie, and the run is left to the one-by-one
+    way. One that says 4 GiB: the same, with no 4 GiB buffer made."""
+    layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
+    end = spans[4].compressed_end - base
+    true_size = int.from_bytes(blob[end - 4 : end], "little")
+    size = {"less": 7, "more": true_size + 100, "4 GiB": 0xFFFFFFFF}[lie]
+    damaged = blob[: end - 4] + size.to_bytes(4, "little") + blob[end:]
+    asked: list[int] = []  # the buffers the stretches would be decoded into
+    decode = estargz_format.gunzip_members
+    monkeypatch.setattr(
+        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
+    )
+    views = layer.spans.codec().decode_run(spans, damaged, base)
+    assert max(asked, default=0) < 1 << 20
+    right = [expected[s.uncompressed_start : s.uncompressed_end] for s in spans]
+    if lie == "less":
+        assert views is not None
+        assert [bytes(v) for v in views] == right
+    else:
+        assert views is None
+        assert layer.spans.decoded_run(spans, damaged, base, keep=False) == [None] * len(spans)
+
+
+def test_a_member_damaged_inside_fails_its_stretch_and_is_found_by_itself() -> None:
+    """A flipped byte in one member's deflate data: the stretch's one call fails (CRC-32 or
+    a corrupt stream), so the run is left to the one-by-one way, which finds the member
+    (that chunk: no bytes, the others: theirs)."""
+    layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
+    at = (spans[6].compressed_start + spans[6].compressed_end) // 2 - base
+    damaged = blob[:at] + bytes([blob[at] ^ 0x55]) + blob[at + 1 :]
+    assert layer.spans.codec().decode_run(spans, damaged, base) is None
+    for k, span in enumerate(spans):
+        piece = damaged[span.compressed_start - base : span.compressed_end - base]
+        decoded, _ = layer.spans._decode_checked(span, piece)
+        right = expected[span.uncompressed_start : span.uncompressed_end]
+        assert decoded == (None if k == 6 else right)
+
+
+def test_a_whole_estargz_layer_reads_the_same_through_runs_of_members() -> None:
+    """The whole payload space of layers with shared members and chunked files, read
+    through the pipeline's runs, is the files' bytes (each chunk checked)."""
+    for kwargs in ({"chunk_size": 4 << 10}, {"chunk_size": 16 << 10, "pack_below": 4096}):
+        made = estargz(build_tar([file(name, data) for name, data in FILES]), **kwargs)
+        layer, source = layer_over(made)
+        expected, _ = payloads(layer)
+        assert layer.read_entry_range(0, len(expected)) == expected
+        assert len(source.calls) == 1
