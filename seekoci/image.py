@@ -26,9 +26,8 @@ if TYPE_CHECKING:
     from .fileinfo import FileInfo
 
 
-def _shown(layer: Layer) -> Sequence[TarEntry]:
+def _shown(layer: Layer, entries: Sequence[TarEntry]) -> Sequence[TarEntry]:
     """A layer's entries as the image's filesystem has them (format files left out)."""
-    entries = layer.entries()
     hidden = layer.hidden_names
     if not hidden:
         return entries
@@ -196,9 +195,15 @@ class Image:
         with self._lock:
             if self._tree is None:
                 index_layers(self.layers)
-                shown = [(layer.digest or layer.name, _shown(layer)) for layer in self.layers]
-                with _gc.paused():  # every entry and node: CPU only, nothing to collect
-                    self._tree = Tree.merged(shown)
+                # each layer's entries at hand (pages of an index read by range: loaded)
+                entries = [layer.entries() for layer in self.layers]
+                # then every entry made (an embedded TOC's, as they are iterated) and every
+                # node: CPU only, ~300k objects with no cycles, nothing to collect
+                with _gc.paused():
+                    self._tree = Tree.merged(
+                        (layer.digest or layer.name, _shown(layer, found))
+                        for layer, found in zip(self.layers, entries, strict=True)
+                    )
             return self._tree
 
     def _fast_entry(self, path: str) -> tuple[Layer, TarEntry] | None:
