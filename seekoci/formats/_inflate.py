@@ -70,8 +70,10 @@ def gzip_inflater() -> Any:
     return module.decompressobj(31)
 
 
-#: isal's reader of gzip members back to back (C, python-isal >= 1.5): one call decodes
-#: them all and leaves the GIL once, not once a member
+#: isal's reader of gzip members back to back, written in C: one call decodes them all and
+#: leaves the GIL once, not once a member. A name of isal's own (``_GzipReader``, what its
+#: ``igzip`` reads with), so looked up, not imported: an isal without it leaves each
+#: chunk to its own call (see :func:`gunzip_members`)
 _members_reader: Any = getattr(_fast, "_GzipReader", None)
 #: what it raises for members that are not whole or not gzip (EOFError: cut short;
 #: OSError: BadGzipFile, a bad CRC-32 or length)

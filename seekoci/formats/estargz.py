@@ -35,11 +35,6 @@ from .index import LayerIndex
 from .plugin import NO_ANNOTATIONS, ReadRange
 
 FOOTER_SIZE = 51
-#: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
-_MIN_MEMBER = 20
-#: What a run's members may decode to beyond four times its chunks (tar headers after a
-#: payload share its member), before the run is decoded chunk by chunk instead.
-_RUN_SLACK = 4 << 20
 LEGACY_FOOTER_SIZE = 47
 TOC_NAME = "stargz.index.json"
 #: The TOC digest annotation (sha256 of the TOC JSON as stored) and the tar size one.
@@ -50,6 +45,11 @@ LANDMARKS = frozenset({".prefetch.landmark", ".no.prefetch.landmark", TOC_NAME})
 #: Bytes of the blob's end fetched to find footer and TOC in one read (a TOC of ~1500
 #: files compresses to about this much; a larger one costs a second read).
 TAIL_GUESS = 64 << 10
+#: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
+_MIN_MEMBER = 20
+#: What a run's members may decode to beyond four times its chunks (tar headers after a
+#: payload share its member), before the run is decoded chunk by chunk instead.
+_RUN_SLACK = 4 << 20
 
 
 def parse_footer(tail: bytes) -> tuple[int, int] | None:

@@ -282,3 +282,16 @@ def test_a_whole_estargz_layer_reads_the_same_through_runs_of_members() -> None:
         expected, _ = payloads(layer)
         assert layer.read_entry_range(0, len(expected)) == expected
         assert len(source.calls) == 1
+
+
+def test_without_isals_member_reader_each_chunk_is_decoded_by_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An isal without its reader of members back to back (or no isal): the run is left to
+    the chunk-by-chunk way, and the layer reads the same."""
+    import seekoci.formats._inflate as inflate
+
+    monkeypatch.setattr(inflate, "_members_reader", None)
+    layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
+    assert layer.spans.codec().decode_run(spans, blob, base) is None
+    assert layer.read_entry_range(0, len(expected)) == expected
