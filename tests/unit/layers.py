@@ -30,7 +30,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hypothesis import HealthCheck, Phase, settings
 
@@ -270,6 +270,26 @@ def compress_layer(tar: bytes, producer: str, *, seed: int | str = 0) -> bytes:
     if producer == "zstd-frames":
         return zstd_frames(tar, 8192)
     return compress(tar, producer, seed=seed)
+
+
+def one_layer_image(tar: bytes) -> Any:
+    """A :class:`seekoci.image.Image` of one gzip layer of ``tar`` (32 KiB spans), its bytes
+    in memory, cached in memory."""
+    import seekoci
+    from seekoci.cache import MemoryCache
+    from seekoci.image import Image
+    from seekoci.source import BytesSource
+
+    blob = compress_layer(tar, "python")
+    layer = seekoci.Layer(
+        BytesSource(blob, name="layer"),
+        cache=MemoryCache(),
+        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
+        span_size=32 << 10,
+    )
+    return Image(
+        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
+    )
 
 
 def zstd_frames(data: bytes, frame_size: int) -> bytes:

@@ -3,18 +3,15 @@ several threads), and that the cut changes nothing in what is written."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
-from layers import build_tar, compress_layer, file, hardlink, text_bytes
+from layers import build_tar, file, hardlink, one_layer_image, text_bytes
 
 import seekoci
 import seekoci.extract as extract
-from seekoci.cache import MemoryCache
 from seekoci.formats.tar import TarEntry
 from seekoci.image import Image
-from seekoci.source import BytesSource
 
 
 def entry(name: str, offset: int, size: int) -> TarEntry:
@@ -62,7 +59,7 @@ def test_a_tree_cut_into_many_segments_comes_out_whole(
     monkeypatch.setattr(extract, "SEGMENT_SPLIT", 64 << 10)
     declared = [file(f"lib/m{i}.py", text_bytes(f"m{i}", 20_000 + 999 * i)) for i in range(40)]
     declared.append(hardlink("lib/again.py", "lib/m7.py"))
-    img = _one_layer_image(build_tar(declared))
+    img = one_layer_image(build_tar(declared))
     img.layers[0].index()
     assert len(extract._segments(_all_files(img))) > 5
     img.extract("/", str(tmp_path / "out"))
@@ -70,20 +67,6 @@ def test_a_tree_cut_into_many_segments_comes_out_whole(
         got = (tmp_path / "out" / "lib" / f"m{i}.py").read_bytes()
         assert got == text_bytes(f"m{i}", 20_000 + 999 * i)
     assert (tmp_path / "out" / "lib" / "again.py").read_bytes() == text_bytes("m7", 20_000 + 6993)
-
-
-def _one_layer_image(tar: bytes) -> Image:
-    """An image of one gzip layer of ``tar`` (32 KiB spans), its bytes in memory."""
-    blob = compress_layer(tar, "python")
-    layer = seekoci.Layer(
-        BytesSource(blob, name="layer"),
-        cache=MemoryCache(),
-        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
-        span_size=32 << 10,
-    )
-    return Image(
-        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
-    )
 
 
 def _all_files(img: Image) -> list[extract._File]:
@@ -227,7 +210,7 @@ def test_a_tree_whose_layer_is_in_reverse_order_comes_out_whole(
     monkeypatch.setattr(extract, "LATE_FILES", 5)
     names = [f"lib/m{i:02d}.py" for i in range(40)]
     declared = [file(n, text_bytes(n, 9_000 + 777 * i)) for i, n in enumerate(names)]
-    img = _one_layer_image(build_tar(list(reversed(declared))))
+    img = one_layer_image(build_tar(list(reversed(declared))))
     img.extract("/", str(tmp_path / "out"))
     for i, n in enumerate(names):
         assert (tmp_path / "out" / n).read_bytes() == text_bytes(n, 9_000 + 777 * i)

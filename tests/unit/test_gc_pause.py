@@ -5,20 +5,15 @@ from several threads nest."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from layers import build_tar, compress_layer, file, text_bytes
+from layers import build_tar, file, one_layer_image, text_bytes
 
-import seekoci
 import seekoci.extract as extract
 from seekoci import _gc
-from seekoci.cache import MemoryCache
-from seekoci.image import Image
-from seekoci.source import BytesSource
 from seekoci.tree import Tree
 
 
@@ -80,19 +75,6 @@ def test_pauses_of_two_threads_overlap_and_the_last_one_out_enables_it() -> None
     assert gc.isenabled()
 
 
-def _image(tar: bytes) -> Image:
-    blob = compress_layer(tar, "python")
-    layer = seekoci.Layer(
-        BytesSource(blob, name="layer"),
-        cache=MemoryCache(),
-        digest="sha256:" + hashlib.sha256(blob).hexdigest(),
-        span_size=32 << 10,
-    )
-    return Image(
-        reference="test", digest="", platform="linux/amd64", config={}, manifest={}, layers=[layer]
-    )
-
-
 def test_the_merged_tree_and_the_walk_of_get_run_with_it_off(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -110,7 +92,9 @@ def test_the_merged_tree_and_the_walk_of_get_run_with_it_off(
 
     monkeypatch.setattr(Tree, "merged", staticmethod(recording_merged))
     monkeypatch.setattr(extract, "_walk", recording_walk)
-    img = _image(build_tar([file(f"d/f{i}", text_bytes(f"f{i}", 3000)) for i in range(20)]))
+    img = one_layer_image(
+        build_tar([file(f"d/f{i}", text_bytes(f"f{i}", 3000)) for i in range(20)])
+    )
     img.extract("/", str(tmp_path / "out"))
     assert states == {"merged": False, "walk": False}
     assert gc.isenabled()
