@@ -13,13 +13,15 @@ hand (no network wait under it, so it lasts what the build lasts). Reference cou
 still frees everything else as usual; only cyclic garbage waits for the collector, which
 runs again when the build ends. The collector's state is the process's: pauses from
 several threads nest, and the collector is enabled again when the last one ends, if it
-was enabled when the first began (a program that turned it off keeps it off).
+was enabled when the first began (a program that turned it off keeps it off). A process
+forked during a pause starts with none (Dask and multiprocessing workers fork).
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import threading
 from collections.abc import Iterator
 
@@ -45,8 +47,18 @@ class _Pauses:
             if self._depth == 0 and self._resume:
                 gc.enable()
 
+    def forked(self) -> None:
+        """In a child forked while a pause was under way: the threads that would end it are
+        not there, so the collector is as it was before the pause, and no pause is on."""
+        self._lock = threading.Lock()  # (another thread may have held it at the fork)
+        if self._depth and self._resume:
+            gc.enable()
+        self._depth = 0
+
 
 _PAUSES = _Pauses()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_PAUSES.forked)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ from several threads nest."""
 from __future__ import annotations
 
 import gc
+import multiprocessing
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,3 +101,25 @@ def test_the_merged_tree_and_the_walk_of_get_run_with_it_off(
     assert states == {"merged": False, "walk": False}
     assert gc.isenabled()
     assert (tmp_path / "out" / "d" / "f7").read_bytes() == text_bytes("f7", 3000)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_child_forked_during_a_pause_has_the_collector_back() -> None:
+    """A pause under way in the parent when it forks is not the child's: the threads that
+    would end it are not there, so the child starts with the collector as it was."""
+    gc.enable()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with _gc.paused():
+        child = context.Process(target=_report_collector, args=(queue,))
+        child.start()
+        child.join(timeout=30)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == (True, True)  # on at start; on again after a pause
+
+
+def _report_collector(queue: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    at_start = gc.isenabled()
+    with _gc.paused():
+        pass
+    queue.put((at_start, gc.isenabled()))
