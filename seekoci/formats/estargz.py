@@ -50,6 +50,8 @@ _MIN_MEMBER = 20
 #: What a run's members may decode to beyond four times its chunks (tar headers after a
 #: payload share its member), before the run is decoded chunk by chunk instead.
 _RUN_SLACK = 4 << 20
+#: The most deflate makes of a byte of its stream (a run of one byte: 258 per 2 bits).
+_MAX_EXPANSION = 1032
 
 
 def parse_footer(tail: bytes) -> tuple[int, int] | None:
@@ -149,9 +151,17 @@ class EstargzFormat(GzipFormat):
         for span, r in zip(spans, range_of, strict=True):
             need[r] = max(need[r], span.skip + span.uncompressed_size)
         sizes = [int.from_bytes(data[end - 4 - base : end - base], "little") for _, end in ranges]
-        single = [size >= n for size, n in zip(sizes, need, strict=True)]
+        # one member a range, as its trailer says: no more than deflate can make of its
+        # bytes, and all of them together within a bound of the chunks' own sizes (a
+        # chunk's skip is the TOC's word, unbounded: not part of it), so that trailers that
+        # lie never make a buffer larger than what they could decode to
+        single = [
+            n <= size <= _MAX_EXPANSION * (hi - lo)
+            for size, n, (lo, hi) in zip(sizes, need, ranges, strict=True)
+        ]
+        wanted = sum(span.uncompressed_size for span in spans)
         if sum(size for size, one in zip(sizes, single, strict=True) if one) > (
-            4 * sum(need) + _RUN_SLACK
+            4 * wanted + _RUN_SLACK
         ):
             return None  # trailers that promise far more than the chunks: one by one
         whole = memoryview(data)

@@ -233,10 +233,11 @@ def test_a_member_whose_trailer_lies_about_its_length(
     lie: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A member's trailer (ISIZE) says where the next chunk starts in a stretch's output.
-    One that says less than its chunk holds: that range is decoded by itself, up to its
-    chunk (as decode_span does: the trailer is never reached), and every chunk is right.
-    One that says more: the decoder finds the lie, and the run is left to the one-by-one
-    way. One that says 4 GiB: the same, with no 4 GiB buffer made."""
+    One that says less than its chunk holds, or more than deflate can make of the member
+    (4 GiB): that range is decoded by itself, up to its chunk (as decode_span does: the
+    trailer is never reached), and every chunk is right, with no 4 GiB buffer made. One
+    that says a little more: the decoder finds the lie, and the run is left to the
+    one-by-one way."""
     layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
     end = spans[4].compressed_end - base
     true_size = int.from_bytes(blob[end - 4 : end], "little")
@@ -250,7 +251,7 @@ def test_a_member_whose_trailer_lies_about_its_length(
     views = layer.spans.codec().decode_run(spans, damaged, base)
     assert max(asked, default=0) < 1 << 20
     right = [expected[s.uncompressed_start : s.uncompressed_end] for s in spans]
-    if lie == "less":
+    if lie in ("less", "4 GiB"):
         assert views is not None
         assert [bytes(v) for v in views] == right
     else:
@@ -295,3 +296,55 @@ def test_without_isals_member_reader_each_chunk_is_decoded_by_itself(
     layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
     assert layer.spans.codec().decode_run(spans, blob, base) is None
     assert layer.read_entry_range(0, len(expected)) == expected
+
+
+def test_a_huge_inner_offset_with_a_trailer_to_match_makes_no_huge_buffer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chunk's skip (``innerOffset``) is the TOC's word, and a member's trailer the blob's:
+    a hostile pair (skip 1 GiB, a trailer saying 1 GiB more) must not size a stretch's
+    buffer (a member of a few KiB cannot decode to more than ~1,032x its bytes), and the
+    chunk still fails its check rather than come out wrong."""
+    layer, spans, blob, base, expected = _estargz_run(chunk_size=16 << 10)
+    k = 4
+    end = spans[k].compressed_end - base
+    lie = (1 << 30) + spans[k].uncompressed_size
+    damaged = blob[: end - 4] + lie.to_bytes(4, "little") + blob[end:]
+    hostile = [*spans[:k], dataclasses.replace(spans[k], skip=1 << 30), *spans[k + 1 :]]
+    asked: list[int] = []
+    decode = estargz_format.gunzip_members
+    monkeypatch.setattr(
+        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
+    )
+    got = layer.spans.decoded_run(hostile, damaged, base, keep=False)
+    assert max(asked, default=0) < 1 << 20
+    assert got[k] is None
+    right = [expected[s.uncompressed_start : s.uncompressed_end] for s in spans]
+    assert all(g is None or bytes(g) == right[j] for j, g in enumerate(got))
+
+
+def test_trailers_and_inner_offsets_that_lie_together_stay_within_the_chunks_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every member of a run claiming ~1,000x its bytes (what deflate could make of it), each
+    chunk's skip set to match: the stretch's buffer is bounded by the chunks' own sizes,
+    not by the skips the TOC gives."""
+    made = estargz(build_tar([file(name, data) for name, data in FILES]), chunk_size=16 << 10)
+    layer, _ = layer_over(made)
+    spans = [s for s in layer.index().spans if s.fetched][:-1]  # the files' (not the TOC's)
+    base = spans[0].compressed_start
+    damaged = bytearray(made.blob[base : spans[-1].compressed_end])
+    hostile = []
+    for span in spans:
+        claim = 1000 * (span.compressed_end - span.compressed_start)
+        end = span.compressed_end - base
+        damaged[end - 4 : end] = claim.to_bytes(4, "little")
+        hostile.append(dataclasses.replace(span, skip=claim - span.uncompressed_size))
+    asked: list[int] = []
+    decode = estargz_format.gunzip_members
+    monkeypatch.setattr(
+        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
+    )
+    assert sum(s.skip for s in hostile) > 16 << 20  # what a budget counting skips would allow
+    layer.spans.codec().decode_run(hostile, bytes(damaged), base)
+    assert max(asked, default=0) <= 4 * sum(s.uncompressed_size for s in spans) + (4 << 20)
