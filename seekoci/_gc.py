@@ -46,13 +46,16 @@ class _Pauses:
             self._depth -= 1
             if self._depth == 0 and self._resume:
                 gc.enable()
+                self._resume = False  # (last: a fork before it enables again, harmlessly)
 
     def forked(self) -> None:
-        """In a child forked while a pause was under way: the threads that would end it are
-        not there, so the collector is as it was before the pause, and no pause is on."""
+        """In a child forked while a pause was under way -- or in the middle of beginning or
+        ending one: the threads that would end it are not there, so the collector is as it
+        was before the pause, and no pause is on."""
         self._lock = threading.Lock()  # (another thread may have held it at the fork)
-        if self._depth and self._resume:
+        if self._resume:
             gc.enable()
+        self._resume = False
         self._depth = 0
 
 

@@ -123,3 +123,20 @@ def _report_collector(queue: multiprocessing.Queue) -> None:  # type: ignore[typ
     with _gc.paused():
         pass
     queue.put((at_start, gc.isenabled()))
+
+
+@pytest.mark.parametrize("moment", ["after disabling, before counting", "after counting down"])
+def test_a_fork_in_the_middle_of_beginning_or_ending_a_pause(moment: str) -> None:
+    """Forked between a pause's two steps (another thread was beginning or ending one),
+    the child still finds the collector as it was before the pause."""
+    pauses = _gc._Pauses()
+    gc.enable()
+    pauses.begin()
+    if moment == "after counting down":
+        pauses._depth = 0  # end() counted down, then the fork, before gc.enable()
+    else:
+        pauses._depth = 0  # begin() disabled it, then the fork, before counting
+    assert not gc.isenabled()
+    pauses.forked()
+    assert gc.isenabled()
+    assert pauses._depth == 0
