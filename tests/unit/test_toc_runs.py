@@ -216,6 +216,22 @@ def _estargz_run(**kwargs: Any) -> tuple[seekoci.Layer, list[Any], bytes, int, b
     return layer, spans, made.blob[base : spans[-1].compressed_end], base, expected
 
 
+def _members_asked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the buffers eStargz's runs ask stretches of members to be decoded into,
+    from now on (each still decoded)."""
+    asked: list[int] = []
+    decode = estargz_format.gunzip_members
+    monkeypatch.setattr(
+        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
+    )
+    return asked
+
+
+def _with_trailer(blob: bytes, end: int, size: int) -> bytes:
+    """``blob`` with the member ending at ``end`` saying it decodes to ``size`` (ISIZE)."""
+    return blob[: end - 4] + size.to_bytes(4, "little") + blob[end:]
+
+
 def test_gzip_members_with_a_gap_between_them_are_decoded_by_stretch() -> None:
     """Chunks not back to back (a file left out of the run: its member lies between) are
     decoded a stretch of members at a time, each chunk found where it is."""
@@ -242,12 +258,8 @@ def test_a_member_whose_trailer_lies_about_its_length(
     end = spans[4].compressed_end - base
     true_size = int.from_bytes(blob[end - 4 : end], "little")
     size = {"less": 7, "more": true_size + 100, "4 GiB": 0xFFFFFFFF}[lie]
-    damaged = blob[: end - 4] + size.to_bytes(4, "little") + blob[end:]
-    asked: list[int] = []  # the buffers the stretches would be decoded into
-    decode = estargz_format.gunzip_members
-    monkeypatch.setattr(
-        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
-    )
+    damaged = _with_trailer(blob, end, size)
+    asked = _members_asked(monkeypatch)
     views = layer.spans.codec().decode_run(spans, damaged, base)
     assert max(asked, default=0) < 1 << 20
     right = [expected[s.uncompressed_start : s.uncompressed_end] for s in spans]
@@ -309,13 +321,9 @@ def test_a_huge_inner_offset_with_a_trailer_to_match_makes_no_huge_buffer(
     k = 4
     end = spans[k].compressed_end - base
     lie = (1 << 30) + spans[k].uncompressed_size
-    damaged = blob[: end - 4] + lie.to_bytes(4, "little") + blob[end:]
+    damaged = _with_trailer(blob, end, lie)
     hostile = [*spans[:k], dataclasses.replace(spans[k], skip=1 << 30), *spans[k + 1 :]]
-    asked: list[int] = []
-    decode = estargz_format.gunzip_members
-    monkeypatch.setattr(
-        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
-    )
+    asked = _members_asked(monkeypatch)
     got = layer.spans.decoded_run(hostile, damaged, base, keep=False)
     assert max(asked, default=0) < 1 << 20
     assert got[k] is None
@@ -340,11 +348,7 @@ def test_trailers_and_inner_offsets_that_lie_together_stay_within_the_chunks_bud
         end = span.compressed_end - base
         damaged[end - 4 : end] = claim.to_bytes(4, "little")
         hostile.append(dataclasses.replace(span, skip=claim - span.uncompressed_size))
-    asked: list[int] = []
-    decode = estargz_format.gunzip_members
-    monkeypatch.setattr(
-        estargz_format, "gunzip_members", lambda data, n: asked.append(n) or decode(data, n)
-    )
+    asked = _members_asked(monkeypatch)
     assert sum(s.skip for s in hostile) > 16 << 20  # what a budget counting skips would allow
     layer.spans.codec().decode_run(hostile, bytes(damaged), base)
     assert max(asked, default=0) <= 4 * sum(s.uncompressed_size for s in spans) + (4 << 20)
