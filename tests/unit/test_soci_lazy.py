@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 from typing import Any
 
 import pytest
@@ -31,6 +32,7 @@ from seekoci.formats.ztoc import (
     decode_ztoc,
     encode_ztoc,
     lazy_layer_index,
+    without_prefetch_list,
 )
 
 DIGEST = "sha256:" + "ab" * 32
@@ -130,6 +132,46 @@ def test_the_same_index_for_good_ztocs() -> None:
     assert_same(small_ztoc("none"))
     assert_same(encode_ztoc(full_ztoc()))
     assert_same(encode_ztoc(full_ztoc()) + b"---SOCI-PREFETCH---[]")
+
+
+SEPARATOR = b"---SOCI-PREFETCH---"
+
+
+def test_a_prefetch_list_is_cut_from_the_end_only() -> None:
+    # the separator's bytes inside the flatbuffer (here a name; as well a checkpoint's
+    # window of file data) are not where a prefetch list starts
+    inside = _ztoc_of(["a", "a/---SOCI-PREFETCH---[]", "b"])
+    assert SEPARATOR in inside
+    listed = json.dumps(["a/---SOCI-PREFETCH---[]", "b---SOCI-PREFETCH---"]).encode()
+    for data in (
+        inside,
+        inside + SEPARATOR + b"[]",
+        inside + SEPARATOR + listed + b"\n",  # the list's own separators are not its start
+    ):
+        assert without_prefetch_list(data) == inside
+        assert_same(data)
+        ztoc = decode_ztoc(data)
+        assert [f.name for f in ztoc.files] == ["a", "a/---SOCI-PREFETCH---[]", "b"]
+        entries = _lazy(data)
+        found = entries.lookup("a/---SOCI-PREFETCH---[]")
+        assert found is not None and found.data_offset == 1024 + 512
+    # no list after the last separator: the zTOC is taken as it is (and read the same)
+    for tail in (SEPARATOR + b"[1, 2", SEPARATOR + b"junk]", b"]", SEPARATOR + b'{"a": []}'):
+        assert without_prefetch_list(inside + tail) == inside + tail
+        assert_same(inside + tail)
+
+
+def test_a_ztoc_without_a_list_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[Any] = []
+
+    class Spy(bytes):
+        def rfind(self, *args: Any) -> int:
+            calls.append(args)
+            return super().rfind(*args)
+
+    data = _ztoc_of(["a", "a/---SOCI-PREFETCH---[]"])
+    assert without_prefetch_list(Spy(data)) == data and calls == []
+    assert without_prefetch_list(Spy(data + SEPARATOR + b"[]")) == data and len(calls) == 1
 
 
 def _ztoc_of(names: list[str], *, kinds: list[str] | None = None) -> bytes:
