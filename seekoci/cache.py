@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from . import _json
 from .formats.index import INDEX_VERSION, READABLE_VERSIONS
 
 #: read(offset, length) -> bytes
@@ -706,7 +707,7 @@ class DiskCache:
         """Where a published index of this layer was found last time (see remote.py)."""
         raw = self._read(self._published_path(layer_digest))
         try:
-            doc = json.loads(raw) if raw is not None else None
+            doc = _json.loads(raw) if raw is not None else None
         except ValueError:
             return None
         return doc if isinstance(doc, dict) else None
@@ -813,7 +814,7 @@ class DiskCache:
         ``max_age`` seconds."""
         raw = self._read(self._referrers_path(subject))
         try:
-            doc = json.loads(raw) if raw is not None else None
+            doc = _json.loads(raw) if raw is not None else None
             if not isinstance(doc, dict) or time.time() - float(doc["saved"]) > max_age:
                 return None
             found = doc["descriptors"]

@@ -7,13 +7,13 @@ header, or a header and one tensor. ``read_tensor`` needs numpy (``seekoci[model
 
 from __future__ import annotations
 
-import json
 import math
 import posixpath
 import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from . import _json
 from .errors import FormatError
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def _safetensors_header(f: BinaryIO, path: str, size: int) -> tuple[dict[str, An
         raise FormatError(f"{path}: safetensors header length {length} is not plausible")
     raw = f.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{path}: safetensors header is not JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -233,7 +233,7 @@ def safetensors_shards(img: Opener, index_path: str) -> dict[str, str]:
             raise FormatError(f"{index_path}: {f.size} bytes is too large for a shard index")
         raw = f.read()
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = _json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{index_path}: shard index is not JSON ({exc})") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None

@@ -33,7 +33,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
-import json
 import logging
 import re
 import threading
@@ -41,6 +40,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import _json
 from ._threads import shared_pool
 from .errors import FormatError, IntegrityError, SeekociError
 from .formats.index import HEADER_SIZE, LayerIndex, parse_header, parse_lazy
@@ -354,7 +354,7 @@ class RemoteIndexes:
             return False
         where = f"referrers listing of {self._digest}: artifact {listing.digest}"
         try:
-            items = json.loads(raw)
+            items = _json.loads(raw)
             if not isinstance(items, list):
                 raise ValueError("not a list")
             blobs = [(Descriptor.from_json(item, where=where), item) for item in items]

@@ -52,6 +52,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .. import _json
 from ..errors import FormatError
 from .base import ChunkTable, Span, decompress_bounded, unpack_window
 from .entries import encode as encode_entries
@@ -412,7 +413,7 @@ def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex
         head[header.toc_offset : header.head_end], MAX_TOC_SIZE, what=f"{where}: directory"
     )
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = _json.loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise FormatError(f"{where}: directory is corrupt ({exc})") from exc
     try:

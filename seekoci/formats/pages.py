@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import _json
 from ..errors import FormatError
 from .base import IndexedSequence, Span, decompress_bounded
 from .entries import EntryTable, NameLookup
@@ -214,7 +214,7 @@ class PagedEntries(NameLookup):
             if hashlib.sha256(data).digest() != self._pages[i].digest:
                 raise FormatError(f"{where}: does not match its digest")
             try:
-                doc = json.loads(decompress_page(data, where=where).decode("utf-8"))
+                doc = _json.loads(decompress_page(data, where=where).decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise FormatError(f"{where}: corrupt ({exc})") from None
             if not isinstance(doc, dict):

@@ -22,12 +22,12 @@ import collections
 import datetime
 import functools
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .. import _json
 from ..errors import FormatError
 from .base import CHECK_NONE, CHECK_UNCOMPRESSED, Span
 from .index import LayerIndex
@@ -96,7 +96,7 @@ class Payload(NamedTuple):
 
 def load_json(data: bytes, *, where: str) -> dict[str, Any]:
     try:
-        doc = json.loads(data)
+        doc = _json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: TOC is not JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from .. import _json
 from ..errors import FormatError
 from .toc import (
     Chunk,
@@ -115,7 +116,7 @@ def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
         pass
     lines = [line for line in data.splitlines() if line.strip()]
     try:
-        records = json.loads(b"[" + b",".join(lines) + b"]")
+        records = _json.loads(b"[" + b",".join(lines) + b"]")
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: the tar-split is not JSON lines ({exc})") from None
     return _layout(records, where)
@@ -133,7 +134,7 @@ def _records(text: str) -> Iterator[Any]:
     while pos < end:
         try:
             record, stop = decode(text, pos)
-        except ValueError:
+        except (ValueError, RecursionError):  # (read again as one array: a FormatError)
             raise _NotLines from None
         if stop < end and text[stop] != "\n":
             raise _NotLines

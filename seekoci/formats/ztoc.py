@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import operator
 import re
 import struct
@@ -50,6 +49,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .. import _json
 from ..errors import FormatError
 from .base import WINDOW_SIZE, Span
 from .entries import EntryTable, NameLookup
@@ -632,7 +632,7 @@ def without_prefetch_list(data: bytes) -> bytes:
         if not data[cut + skip : cut + skip + 4096].lstrip(b" \t\r\n").startswith(b"["):
             continue
         try:
-            listed = json.loads(data[cut + skip :])
+            listed = _json.loads(data[cut + skip :])
         except ValueError:  # (UnicodeDecodeError is one)
             continue
         if isinstance(listed, list):

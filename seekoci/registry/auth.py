@@ -11,7 +11,6 @@ several reader threads hit an expired token at the same moment and only one must
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
+from .. import _json
 from ..errors import AuthenticationError, RegistryError
 from .credentials import Credentials
 from .transport import HttpClient, is_loopback, read_body, redact_url
@@ -259,7 +259,7 @@ class Authenticator:
             raise RegistryError(f"{what}: token service answered {status}", status=status)
         body = read_body(response, limit=MAX_TOKEN_RESPONSE, what=what)
         try:
-            data = json.loads(body)
+            data = _json.loads(body)
             value = data.get("token") or data.get("access_token")
             lifetime = float(data.get("expires_in") or DEFAULT_TOKEN_LIFETIME)
         except (ValueError, AttributeError, TypeError) as exc:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _json
 from .reference import DOCKER_HUB
 
 log = logging.getLogger("seekoci.registry")
@@ -76,7 +76,7 @@ def load_docker_credentials(registry: str) -> Credentials | None:
     path = docker_config_path()
     try:
         with open(path, encoding="utf-8") as handle:
-            config = json.load(handle)
+            config = _json.load(handle)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
@@ -166,7 +166,7 @@ def run_credential_helper(helper: str, server: str) -> Credentials | None:
         log.debug("credential helper %s has no credentials for %s", helper, server)
         return None
     try:
-        answer = json.loads(result.stdout)
+        answer = _json.loads(result.stdout)
     except ValueError:
         log.debug("credential helper %s answered something that is not JSON", helper)
         return None

@@ -8,11 +8,11 @@ registry: a layout copied around by hand is no more trustworthy than the network
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
 
+from .. import _json
 from ..errors import FormatError, ImageNotFoundError, IntegrityError
 from ..source import FileSource
 from .digest import digest_problem, verify_digest
@@ -60,7 +60,7 @@ class LayoutStore:
     def _read_json(path: str, *, where: str, missing_ok: bool = False) -> dict[str, Any] | None:
         try:
             with open(path, "rb") as handle:
-                data = json.loads(handle.read(MAX_MANIFEST_SIZE + 1))
+                data = _json.loads(handle.read(MAX_MANIFEST_SIZE + 1))
         except FileNotFoundError:
             if missing_ok:
                 return None

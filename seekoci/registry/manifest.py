@@ -7,11 +7,11 @@ FormatError naming the reference instead of somewhere deep in a layer read.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _json
 from ..errors import FormatError
 from .digest import digest_problem
 
@@ -161,7 +161,7 @@ def parse_manifest(
     field optional in early versions.
     """
     try:
-        data = json.loads(body)
+        data = _json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{where}: manifest is not valid JSON") from exc
     if not isinstance(data, dict):

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode, urljoin
 
+from .. import _json
 from ..errors import AuthenticationError, FormatError, RegistryError
 from .client import RegistryClient, pull_scope, raise_for_status
 from .digest import compute_digest, digest_problem
@@ -228,7 +229,7 @@ def _query_api(
 def _index_entries(body: bytes) -> list[Any] | None:
     """The ``manifests`` of an OCI image index body; None if it is not one."""
     try:
-        data = json.loads(body)
+        data = _json.loads(body)
     except (UnicodeDecodeError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("mediaType", MEDIA_TYPE_OCI_INDEX) != (
@@ -302,7 +303,7 @@ def _compact(doc: Mapping[str, Any]) -> bytes:
 def _parse_referrer(body: bytes, media_type: str) -> dict[str, Any]:
     """The manifest as JSON, checked to have a subject and to agree with ``media_type``."""
     try:
-        doc = json.loads(body)
+        doc = _json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ValueError("referrer manifest is not valid JSON") from exc
     if not isinstance(doc, dict):

@@ -12,11 +12,11 @@ and of a tag reference only for the manifest the tag names now.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
 
+from .. import _json
 from ..errors import FormatError, IntegrityError, PlatformNotFoundError
 from ..source import RangeSource
 from .blobs import RegistryBlobSource, fetch_blob
@@ -340,7 +340,7 @@ def _walk(
 def _parse_config(body: bytes, *, where: str, strict: bool = True) -> dict[str, Any]:
     """The config as a dict; an artifact's config that is not a JSON object is ``{}``."""
     try:
-        data = json.loads(body)
+        data = _json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         if not strict:
             return {}

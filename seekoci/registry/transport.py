@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
-import json
 import logging
 import re
 import ssl
@@ -39,6 +38,7 @@ import urllib3
 import urllib3.exceptions
 from urllib3.util.retry import Retry
 
+from .. import _json
 from ..errors import RegistryError
 from .retry import MAX_RETRY_AFTER_SECONDS, RETRY_STATUSES, Attempts, RetryPolicy
 
@@ -521,7 +521,7 @@ def error_detail(response: requests.Response) -> str:
     """
     try:
         body = read_body(response, limit=16 << 10, what="error body")
-        data = json.loads(body)
+        data = _json.loads(body)
         first = data["errors"][0]
         text = f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
     except (RegistryError, ValueError, KeyError, IndexError, TypeError, AttributeError):

@@ -70,10 +70,15 @@ def test_malformed_reference(cache_dir: Path) -> None:
 # --------------------------------------------------------------------------- bad documents
 
 
-def test_manifest_that_is_not_json(registry, counting_proxy, cache_dir: Path) -> None:
+#: a body json cannot read, and one nested deeper than its parser follows (~1,000 levels)
+NOT_JSON = [b"this is not json at all\n", b"[" * 100_000]
+not_json = pytest.mark.parametrize("body", NOT_JSON, ids=["garbage", "deep"])
+
+
+@not_json
+def test_manifest_that_is_not_json(registry, counting_proxy, cache_dir: Path, body: bytes) -> None:
     # The registry refuses to store such a manifest, so a proxy plays the lying registry.
     proxy = counting_proxy(registry)
-    body = b"this is not json at all\n"
     headers = {"Content-Type": OCI_MANIFEST, "Docker-Content-Digest": sha256_digest(body)}
     proxy.fakes["/v2/errors/notjson/manifests/v1"] = FakeResponse(200, body, headers)
     with pytest.raises(seekoci.FormatError) as excinfo:
@@ -82,10 +87,14 @@ def test_manifest_that_is_not_json(registry, counting_proxy, cache_dir: Path) ->
     assert proxy.requests("manifest") >= 1
 
 
-def test_manifest_that_is_not_json_in_an_oci_layout(tmp_path: Path, cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "garbage", [b"\x00\x01 definitely not a manifest", b"[" * 100_000], ids=["garbage", "deep"]
+)
+def test_manifest_that_is_not_json_in_an_oci_layout(
+    tmp_path: Path, cache_dir: Path, garbage: bytes
+) -> None:
     root = write_oci_layout(tmp_path / "layout", image(layer(file("a", b"a"))), "v1")
     index = json.loads((root / "index.json").read_text())
-    garbage = b"\x00\x01 definitely not a manifest"
     (root / "blobs/sha256" / sha256_digest(garbage).split(":")[1]).write_bytes(garbage)
     index["manifests"][0].update(digest=sha256_digest(garbage), size=len(garbage))
     (root / "index.json").write_text(json.dumps(index))
@@ -93,9 +102,9 @@ def test_manifest_that_is_not_json_in_an_oci_layout(tmp_path: Path, cache_dir: P
         seekoci.open_image(f"oci:{root}:v1", cache_dir=cache_dir)
 
 
-def test_config_blob_that_is_not_json(registry, cache_dir: Path) -> None:
+@pytest.mark.parametrize("config", [b"<config>not json</config>", b'{"a":' * 50_000])
+def test_config_blob_that_is_not_json(registry, cache_dir: Path, config: bytes) -> None:
     lay = layer(file("a.txt", b"a\n"))
-    config = b"<config>not json</config>"
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,

@@ -502,8 +502,9 @@ def test_a_hostile_entry(case: str) -> None:
         zstandard.ZstdCompressor().compress(b"\xff\xfe"),
         zstandard.ZstdCompressor().compress(b'{"a": 1}')[:-3],
         zlib.compress(b"{}"),
+        zstandard.ZstdCompressor().compress(b"[" * 100_000),
     ],
-    ids=["empty", "not zstd", "not json", "not utf-8", "cut zstd", "zlib (version 1)"],
+    ids=["empty", "not zstd", "not json", "not utf-8", "cut zstd", "zlib (version 1)", "deep"],
 )
 def test_a_garbled_table_of_contents(toc_bytes: bytes) -> None:
     with pytest.raises(FormatError):

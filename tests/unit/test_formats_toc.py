@@ -333,8 +333,9 @@ def test_a_malformed_toc_is_a_format_error(writer: Any, edit: str) -> None:
         layer.open("big/text.txt").read()
 
 
-def test_a_toc_that_is_not_json() -> None:
-    made = estargz(corpus(), toc_bytes=b"{not json")
+@pytest.mark.parametrize("toc_bytes", [b"{not json", b"[" * 100_000], ids=["garbage", "deep"])
+def test_a_toc_that_is_not_json(toc_bytes: bytes) -> None:
+    made = estargz(corpus(), toc_bytes=toc_bytes)
     layer, _ = layer_of(made.blob, made.annotations)
     with pytest.raises(seekoci.FormatError, match="not JSON"):
         layer.listdir("/")

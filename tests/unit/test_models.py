@@ -306,6 +306,13 @@ def test_bad_safetensors_is_a_format_error(header: bytes, message: str) -> None:
     assert files.bytes_read < 200
 
 
+def test_a_safetensors_header_nested_too_deep_is_a_format_error() -> None:
+    files = Files({"/deep.safetensors": _st("[" * 5_000) + b"\0" * 8})  # deeper than json follows
+    with pytest.raises(FormatError, match="not JSON") as info:
+        read_tensor(files, "/deep.safetensors", "t")
+    assert "/deep.safetensors" in str(info.value)
+
+
 def test_describe_model_counts_parameters_and_dtypes(tmp_path: Path) -> None:
     files = Files(
         {

@@ -212,6 +212,22 @@ def test_token_fetched_once_by_many_threads(fake_registry):
     assert source.requests >= 80
 
 
+@pytest.mark.parametrize("answer", [b"not json", b"[" * 100_000], ids=["garbage", "deep"])
+def test_a_token_service_answer_that_is_not_json(fake_registry, answer):
+    fake_registry.auth.mode = "bearer"
+    fake_registry.add_image("img", tags=("x",))
+
+    def garbled_token_service(h, request):
+        if request.path.startswith("/token"):
+            h.reply(200, answer)
+            return True
+        return False
+
+    fake_registry.hook = garbled_token_service
+    with pytest.raises(RegistryError, match="token service answer is not valid JSON"):
+        resolve_image(f"{fake_registry.netloc}/img:x")
+
+
 def test_token_service_failure(fake_registry):
     fake_registry.auth.mode = "bearer"
     fake_registry.add_image("img", tags=("x",))
@@ -326,7 +342,9 @@ def test_failing_or_missing_helper_means_anonymous(
     fake_registry.add_image("pub", tags=("x",))
     install_executable("docker-credential-broken", "#!/bin/sh\nexit 3\n")
     install_executable("docker-credential-garbage", "#!/bin/sh\necho not-json\n")
-    for helper in ("broken", "garbage", "absent", "../evil"):
+    deep = "#!/bin/sh\nhead -c 100000 /dev/zero | tr '\\0' '['\n"  # deeper than json follows
+    install_executable("docker-credential-deep", deep)
+    for helper in ("broken", "garbage", "deep", "absent", "../evil"):
         write_config(isolated_docker_config, {"credHelpers": {fake_registry.netloc: helper}})
         assert resolve_image(f"{fake_registry.netloc}/pub:x").digest
 

@@ -71,6 +71,7 @@ def test_media_types(doc, hint, media_type, is_index):
     [
         (b"not json", None, "not valid JSON"),
         (b"\xff\xfe", None, "not valid JSON"),
+        pytest.param(b"[" * 100_000, None, "not valid JSON", id="nested-too-deep"),
         (b"[1, 2]", None, "not a JSON object"),
         (json.dumps({"schemaVersion": 1, "fsLayers": []}).encode(), None, "schema 1"),
         (b"{}", "application/vnd.docker.distribution.manifest.v1+prettyjws", "schema 1"),
