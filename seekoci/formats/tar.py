@@ -170,13 +170,23 @@ def _pax_time_ns(value: bytes) -> int:
     # (imported here: this spelling is rare, and the module costs ~1.5 ms to import)
     import decimal
 
+    if len(text) > _PAX_TIME_CHARS:
+        raise ValueError(text)
     try:
         exact = decimal.Decimal(text)
-    except decimal.InvalidOperation:
+        # a time past 10**40 s is no time: its exponent alone (1e999990, ten bytes) would
+        # make an integer of a million digits, seconds of CPU each
+        if not exact.is_finite() or abs(exact.adjusted()) > _PAX_TIME_DIGITS:
+            raise ValueError(text)
+        return int((exact * 1_000_000_000).to_integral_value(rounding=decimal.ROUND_DOWN))
+    except decimal.DecimalException:  # (InvalidOperation, Overflow, ...)
         raise ValueError(text) from None
-    if not exact.is_finite():
-        raise ValueError(text)
-    return int((exact * 1_000_000_000).to_integral_value(rounding=decimal.ROUND_DOWN))
+
+
+#: Longest PAX time taken in another spelling than digits and a point, and the most digits
+#: its value may have on either side of the point
+_PAX_TIME_CHARS = 64
+_PAX_TIME_DIGITS = 40
 
 
 def _checksum_ok(block: bytes) -> bool:
@@ -585,7 +595,7 @@ class TarScanner:
                     raise ValueError("not finite")
             except ValueError:
                 raise FormatError(
-                    f"{self._name}: PAX mtime at offset {at} is not a number"
+                    f"{self._name}: PAX mtime at offset {at} is not a number of seconds"
                 ) from None
         xattrs: dict[str, bytes] = _NO_XATTRS
         extra: dict[str, str] = _NO_PAX

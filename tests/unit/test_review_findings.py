@@ -117,3 +117,23 @@ def test_cli_get_name_with_nul_byte_is_no_traceback(cli_image, tmp_path: Path) -
     cli_image(_layer_blob([("d/x", b"abc", {"path": "d/a\x00b"})]))
     status = cli.main(["get", "example/test", "/d", "-o", str(tmp_path / "out")])
     assert status in (0, 1)
+
+
+@pytest.mark.parametrize("mtime", ["1e999990", "1e99999999", "9" * 5000, "0." + "0" * 100 + "1e5"])
+def test_a_pax_mtime_of_absurd_size_is_a_format_error_at_once(tmp_path: Path, mtime: str) -> None:
+    # an exponent of a million (ten bytes) made an exact integer of a million digits: ~25 s
+    # of CPU a header, and 1e999999 a decimal.Overflow out of the reader
+    blob = _layer_blob([(f"f{i}", b"abc", {"mtime": mtime}) for i in range(3)])
+    layer = seekoci.open_layer(_write(tmp_path, blob), cache_dir=False)
+    with pytest.raises(SeekociError, match="PAX mtime"):
+        layer.listdir("/")
+
+
+def test_pax_times_in_other_spellings_are_exact() -> None:
+    from seekoci.formats.tar import _pax_time_ns
+
+    assert _pax_time_ns(b"1.5e-07") == 150
+    assert _pax_time_ns(b"-1.5E+3") == -1_500_000_000_000
+    assert _pax_time_ns(b"1e40") == 10**49  # the largest exponent taken
+    with pytest.raises(ValueError):
+        _pax_time_ns(b"1e41")
