@@ -11,11 +11,10 @@ frames belong to the span they follow.
 
 from __future__ import annotations
 
-import sys
 import threading
 from array import array
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import FormatError
 from .base import IndexerBase, Span, SpanHasher, SpanIndexer
@@ -140,7 +139,7 @@ def decode_span(
     want = span.uncompressed_size
     try:
         with decompressor_for(want).stream_reader(data, read_across_frames=True) as reader:
-            out = reader.read(min(want + 1, sys.maxsize))  # (a TOC's sizes are unbounded)
+            out = _read_up_to(reader, want + 1)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None
     if len(out) != want:
@@ -215,6 +214,32 @@ def decode_stream(
 
 
 #: zstd frame magic and the skippable-frame magics (0x184D2A50-0x184D2A5F), little-endian.
+#: The most a span's decode asks of zstd in its first read (a read allocates what it asks
+#: for before it decodes a byte)
+_READ_PIECE = 64 << 20
+
+
+def _read_up_to(reader: Any, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``reader``: in one read up to :data:`_READ_PIECE`, then in
+    reads that double, so that what is allocated stays within twice what the data has
+    decoded to, whatever size a TOC claims (2**63: an OverflowError; 10**12: a MemoryError
+    before a byte was decoded). A span past 64 MiB costs one more copy (the pieces
+    joined)."""
+    ask = min(limit, _READ_PIECE)
+    pieces: list[bytes] = []
+    got = 0
+    while got < limit:
+        piece = reader.read(min(ask, limit - got))
+        if not piece:
+            break
+        pieces.append(piece)
+        got += len(piece)
+        ask = max(ask, got)  # the next read at most what came so far
+    if len(pieces) == 1:
+        return pieces[0]
+    return b"".join(pieces)
+
+
 FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK, SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
 

@@ -324,6 +324,20 @@ BAD_TOCS = {
 }
 
 
+@pytest.mark.parametrize("size", [2**63, 10**12])
+@pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
+def test_a_file_size_no_data_can_hold_is_a_format_error(writer: Any, size: int) -> None:
+    # a one-chunk file whose TOC size is past what its bytes decode to: zstd was asked for
+    # the whole size at once (OverflowError for 2**63, MemoryError for 10**12)
+    made = writer(
+        build_tar([file("b", b"x" * 200)]), edit=lambda d: d["entries"][0].update(size=size)
+    )
+    layer, _ = layer_of(made.blob, made.annotations)
+    assert layer.stat("b").size == size
+    with pytest.raises(seekoci.SeekociError):  # (a FormatError, or the chunk's IntegrityError)
+        layer.open("b").read(1000)
+
+
 @pytest.mark.parametrize("edit", sorted(BAD_TOCS))
 @pytest.mark.parametrize("writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"])
 def test_a_malformed_toc_is_a_format_error(writer: Any, edit: str) -> None:
