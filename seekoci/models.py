@@ -168,8 +168,10 @@ _SAFETENSORS_ITEMSIZE = {
 
 def _tensor_entry(header: dict[str, Any], name: str, path: str) -> tuple[str, list[int], int, int]:
     entry = header.get(name) if name != "__metadata__" else None
-    if not isinstance(entry, dict):
+    if entry is None:
         raise KeyError(f"{path}: no tensor {name!r}")
+    if not isinstance(entry, dict):  # there, but not a tensor's entry: the file's fault
+        raise FormatError(f"{path}: tensor {name!r} has a malformed header entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
     if (
         not isinstance(dtype, str)
@@ -221,7 +223,12 @@ def read_tensor(img: Opener, path: str, name: str) -> numpy.ndarray:
             done += n
     if dtype == "BF16":  # a bfloat16 is the upper half of a float32
         out = (out.astype("<u4") << 16).view("<f4")
-    result: numpy.ndarray = out.reshape(shape)
+    try:  # numpy's own limits: at most 64 dimensions, each one an index it can hold
+        result: numpy.ndarray = out.reshape(shape)
+    except ValueError as exc:
+        raise FormatError(
+            f"{path}: tensor {name!r} has a shape numpy cannot make ({exc})"
+        ) from None
     return result
 
 

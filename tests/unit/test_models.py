@@ -281,6 +281,10 @@ def test_sharded_checkpoints_through_the_index() -> None:
         safetensors_shards(files, "/m/bad.index.json")
 
 
+def _tensor_json(shape: list[int], offsets: list[int]) -> str:
+    return json.dumps({"t": {"dtype": "F32", "shape": shape, "data_offsets": offsets}})
+
+
 def _st(header: str) -> bytes:
     return len(header).to_bytes(8, "little") + header.encode()
 
@@ -296,6 +300,9 @@ def _st(header: str) -> bytes:
         (_st('{"t":{"dtype":"F32","shape":9}}'), "malformed"),
         (_st('{"t":{"dtype":"C64","shape":[1],"data_offsets":[0,8]}}'), "C64"),
         (_st('{"t":{"dtype":"F32","shape":[-1],"data_offsets":[0,8]}}'), "malformed"),
+        (_st('{"t":5}'), "malformed"),  # there, but not a tensor's entry: not a KeyError
+        (_st(_tensor_json([0, 10**30], [0, 0])), "numpy"),  # no bytes, but no such array
+        (_st(_tensor_json([1] * 70, [0, 4])), "numpy"),  # more dimensions than numpy has
     ],
 )
 def test_bad_safetensors_is_a_format_error(header: bytes, message: str) -> None:
@@ -303,7 +310,13 @@ def test_bad_safetensors_is_a_format_error(header: bytes, message: str) -> None:
     with pytest.raises(FormatError, match=message) as info:
         read_tensor(files, "/bad.safetensors", "t")
     assert "/bad.safetensors" in str(info.value)
-    assert files.bytes_read < 200
+    assert files.bytes_read < len(header) + 64  # its header, and no more than its bytes
+
+
+def test_describe_model_says_format_error_for_an_entry_that_is_not_a_tensor() -> None:
+    files = Files({"/m.safetensors": _st('{"x":5}')})
+    with pytest.raises(FormatError, match="malformed header entry"):  # (was a KeyError)
+        describe_model(files, "/m.safetensors")
 
 
 def test_a_safetensors_header_nested_too_deep_is_a_format_error() -> None:
