@@ -463,6 +463,12 @@ def read_body(response: requests.Response, *, limit: int, what: str, hasher: Any
         response.close()
 
 
+#: The longest declared body received in one read: a longer one comes in pieces, so that a
+#: length a server declares (up to what a descriptor from the same server claims: a
+#: config "of 10**11 bytes") is never allocated before its bytes arrive
+WHOLE_READ_MAX = 64 << 20
+
+
 def _read_declared(response: requests.Response, limit: int, what: str) -> bytes | None:
     """A body of a declared length (``Content-Length``, not chunked, at most ``limit``)
     received whole in one read from http.client's buffered socket file: the bytes object
@@ -476,6 +482,7 @@ def _read_declared(response: requests.Response, limit: int, what: str) -> bytes 
         or inner.chunked
         or inner.length is None
         or inner.length > limit
+        or inner.length > WHOLE_READ_MAX  # (a read allocates what it asks for first)
     ):
         return None
     length = inner.length

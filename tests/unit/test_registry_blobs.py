@@ -22,6 +22,7 @@ from seekoci.errors import (
     IntegrityError,
     InvalidReferenceError,
     RegistryError,
+    SeekociError,
 )
 from seekoci.registry import blobs, open_url_source, resolve_image, transport
 from seekoci.registry.blobs import URLSource
@@ -644,3 +645,31 @@ def test_an_error_use_raises_on_the_right_body_is_raised(fake_registry):
         blobs.fetch_blob(client, "blobs/small", descriptor, use=refuse)
     gets = [p for p in fake_registry.paths("GET") if p.endswith(descriptor.digest)]
     assert len(gets) == 1  # a good body is not fetched again
+
+
+def test_a_declared_length_is_not_allocated_before_its_bytes_come(fake_registry):
+    # the manifest claims a config of 10**11 bytes and the blob's answer declares as much,
+    # then sends two: one read of the declared length was a MemoryError out of open_image
+    from conftest import OCI_CONFIG, OCI_MANIFEST, sha256
+
+    claimed = 10**11
+    config = {"mediaType": OCI_CONFIG, "digest": sha256(b"{}"), "size": claimed}
+    fake_registry.add_manifest(
+        "big", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": []},
+        tags=("v1",),
+    )  # fmt: skip
+
+    def lying_length(h, request):
+        if "/blobs/" not in request.path:
+            return False
+        h.send_response(200)
+        h.send_header("Content-Length", str(claimed))
+        h.end_headers()
+        h.wfile.write(b"{}")
+        h.close_connection = True
+        return True
+
+    fake_registry.hook = lying_length
+    ref = f"{fake_registry.netloc}/big:v1"  # (its config is fetched with the image)
+    with pytest.raises(SeekociError, match="connection broken"), resolve_image(ref) as img:
+        img.config  # noqa: B018
