@@ -224,6 +224,11 @@ class EntryTable(IndexedSequence[TarEntry]):
             sparse = doc["sparse"]
             if type(count) is not int or count < 0:
                 raise FormatError(f"{where}: bad entry count")
+            # the count checked against the names first (a list, never runs): runs expand to
+            # the count, and a count of 10**8 in a 360-byte page was gigabytes of them
+            names = doc["dense"]["name"]
+            if isinstance(names, list) and len(names) != count:
+                raise FormatError(f"{where}: entry columns of different lengths")
             dense = {name: _expand(doc["dense"][name], count, name, where) for name in DENSE}
             columns = [dense[name] for name in DENSE]
             if not all(isinstance(c, list) and len(c) == count for c in columns):
