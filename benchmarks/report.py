@@ -87,14 +87,14 @@ Notes:
   of the same registry: one gets a native index and a SOCI index (readers take the native
   one), the other a SOCI index only. The native index is published from the cache directory
   the `python -m seekoci index` above filled; SOCI's default 4 MiB spans.
-- *empty cache*: a new `python` process, an empty cache directory every round, every request
-  through a counting proxy in front of the registry. Its time is in the figures (a few ms:
-  the proxy sets TCP_NODELAY, see `TimingProxy` in benchmarks/benchkit.py). Bytes are
-  response bodies of the index blob (native: range reads of its header and directory, entry
-  pages, a span page and a record; SOCI: the whole zTOC) plus the layer blob (chunks of a
-  span, or whole spans); requests are those blob requests. Discovery
+- *empty cache*: a new `python` process, an empty cache directory every round, straight to
+  the registry (as the baseline's stream). One more read, untimed, goes through a counting
+  proxy in front of the registry, and every timed round must fetch the layer bytes it
+  fetched. Bytes are response bodies of the index blob (native: range reads of its header
+  and directory, entry pages, a span page and a record; SOCI: the whole zTOC) plus the
+  layer blob (chunks of a span, or whole spans); requests are those blob requests. Discovery
   (referrers, artifact manifests), the image manifest and config are in the notes, and every
-  request of one round is listed in the table above.
+  request of the counted round is listed in the table above.
 - Time against the *local cache* is the cold read above: a fresh process with the index
   already in the cache directory, no span cached.
 """

@@ -2,9 +2,11 @@
 
 A fresh process with an empty cache directory finds the layer's index next to the image
 (:mod:`seekoci.remote`): seekoci's own index, read by range, or a SOCI zTOC, fetched whole.
-Every request goes through a counting proxy, so the index blob reads are counted along with
-the layer's. Every round checks the bytes against the generated file's digest and the kind
-of index that served them; times are only reported.
+The timed reads go straight to the registry, as the baseline's stream does. One more
+read, untimed, goes through a counting proxy: the index blob's bytes and requests are
+counted along with the layer's, and every request is listed. Every round checks the bytes
+against the generated file's digest, the kind of index that served them and that it
+fetched the layer bytes the counted read did; times are only reported.
 """
 
 from __future__ import annotations
@@ -39,46 +41,58 @@ def _empty_cache_reads(
     m = report.measurement(key, label)
     target = published.image.target
     cache = workdir / f"{key}-cache"
-    proxy = TimingProxy(published.image.registry.url)
 
-    def setup() -> None:
+    def fresh_cache() -> None:
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir()
-        proxy.reset()
 
-    def run() -> None:
-        doc, wall = run_script(COLD_READ_SCRIPT, proxy.ref(repo, TAG), str(cache), target.path)
+    def read(ref: str) -> tuple[dict[str, Any], float]:
+        fresh_cache()
+        doc, wall = run_script(COLD_READ_SCRIPT, ref, str(cache), target.path)
         assert doc["sha256"] == target.sha256, "seekoci gave other bytes"
         assert doc["index_status"] == [kind], f"the index was not the published {kind} one"
+        return doc, wall
+
+    # Counted once, untimed, through a proxy: a Python relay of the zTOC's 19 MB on the same
+    # two vCPUs took ~25 ms of a ~250 ms read, which the baseline's stream never pays
+    proxy = TimingProxy(published.image.registry.url)
+    try:
+        counted, _ = read(proxy.ref(repo, TAG))
         by_blob = _blob_traffic(proxy)
         index_bytes, index_requests = by_blob.pop(index_digest, (0, 0))
         layer_bytes, layer_requests = by_blob.pop(published.image.layer.digest, (0, 0))
         assert index_bytes > 0, f"the {kind} index blob was not read:\n{proxy.summary()}"
-        assert layer_bytes == doc["bytes_read"] > 0, proxy.summary()
-        m.add(
-            doc["elapsed_s"],
-            index_bytes + layer_bytes,
-            index_requests + layer_requests,
-            **{k: doc[k] for k in ("import_s", "open_image_s", "index_load_s", "read_s")},
-            wall_s=wall,
-            index_b=index_bytes,
-            index_requests=index_requests,
-            layer_b=layer_bytes,
-            layer_requests=layer_requests,
-            other_blob_b=sum(n for n, _ in by_blob.values()),
-            manifest_requests=proxy.requests("manifest"),
-            all_requests=proxy.requests(),
-        )
-
-    try:
-        benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
-        report.published_facts[f"{kind} read: every request of the last round"] = "<br>".join(
+        assert layer_bytes == counted["bytes_read"] > 0, proxy.summary()
+        traffic = {
+            "index_b": index_bytes,
+            "index_requests": index_requests,
+            "layer_b": layer_bytes,
+            "layer_requests": layer_requests,
+            "other_blob_b": sum(n for n, _ in by_blob.values()),
+            "manifest_requests": proxy.requests("manifest"),
+            "all_requests": proxy.requests(),
+        }
+        report.published_facts[f"{kind} read: every request of the counted round"] = "<br>".join(
             f"`{r.method} {_short(r.path)}`{f' {r.range}' if r.range else ''}: "
             f"{r.status}, {r.body_bytes:,} B"
             for r in proxy.records
         )
     finally:
         proxy.stop()
+
+    def run() -> None:
+        doc, wall = read(published.image.registry.ref(repo, TAG))
+        assert doc["bytes_read"] == layer_bytes, "not the layer bytes the counted read fetched"
+        m.add(
+            doc["elapsed_s"],
+            index_bytes + layer_bytes,
+            index_requests + layer_requests,
+            **{k: doc[k] for k in ("import_s", "open_image_s", "index_load_s", "read_s")},
+            wall_s=wall,
+            **traffic,
+        )
+
+    benchmark.pedantic(run, rounds=ROUNDS, iterations=1)
 
 
 def _blob_traffic(proxy: CountingProxy) -> dict[str, tuple[int, int]]:
@@ -106,7 +120,7 @@ def test_native_index_empty_cache(
         workdir,
         report,
         key="native_cold",
-        label="seekoci, empty cache, native index published (fresh process, via the proxy)",
+        label="seekoci, empty cache, native index published (fresh process)",
         repo=published.native_repo,
         kind="native",
         index_digest=published.native_digest,
@@ -122,7 +136,7 @@ def test_soci_index_empty_cache(
         workdir,
         report,
         key="soci_cold",
-        label="seekoci, empty cache, SOCI index only (fresh process, via the proxy)",
+        label="seekoci, empty cache, SOCI index only (fresh process)",
         repo=published.soci_repo,
         kind="soci",
         index_digest=published.ztoc_digest,
