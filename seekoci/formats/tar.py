@@ -183,6 +183,12 @@ def _pax_time_ns(value: bytes) -> int:
         raise ValueError(text) from None
 
 
+#: The most a layer's global PAX records may hold, in records and in bytes: each entry
+#: after them carries them (git archive writes one, a commit id)
+GLOBAL_PAX_RECORDS = 64
+GLOBAL_PAX_BYTES = 1 << 20
+
+
 #: Longest PAX time taken in another spelling than digits and a point, and the most digits
 #: its value may have on either side of the point
 _PAX_TIME_CHARS = 64
@@ -298,6 +304,9 @@ class TarScanner:
         self._meta_left = 0  # payload bytes still to collect (padding counted in _skip)
         self._pax: dict[str, bytes] = {}
         self._global_pax: dict[str, bytes] = {}
+        #: what entries made of the global records' values (decoded text, xattr bytes):
+        #: made once, the same objects in every entry, not a copy in each
+        self._global_made: dict[tuple[str, str], Any] = {}
         self._long_name: bytes | None = None
         self._long_link: bytes | None = None
         self._first_header = -1  # header offset of the entry being assembled
@@ -471,6 +480,15 @@ class TarScanner:
             self._pax.update(parse_pax(payload, at))
         elif self._meta_type == b"g":
             self._global_pax.update(parse_pax(payload, at))
+            self._global_made = {}
+            if len(self._global_pax) > GLOBAL_PAX_RECORDS or (
+                sum(map(len, self._global_pax.values())) > GLOBAL_PAX_BYTES
+            ):
+                raise FormatError(
+                    f"{self._name}: global PAX records at offset {at} hold more than "
+                    f"{GLOBAL_PAX_RECORDS} records or {GLOBAL_PAX_BYTES} bytes (every entry "
+                    "after them has them)"
+                )
             self._first_header = -1  # a global header is not part of the next entry
         elif self._meta_type == b"L":
             self._long_name = _cstr(payload)
@@ -563,7 +581,8 @@ class TarScanner:
             and self._long_link is None
         ):
             return self._plain_entry(block, typeflag, size, at)
-        pax = {**self._global_pax, **self._pax} if self._global_pax else self._pax
+        global_pax = self._global_pax
+        pax = {**global_pax, **self._pax} if global_pax else self._pax
         magic = block[257:263]
         raw_name = _cstr(block[0:100])
         if magic == b"ustar\x00":  # POSIX: prefix field (GNU uses those bytes for times)
@@ -599,19 +618,26 @@ class TarScanner:
                 ) from None
         xattrs: dict[str, bytes] = _NO_XATTRS
         extra: dict[str, str] = _NO_PAX
+        made = self._global_made
         for key, value in pax.items():
             if xattrs is _NO_XATTRS and key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")):
                 xattrs = {}
+            shared = global_pax.get(key) is value  # (a global record's: made once)
             if key.startswith("SCHILY.xattr."):
                 xattrs[key[len("SCHILY.xattr.") :]] = value
             elif key.startswith("LIBARCHIVE.xattr."):
                 attr = key[len("LIBARCHIVE.xattr.") :]
+                if shared and ("xattr", key) in made:
+                    xattrs[attr] = made["xattr", key]
+                    continue
                 try:
                     xattrs[attr] = base64.b64decode(value + b"=" * (-len(value) % 4))
                 except ValueError:
                     raise FormatError(
                         f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}"
                     ) from None
+                if shared:
+                    made["xattr", key] = xattrs[attr]
             elif key.startswith("GNU.sparse."):
                 raise FormatError(
                     f"{self._name}: tar entry at offset {at} is a sparse file (not supported)"
@@ -619,7 +645,12 @@ class TarScanner:
             elif key not in ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname"):
                 if extra is _NO_PAX:
                     extra = {}
-                extra[key] = _decode(value)
+                if not shared:
+                    extra[key] = _decode(value)
+                elif ("text", key) in made:
+                    extra[key] = made["text", key]
+                else:
+                    extra[key] = made["text", key] = _decode(value)
         return TarEntry(
             name=normalize_name(name),
             type=kind,

@@ -3,10 +3,12 @@ archives; plus the errors a hostile tar must give."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import itertools
 import tarfile
+import tracemalloc
 
 import pytest
 from hypothesis import assume, given
@@ -31,7 +33,15 @@ from layers import (
 )
 
 from seekoci.errors import FormatError
-from seekoci.formats.tar import MAX_META_SIZE, TarEntry, TarScanner, normalize_name, parse_pax
+from seekoci.formats.tar import (
+    GLOBAL_PAX_BYTES,
+    GLOBAL_PAX_RECORDS,
+    MAX_META_SIZE,
+    TarEntry,
+    TarScanner,
+    normalize_name,
+    parse_pax,
+)
 
 TYPES = {
     tarfile.REGTYPE: "file",
@@ -200,6 +210,47 @@ def test_global_pax_headers_apply_to_every_later_entry() -> None:
     entries = scan(tar)
     assert seen(entries) == oracle(tar)
     assert [e.uname for e in entries] == ["everyone", "everyone"]
+
+
+def _global_tar(records: dict[str, str], files: int) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, pax_headers=records) as tf:
+        for i in range(files):
+            tf.addfile(tarfile.TarInfo(f"f{i}"))
+    return out.getvalue()
+
+
+def test_global_pax_values_are_made_once_for_every_entry() -> None:
+    # each entry after a global header has its records: the same objects, never a copy in
+    # each (a 16 MB record and 300 empty files were gigabytes)
+    value = base64.b64encode(b"v" * 3000).decode()
+    records = {"comment": "c" * (512 << 10), "LIBARCHIVE.xattr.user.k": value}
+    tar = _global_tar(records, 200)
+    tracemalloc.start()
+    try:
+        entries = scan(tar)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(entries) == 200
+    assert {e.pax["comment"] for e in entries} == {records["comment"]}
+    assert len({id(e.pax["comment"]) for e in entries}) == 1
+    assert len({id(e.xattrs["user.k"]) for e in entries}) == 1
+    assert entries[-1].xattrs["user.k"] == b"v" * 3000
+    assert peak < len(tar) + (16 << 20), f"{peak:,} B for a tar of {len(tar):,} B"
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        {"comment": "c" * (GLOBAL_PAX_BYTES + 1)},
+        {f"k{i}": "v" for i in range(GLOBAL_PAX_RECORDS + 1)},
+    ],
+    ids=["bytes", "records"],
+)
+def test_global_pax_records_past_their_bounds_are_a_format_error(records: dict[str, str]) -> None:
+    with pytest.raises(FormatError, match="global PAX records"):
+        scan(_global_tar(records, 2))
 
 
 def test_libarchive_xattrs_are_base64() -> None:
