@@ -516,6 +516,7 @@ class _Table:
     def strings(self, slot: int) -> list[bytes]:
         start, count = self.vector(slot, 4)
         out = []
+        text = 0  # (a string counted at each place naming it: see _SHARED_STRINGS)
         for i in range(count):
             at = start + 4 * i
             target = at + self.buf.u32(at)
@@ -523,6 +524,9 @@ class _Table:
             if length > self.buf.size - target - 4:
                 raise self.buf.fail(f"{self.what} field {slot}: string {i} does not fit")
             self._terminated(target + 4 + length, slot)
+            text += length
+            if text > self.buf.size:
+                raise self.buf.fail(f"{self.what} field {slot}: {_SHARED_STRINGS}")
             out.append(self.buf.data[target + 4 : target + 4 + length])
         return out
 
@@ -540,7 +544,16 @@ def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
     data = buf.data
     start, count = toc.vector(0, 4)
     u32 = _U32.unpack_from
-    return [_decode_file(buf, start + 4 * i + u32(data, start + 4 * i)[0]) for i in range(count)]
+    files = []
+    text = 0  # characters of every entry's strings: at most a byte each (see _scan_any)
+    for i in range(count):
+        f = _decode_file(buf, start + 4 * i + u32(data, start + 4 * i)[0])
+        text += len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
+        text += len(f.mod_time)
+        if text > buf.size:
+            raise buf.fail(_SHARED_STRINGS)
+        files.append(f)
+    return files
 
 
 def _file_layout(buf: _Buffer, pos: int) -> tuple[int, tuple[int, ...]]:
@@ -1160,6 +1173,11 @@ def _file_vtable(buf: _Buffer, pos: int) -> tuple[int, tuple[tuple[int, int], ..
     return obj_size, tuple(strings), at(2), at(3), at(13)
 
 
+#: Strings of a zTOC's tables that add up to more than the zTOC itself are strings shared by
+#: many tables (no builder shares a file's name): each entry made of them would be a copy
+_SHARED_STRINGS = "its tables' strings add up to more than the zTOC (shared by many tables)"
+
+
 def _scan_any(
     buf: _Buffer, start: int, count: int
 ) -> tuple[list[int], list[bytes], list[bytes], list[int], list[int]]:
@@ -1171,6 +1189,7 @@ def _scan_any(
     kinds: list[bytes] = []
     offsets: list[int] = []
     sizes: list[int] = []
+    text = 0  # bytes of every table's strings, a string counted at each table naming it
     for i in range(count):
         at = start + 4 * i
         pos = at + u32(data, at)[0]
@@ -1192,6 +1211,9 @@ def _scan_any(
             end = target + 4 + u32(data, target)[0]
             if end >= size or data[end]:
                 raise buf.fail(f"FileMetadata field {slot}: string does not fit or is not ended")
+            text += end - target
+            if text > size:
+                raise buf.fail(_SHARED_STRINGS)
             if slot == 0:
                 name = data[target + 4 : end]
             elif slot == 1:
@@ -1228,6 +1250,7 @@ def _scan_aligned(
     last = size - 4
     add_position, add_name, add_kind = positions.append, names.append, kinds.append
     add_offset, add_size = offsets.append, sizes.append
+    text = 0  # as _scan_any
     for at in range(start, start + 4 * count, 4):
         pos = at + words[at >> 2]
         if pos > last:
@@ -1254,6 +1277,9 @@ def _scan_aligned(
             end = target + 4 + words[target >> 2]
             if end >= size or data[end]:
                 raise buf.fail(f"FileMetadata field {slot}: string does not fit or is not ended")
+            text += end - target
+            if text > size:
+                raise buf.fail(_SHARED_STRINGS)
             if slot == 0:
                 name = data[target + 4 : end]
             elif slot == 1:
@@ -1452,6 +1478,8 @@ def _lookup_columns(
     ends = list(map(add, begins, _gather(words, map(rshift, targets, two))))
     del targets
     if max(ends) >= size or any(_gather(data, ends)):  # past the buffer, no NUL
+        return None
+    if sum(ends) - sum(begins) > size:  # names shared by many tables: the whole read refuses
         return None
     names = [data[b:e] for b, e in zip(begins, ends, strict=True)]
     del begins, ends

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -439,3 +440,71 @@ def test_a_ztoc_whose_int64s_are_not_8_byte_aligned(monkeypatch: pytest.MonkeyPa
     eager, lazy = both(shifted)
     target = eager.entries[-1]
     assert lazy.entries.lookup(target.name) == target
+
+
+def _shared_string_ztoc(tables: int, length: int, *, distinct: bool, digests: int = 1) -> bytes:
+    """A zTOC of ``tables`` file tables (one table named ``tables`` times, or as many
+    distinct ones) whose names are all one string of ``length`` bytes, and ``digests``
+    span digests that are all one string."""
+    import flatbuffers
+
+    from seekoci.formats.ztoc import _offsets_vector, tar_zinfo_blob
+
+    size = 1 << 20
+    b = flatbuffers.Builder(length + tables * 64 + 4096)
+    name, kind = b.CreateString(b"a" * length), b.CreateString(b"reg")
+    made = []
+    for i in range(tables if distinct else 1):
+        b.StartObject(14)
+        b.PrependUOffsetTRelativeSlot(0, name, 0)
+        b.PrependUOffsetTRelativeSlot(1, kind, 0)
+        b.PrependInt64Slot(2, 512 * (2 * i + 1), 0)
+        b.PrependInt64Slot(3, 1, 0)
+        made.append(b.EndObject())
+    files = _offsets_vector(b, made if distinct else made * tables)
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, files, 0)
+    toc = b.EndObject()
+    checkpoints = b.CreateByteVector(tar_zinfo_blob(size, size))
+    digest = b.CreateString(b"sha256:" + b"0" * 64 + b"0" * (length if digests > 1 else 0))
+    span_digests = _offsets_vector(b, [digest] * digests)
+    b.StartObject(4)
+    b.PrependInt8Slot(0, 2, 1)
+    b.PrependInt32Slot(1, 0, 0)
+    b.PrependUOffsetTRelativeSlot(2, span_digests, 0)
+    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
+    info = b.EndObject()
+    version = b.CreateString(b"0.9")
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, version, 0)
+    b.PrependUOffsetTRelativeSlot(1, version, 0)
+    b.PrependInt64Slot(2, size, 0)
+    b.PrependInt64Slot(3, size, 0)
+    b.PrependUOffsetTRelativeSlot(4, toc, 0)
+    b.PrependUOffsetTRelativeSlot(5, info, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize(
+    ("tables", "length", "distinct", "digests"),
+    [(20_000, 40_000, False, 1), (20_000, 40_000, True, 1), (1, 10, True, 20_000)],
+    ids=["one-table-many-times", "tables-sharing-a-name", "span-digests"],
+)
+def test_strings_shared_by_many_tables_are_refused_before_they_are_copied(
+    tables: int, length: int, distinct: bool, digests: int
+) -> None:
+    # a ~100-800 KB zTOC whose tables all name one 40 KB string: each name sliced or
+    # decoded was a copy (0.8-2.3 GB, a MemoryError under a 3 GB cap)
+    data = _shared_string_ztoc(tables, length, distinct=distinct, digests=digests)
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="shared by many tables"):
+            decode_ztoc(data)
+        with pytest.raises(FormatError, match="shared by many tables"):
+            entries = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=1 << 20)
+            entries.entries.lookup("a" * length)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * len(data) + (16 << 20), f"{peak:,} B for a zTOC of {len(data):,} B"
