@@ -46,6 +46,9 @@ LANDMARKS = frozenset({".prefetch.landmark", ".no.prefetch.landmark", TOC_NAME})
 #: files compresses to about this much; a larger one costs a second read).
 TAIL_GUESS = 64 << 10
 #: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
+#: The longest TOC member a footer may point at: the TOC's own limit and its tar headers
+#: (gzip adds a few bytes in 32 KiB to data it cannot compress)
+MAX_TOC_MEMBER = (512 << 20) + (1 << 20)
 _MIN_MEMBER = 20
 #: What a run's members may decode to beyond four times its chunks (tar headers after a
 #: payload share its member), before the run is decoded chunk by chunk instead.
@@ -223,6 +226,10 @@ class EstargzFormat(GzipFormat):
         toc_end = size - footer_size
         if not 0 <= toc_offset < toc_end:
             raise FormatError(f"{name}: the footer's TOC offset {toc_offset} is outside the blob")
+        if toc_end - toc_offset > MAX_TOC_MEMBER:  # (an offset of 0: the whole blob read)
+            raise FormatError(
+                f"{name}: the footer puts a TOC of {toc_end - toc_offset} bytes at {toc_offset}"
+            )
         if toc_offset < start:  # a TOC larger than the guess: the rest of it, once
             head = read_range(toc_offset, start - toc_offset)
             if len(head) != start - toc_offset:

@@ -71,6 +71,15 @@ def parse_footer(tail: bytes) -> tuple[tuple[int, int, int], tuple[int, int, int
     return None
 
 
+def _check_sizes(
+    toc_pos: tuple[int, ...], split_pos: tuple[int, ...] | None, most: int, *, where: str
+) -> None:
+    """The TOC's and tar-split's compressed lengths, checked before the blob's tail is read
+    (a length past the blob made the whole blob be read, from the offset on)."""
+    if toc_pos[1] > most or (split_pos is not None and split_pos[1] > most):
+        raise FormatError(f"{where}: the TOC or tar-split is over {most} bytes")
+
+
 def _position(value: str, fields: int, *, where: str) -> tuple[int, int, int]:
     try:
         parts = [int(p) for p in value.split(":")]
@@ -125,6 +134,7 @@ class ZstdChunkedFormat(ZstdFormat):
             split = annotation(annotations, "tarsplit-position")
             if split is not None:
                 split_pos = _position(split, 3, where=name)
+            _check_sizes(toc_pos, split_pos, MAX_TOC_SIZE, where=name)  # before any read
             start = off
             tail_len = length + (split_pos[1] if split_pos else 0) + 8 * 3 + 72
             if not 0 <= size - start <= tail_len:
@@ -143,6 +153,7 @@ class ZstdChunkedFormat(ZstdFormat):
             if found is None:
                 raise FormatError(f"{name}: no zstd:chunked footer at the end of the blob")
             toc_pos, split_pos = found
+            _check_sizes(toc_pos, split_pos, MAX_TOC_SIZE, where=name)  # before any read
             first = min(toc_pos[0], split_pos[0] if split_pos else toc_pos[0])
             tail_len = toc_pos[1] + (split_pos[1] if split_pos else 0) + 8 * 3 + 72
             if not 0 <= first <= size or size - first > tail_len:
@@ -156,8 +167,6 @@ class ZstdChunkedFormat(ZstdFormat):
         # TOC and tar-split are the blob's last frames (then the footer): a position that
         # would make us read much more than them is refused, not followed
         tail_len = toc_pos[1] + (split_pos[1] if split_pos else 0) + 8 * 3 + 72
-        if toc_pos[1] > MAX_TOC_SIZE or (split_pos and split_pos[1] > MAX_TOC_SIZE):
-            raise FormatError(f"{name}: the TOC or tar-split is over {MAX_TOC_SIZE} bytes")
 
         def piece(pos: tuple[int, int, int], what: str) -> bytes:
             off, length, _ = pos

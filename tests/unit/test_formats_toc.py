@@ -370,6 +370,36 @@ def test_a_toc_inflating_past_its_ratio_is_refused_before_it_is_parsed() -> None
     assert peak < 128 << 20, f"{peak:,} B for a blob of {len(made.blob):,} B"
 
 
+def test_a_toc_length_past_the_blob_is_refused_before_the_blob_is_read() -> None:
+    # a position annotation claiming a TOC of 10**15 bytes made the reader fetch the blob
+    # from the offset to its end (the whole blob) before the length was checked
+    made = zstd_chunked(build_tar([file("big", random_bytes("zc-pos", 4 << 20))]))
+    key = "io.github.containers.zstd-chunked.manifest-position"
+    annotations = {**made.annotations, key: f"8:{10**15}:0:1"}
+    layer, source = layer_of(made.blob, annotations)
+    with pytest.raises(seekoci.FormatError, match="over"):
+        layer.index()
+    assert source.bytes_read < 64 << 10
+
+
+def test_a_footer_pointing_at_the_blobs_start_is_refused_before_the_blob_is_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a footer whose TOC offset is 0 made the reader fetch the whole blob for its "TOC";
+    # the bound (512 MiB and the TOC's headers) lowered here to 1 MiB for a 4 MiB blob
+    from tocwriter import _footer
+
+    from seekoci.formats import estargz as estargz_format
+
+    monkeypatch.setattr(estargz_format, "MAX_TOC_MEMBER", 1 << 20)
+    made = estargz(build_tar([file("big", random_bytes("esgz-pos", 4 << 20))]))
+    blob = made.blob[:-51] + _footer(0, legacy=False)
+    layer, source = layer_of(blob)  # (no annotations: the footer is all there is)
+    with pytest.raises(seekoci.FormatError, match="footer puts a TOC"):
+        layer.index()
+    assert source.bytes_read < 128 << 10
+
+
 def test_a_lying_chunk_digest_is_an_integrity_error() -> None:
     def lie(doc: dict[str, Any]) -> None:
         for e in doc["entries"]:
