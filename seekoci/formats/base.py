@@ -454,28 +454,13 @@ class WindowPacker:
         return self._zstd.compress(window) if window else b""
 
 
-#: A compressed document (an index's directory or page, a TOC, a tar-split: JSON) may
-#: inflate to at most this many times its compressed bytes, or to :data:`INFLATE_FLOOR`
-#: whatever its size: JSON compresses 5-20x, and what a document of empty objects inflates
-#: to (a 90 KB index whose directory was 1 GiB of ``{},``) costs ~26 bytes of memory a byte
-INFLATE_RATIO = 100
-INFLATE_FLOOR = 16 << 20
-
-
-def inflate_limit(compressed: int, limit: int) -> int:
-    """What ``compressed`` bytes of a document may inflate to, ``limit`` at most."""
-    return min(limit, max(INFLATE_FLOOR, INFLATE_RATIO * compressed))
-
-
 def decompress_bounded(data: bytes, limit: int, *, what: str) -> bytes:
-    """A zstd frame's bytes, refusing more than ``limit`` or :func:`inflate_limit` of its
-    size (FormatError naming ``what``).
+    """A zstd frame's bytes, refusing more than ``limit`` (FormatError naming ``what``).
 
     zstandard allocates whatever size a frame header claims: the claim is checked first,
     and a frame that does not say is read at most one byte past the limit."""
     import zstandard
 
-    limit = inflate_limit(len(data), limit)
     try:
         claimed = zstandard.frame_content_size(data)
         if claimed > limit:
@@ -487,7 +472,7 @@ def decompress_bounded(data: bytes, limit: int, *, what: str) -> bytes:
     except zstandard.ZstdError as exc:
         raise FormatError(f"{what} is corrupt ({exc})") from None
     if len(out) > limit:
-        raise FormatError(f"{what} inflates past {limit} bytes (from {len(data)})")
+        raise FormatError(f"{what} is too big")
     return bytes(out)
 
 

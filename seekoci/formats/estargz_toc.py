@@ -12,7 +12,6 @@ import operator
 from typing import Any
 
 from ..errors import FormatError
-from .base import inflate_limit
 from .gzip import gunzip
 from .tar import BLOCK, TarScanner
 from .toc import (
@@ -51,9 +50,7 @@ def toc_file(
 def toc_of_member(member: bytes, toc_name: str, *, where: str) -> bytes:
     """The TOC JSON bytes from the (decoded) tar entry ``toc_name``
     (``stargz.index.json``)."""
-    tar = gunzip(
-        member, inflate_limit(len(member), MAX_TOC_SIZE) + 2 * BLOCK, what=f"{where}: TOC member"
-    )
+    tar = gunzip(member, MAX_TOC_SIZE + 2 * BLOCK, what=f"{where}: TOC member")
     header = tar[:BLOCK]
     if len(header) < BLOCK or header[:100].rstrip(b"\0") != toc_name.encode():
         raise FormatError(f"{where}: the TOC member does not hold {toc_name}")

@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import json
 import struct
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -354,20 +353,6 @@ def test_a_toc_that_is_not_json(toc_bytes: bytes) -> None:
     layer, _ = layer_of(made.blob, made.annotations)
     with pytest.raises(seekoci.FormatError, match="not JSON"):
         layer.listdir("/")
-
-
-def test_a_toc_inflating_past_its_ratio_is_refused_before_it_is_parsed() -> None:
-    # a ~50 KB TOC member that inflates to 48 MiB of empty JSON objects: parsed, ~1.2 GB
-    made = estargz(corpus(), toc_bytes=b"[" + b"{}," * (16 << 20) + b"{}]")
-    layer, _ = layer_of(made.blob, made.annotations)
-    tracemalloc.start()
-    try:
-        with pytest.raises(seekoci.FormatError):
-            layer.listdir("/")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    assert peak < 128 << 20, f"{peak:,} B for a blob of {len(made.blob):,} B"
 
 
 def test_a_toc_length_past_the_blob_is_refused_before_the_blob_is_read() -> None:
