@@ -176,7 +176,7 @@ def _pax_time_ns(value: bytes) -> int:
         exact = decimal.Decimal(text)
         # a time past 10**40 s is no time: its exponent alone (1e999990, ten bytes) would
         # make an integer of a million digits, seconds of CPU each
-        if not exact.is_finite() or abs(exact.adjusted()) > _PAX_TIME_DIGITS:
+        if not exact.is_finite() or exact.adjusted() > _PAX_TIME_DIGITS:  # (1e-50 is 0 ns)
             raise ValueError(text)
         return int((exact * 1_000_000_000).to_integral_value(rounding=decimal.ROUND_DOWN))
     except decimal.DecimalException:  # (InvalidOperation, Overflow, ...)
@@ -190,7 +190,7 @@ GLOBAL_PAX_BYTES = 1 << 20
 
 
 #: Longest PAX time taken in another spelling than digits and a point, and the most digits
-#: its value may have on either side of the point
+#: its value may have before the point
 _PAX_TIME_CHARS = 64
 _PAX_TIME_DIGITS = 40
 

@@ -135,5 +135,6 @@ def test_pax_times_in_other_spellings_are_exact() -> None:
     assert _pax_time_ns(b"1.5e-07") == 150
     assert _pax_time_ns(b"-1.5E+3") == -1_500_000_000_000
     assert _pax_time_ns(b"1e40") == 10**49  # the largest exponent taken
+    assert _pax_time_ns(b"1e-50") == _pax_time_ns(b"1e-999999") == 0  # tarfile writes these
     with pytest.raises(ValueError):
         _pax_time_ns(b"1e41")
