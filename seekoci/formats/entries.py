@@ -227,7 +227,9 @@ class EntryTable(IndexedSequence[TarEntry]):
             # the count checked against the names first (a list, never runs): runs expand to
             # the count, and a count of 10**8 in a 360-byte page was gigabytes of them
             names = doc["dense"]["name"]
-            if isinstance(names, list) and len(names) != count:
+            if not isinstance(names, list):
+                raise FormatError(f"{where}: column name is not a list")
+            if len(names) != count:
                 raise FormatError(f"{where}: entry columns of different lengths")
             dense = {name: _expand(doc["dense"][name], count, name, where) for name in DENSE}
             columns = [dense[name] for name in DENSE]

@@ -95,18 +95,19 @@ def test_hostile_runs_are_refused(column: str, runs: list, message: str) -> None
         EntryTable(doc)
 
 
-def test_a_count_the_names_do_not_have_is_refused_before_runs_expand() -> None:
+@pytest.mark.parametrize("names", [[], None, "x", 0], ids=["empty", "null", "text", "zero"])
+def test_a_count_the_names_do_not_have_is_refused_before_runs_expand(names: object) -> None:
     # a 360-byte page: every runnable column one run of 10**8, no names; expanding the runs
     # first took 5.4 GB and 6 s before the lengths were compared
     count = 10**8
     doc = json.loads(json.dumps(encode(entries(40))))
     doc["count"] = count
     doc["dense"] = {name: {"runs": [[0, count]]} for name in doc["dense"]}
-    doc["dense"]["name"], doc["dense"]["size"] = [], []
+    doc["dense"]["name"], doc["dense"]["size"] = names, []
     doc["dense"]["type"] = {"runs": [["file", count]]}
     tracemalloc.start()
     try:
-        with pytest.raises(FormatError, match="different lengths"):
+        with pytest.raises(FormatError, match=r"different lengths|not a list"):
             EntryTable(doc)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
