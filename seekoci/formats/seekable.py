@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FormatError, IntegrityError
-from .zstd import decompressor_for
+from .zstd import decompressor_for, read_up_to
 
 try:  # the table's checksums are XXH64; without the package, frames' own checksums only
     import xxhash
@@ -113,7 +113,7 @@ class SeekTable:
         try:
             dctx = decompressor_for(want)
             with dctx.stream_reader(data, read_across_frames=False) as reader:
-                out = reader.read(want + 1)
+                out = read_up_to(reader, want + 1)  # (a table says up to 4 GiB)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"{where} is corrupt ({exc})") from None
         if len(out) != want:

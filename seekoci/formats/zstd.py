@@ -139,7 +139,7 @@ def decode_span(
     want = span.uncompressed_size
     try:
         with decompressor_for(want).stream_reader(data, read_across_frames=True) as reader:
-            out = _read_up_to(reader, want + 1)
+            out = read_up_to(reader, want + 1)
     except zstandard.ZstdError as exc:
         raise FormatError(f"{name}: span {span.index}: corrupt zstd data ({exc})") from None
     if len(out) != want:
@@ -219,7 +219,7 @@ def decode_stream(
 _READ_PIECE = 64 << 20
 
 
-def _read_up_to(reader: Any, limit: int) -> bytes:
+def read_up_to(reader: Any, limit: int) -> bytes:
     """At most ``limit`` bytes of ``reader``: in one read up to :data:`_READ_PIECE`, then in
     reads that double, so that what is allocated stays within twice what the data has
     decoded to, whatever size a TOC claims (2**63: an OverflowError; 10**12: a MemoryError
@@ -229,11 +229,12 @@ def _read_up_to(reader: Any, limit: int) -> bytes:
     pieces: list[bytes] = []
     got = 0
     while got < limit:
-        piece = reader.read(min(ask, limit - got))
-        if not piece:
-            break
+        asked = min(ask, limit - got)
+        piece = reader.read(asked)
         pieces.append(piece)
         got += len(piece)
+        if len(piece) < asked:  # (a read over bytes comes short only at their end)
+            break
         ask = max(ask, got)  # the next read at most what came so far
     if len(pieces) == 1:
         return pieces[0]
