@@ -162,6 +162,19 @@ def test_a_prefetch_list_is_cut_from_the_end_only() -> None:
         assert_same(inside + tail)
 
 
+def test_a_long_prefetch_list_is_not_parsed() -> None:
+    # a 30 MB list of empty objects took 750 MB to parse, only to be dropped
+    inside = _ztoc_of(["a", "b"])
+    data = inside + SEPARATOR + b"[" + b"{}," * (10 << 20) + b"{}]"
+    tracemalloc.start()
+    try:
+        assert without_prefetch_list(data) == inside
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak:,} B to cut a {len(data):,} B zTOC"
+
+
 def test_a_ztoc_without_a_list_is_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[Any] = []
 
