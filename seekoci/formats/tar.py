@@ -304,9 +304,10 @@ class TarScanner:
         self._meta_left = 0  # payload bytes still to collect (padding counted in _skip)
         self._pax: dict[str, bytes] = {}
         self._global_pax: dict[str, bytes] = {}
-        #: what entries made of the global records' values (decoded text, xattr bytes):
-        #: made once, the same objects in every entry, not a copy in each
-        self._global_made: dict[tuple[str, str], Any] = {}
+        #: what entries made of the global records (text, names, xattrs), with the value
+        #: each was made of: made once, the same objects in every entry, not a copy in each
+        #: (a later global header that keeps a record keeps what was made of it)
+        self._global_made: dict[tuple[str, str], tuple[bytes, Any]] = {}
         self._long_name: bytes | None = None
         self._long_link: bytes | None = None
         self._first_header = -1  # header offset of the entry being assembled
@@ -480,9 +481,8 @@ class TarScanner:
             self._pax.update(parse_pax(payload, at))
         elif self._meta_type == b"g":
             self._global_pax.update(parse_pax(payload, at))
-            self._global_made = {}
             if len(self._global_pax) > GLOBAL_PAX_RECORDS or (
-                sum(map(len, self._global_pax.values())) > GLOBAL_PAX_BYTES
+                sum(len(k) + len(v) for k, v in self._global_pax.items()) > GLOBAL_PAX_BYTES
             ):
                 raise FormatError(
                     f"{self._name}: global PAX records at offset {at} hold more than "
@@ -572,6 +572,39 @@ class TarScanner:
             self._strings[raw] = text
         return text
 
+    def _made(self, kind: str, key: str, value: bytes, new: Any) -> Any:
+        """What was made of global record ``key`` (whose value is ``value``) as ``kind``
+        before, or ``new``, kept for the entries after this one."""
+        held = self._global_made.get((kind, key))
+        if held is not None and held[0] is value:
+            return held[1]
+        self._global_made[kind, key] = (value, new)
+        return new
+
+    def _normalized(self, pax: dict[str, bytes], name: str) -> str:
+        """``normalize_name(name)``: once for a global ``path`` record's name."""
+        value = pax.get("path")
+        if value is None or self._global_pax.get("path") is not value:
+            return normalize_name(name)
+        held = self._global_made.get(("name", "path"))
+        if held is not None and held[0] is value:
+            return held[1]  # type: ignore[no-any-return]
+        normal = normalize_name(name)
+        self._global_made["name", "path"] = (value, normal)
+        return normal
+
+    def _pax_text(self, pax: dict[str, bytes], key: str) -> str:
+        """PAX record ``key`` as text: a global record's is made once."""
+        value = pax[key]
+        if self._global_pax.get(key) is not value:
+            return _decode(value)
+        held = self._global_made.get(("text", key))
+        if held is not None and held[0] is value:
+            return held[1]  # type: ignore[no-any-return]
+        text = _decode(value)
+        self._global_made["text", key] = (value, text)
+        return text
+
     def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
         if (
             PLAIN_FAST_PATH
@@ -597,8 +630,8 @@ class TarScanner:
         for key in ("path", "linkpath", "uname", "gname"):
             if b"\x00" in pax.get(key, b""):
                 raise FormatError(f"{self._name}: PAX {key} at offset {at} holds a NUL byte")
-        name = _decode(pax["path"]) if "path" in pax else _decode(raw_name)
-        linkname = _decode(pax["linkpath"]) if "linkpath" in pax else _decode(raw_link)
+        name = self._pax_text(pax, "path") if "path" in pax else _decode(raw_name)
+        linkname = self._pax_text(pax, "linkpath") if "linkpath" in pax else _decode(raw_link)
         kind = _TYPES.get(typeflag, "file")  # POSIX: unknown types are regular files
         if kind == "file" and name.endswith("/") and typeflag in (b"0", b"\x00"):
             kind = "dir"  # v7 tars mark directories with a trailing slash
@@ -618,26 +651,28 @@ class TarScanner:
                 ) from None
         xattrs: dict[str, bytes] = _NO_XATTRS
         extra: dict[str, str] = _NO_PAX
-        made = self._global_made
         for key, value in pax.items():
             if xattrs is _NO_XATTRS and key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")):
                 xattrs = {}
             shared = global_pax.get(key) is value  # (a global record's: made once)
             if key.startswith("SCHILY.xattr."):
-                xattrs[key[len("SCHILY.xattr.") :]] = value
+                attr = key[len("SCHILY.xattr.") :]
+                xattrs[self._made("attr", key, value, attr) if shared else attr] = value
             elif key.startswith("LIBARCHIVE.xattr."):
-                attr = key[len("LIBARCHIVE.xattr.") :]
-                if shared and ("xattr", key) in made:
-                    xattrs[attr] = made["xattr", key]
-                    continue
-                try:
-                    xattrs[attr] = base64.b64decode(value + b"=" * (-len(value) % 4))
-                except ValueError:
-                    raise FormatError(
-                        f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}"
-                    ) from None
-                if shared:
-                    made["xattr", key] = xattrs[attr]
+                held = self._global_made.get(("xattr", key)) if shared else None
+                if held is not None and held[0] is value:
+                    attr, decoded = held[1]
+                else:
+                    attr = key[len("LIBARCHIVE.xattr.") :]
+                    try:
+                        decoded = base64.b64decode(value + b"=" * (-len(value) % 4))
+                    except ValueError:
+                        raise FormatError(
+                            f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}"
+                        ) from None
+                    if shared:
+                        self._made("xattr", key, value, (attr, decoded))
+                xattrs[attr] = decoded
             elif key.startswith("GNU.sparse."):
                 raise FormatError(
                     f"{self._name}: tar entry at offset {at} is a sparse file (not supported)"
@@ -645,14 +680,9 @@ class TarScanner:
             elif key not in ("path", "linkpath", "size", "mtime", "uid", "gid", "uname", "gname"):
                 if extra is _NO_PAX:
                     extra = {}
-                if not shared:
-                    extra[key] = _decode(value)
-                elif ("text", key) in made:
-                    extra[key] = made["text", key]
-                else:
-                    extra[key] = made["text", key] = _decode(value)
+                extra[key] = self._pax_text(pax, key)
         return TarEntry(
-            name=normalize_name(name),
+            name=self._normalized(pax, name),
             type=kind,
             size=size,
             mode=_number(block[100:108], "mode", at),
@@ -665,8 +695,12 @@ class TarScanner:
             mtime=mtime,
             mtime_ns=mtime_ns,
             linkname=linkname,
-            uname=_decode(pax["uname"]) if "uname" in pax else _decode(_cstr(block[265:297])),
-            gname=_decode(pax["gname"]) if "gname" in pax else _decode(_cstr(block[297:329])),
+            uname=self._pax_text(pax, "uname")
+            if "uname" in pax
+            else _decode(_cstr(block[265:297])),
+            gname=self._pax_text(pax, "gname")
+            if "gname" in pax
+            else _decode(_cstr(block[297:329])),
             devmajor=_number(block[329:337], "devmajor", at) if kind in ("char", "block") else 0,
             devminor=_number(block[337:345], "devminor", at) if kind in ("char", "block") else 0,
             xattrs=xattrs,

@@ -253,6 +253,38 @@ def test_global_pax_records_past_their_bounds_are_a_format_error(records: dict[s
         scan(_global_tar(records, 2))
 
 
+def _pax_block(kind: bytes, records: dict[str, str]) -> bytes:
+    """A PAX header of ``kind`` (``g`` global, ``x`` one entry's) and its records."""
+    body = b""
+    for key, value in records.items():
+        text = f" {key}={value}\n".encode()
+        size = len(text) + len(str(len(text)))
+        size += len(str(size)) - len(str(len(text)))
+        body += str(size).encode() + text
+    info = tarfile.TarInfo("pax_header")
+    info.type, info.size = kind, len(body)
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + body + bytes(-len(body) % 512)
+
+
+def test_global_pax_values_stay_shared_across_later_global_headers() -> None:
+    # a tiny global header before each entry emptied what was made of the big record
+    tar = _pax_block(tarfile.XGLTYPE, {"comment": "c" * (256 << 10), "uname": "u" * (64 << 10)})
+    for i in range(100):
+        tar += _pax_block(tarfile.XGLTYPE, {"x": str(i)})
+        tar += tarfile.TarInfo(f"f{i}").tobuf(format=tarfile.USTAR_FORMAT)
+    entries = scan(tar + bytes(1024))
+    assert len(entries) == 100
+    assert len({id(e.pax["comment"]) for e in entries}) == 1
+    assert len({id(e.uname) for e in entries}) == 1 and entries[0].uname == "u" * (64 << 10)
+    assert [e.pax["x"] for e in entries] == [str(i) for i in range(100)]
+
+
+def test_global_pax_keys_count_in_their_bound() -> None:
+    key = "SCHILY.xattr." + "k" * GLOBAL_PAX_BYTES  # an empty value: 1 MiB of key alone
+    with pytest.raises(FormatError, match="global PAX records"):
+        scan(_pax_block(tarfile.XGLTYPE, {key: ""}) + bytes(1024))
+
+
 def test_libarchive_xattrs_are_base64() -> None:
     tar = (
         pax_member(pax_record("LIBARCHIVE.xattr.user.k", "AAEC/w"))  # unpadded base64
