@@ -550,9 +550,16 @@ def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
     files = []
     text = 0  # characters of every entry's strings: at most a byte each (see _scan_any)
     for i in range(count):
-        f = _decode_file(buf, start + 4 * i + u32(data, start + 4 * i)[0])
+        pos = start + 4 * i + u32(data, start + 4 * i)[0]
+        if pos <= buf.size - 4:  # (else _decode_file says what is wrong)
+            obj_size, fields = _file_layout(buf, pos)
+            if len(fields) > 13:  # its xattrs, counted before they are read (_xattrs_checked)
+                text += 4 * _xattr_references(buf, pos, obj_size, fields[13])
+                if text > buf.size:
+                    raise buf.fail(_SHARED_STRINGS)
+        f = _decode_file(buf, pos)
         text += len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
-        text += len(f.mod_time)
+        text += len(f.mod_time) + sum(len(k) + len(v) for k, v in f.xattrs.items())
         if text > buf.size:
             raise buf.fail(_SHARED_STRINGS)
         files.append(f)
@@ -1183,6 +1190,31 @@ def _file_vtable(buf: _Buffer, pos: int) -> tuple[int, tuple[tuple[int, int], ..
 _SHARED_STRINGS = "its tables' strings add up to more than the zTOC (shared by many tables)"
 
 
+def _xattrs_checked(buf: _Buffer, pos: int, obj_size: int, off: int, text: int) -> int:
+    """Check the xattrs of the table at ``pos`` (``off``: its field) as :func:`_xattrs`
+    does, and return what they add to the scan's count of string bytes: 4 a reference
+    (before they are read: a vector naming one Xattr table 50k times, shared by many tables,
+    was hours of CPU), then their keys' and values' bytes (a value shared by many tables
+    was a copy in each entry made of them)."""
+    references = _xattr_references(buf, pos, obj_size, off)
+    if text + 4 * references > buf.size:
+        raise buf.fail(_SHARED_STRINGS)
+    found = _xattrs(buf, pos, obj_size, (0,) * 13 + (off,))
+    return 4 * references + sum(len(k) + len(v) for k, v in found.items())
+
+
+def _xattr_references(buf: _Buffer, pos: int, obj_size: int, off: int) -> int:
+    """How many Xattr tables the xattrs vector of the table at ``pos`` names (0 where
+    it is out of bounds: :func:`_xattrs` says what is wrong then)."""
+    data, size = buf.data, buf.size
+    field = pos + off
+    if off and off + 4 <= obj_size and field + 4 <= size:
+        vector = field + _U32.unpack_from(data, field)[0]
+        if vector + 4 <= size:
+            return int(_U32.unpack_from(data, vector)[0])
+    return 0
+
+
 def _scan_any(
     buf: _Buffer, start: int, count: int
 ) -> tuple[list[int], list[bytes], list[bytes], list[int], list[int]]:
@@ -1224,7 +1256,7 @@ def _scan_any(
             elif slot == 1:
                 kind = data[target + 4 : end]
         if xattr_off:
-            _xattrs(buf, pos, obj_size, (0,) * 13 + (xattr_off,))
+            text += _xattrs_checked(buf, pos, obj_size, xattr_off, text)
         positions.append(pos)
         names.append(name)
         kinds.append(kind)
@@ -1294,9 +1326,9 @@ def _scan_aligned(
             if xattr_off + 4 <= obj_size and not field_at & 3:
                 vector = field_at + words[field_at >> 2]
                 if vector > last or vector & 3 or words[vector >> 2]:
-                    _xattrs(buf, pos, obj_size, (0,) * 13 + (xattr_off,))
+                    text += _xattrs_checked(buf, pos, obj_size, xattr_off, text)
             else:
-                _xattrs(buf, pos, obj_size, (0,) * 13 + (xattr_off,))
+                text += _xattrs_checked(buf, pos, obj_size, xattr_off, text)
         add_position(pos)
         add_name(name)
         add_kind(kind)
@@ -1525,6 +1557,7 @@ class ZtocLookup(NameLookup):
         self._whole: ZtocEntries | None = None
         self._map: dict[str, int] | None = None
         self._files: dict[int, ZtocFile] = {}
+        self._text = 0  # characters of the strings of the tables in _files
         self._made: dict[int, TarEntry] = {}
 
     def __len__(self) -> int:
@@ -1601,8 +1634,15 @@ class ZtocLookup(NameLookup):
                 f = _decode_file(self._buf, columns[0][i])
             except _MALFORMED as exc:
                 raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
+            text = len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
+            text += len(f.mod_time) + sum(len(k) + len(v) for k, v in f.xattrs.items())
             with self._lock:
-                self._files[i] = f
+                if i not in self._files:
+                    self._text += text
+                    self._files[i] = f
+                over = self._text > self._buf.size
+            if over:  # (the whole read refuses such a zTOC too: see _SHARED_STRINGS)
+                raise FormatError(f"{self._where}: {_SHARED_STRINGS}")
         return f
 
     def _make(self, i: int) -> TarEntry:

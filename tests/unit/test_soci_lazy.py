@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import time
 import tracemalloc
 from typing import Any
 
@@ -521,3 +522,86 @@ def test_strings_shared_by_many_tables_are_refused_before_they_are_copied(
     finally:
         tracemalloc.stop()
     assert peak < 10 * len(data) + (16 << 20), f"{peak:,} B for a zTOC of {len(data):,} B"
+
+
+def _ztoc_sharing(tables: int, *, link: int = 0, value: int = 0, references: int = 1) -> bytes:
+    """A zTOC of ``tables`` distinct tables (names ``f0``.., offsets growing) that share
+    one linkname of ``link`` bytes, or one xattrs vector naming ``references`` times one
+    Xattr table whose value is ``value`` bytes."""
+    import flatbuffers
+
+    from seekoci.formats.ztoc import _offsets_vector, tar_zinfo_blob
+
+    size = 512 * (2 * tables + 2)
+    b = flatbuffers.Builder(link + value + 64 * tables + 4 * references + 4096)
+    xattrs = linkname = 0
+    if value:
+        key, data = b.CreateString(b"SCHILY.xattr.user.k"), b.CreateString(b"v" * value)
+        b.StartObject(2)
+        b.PrependUOffsetTRelativeSlot(0, key, 0)
+        b.PrependUOffsetTRelativeSlot(1, data, 0)
+        xattrs = _offsets_vector(b, [b.EndObject()] * references)
+    if link:
+        linkname = b.CreateString(b"l" * link)
+    kind = b.CreateString(b"symlink" if link else b"reg")
+    made = []
+    for i in reversed(range(tables)):
+        name = b.CreateString(b"f%d" % i)
+        b.StartObject(14)
+        b.PrependUOffsetTRelativeSlot(0, name, 0)
+        b.PrependUOffsetTRelativeSlot(1, kind, 0)
+        b.PrependInt64Slot(2, 512 * (2 * i + 1), 0)
+        b.PrependInt64Slot(3, 0 if link else 1, 0)
+        if link:
+            b.PrependUOffsetTRelativeSlot(4, linkname, 0)
+        if value:
+            b.PrependUOffsetTRelativeSlot(13, xattrs, 0)
+        made.append(b.EndObject())
+    files = _offsets_vector(b, made[::-1])
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, files, 0)
+    toc = b.EndObject()
+    checkpoints = b.CreateByteVector(tar_zinfo_blob(size, size))
+    digests = _offsets_vector(b, [b.CreateString(b"sha256:" + b"0" * 64)])
+    b.StartObject(4)
+    b.PrependInt8Slot(0, 2, 1)
+    b.PrependUOffsetTRelativeSlot(2, digests, 0)
+    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
+    info = b.EndObject()
+    b.StartObject(6)
+    b.PrependInt64Slot(2, size, 0)
+    b.PrependInt64Slot(3, size, 0)
+    b.PrependUOffsetTRelativeSlot(4, toc, 0)
+    b.PrependUOffsetTRelativeSlot(5, info, 0)
+    b.Finish(b.EndObject())
+    return bytes(b.Output())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"value": 100_000}, {"value": 10, "references": 50_000}],
+    ids=["one-value-in-every-entry", "one-xattr-named-50k-times"],
+)
+def test_xattrs_shared_by_many_tables_are_refused_before_they_are_read(kwargs: dict) -> None:
+    # 5,000 tables sharing one 100 KB xattr value: 517 MB once every entry was made; 100
+    # tables sharing a vector that names one Xattr table 50k times: 11 s of CPU
+    data = _ztoc_sharing(5_000 if "references" not in kwargs else 100, **kwargs)
+    size = _claimed_size(data)
+    started = time.perf_counter()
+    with pytest.raises(FormatError, match="shared by many tables"):
+        decode_ztoc(data)
+    with pytest.raises(FormatError, match="shared by many tables"):
+        list(lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=size).entries)
+    assert time.perf_counter() - started < 5
+
+
+def test_lookups_count_the_strings_of_the_tables_they_make() -> None:
+    # distinct names sharing one 200 KB linkname: each lookup's entry held a copy of it
+    data = _ztoc_sharing(2_000, link=200_000)
+    size = _claimed_size(data)
+    entries = lazy_layer_index(data, layer_digest=DIGEST, media_type="m", blob_size=size).entries
+    assert isinstance(entries, ZtocLookup)
+    with pytest.raises(FormatError, match="shared by many tables"):
+        for i in range(2_000):
+            entries.lookup(f"f{i}")
+    assert len(entries._files) < 10
