@@ -456,35 +456,19 @@ def test_a_ztoc_whose_int64s_are_not_8_byte_aligned(monkeypatch: pytest.MonkeyPa
     assert lazy.entries.lookup(target.name) == target
 
 
-def _shared_string_ztoc(tables: int, length: int, *, distinct: bool, digests: int = 1) -> bytes:
-    """A zTOC of ``tables`` file tables (one table named ``tables`` times, or as many
-    distinct ones) whose names are all one string of ``length`` bytes, and ``digests``
-    span digests that are all one string."""
-    import flatbuffers
-
+def _ztoc_root(b: Any, files: int, digests: list[int], size: int) -> bytes:
+    """The rest of a hand-built zTOC around its file tables' vector ``files``: the TOC
+    table, a compression info of ``digests`` (span digest strings) and no checkpoints (a
+    plain layer of ``size`` bytes), and the root; the finished buffer."""
     from seekoci.formats.ztoc import _offsets_vector, tar_zinfo_blob
 
-    size = 1 << 20
-    b = flatbuffers.Builder(length + tables * 64 + 4096)
-    name, kind = b.CreateString(b"a" * length), b.CreateString(b"reg")
-    made = []
-    for i in range(tables if distinct else 1):
-        b.StartObject(14)
-        b.PrependUOffsetTRelativeSlot(0, name, 0)
-        b.PrependUOffsetTRelativeSlot(1, kind, 0)
-        b.PrependInt64Slot(2, 512 * (2 * i + 1), 0)
-        b.PrependInt64Slot(3, 1, 0)
-        made.append(b.EndObject())
-    files = _offsets_vector(b, made if distinct else made * tables)
     b.StartObject(1)
     b.PrependUOffsetTRelativeSlot(0, files, 0)
     toc = b.EndObject()
     checkpoints = b.CreateByteVector(tar_zinfo_blob(size, size))
-    digest = b.CreateString(b"sha256:" + b"0" * 64 + b"0" * (length if digests > 1 else 0))
-    span_digests = _offsets_vector(b, [digest] * digests)
+    span_digests = _offsets_vector(b, digests)
     b.StartObject(4)
     b.PrependInt8Slot(0, 2, 1)
-    b.PrependInt32Slot(1, 0, 0)
     b.PrependUOffsetTRelativeSlot(2, span_digests, 0)
     b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
     info = b.EndObject()
@@ -498,6 +482,30 @@ def _shared_string_ztoc(tables: int, length: int, *, distinct: bool, digests: in
     b.PrependUOffsetTRelativeSlot(5, info, 0)
     b.Finish(b.EndObject())
     return bytes(b.Output())
+
+
+def _shared_string_ztoc(tables: int, length: int, *, distinct: bool, digests: int = 1) -> bytes:
+    """A zTOC of ``tables`` file tables (one table named ``tables`` times, or as many
+    distinct ones) whose names are all one string of ``length`` bytes, and ``digests``
+    span digests that are all one string."""
+    import flatbuffers
+
+    from seekoci.formats.ztoc import _offsets_vector
+
+    size = 1 << 20
+    b = flatbuffers.Builder(length + tables * 64 + 4096)
+    name, kind = b.CreateString(b"a" * length), b.CreateString(b"reg")
+    made = []
+    for i in range(tables if distinct else 1):
+        b.StartObject(14)
+        b.PrependUOffsetTRelativeSlot(0, name, 0)
+        b.PrependUOffsetTRelativeSlot(1, kind, 0)
+        b.PrependInt64Slot(2, 512 * (2 * i + 1), 0)
+        b.PrependInt64Slot(3, 1, 0)
+        made.append(b.EndObject())
+    files = _offsets_vector(b, made if distinct else made * tables)
+    digest = b.CreateString(b"sha256:" + b"0" * 64 + b"0" * (length if digests > 1 else 0))
+    return _ztoc_root(b, files, [digest] * digests, size)
 
 
 @pytest.mark.parametrize(
@@ -530,7 +538,7 @@ def _ztoc_sharing(tables: int, *, link: int = 0, value: int = 0, references: int
     Xattr table whose value is ``value`` bytes."""
     import flatbuffers
 
-    from seekoci.formats.ztoc import _offsets_vector, tar_zinfo_blob
+    from seekoci.formats.ztoc import _offsets_vector
 
     size = 512 * (2 * tables + 2)
     b = flatbuffers.Builder(link + value + 64 * tables + 4 * references + 4096)
@@ -558,23 +566,7 @@ def _ztoc_sharing(tables: int, *, link: int = 0, value: int = 0, references: int
             b.PrependUOffsetTRelativeSlot(13, xattrs, 0)
         made.append(b.EndObject())
     files = _offsets_vector(b, made[::-1])
-    b.StartObject(1)
-    b.PrependUOffsetTRelativeSlot(0, files, 0)
-    toc = b.EndObject()
-    checkpoints = b.CreateByteVector(tar_zinfo_blob(size, size))
-    digests = _offsets_vector(b, [b.CreateString(b"sha256:" + b"0" * 64)])
-    b.StartObject(4)
-    b.PrependInt8Slot(0, 2, 1)
-    b.PrependUOffsetTRelativeSlot(2, digests, 0)
-    b.PrependUOffsetTRelativeSlot(3, checkpoints, 0)
-    info = b.EndObject()
-    b.StartObject(6)
-    b.PrependInt64Slot(2, size, 0)
-    b.PrependInt64Slot(3, size, 0)
-    b.PrependUOffsetTRelativeSlot(4, toc, 0)
-    b.PrependUOffsetTRelativeSlot(5, info, 0)
-    b.Finish(b.EndObject())
-    return bytes(b.Output())
+    return _ztoc_root(b, files, [b.CreateString(b"sha256:" + b"0" * 64)], size)
 
 
 @pytest.mark.parametrize(
