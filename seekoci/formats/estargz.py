@@ -45,10 +45,10 @@ LANDMARKS = frozenset({".prefetch.landmark", ".no.prefetch.landmark", TOC_NAME})
 #: Bytes of the blob's end fetched to find footer and TOC in one read (a TOC of ~1500
 #: files compresses to about this much; a larger one costs a second read).
 TAIL_GUESS = 64 << 10
-#: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
 #: The longest TOC member a footer may point at: the TOC's own limit and its tar headers
 #: (gzip adds a few bytes in 32 KiB to data it cannot compress)
 MAX_TOC_MEMBER = (512 << 20) + (1 << 20)
+#: The smallest gzip member: a 10-byte header, an empty deflate block, an 8-byte trailer.
 _MIN_MEMBER = 20
 #: What a run's members may decode to beyond four times its chunks (tar headers after a
 #: payload share its member), before the run is decoded chunk by chunk instead.

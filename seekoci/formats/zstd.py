@@ -213,7 +213,6 @@ def decode_stream(
     return b"".join(parts)
 
 
-#: zstd frame magic and the skippable-frame magics (0x184D2A50-0x184D2A5F), little-endian.
 #: The most a span's decode asks of zstd in its first read (a read allocates what it asks
 #: for before it decodes a byte)
 _READ_PIECE = 64 << 20
@@ -241,6 +240,7 @@ def read_up_to(reader: Any, limit: int) -> bytes:
     return b"".join(pieces)
 
 
+#: zstd frame magic and the skippable-frame magics (0x184D2A50-0x184D2A5F), little-endian.
 FRAME_MAGIC = 0xFD2FB528
 SKIPPABLE_MASK, SKIPPABLE_MAGIC = 0xFFFFFFF0, 0x184D2A50
 
