@@ -541,6 +541,13 @@ _FILE_U32 = (6, 7)
 _VTABLE_FIELDS = [struct.Struct(f"<{n}H") for n in range(64)]
 
 
+def _text_of(f: ZtocFile) -> int:
+    """The characters of a decoded table's strings and xattrs (at most a byte each), as
+    the checks against strings shared by many tables count them (:data:`_SHARED_STRINGS`)."""
+    text = len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
+    return text + len(f.mod_time) + sum(len(k) + len(v) for k, v in f.xattrs.items())
+
+
 def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
     """Every FileMetadata of the TOC: the same checks as :class:`_Table` does field by
     field, written out in one loop (a zTOC has one table per tar entry; ~5x faster)."""
@@ -548,7 +555,7 @@ def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
     start, count = toc.vector(0, 4)
     u32 = _U32.unpack_from
     files = []
-    text = 0  # characters of every entry's strings: at most a byte each (see _scan_any)
+    text = 0  # _text_of every table so far (see _scan_any)
     for i in range(count):
         pos = start + 4 * i + u32(data, start + 4 * i)[0]
         if pos <= buf.size - 4:  # (else _decode_file says what is wrong)
@@ -558,8 +565,7 @@ def _decode_files(buf: _Buffer, toc: _Table) -> list[ZtocFile]:
                 if text > buf.size:
                     raise buf.fail(_SHARED_STRINGS)
         f = _decode_file(buf, pos)
-        text += len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
-        text += len(f.mod_time) + sum(len(k) + len(v) for k, v in f.xattrs.items())
+        text += _text_of(f)
         if text > buf.size:
             raise buf.fail(_SHARED_STRINGS)
         files.append(f)
@@ -1634,8 +1640,7 @@ class ZtocLookup(NameLookup):
                 f = _decode_file(self._buf, columns[0][i])
             except _MALFORMED as exc:
                 raise FormatError(f"{self._where}: entry {i} is malformed ({exc})") from None
-            text = len(f.name) + len(f.type) + len(f.linkname) + len(f.uname) + len(f.gname)
-            text += len(f.mod_time) + sum(len(k) + len(v) for k, v in f.xattrs.items())
+            text = _text_of(f)
             with self._lock:
                 if i not in self._files:
                     self._text += text
