@@ -21,8 +21,9 @@ import concurrent.futures
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from zlib import adler32
 
 from .._threads import room_beside_a_pass, submit_or_run
@@ -32,6 +33,8 @@ BLOCK = 512
 #: PAX and GNU long-name payloads larger than this are refused (a hostile tar could
 #: otherwise make us buffer gigabytes of "header").
 MAX_META_SIZE = 16 << 20
+
+_T = TypeVar("_T")
 
 _TYPES = {
     b"0": "file",
@@ -572,38 +575,37 @@ class TarScanner:
             self._strings[raw] = text
         return text
 
-    def _made(self, kind: str, key: str, value: bytes, new: Any) -> Any:
-        """What was made of global record ``key`` (whose value is ``value``) as ``kind``
-        before, or ``new``, kept for the entries after this one."""
+    def _once(self, kind: str, key: str, value: bytes, make: Callable[..., _T], *args: Any) -> _T:
+        """``make(*args)`` for global record ``key`` (whose value is ``value``), made once:
+        the same object for every entry after it, kept with the value it was made of."""
         held = self._global_made.get((kind, key))
         if held is not None and held[0] is value:
-            return held[1]
-        self._global_made[kind, key] = (value, new)
-        return new
+            return held[1]  # type: ignore[no-any-return]
+        made = make(*args)
+        self._global_made[kind, key] = (value, made)
+        return made
 
     def _normalized(self, pax: dict[str, bytes], name: str) -> str:
         """``normalize_name(name)``: once for a global ``path`` record's name."""
         value = pax.get("path")
         if value is None or self._global_pax.get("path") is not value:
             return normalize_name(name)
-        held = self._global_made.get(("name", "path"))
-        if held is not None and held[0] is value:
-            return held[1]  # type: ignore[no-any-return]
-        normal = normalize_name(name)
-        self._global_made["name", "path"] = (value, normal)
-        return normal
+        return self._once("name", "path", value, normalize_name, name)
 
     def _pax_text(self, pax: dict[str, bytes], key: str) -> str:
         """PAX record ``key`` as text: a global record's is made once."""
         value = pax[key]
         if self._global_pax.get(key) is not value:
             return _decode(value)
-        held = self._global_made.get(("text", key))
-        if held is not None and held[0] is value:
-            return held[1]  # type: ignore[no-any-return]
-        text = _decode(value)
-        self._global_made["text", key] = (value, text)
-        return text
+        return self._once("text", key, value, _decode, value)
+
+    def _libarchive_xattr(self, key: str, value: bytes, at: int) -> tuple[str, bytes]:
+        """A ``LIBARCHIVE.xattr.`` record: the attribute's name and its base64 value."""
+        try:
+            decoded = base64.b64decode(value + b"=" * (-len(value) % 4))
+        except ValueError:
+            raise FormatError(f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}") from None
+        return key[len("LIBARCHIVE.xattr.") :], decoded
 
     def _entry(self, block: bytes, typeflag: bytes, size: int, at: int) -> TarEntry:
         if (
@@ -656,22 +658,16 @@ class TarScanner:
                 xattrs = {}
             shared = global_pax.get(key) is value  # (a global record's: made once)
             if key.startswith("SCHILY.xattr."):
-                attr = key[len("SCHILY.xattr.") :]
-                xattrs[self._made("attr", key, value, attr) if shared else attr] = value
+                cut = slice(len("SCHILY.xattr."), None)
+                attr = self._once("attr", key, value, key.__getitem__, cut) if shared else key[cut]
+                xattrs[attr] = value
             elif key.startswith("LIBARCHIVE.xattr."):
-                held = self._global_made.get(("xattr", key)) if shared else None
-                if held is not None and held[0] is value:
-                    attr, decoded = held[1]
-                else:
-                    attr = key[len("LIBARCHIVE.xattr.") :]
-                    try:
-                        decoded = base64.b64decode(value + b"=" * (-len(value) % 4))
-                    except ValueError:
-                        raise FormatError(
-                            f"{self._name}: bad LIBARCHIVE.xattr value at offset {at}"
-                        ) from None
-                    if shared:
-                        self._made("xattr", key, value, (attr, decoded))
+                made = self._libarchive_xattr
+                attr, decoded = (
+                    self._once("xattr", key, value, made, key, value, at)
+                    if shared
+                    else made(key, value, at)
+                )
                 xattrs[attr] = decoded
             elif key.startswith("GNU.sparse."):
                 raise FormatError(
