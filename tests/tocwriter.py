@@ -11,6 +11,7 @@ they must never make (a TOC edited after the fact).
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime
 import gzip
 import hashlib
@@ -139,8 +140,9 @@ def estargz(
     for a, b in zip(cuts, [*cuts[1:], end], strict=True):
         starts.append((a, len(blob)))
         blob += gzip.compress(body[a:b], mtime=0)
+    tar_starts = [s[0] for s in starts]  # (ascending: cuts are sorted)
     for entry, at in pieces:
-        ustart, cstart = max(s for s in starts if s[0] <= at)
+        ustart, cstart = starts[bisect.bisect_right(tar_starts, at) - 1]
         entry["offset"] = cstart
         if at != ustart:
             entry["innerOffset"] = at - ustart

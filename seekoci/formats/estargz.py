@@ -248,7 +248,7 @@ class EstargzFormat(GzipFormat):
                 raise IntegrityError(
                     f"{name}: the TOC's digest is {actual}, the manifest says {expected}"
                 )
-        doc = load_json(toc, where=name)
+        doc = load_json(toc, packed=len(member), where=name)
         landmark = toc_file(member, toc, toc_offset, toc_end, where=name, digest=toc_digest)
         # its entries are made when a read needs them (toc_lookup), unless they are not of
         # the shape that takes: then all of them now, which says what is wrong

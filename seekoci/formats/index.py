@@ -409,11 +409,10 @@ def parse_header(data: bytes, *, where: str = "index") -> IndexHeader:
 
 def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex, dict[str, Any]]:
     """The layer's identity (a LayerIndex without entries or spans yet) and the directory."""
-    raw = decompress_bounded(
-        head[header.toc_offset : header.head_end], MAX_TOC_SIZE, what=f"{where}: directory"
-    )
+    packed = head[header.toc_offset : header.head_end]
+    raw = decompress_bounded(packed, MAX_TOC_SIZE, what=f"{where}: directory")
     try:
-        doc = _json.loads(raw.decode("utf-8"))
+        doc = _json.loads(raw.decode("utf-8"), packed=len(packed))
     except ValueError as exc:
         raise FormatError(f"{where}: directory is corrupt ({exc})") from exc
     try:

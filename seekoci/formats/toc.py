@@ -94,9 +94,10 @@ class Payload(NamedTuple):
     size: int
 
 
-def load_json(data: bytes, *, where: str) -> dict[str, Any]:
+def load_json(data: bytes, *, packed: int, where: str) -> dict[str, Any]:
+    """The TOC document ``data``, inflated from ``packed`` bytes."""
     try:
-        doc = _json.loads(data)
+        doc = _json.loads(data, packed=packed)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: TOC is not JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):

@@ -182,7 +182,8 @@ class ZstdChunkedFormat(ZstdFormat):
                     f"{name}: the TOC's digest is {actual}, the manifest says {expected}"
                 )
         limit = min(toc_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE)
-        doc = load_json(decompress_bounded(compressed, limit, what=f"{name}: TOC"), where=name)
+        text = decompress_bounded(compressed, limit, what=f"{name}: TOC")
+        doc = load_json(text, packed=len(compressed), where=name)
         # its entries are made when a read needs them (toc_lookup), unless they are not of
         # the shape that takes: then all of them now, which says what is wrong
         columns = toc_columns(doc["entries"])
@@ -242,11 +243,11 @@ class ZstdChunkedFormat(ZstdFormat):
 
             def tar_index() -> LayerIndex:
                 # entries of their own (the tar offsets are set on them): the TOC read again
-                again = load_json(
-                    decompress_bounded(compressed, limit, what=f"{name}: TOC"), where=name
-                )
+                text = decompress_bounded(compressed, limit, what=f"{name}: TOC")
+                again = load_json(text, packed=len(compressed), where=name)
                 raw = decompress_bounded(tar_split, ulimit, what=f"{name}: tar-split")
-                return made(files_of(again, where=name), layout=layout_of(raw, where=name))
+                layout = layout_of(raw, packed=len(tar_split), where=name)
+                return made(files_of(again, where=name), layout=layout)
 
             index.tar_index = _once(tar_index)
         return index

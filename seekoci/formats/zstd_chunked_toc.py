@@ -99,9 +99,9 @@ def _close_file(
     pending.clear()
 
 
-def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
+def layout_of(data: bytes, *, packed: int | None = None, where: str) -> list[Segment | Payload]:
     """The tar layout from tar-split's JSON lines (type 1: an entry and its payload size,
-    type 2: raw tar bytes, base64).
+    type 2: raw tar bytes, base64), inflated from ``packed`` bytes.
 
     A tar-split is one record per line, ended by LF: each record is decoded where it lies
     in the text and made an item at once, so no array of 100k records is ever held (nor
@@ -110,6 +110,10 @@ def layout_of(data: bytes, *, where: str) -> list[Segment | Payload]:
     that is not exactly that (blank lines, CRs, another encoding) is split into its
     non-blank lines, parsed as one JSON array, which gives the same records wherever both
     read it."""
+    try:
+        _json.check(data, packed=packed)
+    except ValueError as exc:
+        raise FormatError(f"{where}: the tar-split is too large ({exc})") from None
     try:
         return _layout(_records(data.decode("utf-8")), where)
     except (_NotLines, UnicodeDecodeError):

@@ -140,9 +140,9 @@ def test_a_zstd_chunked_file_read_leaves_the_tar_split_unread(
     read: list[int] = []
     layout_of = zstd_chunked_toc.layout_of
 
-    def counted(data: bytes, *, where: str) -> Any:
+    def counted(data: bytes, *, packed: int | None = None, where: str) -> Any:
         read.append(len(data))
-        return layout_of(data, where=where)
+        return layout_of(data, packed=packed, where=where)
 
     monkeypatch.setattr(zstd_chunked_toc, "layout_of", counted)
     for name, digest in SOURCE_FILES.items():

@@ -19,6 +19,7 @@ from seekoci import FormatError
 from seekoci.fileobj import RangeFile
 from seekoci.models import (
     MAX_GGUF_HEADER,
+    MAX_SAFETENSORS_VALUES,
     describe_model,
     gguf_metadata,
     gguf_tensor_nbytes,
@@ -303,6 +304,7 @@ def _st(header: str) -> bytes:
         (_st('{"t":5}'), "malformed"),  # there, but not a tensor's entry: not a KeyError
         (_st(_tensor_json([0, 10**30], [0, 0])), "numpy"),  # no bytes, but no such array
         (_st(_tensor_json([1] * 70, [0, 4])), "numpy"),  # more dimensions than numpy has
+        (_st("[" + "0," * MAX_SAFETENSORS_VALUES + "0]"), "values"),  # would be 2.6 GB at 100 MB
     ],
 )
 def test_bad_safetensors_is_a_format_error(header: bytes, message: str) -> None:

@@ -394,9 +394,9 @@ def test_the_index_lets_go_of_the_parsed_toc(writer: str, monkeypatch: pytest.Mo
     docs = _PARSED_TOCS
     docs.clear()
 
-    def spy(data: bytes, *, where: str) -> dict[str, Any]:
+    def spy(data: bytes, *, packed: int, where: str) -> dict[str, Any]:
         # (kept where the index cannot reach it: a format may keep a reference to spy)
-        doc = real(data, where=where)
+        doc = real(data, packed=packed, where=where)
         _PARSED_TOCS.append(doc)
         return doc
 

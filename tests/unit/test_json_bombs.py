@@ -1,0 +1,178 @@
+"""JSON texts inflated from small compressed bodies (TOCs, tar-splits, the native index's
+directory and pages): a text of ``{},{},...`` packs a thousand-fold and costs 26 bytes
+of memory per byte once parsed, so each is refused when it holds more values than its
+body's size allows (``seekoci._json.VALUES_PER_PACKED_BYTE``), before it is parsed. Valid
+texts of the most compressible kind -- tens of thousands of empty files -- are read."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import tracemalloc
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import zstandard
+from layers import CountingSource, build_tar, file
+from tocwriter import estargz, zstd_chunked
+
+import seekoci
+from seekoci import _json
+from seekoci.cache import MemoryCache
+from seekoci.errors import FormatError
+from seekoci.formats import index as index_module
+from seekoci.formats import zstd_chunked_toc
+from seekoci.formats.entries import encode as encode_entries
+from seekoci.formats.index import LayerIndex, Span, TarEntry, parse_header, parse_lazy, serialize
+
+#: values in a bomb: 6 MB of ``{},``, which zstd packs to ~200 bytes and gzip to ~6 KB,
+#: and which json would make 130 MB of objects
+BOMB = 2_000_000
+WRITERS = pytest.mark.parametrize(
+    "writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"]
+)
+
+
+def _layer(blob: bytes, annotations: dict[str, str], zstd: bool) -> seekoci.Layer:
+    kind = "zstd" if zstd else "gzip"
+    return seekoci.Layer(
+        CountingSource(blob),
+        cache=MemoryCache(),
+        media_type=f"application/vnd.oci.image.layer.v1.tar+{kind}",
+        size=len(blob),
+        annotations=annotations,
+    )
+
+
+def _peak(action: Callable[[], object]) -> int:
+    """The most memory ``action`` held at once (it must raise a FormatError)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="values"):
+            action()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_values_are_counted_against_the_packed_size() -> None:
+    per = _json.VALUES_PER_PACKED_BYTE
+    text = "[" + "0," * (per * 11) + "0]"  # per * 11 + 1 values: too many from 10 bytes
+    assert _json.loads(text, packed=12) == [0] * (per * 11 + 1)
+    with pytest.raises(ValueError, match=r"from 10 compressed bytes; at most"):
+        _json.loads(text, packed=10)
+    with pytest.raises(ValueError, match="at most 5 are read"):
+        _json.loads(b"[1,2,3,4,5,6]", max_values=5)
+    assert _json.loads(b"[1,2,3,4,5]", max_values=5) == [1, 2, 3, 4, 5]
+    assert _json.loads(text) == _json.loads(text, packed=12)  # no size given: no bound
+    # a few values from a tiny body (no floor: a floor would multiply by the pages)
+    assert _json.loads('{"a": [1, 2]}', packed=1) == {"a": [1, 2]}
+
+
+@WRITERS
+def test_a_toc_of_many_values_from_few_bytes_is_refused(writer: Any) -> None:
+    made = writer(build_tar([file("a", b"x")]), edit=lambda d: d.update(padding=[{}] * BOMB))
+    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
+    peak = _peak(lambda: layer.stat("a"))
+    assert peak < 40 << 20, f"{peak:,} B held"  # the text (6 MB), not its objects (130 MB)
+
+
+@WRITERS
+def test_a_toc_of_many_empty_files_is_read(writer: Any) -> None:
+    # the most compressible valid TOC: 7 values per packed byte for zstd:chunked
+    count = 20_000
+    made = writer(build_tar([file(f"d/f{i:06d}", b"") for i in range(count)]))
+    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
+    assert layer.stat(f"d/f{count - 1:06d}").size == 0
+    assert len(layer.listdir("d")) == count
+
+
+def test_a_tar_split_of_many_values_from_few_bytes_is_refused() -> None:
+    text = b'{"type":2,"payload":"","pad":[' + b"{}," * BOMB + b"{}]}\n"
+    packed = len(zstandard.ZstdCompressor().compress(text))
+    peak = _peak(lambda: zstd_chunked_toc.layout_of(text, packed=packed, where="layer x"))
+    assert peak < 40 << 20, f"{peak:,} B held"
+    with pytest.raises(FormatError, match="layer x: the tar-split is too large"):
+        zstd_chunked_toc.layout_of(text, packed=packed, where="layer x")
+    ok = b'{"type":1,"name":"a","size":0}\n'
+    assert zstd_chunked_toc.layout_of(ok, packed=len(ok), where="t")[0].name == "a"
+
+
+def test_a_zstd_chunked_tar_split_is_counted_against_its_own_packed_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made = zstd_chunked(build_tar([file(f"f{i}", b"x" * 100) for i in range(50)]))
+    layer = _layer(made.blob, made.annotations, True)
+    seen: list[tuple[int, int | None]] = []
+    real = zstd_chunked_toc.layout_of
+
+    def spy(data: bytes, *, packed: int | None = None, where: str) -> Any:
+        seen.append((len(data), packed))
+        return real(data, packed=packed, where=where)
+
+    monkeypatch.setattr(zstd_chunked_toc, "layout_of", spy)
+    assert layer.read_range(0, 512)[257:262] == b"ustar"
+    ((size, packed),) = seen
+    assert packed is not None and 0 < packed < size  # the tar-split's frame, not the TOC's
+
+
+def _native_index(count: int) -> bytes:
+    def offsets(i: int) -> dict[str, int]:
+        return {"header_offset": 512 * i, "data_offset": 512 * i + 512}
+
+    entries = [
+        TarEntry(f"f{i:05d}", "file", 0, 0o644, 0, 0, 0.0, **offsets(i)) for i in range(count)
+    ]
+    total = 512 * count + 1024
+    spans = [Span(0, 10, 10 + total, 0, total, hashlib.sha256(b"s").hexdigest())]
+    index = LayerIndex(DIGEST, "application/vnd.oci.image.layer.v1.tar", "none", total + 20,
+                       total, 4096, spans, entries, tool="tests")  # fmt: skip
+    return serialize(index, [b""])
+
+
+DIGEST = "sha256:" + "ab" * 32
+
+
+def _lazy(data: bytes) -> LayerIndex:
+    head = data[: parse_header(data).head_end]
+    return parse_lazy(head, lambda o, n: data[o : o + n], expected_digest=DIGEST)
+
+
+def test_an_index_page_of_many_values_from_few_bytes_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def padded(page: list[TarEntry]) -> dict[str, Any]:
+        doc = encode_entries(page)
+        doc["padding"] = [{}] * BOMB
+        return doc
+
+    monkeypatch.setattr(index_module, "encode_entries", padded)
+    paged = _lazy(_native_index(10))
+    peak = _peak(lambda: paged.entries.lookup("f00003"))  # type: ignore[attr-defined]
+    assert peak < 40 << 20, f"{peak:,} B held"
+
+
+def test_an_index_directory_of_many_values_from_few_bytes_is_refused() -> None:
+    data = _native_index(10)
+    header = parse_header(data)
+    dctx = zstandard.ZstdDecompressor()
+    directory = json.loads(dctx.decompressobj().decompress(data[64 : header.head_end]))
+    directory["padding"] = [{}] * BOMB
+    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
+    delta = len(new_dir) - header.directory_length
+    head = bytearray(data[:64])
+    struct.pack_into("<QQQ", head, 24, header.toc_length + delta, header.span_offset + delta,
+                     header.windows_offset + delta)  # fmt: skip
+    struct.pack_into("<Q", head, 56, len(new_dir))
+    bomb = bytes(head) + new_dir + data[header.head_end :]
+    end = parse_header(bomb).head_end
+    peak = _peak(lambda: parse_lazy(bomb[:end], lambda o, n: bomb[o : o + n]))
+    assert peak < 40 << 20, f"{peak:,} B held"
+
+
+def test_an_index_of_many_empty_files_is_read() -> None:
+    paged = _lazy(_native_index(20_000))
+    assert paged.entries.lookup("f19999").name == "f19999"  # type: ignore[attr-defined]
+    assert len(paged.entries) == 20_000
