@@ -41,9 +41,9 @@ class Opener(Protocol):
 #: A safetensors header larger than this is refused (the format's own readers cap it at
 #: 100 MB; a bigger claim is a corrupt or hostile file, not a model).
 MAX_SAFETENSORS_HEADER = 100 << 20
-#: ... and one holding more JSON values than this (a tensor takes about five: the largest
+#: ... and one holding more JSON values than this (a tensor takes about seven: the largest
 #: checkpoints have thousands of tensors a shard) -- 100 MB of ``{},`` would take 2.6 GB
-#: once parsed.
+#: once parsed, and of ``[[[`` 4.8 GB.
 MAX_SAFETENSORS_VALUES = 1 << 22
 #: A GGUF header (metadata and tensor infos) larger than this is refused. Tokenizer
 #: vocabularies make real headers a few MB (a 256k-token vocabulary with scores and types:
@@ -129,7 +129,7 @@ def _safetensors_header(f: BinaryIO, path: str, size: int) -> tuple[dict[str, An
         raise FormatError(f"{path}: safetensors header length {length} is not plausible")
     raw = f.read(length)
     try:
-        header = _json.loads(raw.decode("utf-8"), max_values=MAX_SAFETENSORS_VALUES)
+        header = _json.loads(raw, max_values=MAX_SAFETENSORS_VALUES)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{path}: safetensors header is not JSON ({exc})") from None
     if not isinstance(header, dict):
@@ -244,7 +244,7 @@ def safetensors_shards(img: Opener, index_path: str) -> dict[str, str]:
             raise FormatError(f"{index_path}: {f.size} bytes is too large for a shard index")
         raw = f.read()
     try:
-        doc = _json.loads(raw.decode("utf-8"), max_values=MAX_SAFETENSORS_VALUES)
+        doc = _json.loads(raw, max_values=MAX_SAFETENSORS_VALUES)
     except (UnicodeDecodeError, ValueError) as exc:
         raise FormatError(f"{index_path}: shard index is not JSON ({exc})") from None
     weight_map = doc.get("weight_map") if isinstance(doc, dict) else None

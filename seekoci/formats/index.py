@@ -412,7 +412,7 @@ def _directory(head: bytes, header: IndexHeader, where: str) -> tuple[LayerIndex
     packed = head[header.toc_offset : header.head_end]
     raw = decompress_bounded(packed, MAX_TOC_SIZE, what=f"{where}: directory")
     try:
-        doc = _json.loads(raw.decode("utf-8"), packed=len(packed))
+        doc = _json.loads(raw, packed=len(packed))
     except ValueError as exc:
         raise FormatError(f"{where}: directory is corrupt ({exc})") from exc
     try:

@@ -214,8 +214,7 @@ class PagedEntries(NameLookup):
             if hashlib.sha256(data).digest() != self._pages[i].digest:
                 raise FormatError(f"{where}: does not match its digest")
             try:
-                text = decompress_page(data, where=where).decode("utf-8")
-                doc = _json.loads(text, packed=len(data))
+                doc = _json.loads(decompress_page(data, where=where), packed=len(data))
             except (UnicodeDecodeError, ValueError) as exc:
                 raise FormatError(f"{where}: corrupt ({exc})") from None
             if not isinstance(doc, dict):

@@ -35,6 +35,11 @@ from .tar import _NO_PAX, _NO_XATTRS, BLOCK, TarEntry, normalize_name, unsafe_na
 
 #: A TOC (JSON) that inflates past this is refused (hostile blob).
 MAX_TOC_SIZE = 512 << 20
+#: A TOC or tar-split (one of each a layer) may always hold this many JSON values, however
+#: well it packs (``_json.VALUES_PER_PACKED_BYTE``): files that all carry the same few
+#: hundred xattrs pack to ~60 values a byte (skopeo: 67 for 320 one-byte xattrs). ~150 MB
+#: once parsed at most.
+MIN_TOC_VALUES = 1 << 21
 
 _TYPES = {
     "reg": "file",
@@ -97,7 +102,7 @@ class Payload(NamedTuple):
 def load_json(data: bytes, *, packed: int, where: str) -> dict[str, Any]:
     """The TOC document ``data``, inflated from ``packed`` bytes."""
     try:
-        doc = _json.loads(data, packed=packed)
+        doc = _json.loads(data, packed=packed, min_values=MIN_TOC_VALUES)
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: TOC is not JSON ({exc})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):

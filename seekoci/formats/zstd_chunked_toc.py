@@ -16,6 +16,7 @@ from typing import Any
 from .. import _json
 from ..errors import FormatError
 from .toc import (
+    MIN_TOC_VALUES,
     Chunk,
     Payload,
     Segment,
@@ -111,16 +112,22 @@ def layout_of(data: bytes, *, packed: int | None = None, where: str) -> list[Seg
     non-blank lines, parsed as one JSON array, which gives the same records wherever both
     read it."""
     try:
-        _json.check(data, packed=packed)
+        _json.check(data, packed=packed, min_values=MIN_TOC_VALUES)
     except ValueError as exc:
         raise FormatError(f"{where}: the tar-split is too large ({exc})") from None
     try:
         return _layout(_records(data.decode("utf-8")), where)
     except (_NotLines, UnicodeDecodeError):
         pass
+    # every line is an object and a value before any is parsed ("1\r1\r..." has no marks)
+    breaks = data.count(b"\n") + data.count(b"\r")
+    if packed is not None and breaks >= _json.limit(packed, MIN_TOC_VALUES):
+        raise FormatError(f"{where}: the tar-split is too large ({breaks} lines)")
     lines = [line for line in data.splitlines() if line.strip()]
     try:
-        records = _json.loads(b"[" + b",".join(lines) + b"]")
+        records = _json.loads(
+            b"[" + b",".join(lines) + b"]", packed=packed, min_values=MIN_TOC_VALUES
+        )
     except (ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{where}: the tar-split is not JSON lines ({exc})") from None
     return _layout(records, where)

@@ -40,6 +40,9 @@ MAX_INDEX_DEPTH = 4
 #: Blobs fetched whole larger than this are not kept in the blob store (a zTOC is ~3% of
 #: its layer: this keeps those of layers up to ~8 GB).
 MAX_STORED_BLOB = 256 << 20
+#: A config holding more JSON values than this is refused: real ones hold hundreds (a
+#: history of a thousand steps: ~10k), and 64 MB of ``{},`` is 1.7 GB once parsed.
+MAX_CONFIG_VALUES = 1 << 22
 
 
 class BlobStore(Protocol):
@@ -340,7 +343,7 @@ def _walk(
 def _parse_config(body: bytes, *, where: str, strict: bool = True) -> dict[str, Any]:
     """The config as a dict; an artifact's config that is not a JSON object is ``{}``."""
     try:
-        data = _json.loads(body)
+        data = _json.loads(body, max_values=MAX_CONFIG_VALUES)
     except (UnicodeDecodeError, ValueError) as exc:
         if not strict:
             return {}

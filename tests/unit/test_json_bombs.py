@@ -28,7 +28,8 @@ from seekoci.formats.entries import encode as encode_entries
 from seekoci.formats.index import LayerIndex, Span, TarEntry, parse_header, parse_lazy, serialize
 
 #: values in a bomb: 6 MB of ``{},``, which zstd packs to ~200 bytes and gzip to ~6 KB,
-#: and which json would make 130 MB of objects
+#: and which json would make 130 MB of objects (a TOC may hold 2M values, whatever it
+#: packs to: ``MIN_TOC_VALUES``; the bombs of TOCs and tar-splits hold more)
 BOMB = 2_000_000
 WRITERS = pytest.mark.parametrize(
     "writer", [estargz, zstd_chunked], ids=["estargz", "zstd:chunked"]
@@ -63,20 +64,17 @@ def test_values_are_counted_against_the_packed_size() -> None:
     assert _json.loads(text, packed=12) == [0] * (per * 11 + 1)
     with pytest.raises(ValueError, match=r"from 10 compressed bytes; at most"):
         _json.loads(text, packed=10)
-    with pytest.raises(ValueError, match="at most 5 are read"):
-        _json.loads(b"[1,2,3,4,5,6]", max_values=5)
-    assert _json.loads(b"[1,2,3,4,5]", max_values=5) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="7 or more values; at most 6 are read"):
+        _json.loads(b"[1,2,3,4,5,6]", max_values=6)  # the list and its six numbers
+    assert _json.loads(b"[1,2,3,4,5]", max_values=6) == [1, 2, 3, 4, 5]
+    nested = b"[" * 500 + b"]" * 500  # five hundred lists, no comma: each is counted
+    with pytest.raises(ValueError, match="values"):
+        _json.loads(nested, packed=6)
+    assert _json.loads(nested, packed=8) == _json.loads(nested)
+    assert _json.loads(nested, packed=1, min_values=501) == _json.loads(nested)  # a floor
     assert _json.loads(text) == _json.loads(text, packed=12)  # no size given: no bound
     # a few values from a tiny body (no floor: a floor would multiply by the pages)
     assert _json.loads('{"a": [1, 2]}', packed=1) == {"a": [1, 2]}
-
-
-@WRITERS
-def test_a_toc_of_many_values_from_few_bytes_is_refused(writer: Any) -> None:
-    made = writer(build_tar([file("a", b"x")]), edit=lambda d: d.update(padding=[{}] * BOMB))
-    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
-    peak = _peak(lambda: layer.stat("a"))
-    assert peak < 40 << 20, f"{peak:,} B held"  # the text (6 MB), not its objects (130 MB)
 
 
 @WRITERS
@@ -89,6 +87,63 @@ def test_a_toc_of_many_empty_files_is_read(writer: Any) -> None:
     assert len(layer.listdir("d")) == count
 
 
+def _nested(depth: int) -> list[Any]:
+    out: list[Any] = []
+    for _ in range(depth - 1):
+        out = [out]
+    return out
+
+
+def test_texts_that_decode_wide_are_bounded_by_their_decoded_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one character past U+FFFF makes Python keep each character of the text in 4 bytes
+    # (past U+00FF: 2): 17 KB of zstd:chunked inflated to 4.7 GB that way
+    most = 1 << 20
+    monkeypatch.setattr(_json, "MAX_WIDE_DECODED", most)
+    for char, width in (("\U0001f600", 4), ("\u0100", 2)):
+        text = ('["' + "a" * (most // width) + char + '"]').encode()
+        with pytest.raises(ValueError, match=f"{width} bytes a character"):
+            _json.check(text, packed=len(text))
+        _json.check(text)  # unbounded, as before
+        fits = ('["' + "a" * (most // width - 16) + char + '"]').encode()
+        _json.check(fits, packed=len(fits))
+    latin = ('["' + "a" * most + '\u00e9"]').encode()  # one byte a character, however long
+    _json.check(latin, packed=len(latin))
+
+
+@pytest.mark.parametrize(
+    ("writer", "pad"),
+    [
+        (estargz, [{}] * BOMB),
+        (zstd_chunked, [{}] * BOMB),
+        # (eStargz's TOC is indented: a line of its own per list, which packs less)
+        (zstd_chunked, [_nested(100)] * (BOMB // 60)),
+    ],
+    ids=["estargz", "zstd:chunked", "zstd:chunked nested lists"],
+)
+def test_a_toc_of_many_values_from_few_bytes_is_refused(writer: Any, pad: list[Any]) -> None:
+    made = writer(build_tar([file("a", b"x")]), edit=lambda d: d.update(padding=pad))
+    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
+    peak = _peak(lambda: layer.stat("a"))
+    assert peak < 40 << 20, f"{peak:,} B held"  # the text (6 MB), not its objects (130 MB)
+
+
+@WRITERS
+def test_a_toc_of_many_files_with_the_same_xattrs_is_read(writer: Any) -> None:
+    # ~60 values a packed byte: past the ratio, within a TOC's floor
+    xattrs = {f"user.k{k:03d}": b"v" for k in range(300)}
+    tar = build_tar([file(f"f{i:05d}", b"", xattrs=xattrs) for i in range(1000)])
+    made = writer(tar)
+    if writer is zstd_chunked:
+        packed = len(zstandard.ZstdCompressor(level=3).compress(made.toc))
+        assert made.toc.translate(None, bytes(set(range(256)) - set(b",[{"))).__len__() > (
+            _json.limit(packed)
+        )
+    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
+    assert layer.stat("f00999").size == 0
+
+
 def test_a_tar_split_of_many_values_from_few_bytes_is_refused() -> None:
     text = b'{"type":2,"payload":"","pad":[' + b"{}," * BOMB + b"{}]}\n"
     packed = len(zstandard.ZstdCompressor().compress(text))
@@ -96,6 +151,10 @@ def test_a_tar_split_of_many_values_from_few_bytes_is_refused() -> None:
     assert peak < 40 << 20, f"{peak:,} B held"
     with pytest.raises(FormatError, match="layer x: the tar-split is too large"):
         zstd_chunked_toc.layout_of(text, packed=packed, where="layer x")
+    lines = b"1\r" * (BOMB * 2)  # not one record a line: each line is a value all the same
+    packed = len(zstandard.ZstdCompressor().compress(lines))
+    with pytest.raises(FormatError, match="the tar-split is too large"):
+        zstd_chunked_toc.layout_of(lines, packed=packed, where="layer x")
     ok = b'{"type":1,"name":"a","size":0}\n'
     assert zstd_chunked_toc.layout_of(ok, packed=len(ok), where="t")[0].name == "a"
 
@@ -176,3 +235,12 @@ def test_an_index_of_many_empty_files_is_read() -> None:
     paged = _lazy(_native_index(20_000))
     assert paged.entries.lookup("f19999").name == "f19999"  # type: ignore[attr-defined]
     assert len(paged.entries) == 20_000
+
+
+def test_an_image_config_of_millions_of_values_is_refused() -> None:
+    from seekoci.registry.resolve import MAX_CONFIG_VALUES, _parse_config
+
+    body = b'{"history":[' + b"{}," * MAX_CONFIG_VALUES + b"{}]}"
+    with pytest.raises(FormatError, match="image config is not valid JSON"):
+        _parse_config(body, where="img")
+    assert _parse_config(b'{"history":[{},{}]}', where="img") == {"history": [{}, {}]}

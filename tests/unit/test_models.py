@@ -305,6 +305,10 @@ def _st(header: str) -> bytes:
         (_st(_tensor_json([0, 10**30], [0, 0])), "numpy"),  # no bytes, but no such array
         (_st(_tensor_json([1] * 70, [0, 4])), "numpy"),  # more dimensions than numpy has
         (_st("[" + "0," * MAX_SAFETENSORS_VALUES + "0]"), "values"),  # would be 2.6 GB at 100 MB
+        (
+            _st("[" + ",".join(["[" * 99 + "]" * 99] * (MAX_SAFETENSORS_VALUES // 99)) + "]"),
+            "values",
+        ),
     ],
 )
 def test_bad_safetensors_is_a_format_error(header: bytes, message: str) -> None:
