@@ -374,3 +374,25 @@ def first_big_last(big_mib: int) -> tuple[bytes, bytes]:
     members += [file("big", random_bytes("big", big_mib << 20)), file("last", b"late\n")]
     tar = build_tar(members)
     return tar, compress_layer(tar, "python")
+
+
+def with_directory(data: bytes, edit: Callable[[dict[str, Any]], None]) -> bytes:
+    """A native index file whose directory is ``data``'s after ``edit`` (the header's
+    offsets moved to match; pages, span records and windows kept as they are)."""
+    import json
+
+    import zstandard
+
+    from seekoci.formats.index import parse_header
+
+    header = parse_header(data)
+    directory = json.loads(zstandard.ZstdDecompressor().decompressobj().decompress(
+        data[64 : header.head_end]))  # fmt: skip
+    edit(directory)
+    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
+    delta = len(new_dir) - header.directory_length
+    head = bytearray(data[:64])
+    struct.pack_into("<QQQ", head, 24, header.toc_length + delta, header.span_offset + delta,
+                     header.windows_offset + delta)  # fmt: skip
+    struct.pack_into("<Q", head, 56, len(new_dir))
+    return bytes(head) + new_dir + data[header.head_end :]

@@ -7,11 +7,12 @@ import hashlib
 import random
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from layers import CI
+from layers import CI, with_directory
 
 from seekoci.errors import FormatError
 from seekoci.formats.base import Span
@@ -182,24 +183,15 @@ def test_a_damaged_entry_page_or_span_page_is_a_format_error() -> None:
 def test_a_directory_that_lies_about_a_page_is_refused() -> None:
     """A page whose digest matches but whose names fall outside the directory's range
     (a writer's lie, not a damaged byte)."""
-    import json
-
-    import zstandard
 
     names = walk_ordered_names(700)
     _, data = sample(names)
-    header = parse_header(data)
-    dctx = zstandard.ZstdDecompressor()
-    directory = json.loads(dctx.decompressobj().decompress(data[64 : header.head_end]))
-    directory["pages"]["low"][1] = "zzz"
-    directory["pages"]["high"][1] = "zzzz"
-    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
-    delta = len(new_dir) - header.directory_length
-    head = bytearray(data[:64])
-    struct.pack_into("<QQQ", head, 24, header.toc_length + delta, header.span_offset + delta,
-                     header.windows_offset + delta)  # fmt: skip
-    struct.pack_into("<Q", head, 56, len(new_dir))
-    lying = bytes(head) + new_dir + data[header.head_end :]
+
+    def lie(directory: dict[str, Any]) -> None:
+        directory["pages"]["low"][1] = "zzz"
+        directory["pages"]["high"][1] = "zzzz"
+
+    lying = with_directory(data, lie)
     paged, _ = lazy(lying)
     with pytest.raises(FormatError, match="outside the range"):
         paged.entries.lookup("zzz")  # type: ignore[attr-defined]

@@ -7,15 +7,13 @@ texts of the most compressible kind -- tens of thousands of empty files -- are r
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import zstandard
-from layers import CountingSource, build_tar, file
+from layers import CountingSource, build_tar, file, with_directory
 from tocwriter import estargz, zstd_chunked
 
 import seekoci
@@ -214,18 +212,7 @@ def test_an_index_page_of_many_values_from_few_bytes_is_refused(
 
 
 def test_an_index_directory_of_many_values_from_few_bytes_is_refused() -> None:
-    data = _native_index(10)
-    header = parse_header(data)
-    dctx = zstandard.ZstdDecompressor()
-    directory = json.loads(dctx.decompressobj().decompress(data[64 : header.head_end]))
-    directory["padding"] = [{}] * BOMB
-    new_dir = zstandard.ZstdCompressor().compress(json.dumps(directory).encode())
-    delta = len(new_dir) - header.directory_length
-    head = bytearray(data[:64])
-    struct.pack_into("<QQQ", head, 24, header.toc_length + delta, header.span_offset + delta,
-                     header.windows_offset + delta)  # fmt: skip
-    struct.pack_into("<Q", head, 56, len(new_dir))
-    bomb = bytes(head) + new_dir + data[header.head_end :]
+    bomb = with_directory(_native_index(10), lambda d: d.update(padding=[{}] * BOMB))
     end = parse_header(bomb).head_end
     peak = _peak(lambda: parse_lazy(bomb[:end], lambda o, n: bomb[o : o + n]))
     assert peak < 40 << 20, f"{peak:,} B held"
