@@ -35,11 +35,12 @@ from .tar import _NO_PAX, _NO_XATTRS, BLOCK, TarEntry, normalize_name, unsafe_na
 
 #: A TOC (JSON) that inflates past this is refused (hostile blob).
 MAX_TOC_SIZE = 512 << 20
-#: A TOC or tar-split (one of each a layer) may always hold this many JSON values, however
-#: well it packs (``_json.VALUES_PER_PACKED_BYTE``): files that all carry the same few
-#: hundred xattrs pack to ~60 values a byte (skopeo: 67 for 320 one-byte xattrs). ~150 MB
-#: once parsed at most.
-MIN_TOC_VALUES = 1 << 21
+#: A TOC or tar-split may always hold this many JSON values, however well it packs
+#: (``_json.VALUES_PER_PACKED_BYTE``): files that all carry the same few hundred xattrs
+#: pack to ~60 values a byte (skopeo: 67 for 3,000 files of 320 one-byte xattrs, ~1M
+#: values). Once parsed: 30-200 bytes a value (a chain of one-key objects the most), so
+#: at most ~200 MB a TOC, held as long as its layer is.
+MIN_TOC_VALUES = 1 << 20
 
 _TYPES = {
     "reg": "file",

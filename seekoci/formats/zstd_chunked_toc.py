@@ -112,11 +112,11 @@ def layout_of(data: bytes, *, packed: int | None = None, where: str) -> list[Seg
     non-blank lines, parsed as one JSON array, which gives the same records wherever both
     read it."""
     try:
-        _json.check(data, packed=packed, min_values=MIN_TOC_VALUES)
+        _json.check(data, packed=packed, min_values=MIN_TOC_VALUES, whole=False)
     except ValueError as exc:
         raise FormatError(f"{where}: the tar-split is too large ({exc})") from None
     try:
-        return _layout(_records(data.decode("utf-8")), where)
+        return _layout(_records(data, where), where)
     except (_NotLines, UnicodeDecodeError):
         pass
     # every line is an object and a value before any is parsed ("1\r1\r..." has no marks)
@@ -137,7 +137,27 @@ class _NotLines(Exception):
     """A tar-split that is not one JSON record per LF-ended line."""
 
 
-def _records(text: str) -> Iterator[Any]:
+def _records(data: bytes, where: str) -> Iterator[Any]:
+    """The records of ``data``, decoded a slice of whole lines at a time (one name past
+    U+FFFF would make Python keep every character of a whole text in 4 bytes)."""
+    step = _SLICE
+    start, end = 0, len(data)
+    while start < end:
+        cut = data.find(b"\n", start + step)
+        stop = end if cut < 0 else cut + 1
+        piece = data[start:stop]
+        if stop - start > 4 * step and not piece.isascii():
+            raise FormatError(f"{where}: a tar-split line of {stop - start} bytes is not ASCII")
+        yield from _records_of(piece.decode("utf-8"))
+        start = stop
+
+
+#: what the tar-split reader decodes at once, in whole lines (a line of more than 4x this
+#: must be ASCII: base64 and the names of real layers)
+_SLICE = 1 << 20
+
+
+def _records_of(text: str) -> Iterator[Any]:
     """The records of ``text``, one JSON value per line, each line ended by LF (the last
     one may not be); :class:`_NotLines` for anything else."""
     decode = json.JSONDecoder().raw_decode

@@ -347,7 +347,7 @@ def _parse_config(body: bytes, *, where: str, strict: bool = True) -> dict[str, 
     except (UnicodeDecodeError, ValueError) as exc:
         if not strict:
             return {}
-        raise FormatError(f"{where}: image config is not valid JSON") from exc
+        raise FormatError(f"{where}: image config is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         if not strict:
             return {}

@@ -7,6 +7,7 @@ texts of the most compressible kind -- tens of thousands of empty files -- are r
 from __future__ import annotations
 
 import hashlib
+import json
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
@@ -108,6 +109,34 @@ def test_texts_that_decode_wide_are_bounded_by_their_decoded_size(
         _json.check(fits, packed=len(fits))
     latin = ('["' + "a" * most + '\u00e9"]').encode()  # one byte a character, however long
     _json.check(latin, packed=len(latin))
+    # an ASCII text can make a wide string all the same: by its escapes
+    for escape in (b"\\ud83d\\ude00", b"\\u0100"):
+        text = b'["' + b"a" * (most // 4) + escape + b'"]'
+        assert text.isascii()
+        with pytest.raises(ValueError, match="4 bytes a character"):
+            _json.check(text, packed=len(text))
+    escaped_latin = b'["' + b"a" * most + b'\\u00e9"]'
+    _json.check(escaped_latin, packed=len(escaped_latin))
+
+
+def test_a_tar_split_is_decoded_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a name past U+FFFF once made the whole text 4 bytes a character: a valid tar-split of
+    # 180k files (132 MB) with one such name was refused by the width bound
+    from seekoci.formats import zstd_chunked_toc as module
+
+    monkeypatch.setattr(module, "_SLICE", 64)
+    monkeypatch.setattr(_json, "MAX_WIDE_DECODED", 1 << 10)
+    names = [f"dir/file-{i:04d}" for i in range(200)] + ["dir/\U0001f600"]
+    text = b"".join(
+        json.dumps({"type": 1, "name": name, "size": 0}, ensure_ascii=False).encode() + b"\n"
+        for name in names
+    )
+    assert len(text) * 4 > _json.MAX_WIDE_DECODED
+    layout = zstd_chunked_toc.layout_of(text, packed=len(text), where="t")
+    assert [item.name for item in layout] == names  # type: ignore[union-attr]
+    long_line = json.dumps({"type": 1, "name": "\U0001f600" * 100}, ensure_ascii=False)
+    with pytest.raises(FormatError, match="not ASCII"):
+        zstd_chunked_toc.layout_of(long_line.encode() + b"\n", packed=10**6, where="t")
 
 
 @pytest.mark.parametrize(
@@ -228,6 +257,6 @@ def test_an_image_config_of_millions_of_values_is_refused() -> None:
     from seekoci.registry.resolve import MAX_CONFIG_VALUES, _parse_config
 
     body = b'{"history":[' + b"{}," * MAX_CONFIG_VALUES + b"{}]}"
-    with pytest.raises(FormatError, match="image config is not valid JSON"):
+    with pytest.raises(FormatError, match=r"image config is not valid JSON.*values"):
         _parse_config(body, where="img")
     assert _parse_config(b'{"history":[{},{}]}', where="img") == {"history": [{}, {}]}
