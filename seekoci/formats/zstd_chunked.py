@@ -28,6 +28,7 @@ import hashlib
 import struct
 import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..errors import FormatError, IntegrityError
 from .base import decompress_bounded
@@ -182,8 +183,12 @@ class ZstdChunkedFormat(ZstdFormat):
                     f"{name}: the TOC's digest is {actual}, the manifest says {expected}"
                 )
         limit = min(toc_pos[2] or MAX_TOC_SIZE, MAX_TOC_SIZE)
-        text = decompress_bounded(compressed, limit, what=f"{name}: TOC")
-        doc = load_json(text, packed=len(compressed), where=name)
+
+        def toc_doc() -> dict[str, Any]:
+            text = decompress_bounded(compressed, limit, what=f"{name}: TOC")
+            return load_json(text, packed=len(compressed), where=name)
+
+        doc = toc_doc()
         # its entries are made when a read needs them (toc_lookup), unless they are not of
         # the shape that takes: then all of them now, which says what is wrong
         columns = toc_columns(doc["entries"])
@@ -243,8 +248,7 @@ class ZstdChunkedFormat(ZstdFormat):
 
             def tar_index() -> LayerIndex:
                 # entries of their own (the tar offsets are set on them): the TOC read again
-                text = decompress_bounded(compressed, limit, what=f"{name}: TOC")
-                again = load_json(text, packed=len(compressed), where=name)
+                again = toc_doc()
                 raw = decompress_bounded(tar_split, ulimit, what=f"{name}: tar-split")
                 layout = layout_of(raw, packed=len(tar_split), where=name)
                 return made(files_of(again, where=name), layout=layout)

@@ -137,24 +137,23 @@ class _NotLines(Exception):
     """A tar-split that is not one JSON record per LF-ended line."""
 
 
-def _records(data: bytes, where: str) -> Iterator[Any]:
-    """The records of ``data``, decoded a slice of whole lines at a time (one name past
-    U+FFFF would make Python keep every character of a whole text in 4 bytes)."""
-    step = _SLICE
-    start, end = 0, len(data)
-    while start < end:
-        cut = data.find(b"\n", start + step)
-        stop = end if cut < 0 else cut + 1
-        piece = data[start:stop]
-        if stop - start > 4 * step and not piece.isascii():
-            raise FormatError(f"{where}: a tar-split line of {stop - start} bytes is not ASCII")
-        yield from _records_of(piece.decode("utf-8"))
-        start = stop
-
-
 #: what the tar-split reader decodes at once, in whole lines (a line of more than 4x this
 #: must be ASCII: base64 and the names of real layers)
 _SLICE = 1 << 20
+
+
+def _records(data: bytes, where: str) -> Iterator[Any]:
+    """The records of ``data``, decoded a slice of whole lines at a time (one name past
+    U+FFFF would make Python keep every character of a whole text in 4 bytes)."""
+    start, end = 0, len(data)
+    while start < end:
+        cut = data.find(b"\n", start + _SLICE)
+        stop = end if cut < 0 else cut + 1
+        piece = data[start:stop]
+        if stop - start > 4 * _SLICE and not piece.isascii():
+            raise FormatError(f"{where}: a tar-split line of {stop - start} bytes is not ASCII")
+        yield from _records_of(piece.decode("utf-8"))
+        start = stop
 
 
 def _records_of(text: str) -> Iterator[Any]:
