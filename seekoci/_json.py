@@ -22,8 +22,14 @@ _SLACK = 64
 #: The most memory a bounded text may take once decoded when it is not all Latin-1: one
 #: character past U+00FF makes Python keep every character of the text in 2 bytes, one
 #: past U+FFFF in 4 -- and a string value of it as well. (A text of Latin-1 is kept as
-#: it came, within its reader's own bound.)
+#: it came, within its reader's own bound.) A text inflated from a large body may take
+#: ``WIDE_DECODED_PER_PACKED_BYTE`` per byte of that body instead: a valid zstd:chunked
+#: TOC of 430k files (~140 MiB) with one emoji in one name decodes to 560 MiB.
 MAX_WIDE_DECODED = 512 << 20
+#: A TOC packs ~6x (the bench layer's: 17.5 MB from 3.0 MB), 23 bytes a packed byte once
+#: decoded at 4 bytes a character; a bomb of a few KB still stops at ``MAX_WIDE_DECODED``.
+#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.)
+WIDE_DECODED_PER_PACKED_BYTE = 256
 
 # bytes.translate(None, _DROP) keeps a value's marks and the lead bytes of characters past
 # U+00FF (C4-DF: two-byte sequences from U+0100; E0-EF: three-byte; F0 and up: four-byte)
@@ -48,7 +54,7 @@ def loads(
     ``min_values`` (for a document a layer has one of, which cannot multiply).
     ``max_values`` bounds them outright, for a text read whole from a source that does not
     say how small it was. Pass a bounded text as bytes: its width is checked before it is
-    decoded (``MAX_WIDE_DECODED``).
+    decoded (:func:`wide_limit`).
 
     json's scanner goes one call deeper per array or object level, and past the
     interpreter's recursion limit (about 1,000 levels: a 1 KB body of ``[``) it raises
@@ -64,6 +70,14 @@ def loads(
 def limit(packed: int, min_values: int = 0) -> int:
     """How many values a text inflated from ``packed`` bytes may hold."""
     return max(min_values, VALUES_PER_PACKED_BYTE * packed + _SLACK)
+
+
+def wide_limit(packed: int | None) -> int:
+    """The most bytes a text not all Latin-1, inflated from ``packed`` bytes, may take once
+    decoded."""
+    if packed is None:
+        return MAX_WIDE_DECODED
+    return max(MAX_WIDE_DECODED, WIDE_DECODED_PER_PACKED_BYTE * packed)
 
 
 def check(
@@ -85,10 +99,11 @@ def check(
     if isinstance(data, str):  # (no reader of bounded texts passes one: counted alike)
         data = data.encode("utf-8", "surrogatepass")
     values, width = _marks(data)
-    if width > 1 and whole and len(data) * width > MAX_WIDE_DECODED:
+    if width > 1 and whole and len(data) * width > (wide := wide_limit(packed)):
         raise ValueError(
             f"the JSON document's {len(data)} bytes would take {width} bytes a "
-            f"character once decoded; at most {MAX_WIDE_DECODED} bytes are read"
+            f"character once decoded; at most {wide} bytes are read"
+            + (f" from {packed} compressed bytes" if packed is not None else "")
         )
     if values >= max_values:
         raise ValueError(

@@ -100,23 +100,63 @@ def test_texts_that_decode_wide_are_bounded_by_their_decoded_size(
     # (past U+00FF: 2): 17 KB of zstd:chunked inflated to 4.7 GB that way
     most = 1 << 20
     monkeypatch.setattr(_json, "MAX_WIDE_DECODED", most)
+    small = 1 << 10  # the body a bomb comes from: a few KB (this text packs to ~1 KB)
     for char, width in (("\U0001f600", 4), ("\u0100", 2)):
         text = ('["' + "a" * (most // width) + char + '"]').encode()
         with pytest.raises(ValueError, match=f"{width} bytes a character"):
-            _json.check(text, packed=len(text))
+            _json.check(text, packed=small)
         _json.check(text)  # unbounded, as before
         fits = ('["' + "a" * (most // width - 16) + char + '"]').encode()
-        _json.check(fits, packed=len(fits))
+        _json.check(fits, packed=small)
     latin = ('["' + "a" * most + '\u00e9"]').encode()  # one byte a character, however long
-    _json.check(latin, packed=len(latin))
+    _json.check(latin, packed=small)
     # an ASCII text can make a wide string all the same: by its escapes
     for escape in (b"\\ud83d\\ude00", b"\\u0100"):
         text = b'["' + b"a" * (most // 4) + escape + b'"]'
         assert text.isascii()
         with pytest.raises(ValueError, match="4 bytes a character"):
-            _json.check(text, packed=len(text))
+            _json.check(text, packed=small)
     escaped_latin = b'["' + b"a" * most + b'\\u00e9"]'
-    _json.check(escaped_latin, packed=len(escaped_latin))
+    _json.check(escaped_latin, packed=small)
+
+
+def test_a_wide_text_from_a_large_body_may_decode_past_the_fixed_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a valid TOC of ~430k files (~140 MiB) with one emoji in one name decodes to 4 bytes a
+    # character, past MAX_WIDE_DECODED: it packs ~6x, so its body allows it
+    most = 1 << 20
+    monkeypatch.setattr(_json, "MAX_WIDE_DECODED", most)
+    names = [f"usr/share/doc/pkg-{i:05d}/file.txt" for i in range(20_000)] + ["a/\U0001f600"]
+    entries = [
+        {"name": n, "type": "reg", "digest": "sha256:" + hashlib.sha256(n.encode()).hexdigest()}
+        for n in names
+    ]  # a digest an entry, as in a TOC: what keeps it from packing past ~6x
+    text = json.dumps(entries, ensure_ascii=False).encode()
+    assert len(text) * 4 > most
+    packed = len(zstandard.ZstdCompressor().compress(text))
+    assert packed * _json.WIDE_DECODED_PER_PACKED_BYTE >= len(text) * 4
+    assert _json.loads(text, packed=packed)[-1]["name"] == "a/\U0001f600"
+    # the same text said to come from fewer bytes than it needs
+    short = len(text) * 4 // _json.WIDE_DECODED_PER_PACKED_BYTE - 1
+    wide = short * _json.WIDE_DECODED_PER_PACKED_BYTE
+    with pytest.raises(ValueError, match=f"at most {wide} bytes are read from {short} compr"):
+        _json.check(text, packed=short)
+    assert _json.wide_limit(None) == most
+    assert _json.wide_limit(short + 1) == (short + 1) * _json.WIDE_DECODED_PER_PACKED_BYTE
+
+
+@WRITERS
+def test_a_large_toc_with_a_wide_name_is_read(writer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fixed bound scaled down to this TOC's size: before, a TOC past 128 MiB (~430k
+    # files) with one emoji in one name was refused; its compressed body now allows it
+    files = [file(f"usr/lib/f{i:04d}", hashlib.sha256(b"%d" % i).digest()) for i in range(400)]
+    made = writer(build_tar([*files, file("usr/\U0001f600.txt", b"smile")]))
+    assert "\U0001f600".encode() in made.toc or b"\\ud83d" in made.toc
+    monkeypatch.setattr(_json, "MAX_WIDE_DECODED", len(made.toc))
+    layer = _layer(made.blob, made.annotations, writer is zstd_chunked)
+    with layer.open("usr/\U0001f600.txt") as f:
+        assert f.read() == b"smile"
 
 
 def test_a_tar_split_is_decoded_a_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
