@@ -28,7 +28,8 @@ _SLACK = 64
 MAX_WIDE_DECODED = 512 << 20
 #: A TOC packs ~6x (the bench layer's: 17.5 MB from 3.0 MB), 23 bytes a packed byte once
 #: decoded at 4 bytes a character; a bomb of a few KB still stops at ``MAX_WIDE_DECODED``.
-#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.)
+#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.) A TOC
+#: at its readers' 512 MiB cap decodes to 2 GiB at most, from a body of 8 MiB or more.
 WIDE_DECODED_PER_PACKED_BYTE = 256
 
 # bytes.translate(None, _DROP) keeps a value's marks and the lead bytes of characters past
