@@ -28,9 +28,11 @@ _SLACK = 64
 MAX_WIDE_DECODED = 512 << 20
 #: A TOC packs ~6x (the bench layer's: 17.5 MB from 3.0 MB), 23 bytes a packed byte once
 #: decoded at 4 bytes a character; a bomb of a few KB still stops at ``MAX_WIDE_DECODED``.
-#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.) A TOC
-#: at its readers' 512 MiB cap decodes to 2 GiB at most, from a body of 8 MiB or more.
+#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.)
 WIDE_DECODED_PER_PACKED_BYTE = 256
+#: ... and never more than this: a TOC at its readers' 512 MiB cap, from a body of 8 MiB
+#: or more (a native index's directory may inflate to 1 GiB: its wide form stops here).
+MOST_WIDE_DECODED = 2 << 30
 
 # bytes.translate(None, _DROP) keeps a value's marks and the lead bytes of characters past
 # U+00FF (C4-DF: two-byte sequences from U+0100; E0-EF: three-byte; F0 and up: four-byte)
@@ -78,7 +80,7 @@ def wide_limit(packed: int | None) -> int:
     decoded."""
     if packed is None:
         return MAX_WIDE_DECODED
-    return max(MAX_WIDE_DECODED, WIDE_DECODED_PER_PACKED_BYTE * packed)
+    return min(MOST_WIDE_DECODED, max(MAX_WIDE_DECODED, WIDE_DECODED_PER_PACKED_BYTE * packed))
 
 
 def check(

@@ -144,6 +144,7 @@ def test_a_wide_text_from_a_large_body_may_decode_past_the_fixed_bound(
         _json.check(text, packed=short)
     assert _json.wide_limit(None) == most
     assert _json.wide_limit(short + 1) == (short + 1) * _json.WIDE_DECODED_PER_PACKED_BYTE
+    assert _json.wide_limit(1 << 40) == _json.MOST_WIDE_DECODED == 2 << 30  # whatever the body
 
 
 @WRITERS
