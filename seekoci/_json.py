@@ -27,8 +27,10 @@ _SLACK = 64
 #: TOC of 430k files (~140 MiB) with one emoji in one name decodes to 560 MiB.
 MAX_WIDE_DECODED = 512 << 20
 #: A TOC packs ~6x (the bench layer's: 17.5 MB from 3.0 MB), 23 bytes a packed byte once
-#: decoded at 4 bytes a character; a bomb of a few KB still stops at ``MAX_WIDE_DECODED``.
-#: (The values bound allows far more: 64 values of ~70 bytes each per packed byte.)
+#: decoded at 4 bytes a character. ``packed`` is every byte the reader was served for the
+#: text (a TOC's range, padding after its frame included): a body under 2 MiB stops at
+#: ``MAX_WIDE_DECODED``, and a larger one buys 256 decoded bytes a byte, padded or not.
+#: (The values bound, counted the same way, allows far more: 64 values of ~70 bytes each.)
 WIDE_DECODED_PER_PACKED_BYTE = 256
 #: ... and never more than this: a TOC at its readers' 512 MiB cap, from a body of 8 MiB
 #: or more (a native index's directory may inflate to 1 GiB: its wide form stops here).
@@ -104,9 +106,9 @@ def check(
     values, width = _marks(data)
     if width > 1 and whole and len(data) * width > (wide := wide_limit(packed)):
         raise ValueError(
-            f"the JSON document's {len(data)} bytes would take {width} bytes a "
-            f"character once decoded; at most {wide} bytes are read"
-            + (f" from {packed} compressed bytes" if packed is not None else "")
+            f"the JSON document's {len(data)} bytes would decode to {len(data) * width} "
+            f"({width} bytes a character); at most {wide} are allowed"
+            + (f" for {packed} compressed bytes" if packed is not None else "")
         )
     if values >= max_values:
         raise ValueError(

@@ -218,7 +218,7 @@ def parse_gzip_checkpoints(blob: bytes, *, where: str = "zTOC") -> tuple[int, li
             r.cin,
             r.cout,
             r.bits,
-            blob[r.window_offset : r.window_offset + WINDOW_SIZE]
+            bytes(blob[r.window_offset : r.window_offset + WINDOW_SIZE])  # bytes, from a view too
             if r.window_offset >= 0
             else bytes(WINDOW_SIZE),
         )

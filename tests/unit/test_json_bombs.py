@@ -140,11 +140,15 @@ def test_a_wide_text_from_a_large_body_may_decode_past_the_fixed_bound(
     # the same text said to come from fewer bytes than it needs
     short = len(text) * 4 // _json.WIDE_DECODED_PER_PACKED_BYTE - 1
     wide = short * _json.WIDE_DECODED_PER_PACKED_BYTE
-    with pytest.raises(ValueError, match=f"at most {wide} bytes are read from {short} compr"):
+    with pytest.raises(ValueError, match=f"at most {wide} are allowed for {short} compressed"):
         _json.check(text, packed=short)
     assert _json.wide_limit(None) == most
     assert _json.wide_limit(short + 1) == (short + 1) * _json.WIDE_DECODED_PER_PACKED_BYTE
     assert _json.wide_limit(1 << 40) == _json.MOST_WIDE_DECODED == 2 << 30  # whatever the body
+    # and never past MOST_WIDE_DECODED, however large the body
+    monkeypatch.setattr(_json, "MOST_WIDE_DECODED", len(text) * 4 - 1)
+    with pytest.raises(ValueError, match=f"at most {len(text) * 4 - 1} are allowed"):
+        _json.check(text, packed=len(text))
 
 
 @WRITERS
