@@ -47,7 +47,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from .. import _json
 from ..errors import FormatError
@@ -170,8 +170,10 @@ def gzip_checkpoints_blob(span_size: int, points: Sequence[Checkpoint]) -> bytes
     return b"".join(parts)
 
 
-@dataclass(frozen=True)
-class _Record:
+class _Record(NamedTuple):
+    """One checkpoint as its blob stores it (a tuple: a zTOC's few hundred are made on
+    every index load, and a frozen dataclass costs ~1 ms to create at import)."""
+
     cin: int
     cout: int
     bits: int
@@ -753,8 +755,10 @@ def _check_archive(
     span_digests: Sequence[str],
     checkpoints: bytes | memoryview,
     where: str,
-) -> None:
-    """The checks of :func:`check_ztoc` that do not look at entries."""
+) -> tuple[int, list[_Record]] | None:
+    """The checks of :func:`check_ztoc` that do not look at entries. Returns the gzip
+    checkpoints as it read them, ``(span size, records)`` (None for an uncompressed
+    layer's), for :func:`_layer_index` to take rather than read them again."""
     if compressed_size < 0 or uncompressed_size < 0:
         raise FormatError(f"{where}: negative archive size")
     if algorithm not in _ALGORITHM_IDS:
@@ -768,11 +772,13 @@ def _check_archive(
         if not _DIGEST.match(d):
             raise FormatError(f"{where}: bad span digest {d[:80]!r}")
     if algorithm == GZIP:
-        _span_size, records = _checkpoint_records(checkpoints, where)
+        read = _checkpoint_records(checkpoints, where)
+        records = read[1]
         if len(records) != spans:
             raise FormatError(f"{where}: {len(records)} checkpoints for {spans} spans")
         if records[-1].cin > compressed_size:
             raise FormatError(f"{where}: a checkpoint lies past the end of the layer")
+        return read
     else:
         span_size, size = parse_tar_zinfo(checkpoints, where=where)
         if size != compressed_size:
@@ -781,6 +787,7 @@ def _check_archive(
             raise FormatError(f"{where}: {spans} spans of {span_size} for {size} bytes")
         if uncompressed_size > size:
             raise FormatError(f"{where}: uncompressed size larger than the tar")
+        return None
 
 
 def check_ztoc(z: Ztoc, *, where: str = "zTOC") -> None:
@@ -1068,13 +1075,15 @@ def _layer_index(
     blob_size: int,
     tool: str,
     where: str,
+    checkpoints_read: tuple[int, list[_Record]] | None = None,
 ) -> LayerIndex:
-    """The spans and windows of a checked zTOC's checkpoints, around its entries."""
+    """The spans and windows of a checked zTOC's checkpoints, around its entries
+    (``checkpoints_read``: what :func:`_check_archive` read of ``blob``, if it did)."""
     digests = [d[len("sha256:") :] for d in span_digests]
     spans: list[Span] = []
     locations: list[tuple[int, int]] = []
     if algorithm == GZIP:
-        span_size, records = _checkpoint_records(blob, where)
+        span_size, records = checkpoints_read or _checkpoint_records(blob, where)
         if len(records) != len(digests):
             raise FormatError(f"{where}: {len(records)} checkpoints for {len(digests)} spans")
         # the zTOC's uncompressed size is where the tar ends; the stream may run on (padding)
@@ -1749,7 +1758,7 @@ def lazy_layer_index(
     except _MALFORMED as exc:
         raise FormatError(f"{where}: corrupt flatbuffer ({exc})") from None
     algorithm = _ALGORITHMS[algorithm_id]
-    _check_archive(
+    checkpoints_read = _check_archive(
         compressed_size, uncompressed_size, algorithm, max_span_id, span_digests, checkpoints, where
     )
     if blob_size != compressed_size:
@@ -1774,6 +1783,7 @@ def lazy_layer_index(
         blob_size=blob_size,
         tool=tool,
         where=where,
+        checkpoints_read=checkpoints_read,
     )
 
 
