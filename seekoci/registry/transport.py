@@ -32,7 +32,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
-import requests.adapters
 import requests.auth
 import urllib3
 import urllib3.exceptions
@@ -41,6 +40,7 @@ from urllib3.util.retry import Retry
 from .. import _json
 from ..errors import RegistryError
 from .retry import MAX_RETRY_AFTER_SECONDS, RETRY_STATUSES, Attempts, RetryPolicy
+from .tls import SharedTlsAdapter
 
 log = logging.getLogger("seekoci.registry")
 
@@ -194,7 +194,8 @@ class _NoNetrc(requests.auth.AuthBase):
 
 
 def new_session() -> requests.Session:
-    """A session with a connection pool for several reader threads.
+    """A session with a connection pool for several reader threads (HTTPS connections that
+    verify share one TLS context: :mod:`~seekoci.registry.tls`).
 
     urllib3 retries nothing itself: every retry is :class:`~seekoci.registry.retry.Attempts`'
     (one budget per request, backoff, logged once), and a read timeout urllib3 retried on its
@@ -202,9 +203,7 @@ def new_session() -> requests.Session:
     """
     session = requests.Session()
     retry = Retry(total=0, connect=0, read=False, status=0, redirect=0, other=0)
-    adapter = requests.adapters.HTTPAdapter(
-        pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=retry
-    )
+    adapter = SharedTlsAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.auth = _NoNetrc()

@@ -1,0 +1,258 @@
+"""HTTPS connections that verify share one TLS context per CA bundle (seekoci.registry.tls).
+
+A local HTTPS server with certificates from a throwaway CA; the bundle is given as a user
+gives one, through ``REQUESTS_CA_BUNDLE``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import requests
+import requests.utils
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from seekoci.errors import RegistryError
+from seekoci.registry.tls import shared_context
+from seekoci.registry.transport import HttpClient, new_session
+
+
+def _name(text: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+
+def _ca(tmp: Path, label: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(label))
+        .issuer_name(_name(label))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    path = tmp / f"{label}.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert, path
+
+
+def _server_cert(
+    tmp: Path,
+    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path],
+    names: list[x509.GeneralName],
+    label: str,
+) -> tuple[Path, Path]:
+    ca_key, ca_cert, _ = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(label))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / f"{label}-cert.pem", tmp / f"{label}-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+LOOPBACK = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA (its certificate is the bundle), a server certificate it signed for 127.0.0.1,
+    one it signed for another host name, and one from a CA the bundle does not hold."""
+    ours = _ca(tmp_path, "our-ca")
+    theirs = _ca(tmp_path, "their-ca")
+    good = _server_cert(tmp_path, ours, LOOPBACK, "good")
+    elsewhere = _server_cert(tmp_path, ours, [x509.DNSName("registry.example")], "elsewhere")
+    stranger = _server_cert(tmp_path, theirs, LOOPBACK, "stranger")
+    return {
+        "bundle": ours[2],
+        "good_cert": good[0],
+        "good_key": good[1],
+        "elsewhere_cert": elsewhere[0],
+        "elsewhere_key": elsewhere[1],
+        "stranger_cert": stranger[0],
+        "stranger_key": stranger[1],
+    }
+
+
+@contextmanager
+def tls_server(cert: Path, key: Path, *, delay: float = 0.0) -> Iterator[tuple[str, list[str]]]:
+    """An HTTPS server answering ``ok`` to every GET (after ``delay``: requests overlap);
+    yields its URL and the ALPN protocol each connection settled on."""
+    alpn: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            alpn.append(str(self.request.selected_alpn_protocol()))
+            time.sleep(delay)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}/v2/", alpn
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def _pools(session: requests.Session, url: str) -> list[object]:
+    return list(session.get_adapter(url).poolmanager.pools._container.values())
+
+
+def test_connections_that_verify_share_one_context_loaded_once(pki, monkeypatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["bundle"]))
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: object, **kwargs: object) -> None:
+        loads.append(args or kwargs)
+        load(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    session = new_session()
+    with tls_server(pki["good_cert"], pki["good_key"], delay=0.3) as (url, alpn):
+        start = threading.Barrier(4)
+        bodies: list[bytes] = []
+
+        def get() -> None:
+            start.wait()
+            response = session.get(url, timeout=30)
+            bodies.append(response.content)
+
+        threads = [threading.Thread(target=get) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert bodies == [b"ok"] * 4
+        (pool,) = _pools(session, url)
+        assert pool.num_connections >= 2  # type: ignore[attr-defined]
+        assert pool.conn_kw["ssl_context"] is shared_context(str(pki["bundle"]))  # type: ignore[attr-defined]
+    # urllib3 alone loads the bundle into a new context for every connection
+    assert len(loads) == 1
+    assert set(alpn) == {"http/1.1"}
+
+
+def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(pki, monkeypatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["bundle"]))
+    client = HttpClient(new_session())
+    with (
+        tls_server(pki["stranger_cert"], pki["stranger_key"]) as (url, _),
+        pytest.raises(RegistryError, match="certificate verification failed"),
+    ):
+        client.send("GET", url)
+
+
+def test_a_host_the_certificate_does_not_name_is_refused(pki, monkeypatch) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["bundle"]))
+    client = HttpClient(new_session())
+    with (
+        tls_server(pki["elsewhere_cert"], pki["elsewhere_key"]) as (url, _),
+        pytest.raises(RegistryError, match="certificate verification failed"),
+    ):
+        client.send("GET", url)
+    # the same host and bundle, a certificate that names it: the context is fine
+    with tls_server(pki["good_cert"], pki["good_key"]) as (url, _):
+        response = client.send("GET", url)
+        assert response.content == b"ok"
+
+
+def test_the_shared_context_never_verifies_less(pki) -> None:
+    context = shared_context(str(pki["bundle"]))
+    assert context is not None
+    assert context is shared_context(str(pki["bundle"]))
+    with pytest.raises(ValueError, match="always verifies"):
+        context.verify_mode = ssl.CERT_NONE
+    with pytest.raises(ValueError, match="always checks host names"):
+        context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED  # what urllib3 sets on every connection
+    context.set_alpn_protocols(["h2", "http/1.1"])  # a no-op once in use
+    assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    assert context.minimum_version >= ssl.TLSVersion.TLSv1_2
+    assert not context.hostname_checks_common_name
+    with tls_server(pki["good_cert"], pki["good_key"]) as (url, alpn):
+        session = requests.Session()
+        session.mount("https://", new_session().get_adapter(url))
+        assert session.get(url, verify=str(pki["bundle"]), timeout=30).content == b"ok"
+    assert alpn == ["http/1.1"]
+
+
+def test_a_request_that_does_not_verify_keeps_urllib3s_own_context(pki) -> None:
+    session = new_session()
+    with tls_server(pki["stranger_cert"], pki["stranger_key"]) as (url, _):
+        with pytest.warns(Warning):  # urllib3's InsecureRequestWarning
+            assert session.get(url, verify=False, timeout=30).content == b"ok"
+        (pool,) = _pools(session, url)
+        assert "ssl_context" not in pool.conn_kw  # type: ignore[attr-defined]
+
+
+def test_the_default_bundle_and_an_unreadable_one(tmp_path) -> None:
+    default = shared_context(str(requests.utils.DEFAULT_CA_BUNDLE_PATH))
+    assert default is not None and default.cert_store_stats()["x509_ca"] > 50
+    assert shared_context(str(tmp_path / "missing.pem")) is None
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    assert shared_context(str(tmp_path / "junk.pem")) is None
