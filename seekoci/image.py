@@ -211,11 +211,12 @@ class Image:
 
         Walk layers from the top; a layer that does not have the path must not hide or
         redirect it either (no whiteout of it or an ancestor, no opaque ancestor, no
-        non-directory ancestor), else we leave it to the merged tree.
+        non-directory ancestor), else we leave it to the merged tree. A whiteout's own name
+        (``.wh.*``, the opaque marker too) is the merged tree's to refuse: it shows none.
         """
         name = normalize_name(path)
         parts = name.split("/") if name else []
-        if not parts or any(p == ".." for p in parts):
+        if not parts or any(p == ".." or p.startswith(WHITEOUT_PREFIX) for p in parts):
             return None
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         lookups = _lookups(list(reversed(self.layers)), name)

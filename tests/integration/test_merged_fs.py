@@ -154,6 +154,19 @@ def test_no_whiteout_names_are_visible(img) -> None:
             assert not name.startswith(".wh."), posixpath.join(dirpath, name)
 
 
+@pytest.mark.parametrize("path", ["/data/.wh.gone.txt", "/.wh.olddir", "/opq/.wh..wh..opq"])
+def test_whiteout_files_are_not_there_before_the_tree_is_built(registry, path, tmp_path) -> None:
+    # a fresh image answers a file's read or stat without merging every layer (the
+    # tree is built by the first listing): a whiteout's name must not be found that way
+    ref = registry.ref(REPO, "v1")
+    for call in (seekoci.Image.read_bytes, seekoci.Image.stat, seekoci.Image.open):
+        fresh = seekoci.open_image(ref, cache_dir=tmp_path)
+        with pytest.raises(FileNotFoundError):
+            call(fresh, path)
+        assert fresh._tree is not None  # (the merged tree answered)
+    assert not seekoci.open_image(ref, cache_dir=tmp_path).exists(path)
+
+
 def test_upper_layers_replace_files(img) -> None:
     new = UPPER.entry("data/replaced.txt").data
     assert img.read_bytes("/data/replaced.txt") == new
