@@ -45,7 +45,8 @@ MAX_RETRY_AFTER_SECONDS = 30.0
 #: Not Implemented or 505, which say the request itself will never work).
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 #: Share of ``timeout`` one attempt waits for the next byte before it tries a fresh
-#: connection (the rest is left for that attempt).
+#: connection (the rest is left for that attempt); an attempt with no retry after it waits
+#: for all the silence left.
 ATTEMPT_WAIT_SHARE = 0.5
 
 
@@ -116,9 +117,11 @@ class Attempts:
 
     def wait(self) -> float:
         """How long the next socket operation of an attempt (connecting, the answer's
-        headers, the next piece of its body) may wait."""
-        share = self.policy.timeout * ATTEMPT_WAIT_SHARE
-        return max(0.001, min(share, self.policy.timeout - self._silent))
+        headers, the next piece of its body) may wait: a share of ``timeout`` while another
+        attempt may follow, all the silence left when none can (``retries=0``, or the last)."""
+        left = self.policy.timeout - self._silent
+        share = self.policy.timeout * ATTEMPT_WAIT_SHARE if self.can_retry() else left
+        return max(0.001, min(share, left))
 
     def received(self) -> None:
         """Bytes arrived: the silence is over."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 
 import pytest
 import requests
@@ -143,6 +144,34 @@ def test_silence_adds_up_to_the_deadline() -> None:
     attempts.waited(5, "read timed out")
     with pytest.raises(RegistryError, match="registry/x blob y: no answer for 10 s"):
         attempts.waited(5, "read timed out")
+
+
+def test_an_attempt_with_no_retry_after_it_waits_for_all_the_silence_left(sleeps) -> None:
+    # retries=0: the one attempt is the request; it may wait all of timeout for a byte
+    assert RetryPolicy(timeout=10, retries=0).begin("x").wait() == 10
+    attempts = RetryPolicy(timeout=10, retries=1).begin("x")
+    assert attempts.wait() == 5
+    attempts.waited(4, "read timed out")  # (a connection reset after 4 s of silence)
+    attempts.retry("connection reset")
+    assert attempts.wait() == 6  # the last attempt: what is left of the 10 s
+    with pytest.raises(RegistryError, match="x: no answer for 10 s"):
+        attempts.waited(6, "read timed out")
+
+
+def test_with_no_retries_a_server_slower_than_half_the_timeout_is_waited_for(
+    fake_registry, monkeypatch
+) -> None:
+    monkeypatch.setenv("SEEKOCI_TIMEOUT", "1")
+    monkeypatch.setenv("SEEKOCI_RETRIES", "0")
+    src = source(fake_registry)
+
+    def slow(h, request) -> bool:
+        if "/blobs/" in request.path:
+            time.sleep(0.7)  # (before: given up at 0.5 s, RegistryError)
+        return False
+
+    fake_registry.hook = slow
+    assert src.read_range(10, 100) == DATA[10:110]
 
 
 def test_five_503s_then_the_bytes(fake_registry, sleeps) -> None:
