@@ -315,14 +315,15 @@ def _walk(
     found = Platform.from_json(config)
     if chosen is None:
         # A single-platform image is used as it is, unless a platform was asked for and the
-        # config says it is another one.
-        if explicit and (
-            found is None or not matches(found, wanted, variant_required=variant_required)
+        # config says it is another one (a config that names none, as an artifact's, says
+        # nothing against it)
+        if (
+            explicit
+            and found is not None
+            and not matches(found, wanted, variant_required=variant_required)
         ):
-            available = [str(found)] if found is not None else []
             raise PlatformNotFoundError(
-                f"{reference}: image is for {found or 'an unknown platform'}, not {wanted}",
-                available=available,
+                f"{reference}: image is for {found}, not {wanted}", available=[str(found)]
             )
         chosen = found
     return ResolvedImage(

@@ -140,6 +140,10 @@ def test_oras_files_show_at_the_root_and_tar_layers_merge(oras_artifact: str, gg
     img.build_index()  # nothing to index for the file layers; the tar layers index as usual
     assert img.layers[0].index_status == "direct"
     assert img.exists("/model.gguf") and not img.exists("/model.gguf/x")
+    # a platform asked for: the config names none, so none says otherwise (API.md)
+    pinned = seekoci.open_image(oras_artifact, platform="linux/amd64")
+    assert pinned.digest == img.digest and pinned.platform == "unknown/unknown"
+    assert pinned.read_bytes("/README.md") == README
 
 
 def test_docker_model_artifact_and_modelpack(model_artifacts: dict[str, str], gguf_file) -> None:
