@@ -25,6 +25,7 @@ from .errors import (
     PlatformNotFoundError,
     RegistryError,
     SeekociError,
+    TensorNotFoundError,
 )
 from .image import Image
 from .layer import DEFAULT_SPAN_SIZE, Layer
@@ -49,6 +50,7 @@ __all__ = [
     "RangeSource",
     "RegistryError",
     "SeekociError",
+    "TensorNotFoundError",
     "__version__",
     "open_image",
     "open_layer",

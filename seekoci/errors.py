@@ -9,7 +9,8 @@
     ├── PlatformNotFoundError        (also LookupError)
     ├── IntegrityError               (bytes that do not match their digest)
     ├── FormatError                  (also ValueError: corrupt/unsupported blob, index, manifest)
-    └── InvalidReferenceError        (also ValueError: a reference that does not parse)
+    ├── InvalidReferenceError        (also ValueError: a reference that does not parse)
+    └── TensorNotFoundError          (also KeyError: a model file has no tensor of that name)
 
 Missing paths, directories opened as files and symlink loops raise the built-in
 ``FileNotFoundError``, ``IsADirectoryError``, ``NotADirectoryError`` and ``OSError(ELOOP)``.
@@ -61,6 +62,13 @@ class InvalidReferenceError(SeekociError, ValueError):
     """An image reference string could not be parsed."""
 
 
+class TensorNotFoundError(SeekociError, KeyError):
+    """A model file has no tensor of that name (a ``KeyError`` too)."""
+
+    def __str__(self) -> str:  # the message as it is, not quoted as KeyError's
+        return str(self.args[0]) if self.args else ""
+
+
 __all__ = [
     "AuthenticationError",
     "FormatError",
@@ -70,4 +78,5 @@ __all__ = [
     "PlatformNotFoundError",
     "RegistryError",
     "SeekociError",
+    "TensorNotFoundError",
 ]

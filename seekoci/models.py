@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from . import _json
-from .errors import FormatError
+from .errors import FormatError, TensorNotFoundError
 
 if TYPE_CHECKING:
     import numpy
@@ -173,7 +173,7 @@ _SAFETENSORS_ITEMSIZE = {
 def _tensor_entry(header: dict[str, Any], name: str, path: str) -> tuple[str, list[int], int, int]:
     entry = header.get(name) if name != "__metadata__" else None
     if entry is None:
-        raise KeyError(f"{path}: no tensor {name!r}")
+        raise TensorNotFoundError(f"{path}: no tensor {name!r}")
     if not isinstance(entry, dict):  # there, but not a tensor's entry: the file's fault
         raise FormatError(f"{path}: tensor {name!r} has a malformed header entry")
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
@@ -195,14 +195,15 @@ def read_tensor(img: Opener, path: str, name: str) -> numpy.ndarray:
     reading only the header and that tensor's bytes. BF16 comes back as float32.
 
     ``path`` may also be a sharded checkpoint's ``model.safetensors.index.json``: the tensor
-    is read from the shard its ``weight_map`` names. A missing tensor raises ``KeyError``.
+    is read from the shard its ``weight_map`` names. A missing tensor raises
+    :class:`~seekoci.TensorNotFoundError` (a ``KeyError`` and a ``SeekociError``).
     """
     import numpy as np
 
     if path.endswith(".json"):
         shards = safetensors_shards(img, path)
         if name not in shards:
-            raise KeyError(f"{path}: no tensor {name!r} in the weight map")
+            raise TensorNotFoundError(f"{path}: no tensor {name!r} in the weight map")
         path = shards[name]
     with img.open(path) as f:
         header, data_start = _safetensors_header(f, path, f.size)

@@ -294,6 +294,7 @@ def test_all_is_pinned() -> None:
         "RangeSource",
         "RegistryError",
         "SeekociError",
+        "TensorNotFoundError",
         "__version__",
         "open_image",
         "open_layer",

@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from modelfiles import bf16_round, gguf_bytes, safetensors_bytes
 
+import seekoci
 from seekoci import FormatError
 from seekoci.fileobj import RangeFile
 from seekoci.models import (
@@ -251,8 +252,12 @@ def test_read_tensor_reads_only_the_header_and_that_tensor() -> None:
     header_len = 8 + int.from_bytes(data[:8], "little")
     read_tensor(files, "/m.safetensors", "h")
     assert files.bytes_read == header_len + 3 * 5 * 2
-    with pytest.raises(KeyError, match="nope"):
+    with pytest.raises(KeyError, match="nope") as missing:
         read_tensor(files, "/m.safetensors", "nope")
+    # a SeekociError too (API.md: every error but the OSError family is one), said plainly
+    assert isinstance(missing.value, seekoci.TensorNotFoundError)
+    assert isinstance(missing.value, seekoci.SeekociError)
+    assert str(missing.value) == "/m.safetensors: no tensor 'nope'"
 
 
 def test_sharded_checkpoints_through_the_index() -> None:
@@ -275,7 +280,7 @@ def test_sharded_checkpoints_through_the_index() -> None:
     }
     got = read_tensor(files, "/m/model.safetensors.index.json", "b")
     np.testing.assert_array_equal(got, np.ones((2, 2), dtype=np.float16))
-    with pytest.raises(KeyError):
+    with pytest.raises(seekoci.TensorNotFoundError, match="'c' in the weight map"):
         read_tensor(files, "/m/model.safetensors.index.json", "c")
     files.files["/m/bad.index.json"] = b'{"weight_map": [1]}'
     with pytest.raises(FormatError, match="weight_map"):
