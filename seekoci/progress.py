@@ -9,6 +9,7 @@ on every bar).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -78,6 +79,7 @@ class ProgressBar:
                 desc=f"{self._desc} {name[:19]}",
                 file=self._stream,
                 leave=self._notebook,  # a notebook keeps its finished bars; a terminal not
+                **_unsized_terminal(self._stream),
             )
             self._bars[name] = bar
         if bar.total != total:  # a tree's total grows while its walk finds files
@@ -93,6 +95,21 @@ class ProgressBar:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+
+
+def _unsized_terminal(stream: TextIO) -> dict[str, int]:
+    """The width and height to draw with on a terminal that reports none (a pseudo-terminal
+    nobody sized says 0 x 0, and tqdm then draws nothing at all): its defaults' figures."""
+    try:
+        columns, lines = os.get_terminal_size(stream.fileno())
+    except (AttributeError, ValueError, OSError):  # not a terminal, or no descriptor
+        return {}
+    size = {}
+    if columns <= 0:
+        size["ncols"] = 80
+    if lines <= 0:
+        size["nrows"] = 20
+    return size
 
 
 def _isatty(stream: TextIO) -> bool:

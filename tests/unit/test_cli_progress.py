@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import itertools
+import os
+import pty
+import select
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -50,3 +58,35 @@ def test_a_bar_draws_only_on_a_terminal() -> None:
     forced("x", 10, 10)
     forced.close()
     assert forced.enabled and "copying" in loud.getvalue()
+
+
+@pytest.mark.parametrize("rows_columns", [(0, 0), (40, 100)], ids=["unsized", "sized"])
+def test_a_bar_draws_on_a_pseudo_terminal_sized_or_not(
+    sample: str, tmp_path: Path, rows_columns: tuple[int, int]
+) -> None:
+    # a pseudo-terminal nobody sized says 0 x 0 (what a harness usually gets from
+    # openpty): tqdm alone then draws nothing on stderr
+    master, slave = pty.openpty()
+    if rows_columns != (0, 0):
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", *rows_columns, 0, 0))
+    env = {**os.environ, "SEEKOCI_CACHE_DIR": str(tmp_path / "cache")}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "seekoci", "index", sample, "--platform", "linux/amd64"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=env,
+    )
+    os.close(slave)
+    drawn = b""
+    while select.select([master], [], [], 60)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    assert child.wait(60) == 0
+    assert b"indexing" in drawn and b"%|" in drawn, drawn[:400]
