@@ -787,9 +787,37 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with options also taken between a command's positionals
+    (``ls REF -l /etc``): argparse alone takes the words before an option as all the
+    positionals there are, and refuses ``/etc`` as unrecognised."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(words)
+    if not extra:
+        return args
+    command = _command_parser(parser, args.command)
+    if command is None or _command_parser(command, None) is not None:  # (nested commands)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    own = words[words.index(args.command) + 1 :]
+    return argparse.Namespace(**{**vars(args), **vars(command.parse_intermixed_args(own))})
+
+
+def _command_parser(
+    parser: argparse.ArgumentParser, name: str | None
+) -> argparse.ArgumentParser | None:
+    """The parser of ``parser``'s command ``name`` (any command's, for None), if it has one."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            if name is None:
+                return next(iter(action.choices.values()), None)
+            found: argparse.ArgumentParser | None = action.choices.get(name)
+            return found
+    return None
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     stream = out or sys.stdout
     func: Callable[[argparse.Namespace, TextIO], int] = args.func
     try:

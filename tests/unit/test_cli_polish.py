@@ -54,6 +54,30 @@ def test_top_level_help_lists_the_reference_forms(capsys: pytest.CaptureFixture[
         assert f"    {command} " in text
 
 
+def test_options_may_stand_between_a_reference_and_its_path(tmp_path: Path) -> None:
+    ref = imagebuilder.write_oci_layout(
+        tmp_path / "layout",
+        imagebuilder.image(
+            imagebuilder.layer(
+                imagebuilder.file("etc/hosts", b"hosts\n"),
+                imagebuilder.file("usr/lib/a.so", b"\x7fELF" + bytes(4000)),
+            )
+        ),
+        "v1",
+    )
+    ref = f"oci:{ref}:v1"
+    assert run(["ls", ref, "-l", "/etc"]) == run(["ls", ref, "/etc", "-l"])
+    assert "hosts" in run(["ls", ref, "-l", "/etc"])[1]
+    assert run(["ls", ref, "-R", "/usr"]) == run(["ls", ref, "/usr", "-R"])
+    assert run(["du", ref, "-d", "0", "/usr"]) == run(["du", ref, "/usr", "-d", "0"])
+    code, text = run(["du", ref, "--json", "/usr"])
+    assert code == 0 and json.loads(text)[0]["path"] == "/usr"
+    for wrong in (["ls", ref, "-l", "/etc", "/usr"], ["ls", ref, "--bogus"]):
+        with pytest.raises(SystemExit) as usage:
+            run(wrong)
+        assert usage.value.code == 2
+
+
 def test_every_argument_of_every_command_has_help() -> None:
     for name, sub in _subparsers().items():
         for action in sub._actions:
