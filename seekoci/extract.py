@@ -296,8 +296,9 @@ def _extract(
     info = img.stat(path)
     base = posixpath.basename(posixpath.normpath("/" + path.strip("/"))) or "rootfs"
     if info.type != "dir":
-        if info.type != "file":
-            raise IsADirectoryError(f"{path}: not a regular file or directory ({info.type})")
+        if info.type != "file":  # a device or fifo: skipped as in a tree (nothing else to copy)
+            warn(f"skipped {top}: {info.type} device or fifo")
+            return
         target = dest or base
         if os.path.isdir(target):
             target = os.path.join(target, base)

@@ -319,6 +319,12 @@ def test_get_never_writes_outside_dest(cli, registry, tmp_path: Path, group: str
     if group == "devices":  # device files are always skipped
         assert len(skipped) == 2
         assert not (dest / "dev" / "console").exists() and not (dest / "dev" / "sda").exists()
+        # asked for by itself, a device is skipped the same way: a warning, exit 0
+        alone = tmp_path / "alone"
+        one = cli("get", registry.ref(f"cli/hostile-{group}", "v1"), "/dev/sda", "-o", str(alone))
+        assert one.code == 0, one.stderr
+        assert one.stderr.strip() == "seekoci: warning: skipped /dev/sda: block device or fifo"
+        assert not os.path.lexists(alone)
 
 
 # --------------------------------------------------------------------------- errors
