@@ -218,6 +218,8 @@ class Image:
         parts = name.split("/") if name else []
         if not parts or any(p == ".." or p.startswith(WHITEOUT_PREFIX) for p in parts):
             return None
+        if path.endswith(("/", "/.")):  # names a directory: the tree says a file is not one
+            return None
         ancestors = ["/".join(parts[:i]) for i in range(1, len(parts))]
         lookups = _lookups(list(reversed(self.layers)), name)
         with contextlib.closing(lookups):

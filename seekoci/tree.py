@@ -176,23 +176,26 @@ class Tree:
     def resolve(self, path: str, *, follow_symlinks: bool = True) -> Node:
         """The node at ``path``; symlinks are followed inside this tree (absolute targets
         from its root, ``..`` stops at the root). Raises FileNotFoundError,
-        NotADirectoryError or OSError(ELOOP)."""
+        NotADirectoryError or OSError(ELOOP). As in POSIX, a path ending in ``/`` (or
+        ``/.``) names a directory (a symlink there is followed), and ``..`` climbs only
+        out of a directory."""
         pending = deque(split_path(path))
+        must_be_dir = bool(pending) and path.rsplit("/", 1)[-1] in ("", ".")
         stack = [self.root]
         followed = 0
         while pending:
             name = pending.popleft()
+            node = stack[-1]
+            if node.children is None:
+                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             if name == "..":
                 if len(stack) > 1:
                     stack.pop()
                 continue
-            node = stack[-1]
-            if node.children is None:
-                raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
             child = node.children.get(name)
             if child is None:
                 raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-            if child.type == "symlink" and (pending or follow_symlinks):
+            if child.type == "symlink" and (pending or follow_symlinks or must_be_dir):
                 followed += 1
                 if followed > MAX_SYMLINKS:
                     raise OSError(errno.ELOOP, "Too many levels of symbolic links", path)
@@ -205,6 +208,8 @@ class Tree:
                 pending.extendleft(reversed(split_path(target)))
                 continue
             stack.append(child)
+        if must_be_dir and stack[-1].children is None:
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
         return stack[-1]
 
     def lookup(self, path: str) -> Node | None:

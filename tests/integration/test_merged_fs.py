@@ -341,6 +341,23 @@ def test_missing_paths_raise_file_not_found(img) -> None:
         img.stat("/nope", follow_symlinks=False)
 
 
+def test_a_path_ending_in_a_slash_names_a_directory(registry, img, tmp_path) -> None:
+    # as in POSIX: open("/etc/passwd/") is ENOTDIR, a symlink before the slash is followed
+    fresh = seekoci.open_image(registry.ref(REPO, "v1"), cache_dir=tmp_path)
+    for opened in (fresh, img):  # (the first answers without its tree where it can)
+        for path in ("/etc/passwd/", "/etc/passwd/.", "/etc/passwd/.."):
+            with pytest.raises(NotADirectoryError):
+                opened.read_bytes(path)
+            with pytest.raises(NotADirectoryError):
+                opened.stat(path)
+            assert not opened.exists(path)
+    assert img.listdir("/etc/") == img.listdir("/etc")
+    assert img.stat("/bin/").type == "dir"
+    assert img.stat("/bin/", follow_symlinks=False).type == "dir"
+    assert img.stat("/bin", follow_symlinks=False).type == "symlink"
+    assert img.read_bytes("/etc/./passwd") == img.read_bytes("/etc/passwd")
+
+
 def test_directories_and_files_used_the_wrong_way(img) -> None:
     with pytest.raises(IsADirectoryError):
         img.open("/etc")
