@@ -152,7 +152,10 @@ class RegistryClient:
         if response.status_code == 401 and self._from_registry(response):
             challenge = response.headers.get("WWW-Authenticate")
             response.close()
-            authorization = self._auth.answer_challenge(challenge, scope, authorization)
+            try:
+                authorization = self._auth.answer_challenge(challenge, scope, authorization)
+            except AuthenticationError as exc:  # said of the registry: say which request too
+                raise AuthenticationError(f"{what}: {exc}", status=exc.status) from exc.__cause__
             response = self._send(method, path, headers, authorization, stats, body, attempts)
             if response.status_code == 401 and self._from_registry(response):
                 detail = error_detail(response)

@@ -88,6 +88,11 @@ def test_basic_auth_without_credentials_is_refused(basic_pushed, cache_dir) -> N
     with pytest.raises(seekoci.AuthenticationError) as excinfo:
         seekoci.open_image(ref, cache_dir=cache_dir).read_bytes("/auth/hello.txt")
     assert isinstance(excinfo.value, seekoci.RegistryError)
+    # which registry, and which repository and reference were asked for
+    message = str(excinfo.value)
+    assert "requires a username and password" in message, message
+    registry, _, rest = ref.partition("/")
+    assert registry in message and rest.split(":")[0] in message, message
 
 
 def test_basic_auth_wrong_password(basic_pushed, basic_registry, cache_dir) -> None:
