@@ -69,7 +69,8 @@ class _SharedContext(ssl.SSLContext):
         ssl.SSLContext.check_hostname.__set__(self, value)  # type: ignore[attr-defined]
 
 
-_contexts: dict[str, _SharedContext] = {}
+#: (the bundle's absolute path, its inode, mtime and size, SSLKEYLOGFILE) -> its context
+_contexts: dict[tuple[str, int, int, int, str], _SharedContext] = {}
 _contexts_lock = threading.Lock()  # guards _contexts (making one reads a local file only)
 
 
@@ -77,10 +78,18 @@ def shared_context(bundle: str) -> ssl.SSLContext | None:
     """The verifying context for the CA bundle at ``bundle`` (a file or a directory of
     certificates), made the first time it is asked for: set up as urllib3 sets up its own
     (TLS 1.2 or later, no session tickets, host names checked against subjectAltName only,
-    ``SSLKEYLOGFILE`` honoured), with urllib3's ALPN protocols. None when the bundle cannot
-    be loaded: the request then goes the usual way and says what is wrong with it."""
+    ``SSLKEYLOGFILE`` honoured), with urllib3's ALPN protocols. A bundle that changes on
+    disk (a CA added or removed) gets a new context from then on, as urllib3 would load it
+    again for its next connection. None when the bundle cannot be loaded: the request then
+    goes the usual way and says what is wrong with it."""
+    bundle = os.path.abspath(bundle)
+    try:
+        st = os.stat(bundle)
+    except OSError:
+        return None
+    key = (bundle, st.st_ino, st.st_mtime_ns, st.st_size, os.environ.get("SSLKEYLOGFILE", ""))
     with _contexts_lock:
-        found = _contexts.get(bundle)
+        found = _contexts.get(key)
         if found is not None:
             return found
         template = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
@@ -104,7 +113,7 @@ def shared_context(bundle: str) -> ssl.SSLContext | None:
             return None
         context.set_alpn_protocols(ALPN_PROTOCOLS)
         context.seal()
-        _contexts[bundle] = context
+        _contexts[key] = context
         return context
 
 
@@ -118,11 +127,35 @@ def _bundle(verify: Any) -> str | None:
     return None
 
 
+#: ``own``: the pool being chosen on this thread is left to urllib3 (see below)
+_choosing = threading.local()
+
+
 class SharedTlsAdapter(requests.adapters.HTTPAdapter):
     """An adapter whose HTTPS pools that verify with a CA bundle use :func:`shared_context`.
 
+    Not through an ``https://`` proxy: urllib3 verifies such a proxy with the pool's CA
+    bundle, which a pool with a shared context no longer names (the proxy would be checked
+    against the system's store instead); those pools keep urllib3's own context.
+
     (requests 2.32.2 and later ask :meth:`build_connection_pool_key_attributes` for a pool's
     TLS settings; with an older requests this adapter behaves as its base does.)"""
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: Any,
+        proxies: Any = None,
+        cert: Any = None,
+    ) -> Any:
+        proxy = requests.utils.select_proxy(request.url or "", proxies)
+        # (a proxy named without a scheme is an http:// one, as requests takes it)
+        own = isinstance(proxy, str) and proxy.strip().lower().startswith("https://")
+        _choosing.own = own
+        try:
+            return super().get_connection_with_tls_context(request, verify, proxies, cert)
+        finally:
+            _choosing.own = False
 
     def build_connection_pool_key_attributes(
         self, request: requests.PreparedRequest, verify: Any, cert: Any = None
@@ -131,6 +164,8 @@ class SharedTlsAdapter(requests.adapters.HTTPAdapter):
             request, verify, cert
         )
         bundle = _bundle(verify)
+        if getattr(_choosing, "own", False):
+            return host_params, pool_kwargs
         if host_params.get("scheme") == "https" and bundle is not None and cert is None:
             context = shared_context(bundle)
             if context is not None:

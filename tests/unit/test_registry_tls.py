@@ -256,3 +256,38 @@ def test_the_default_bundle_and_an_unreadable_one(tmp_path) -> None:
     assert shared_context(str(tmp_path / "missing.pem")) is None
     (tmp_path / "junk.pem").write_text("not a certificate\n")
     assert shared_context(str(tmp_path / "junk.pem")) is None
+
+
+@pytest.mark.parametrize(
+    ("proxy", "shared"),
+    [(None, True), ("http://proxy.example:3128", True), ("proxy.example:3128", True),
+     ("https://proxy.example:3128", False)],
+)  # fmt: skip
+def test_through_an_https_proxy_a_pool_keeps_urllib3s_own_context(
+    pki, proxy: str | None, shared: bool
+) -> None:
+    # urllib3 verifies an https:// proxy with the pool's CA bundle: a pool with a shared
+    # context names none (the proxy would be checked against the system's store)
+    adapter = new_session().get_adapter("https://registry.example/")
+    request = requests.Request("GET", "https://registry.example/v2/").prepare()
+    proxies = {"https": proxy} if proxy else None
+    pool = adapter.get_connection_with_tls_context(request, str(pki["bundle"]), proxies)
+    context = pool.conn_kw.get("ssl_context")
+    assert (context is shared_context(str(pki["bundle"]))) is shared
+    if not shared:
+        adapter.cert_verify(pool, request.url, str(pki["bundle"]), None)
+        assert context is None and pool.ca_certs == str(pki["bundle"])
+
+
+def test_a_bundle_that_changes_gets_a_new_context(pki, tmp_path, monkeypatch) -> None:
+    bundle = tmp_path / "changing.pem"
+    bundle.write_bytes(pki["bundle"].read_bytes())
+    first = shared_context(str(bundle))
+    assert first is not None and first is shared_context(str(bundle))
+    bundle.write_bytes(pki["bundle"].read_bytes() + pki["good_cert"].read_bytes())
+    second = shared_context(str(bundle))
+    assert second is not None and second is not first  # (urllib3 would load it again)
+    assert second.cert_store_stats()["x509"] == 2
+    # a relative path means the file where it is asked for, as urllib3 opens it
+    monkeypatch.chdir(tmp_path)
+    assert shared_context("changing.pem") is second
