@@ -796,9 +796,11 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     if not extra:
         return args
     command = _command_parser(parser, args.command)
-    if command is None or _command_parser(command, None) is not None:  # (nested commands)
+    at = words.index(args.command)
+    # words before the command are seekoci's own (--version, --help): any other is wrong
+    if at or command is None or _command_parser(command, None) is not None:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    own = words[words.index(args.command) + 1 :]
+    own = words[at + 1 :]
     return argparse.Namespace(**{**vars(args), **vars(command.parse_intermixed_args(own))})
 
 

@@ -72,7 +72,13 @@ def test_options_may_stand_between_a_reference_and_its_path(tmp_path: Path) -> N
     assert run(["du", ref, "-d", "0", "/usr"]) == run(["du", ref, "/usr", "-d", "0"])
     code, text = run(["du", ref, "--json", "/usr"])
     assert code == 0 and json.loads(text)[0]["path"] == "/usr"
-    for wrong in (["ls", ref, "-l", "/etc", "/usr"], ["ls", ref, "--bogus"]):
+    for wrong in (
+        ["ls", ref, "-l", "/etc", "/usr"],
+        ["ls", ref, "--bogus"],
+        ["--platform=linux/arm64", "ls", ref, "/etc"],  # a command's option before it
+        ["--no-cache", "cat", ref, "/etc/hosts"],
+        ["--bogus", "ls", ref],
+    ):
         with pytest.raises(SystemExit) as usage:
             run(wrong)
         assert usage.value.code == 2
