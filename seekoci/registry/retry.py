@@ -115,12 +115,14 @@ class Attempts:
     def can_retry(self) -> bool:
         return self.retried < self.policy.retries
 
-    def wait(self) -> float:
+    def wait(self, *, last: bool = False) -> float:
         """How long the next socket operation of an attempt (connecting, the answer's
         headers, the next piece of its body) may wait: a share of ``timeout`` while another
-        attempt may follow, all the silence left when none can (``retries=0``, or the last)."""
+        attempt may follow, all the silence left when none can (``retries=0``, the last
+        attempt, or ``last``: a request that is never retried, such as a POST)."""
         left = self.policy.timeout - self._silent
-        share = self.policy.timeout * ATTEMPT_WAIT_SHARE if self.can_retry() else left
+        retry = self.can_retry() and not last
+        share = self.policy.timeout * ATTEMPT_WAIT_SHARE if retry else left
         return max(0.001, min(share, left))
 
     def received(self) -> None:

@@ -388,7 +388,7 @@ class HttpClient:
             if authorization is not None and origin(url) == auth_origin:
                 request_headers["Authorization"] = authorization
             what = f"{method} {redact_url(url)}"
-            wait = attempts.wait()
+            wait = attempts.wait(last=method.upper() not in _IDEMPOTENT)  # (never retried)
             with transport_errors(what):
                 response = self.session.request(
                     method,

@@ -7,6 +7,7 @@ import logging
 import ssl
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
@@ -172,6 +173,34 @@ def test_with_no_retries_a_server_slower_than_half_the_timeout_is_waited_for(
 
     fake_registry.hook = slow
     assert src.read_range(10, 100) == DATA[10:110]
+
+
+def test_a_request_never_retried_waits_for_all_of_the_timeout() -> None:
+    # a POST (a token refresh, a push) is never sent twice: its one attempt is the request
+    class Slow(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            time.sleep(0.7)  # (before: given up at 0.5 s with retries left)
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = HttpClient(new_session(), policy=RetryPolicy(timeout=1.0, retries=5))
+        url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        response = client.send("POST", url, data={"grant_type": "refresh_token"})
+        assert response.status_code == 200 and response.content == b"ok"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_five_503s_then_the_bytes(fake_registry, sleeps) -> None:
