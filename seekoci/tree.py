@@ -205,6 +205,8 @@ class Tree:
                     raise FileNotFoundError(errno.ENOENT, "Empty symlink target", path)
                 if target.startswith("/"):
                     del stack[1:]
+                if not pending and target.rsplit("/", 1)[-1] in ("", "."):
+                    must_be_dir = True  # the link's target names a directory
                 pending.extendleft(reversed(split_path(target)))
                 continue
             stack.append(child)

@@ -154,6 +154,20 @@ def test_the_last_symlink_is_kept_when_asked() -> None:
     assert tree.resolve("/lib/libc.so", follow_symlinks=False).type == "file"
 
 
+def test_a_trailing_slash_names_a_directory_in_a_path_and_in_a_link() -> None:
+    # as the kernel has it: ENOTDIR for a file named with a trailing "/" or "/.", a ".."
+    # after a file, or a link whose target ends so and names a file
+    slashed = [symlink("slashed-file", "etc/hosts/"), symlink("slashed-dir", "usr/lib/.")]
+    tree = merged([*LINKS, *slashed])
+    for path in ("/etc/hosts/", "/etc/hosts/.", "/etc/hosts/..", "/tofile/", "/slashed-file"):
+        with pytest.raises(NotADirectoryError):
+            tree.resolve(path)
+    assert tree.resolve("/slashed-file", follow_symlinks=False).type == "symlink"  # (lstat)
+    assert tree.resolve("/slashed-dir") is tree.lookup("usr/lib")
+    assert tree.resolve("/lib/") is tree.lookup("usr/lib")
+    assert tree.resolve("/lib/", follow_symlinks=False) is tree.lookup("usr/lib")
+
+
 @pytest.mark.parametrize("path", ["/loop1", "/self", "/loop2/x"])
 def test_a_symlink_loop_is_eloop(path: str) -> None:
     with pytest.raises(OSError) as info:
