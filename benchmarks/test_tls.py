@@ -15,8 +15,6 @@ HTTP (as seekoci does to a loopback registry) and never see this.
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import os
 import statistics
 import subprocess
@@ -26,10 +24,7 @@ from pathlib import Path
 import certifi
 import pytest
 from benchkit import REPO_ROOT, run_script
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlscerts import LOOPBACK, make_ca, make_server_cert
 
 PAGE = Path(os.environ.get("SEEKOCI_BENCH_TLS_REPORT", REPO_ROOT / "docs" / "performance-tls.md"))
 ROUNDS = 7
@@ -87,53 +82,13 @@ print(json.dumps({"cpu_s": cpu, "wall_s": wall, "connections": pool.num_connecti
 
 
 def _pki(tmp: Path) -> tuple[Path, Path, Path]:
-    """A CA, a certificate it signed for 127.0.0.1 (and its key), and the bundle: certifi's
+    """A certificate a throwaway CA signed for 127.0.0.1, its key, and the bundle: certifi's
     certificates and that CA's."""
-    now = dt.datetime.now(dt.timezone.utc)
-
-    def name(text: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("bench CA"))
-        .issuer_name(name("bench CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("bench server"))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path, bundle = tmp / "server.pem", tmp / "server-key.pem", tmp / "bundle.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    bundle.write_bytes(
-        Path(certifi.where()).read_bytes() + ca.public_bytes(serialization.Encoding.PEM)
-    )
-    return cert_path, key_path, bundle
+    ca = make_ca(tmp, "bench-ca")
+    cert, key = make_server_cert(tmp, ca, LOOPBACK, "bench-server")
+    bundle = tmp / "bundle.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes() + ca[2].read_bytes())
+    return cert, key, bundle
 
 
 def test_verified_connections_share_one_tls_context(tmp_path: Path, monkeypatch) -> None:

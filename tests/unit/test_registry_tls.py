@@ -5,8 +5,6 @@ gives one, through ``REQUESTS_CA_BUNDLE``."""
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import ssl
 import threading
 import time
@@ -19,100 +17,22 @@ import pytest
 import requests
 import requests.utils
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tlscerts import LOOPBACK, make_ca, make_server_cert
 
 from seekoci.errors import RegistryError
 from seekoci.registry.tls import shared_context
 from seekoci.registry.transport import HttpClient, new_session
 
 
-def _name(text: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-
-def _ca(tmp: Path, label: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(label))
-        .issuer_name(_name(label))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    path = tmp / f"{label}.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert, path
-
-
-def _server_cert(
-    tmp: Path,
-    ca: tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path],
-    names: list[x509.GeneralName],
-    label: str,
-) -> tuple[Path, Path]:
-    ca_key, ca_cert, _ = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(label))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / f"{label}-cert.pem", tmp / f"{label}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
-LOOPBACK = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
     """A CA (its certificate is the bundle), a server certificate it signed for 127.0.0.1,
     one it signed for another host name, and one from a CA the bundle does not hold."""
-    ours = _ca(tmp_path, "our-ca")
-    theirs = _ca(tmp_path, "their-ca")
-    good = _server_cert(tmp_path, ours, LOOPBACK, "good")
-    elsewhere = _server_cert(tmp_path, ours, [x509.DNSName("registry.example")], "elsewhere")
-    stranger = _server_cert(tmp_path, theirs, LOOPBACK, "stranger")
+    ours = make_ca(tmp_path, "our-ca")
+    theirs = make_ca(tmp_path, "their-ca")
+    good = make_server_cert(tmp_path, ours, LOOPBACK, "good")
+    elsewhere = make_server_cert(tmp_path, ours, [x509.DNSName("registry.example")], "elsewhere")
+    stranger = make_server_cert(tmp_path, theirs, LOOPBACK, "stranger")
     return {
         "bundle": ours[2],
         "good_cert": good[0],
@@ -197,28 +117,21 @@ def test_connections_that_verify_share_one_context_loaded_once(pki, monkeypatch)
     assert set(alpn) == {"http/1.1"}
 
 
-def test_a_certificate_the_bundle_does_not_vouch_for_is_refused(pki, monkeypatch) -> None:
+@pytest.mark.parametrize("server", ["stranger", "elsewhere"])
+def test_a_certificate_the_bundle_or_the_host_name_does_not_vouch_for_is_refused(
+    pki, monkeypatch, server: str
+) -> None:
+    # stranger: signed by a CA the bundle does not hold; elsewhere: for another host name
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["bundle"]))
     client = HttpClient(new_session())
     with (
-        tls_server(pki["stranger_cert"], pki["stranger_key"]) as (url, _),
-        pytest.raises(RegistryError, match="certificate verification failed"),
-    ):
-        client.send("GET", url)
-
-
-def test_a_host_the_certificate_does_not_name_is_refused(pki, monkeypatch) -> None:
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["bundle"]))
-    client = HttpClient(new_session())
-    with (
-        tls_server(pki["elsewhere_cert"], pki["elsewhere_key"]) as (url, _),
+        tls_server(pki[f"{server}_cert"], pki[f"{server}_key"]) as (url, _),
         pytest.raises(RegistryError, match="certificate verification failed"),
     ):
         client.send("GET", url)
     # the same host and bundle, a certificate that names it: the context is fine
     with tls_server(pki["good_cert"], pki["good_key"]) as (url, _):
-        response = client.send("GET", url)
-        assert response.content == b"ok"
+        assert client.send("GET", url).content == b"ok"
 
 
 def test_the_shared_context_never_verifies_less(pki) -> None:
